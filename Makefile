@@ -1,0 +1,78 @@
+# HOPS developer entry points. `make test` and `make demo` install what they need first, so each is
+# one command on a fresh machine (Python 3.11+, npm; nothing else needs to be there).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hops-installed
+BUF := tools/buf/node_modules/.bin/buf
+PROTOS := $(wildcard proto/hops/v1/*.proto)
+GEN := gen/python
+PYTEST_ARGS ?=
+
+.PHONY: help install proto proto-check lint fmt test check demo bench clean lock
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) $(BUF) ## Create .venv with pinned deps, install HOPS editable, install buf (idempotent)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(BUF): tools/buf/package.json tools/buf/package-lock.json
+	cd tools/buf && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+proto: $(STAMP) ## Regenerate gen/python from proto/ (Python, gRPC and .pyi stubs)
+	rm -rf $(GEN)/hops
+	mkdir -p $(GEN)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iproto \
+		--python_out=$(GEN) --grpc_python_out=$(GEN) \
+		--mypy_out=quiet:$(GEN) --mypy_grpc_out=quiet:$(GEN) $(PROTOS)
+	touch $(GEN)/hops/__init__.py $(GEN)/hops/v1/__init__.py
+
+proto-check: install ## buf lint, buf format, and fail if regenerating changes gen/
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(MAKE) --no-print-directory proto
+	@git diff --exit-code --stat -- $(GEN) && test -z "$$(git status --porcelain -- $(GEN))" \
+		|| { echo "gen/ is stale: run 'make proto' and commit the result"; exit 1; }
+
+lint: install ## ruff (lint + format check) and mypy --strict on our packages
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: install ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install ## Run the whole test suite (slow multi-process tests included)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+
+check: lint proto-check test ## Everything CI runs
+
+demo: install ## Bring up a local simulated fleet serving the Ollama API on 127.0.0.1:11434
+	$(PY) -m ollamasim.demo
+
+bench: install ## Run the benchmarks under bench/ (figures printed, JSON in bench/results/)
+	$(PY) bench/sim_capacity.py
+
+clean: ## Remove the venv, buf and caches
+	rm -rf $(VENV) tools/buf/node_modules .mypy_cache .ruff_cache .pytest_cache
+
+lock: ## Re-resolve the newest versions allowed by pyproject.toml into requirements.lock
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Exact versions for a reproducible install (make install). Regenerate with 'make lock' after"; \
+	  echo "# changing the ranges in pyproject.toml."; \
+	  echo "setuptools==$$(.venv-lock/bin/python -c 'import setuptools; print(setuptools.__version__)')"; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e' | grep -vi '^hops'; } > requirements.lock
+	rm -rf .venv-lock

@@ -1,0 +1,122 @@
+"""The simulator's ASGI application: Ollama's route table with its exact 404/405 fallbacks, error
+mapping in one place, and the /_sim control routes."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from ollamasim import control, native, openai_api
+from ollamasim.errors import SimError
+from ollamasim.host import Host
+from ollamasim.settings import SimSettings
+from ollamasim.wire import ClientGone, error_response
+
+Handler = Callable[[Request, Host], Awaitable[Response]]
+log = logging.getLogger("ollamasim")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handler: Handler
+    openai: bool = False
+    control: bool = False
+
+
+def _table() -> dict[str, dict[str, Route]]:
+    get_head = ("GET", "HEAD")
+    table: dict[str, dict[str, Route]] = {
+        "/": {m: Route(native.root) for m in get_head},
+        "/api/version": {m: Route(native.version) for m in get_head},
+        "/api/tags": {m: Route(native.tags) for m in get_head},
+        "/api/ps": {"GET": Route(native.ps)},
+        "/api/show": {"POST": Route(native.show)},
+        "/api/generate": {"POST": Route(native.generate)},
+        "/api/chat": {"POST": Route(native.chat)},
+        "/api/embed": {"POST": Route(native.embed)},
+        "/api/embeddings": {"POST": Route(native.embeddings)},
+        "/api/pull": {"POST": Route(native.pull)},
+        "/api/delete": {"DELETE": Route(native.delete)},
+        "/api/copy": {"POST": Route(native.copy)},
+        "/v1/chat/completions": {"POST": Route(openai_api.chat_completions, openai=True)},
+        "/v1/completions": {"POST": Route(openai_api.completions, openai=True)},
+        "/v1/embeddings": {"POST": Route(openai_api.embeddings, openai=True)},
+        "/v1/models": {"GET": Route(openai_api.models, openai=True)},
+        "/_sim/stats": {"GET": Route(control.stats, control=True)},
+        "/_sim/stats/reset": {"POST": Route(control.reset_stats, control=True)},
+        "/_sim/config": {"GET": Route(control.config, control=True)},
+        "/_sim/fault": {
+            "GET": Route(control.get_fault, control=True),
+            "PUT": Route(control.put_fault, control=True),
+            "DELETE": Route(control.delete_fault, control=True),
+        },
+    }
+    return table
+
+
+_PATTERNS: list[tuple[re.Pattern[str], dict[str, Route]]] = [
+    (re.compile(r"/v1/models/(?P<model>[^/]+)"), {"GET": Route(openai_api.model, openai=True)}),
+]
+
+
+class SimApp:
+    """ASGI app for one simulated host. ``control_port``, when set, serves only /_sim routes."""
+
+    def __init__(self, settings: SimSettings) -> None:
+        self.host = Host(settings)
+        self.routes = _table()
+        self.control_port: int | None = None
+
+    def _resolve(self, path: str) -> tuple[dict[str, Route] | None, dict[str, str]]:
+        methods = self.routes.get(path)
+        if methods is not None:
+            return methods, {}
+        for pattern, table in _PATTERNS:
+            match = pattern.fullmatch(path)
+            if match:
+                return table, match.groupdict()
+        return None, {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        methods, params = self._resolve(path)
+        on_control_port = (
+            self.control_port is not None
+            and (scope.get("server") or (None, 0))[1] == self.control_port
+        )
+        if methods is None or (on_control_port and not path.startswith("/_sim/")):
+            response: Response = PlainTextResponse("404 page not found", status_code=404)
+            await response(scope, receive, send)
+            return
+        route = methods.get(scope["method"])
+        if route is None:
+            response = PlainTextResponse("405 method not allowed", status_code=405)
+            await response(scope, receive, send)
+            return
+        scope["path_params"] = params
+        request = Request(scope, receive)
+        if not route.control:
+            self.host.stats.requests[path if not params else path.rsplit("/", 1)[0] + "/{}"] += 1
+        try:
+            response = await route.handler(request, self.host)
+        except SimError as exc:
+            response = (
+                openai_api.openai_error(exc.status, exc.message)
+                if route.openai
+                else error_response(exc.status, exc.message)
+            )
+        except ClientGone:
+            response = Response(b"", status_code=499)  # nobody is listening; Ollama logs 499
+        await response(scope, receive, send)
+
+
+def create_app(settings: SimSettings) -> SimApp:
+    return SimApp(settings)

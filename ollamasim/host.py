@@ -1,0 +1,326 @@
+"""One simulated Ollama machine: its installed models, scheduler, faults, counters and the paced
+generation that the HTTP layer turns into Ollama or OpenAI responses."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hopscommon import names
+from ollamasim import textgen
+from ollamasim.catalogue import ModelSpec, lookup
+from ollamasim.errors import ServerBusy, SimError
+from ollamasim.faults import FaultState
+from ollamasim.profiles import Profile, decode_tokens_per_s
+from ollamasim.scheduler import SPAWN_SECONDS, Scheduler
+from ollamasim.settings import SimSettings
+from ollamasim.stats import Stats
+
+BATCH_SLOWDOWN = 0.15
+PULL_BYTES_PER_S = 100 * 1000**2
+PULL_TICK_S = 0.06
+
+
+@dataclass(slots=True)
+class Installed:
+    """A model on this host's disk."""
+
+    spec: ModelSpec
+    modified_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenRequest:
+    """What a generate/chat/completions request asks the model to do."""
+
+    spec: ModelSpec
+    prompt: str
+    num_predict: int | None = None
+    keep_alive: float | None = None
+    num_ctx: int | None = None
+    seed: int | None = None
+    think: bool = False
+    json_schema: Any = None
+    json_mode: bool = False
+    tools: tuple[dict[str, Any], ...] = ()
+    wants_tool_call: bool = False
+
+
+@dataclass(slots=True)
+class Metrics:
+    """Ollama's final-chunk counters, filled in as the generation runs (nanoseconds)."""
+
+    started: float = field(default_factory=time.monotonic)
+    total_ns: int = 0
+    load_ns: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_ns: int = 0
+    eval_count: int = 0
+    eval_ns: int = 0
+    done_reason: str = "stop"
+
+    def finish(self) -> None:
+        self.total_ns = int((time.monotonic() - self.started) * 1e9)
+
+    def ollama_fields(self) -> dict[str, Any]:
+        fields = {
+            "total_duration": self.total_ns,
+            "load_duration": self.load_ns,
+            "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_duration": self.prompt_eval_ns,
+            "eval_count": self.eval_count,
+            "eval_duration": self.eval_ns,
+        }
+        return {k: v for k, v in fields.items() if v}  # Go's omitempty drops zeros
+
+
+Piece = tuple[str, Any]  # ("thinking", str) | ("content", str) | ("tool_calls", list)
+
+
+class Host:
+    """The simulated machine. Everything runs on one event loop."""
+
+    def __init__(self, settings: SimSettings) -> None:
+        self.settings = settings
+        self.profile: Profile = settings.host_profile
+        self.vram = self.profile.vram_bytes if settings.vram is None else settings.vram
+        self.ram = self.profile.ram_bytes if settings.ram is None else settings.ram
+        self.stats = Stats()
+        self.faults = FaultState(random.Random(settings.seed ^ 0x5EED))
+        if settings.fault is not None:
+            self.faults.set(settings.fault)
+        now = time.time()
+        specs = (
+            settings.models
+            if settings.models is not None
+            else [s for s in (lookup(n) for n in self.profile.models) if s is not None]
+        )
+        self.installed: dict[str, Installed] = {}
+        for age, spec in enumerate(specs):
+            self.installed[names.match_key(spec.name) or spec.name] = Installed(spec, now - age)
+        default_ctx = settings.context_length or 4096
+        max_loaded = settings.max_loaded_models or 3
+        self.scheduler = Scheduler(
+            memory_bytes=self.vram if self.vram > 0 else self.ram,
+            on_gpu=self.vram > 0,
+            max_loaded=max_loaded,
+            max_queue=settings.max_queue,
+            num_parallel=settings.num_parallel,
+            default_keep_alive=settings.keep_alive,
+            default_context=default_ctx,
+            load_seconds=self._load_seconds,
+            time_scale=settings.time_scale,
+            stats=self.stats,
+        )
+        # Set by the server: stop listening for ``seconds`` (None = until told otherwise).
+        self.refuse_connections: Callable[[float | None], None] | None = None
+
+    def find(self, raw_name: str) -> Installed | None:
+        key = names.match_key(raw_name)
+        return self.installed.get(key) if key else None
+
+    def _load_seconds(self, size_bytes: int) -> float:
+        return SPAWN_SECONDS + size_bytes / (
+            self.profile.load_speed_bytes_per_s * self.settings.speed
+        )
+
+    def decode_tps(self, spec: ModelSpec, vram_fraction: float) -> float:
+        return (
+            decode_tokens_per_s(self.profile, spec.size_bytes, vram_fraction) * self.settings.speed
+        )
+
+    async def generate(self, req: GenRequest, metrics: Metrics) -> AsyncGenerator[Piece, None]:
+        """Pieces of one reply, paced at this host's speed.
+
+        Raises SimError (e.g. ServerBusy) before the first piece. Closing the iterator early, or
+        cancelling the task that drives it, counts as a cancellation and frees the slot at once.
+        """
+        self.stats.started += 1
+        self.stats.in_flight += 1
+        slow = self.faults.draw("slow")
+        slowdown = slow.factor if slow else 1.0
+        completed = False
+        try:
+            grant = await self.scheduler.acquire(
+                req.spec, keep_alive=req.keep_alive, num_ctx=req.num_ctx
+            )
+            runner = grant.runner
+            try:
+                metrics.load_ns = max(int(grant.load_seconds * 1e9), 1)
+                self.stats.waiting_for_slot += 1
+                try:
+                    await runner.slots.acquire()
+                finally:
+                    self.stats.waiting_for_slot -= 1
+                runner.active += 1
+                try:
+                    tps = self.decode_tps(req.spec, runner.vram_fraction)
+                    output: list[str] = []
+                    async for piece in self._paced(
+                        req,
+                        metrics,
+                        runner.cached_prefix(req.prompt),
+                        tps,
+                        slowdown,
+                        lambda: runner.active,
+                    ):
+                        if piece[0] == "content":
+                            output.append(piece[1])
+                        yield piece
+                    runner.remember(req.prompt + "".join(output))
+                    completed = True
+                finally:
+                    runner.active -= 1
+                    runner.slots.release()
+            finally:
+                self.scheduler.release(runner)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.stats.cancelled += 1
+            raise
+        except ServerBusy:
+            raise
+        except SimError:
+            self.stats.failed += 1
+            raise
+        finally:
+            self.stats.in_flight -= 1
+            if completed:
+                self.stats.completed += 1
+            metrics.finish()
+
+    async def _paced(
+        self,
+        req: GenRequest,
+        metrics: Metrics,
+        cached_chars: int,
+        tps: float,
+        slowdown: float,
+        active: Callable[[], int],
+    ) -> AsyncGenerator[Piece, None]:
+        scale = self.settings.time_scale
+        prompt_tokens = textgen.count_tokens(req.prompt)
+        uncached = max(1, textgen.count_tokens(req.prompt[cached_chars:])) if prompt_tokens else 0
+        prompt_start = time.monotonic()
+        await self.scheduler.sleep(uncached / (tps * self.profile.prompt_speedup) * slowdown)
+        metrics.prompt_eval_count = prompt_tokens
+        metrics.prompt_eval_ns = int((time.monotonic() - prompt_start) * 1e9)
+        pieces, metrics.done_reason = self._plan(req)
+        eval_start = time.monotonic()
+        deadline = eval_start
+        for i, piece in enumerate(pieces):
+            step = slowdown * (1.0 + BATCH_SLOWDOWN * (active() - 1)) / (tps * scale)
+            deadline += step
+            delay = deadline - time.monotonic()
+            if delay > 0.0005:
+                await asyncio.sleep(delay)
+            elif i % 16 == 15:
+                await asyncio.sleep(0)
+            metrics.eval_count += 1
+            self.stats.tokens_generated += 1
+            yield piece
+        metrics.eval_ns = max(int((time.monotonic() - eval_start) * 1e9), 1)
+
+    def _plan(self, req: GenRequest) -> tuple[list[Piece], str]:
+        seed = self.settings.seed if req.seed is None else req.seed
+        rng = textgen.rng_for(seed, req.spec.name, req.prompt)
+        low, high = self.settings.response_tokens
+        n = rng.randint(low, high)
+        reason = "stop"
+        if req.num_predict is not None and 0 < req.num_predict <= n:
+            n, reason = req.num_predict, "length"
+        pieces: list[Piece] = []
+        if req.think:
+            pieces += [("thinking", w) for w in textgen.words(rng, max(1, n // 2))]
+        if req.wants_tool_call and req.tools:
+            call = textgen.tool_call(rng, req.tools[rng.randrange(len(req.tools))])
+            return [*pieces, ("tool_calls", [call])], "stop"
+        if req.json_mode or req.json_schema is not None:
+            tokens = textgen.json_tokens(rng, req.json_schema, n)
+        else:
+            tokens = textgen.words(rng, n)
+        return pieces + [("content", t) for t in tokens], reason
+
+    async def embed(
+        self, spec: ModelSpec, texts: list[str], *, keep_alive: float | None, metrics: Metrics
+    ) -> None:
+        """Pay the load and prompt time of embedding ``texts``; the vectors come from textgen."""
+        self.stats.started += 1
+        self.stats.in_flight += 1
+        completed = False
+        try:
+            grant = await self.scheduler.acquire(spec, keep_alive=keep_alive, num_ctx=None)
+            metrics.load_ns = max(int(grant.load_seconds * 1e9), 1)
+            try:
+                async with grant.runner.slots:
+                    tokens = sum(textgen.count_tokens(t) for t in texts)
+                    tps = self.decode_tps(spec, grant.runner.vram_fraction)
+                    await self.scheduler.sleep(tokens / (tps * self.profile.prompt_speedup))
+                    metrics.prompt_eval_count = tokens
+            finally:
+                self.scheduler.release(grant.runner)
+            completed = True
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+        finally:
+            self.stats.in_flight -= 1
+            if completed:
+                self.stats.completed += 1
+            metrics.finish()
+
+    async def load_only(self, spec: ModelSpec, keep_alive: float | None) -> float:
+        """An empty prompt: load (or keep) the model; returns load seconds."""
+        grant = await self.scheduler.acquire(spec, keep_alive=keep_alive, num_ctx=None)
+        self.scheduler.release(grant.runner)
+        return grant.load_seconds
+
+    async def pull(self, raw_name: str) -> AsyncGenerator[dict[str, Any], None]:
+        """Ollama's pull progress lines; the model is installed before ``success``.
+
+        Raises SimError("pull model manifest: file does not exist") after the first line for a
+        name no registry has.
+        """
+        self.stats.pulls += 1
+        yield {"status": "pulling manifest"}
+        await self.scheduler.sleep(0.2)
+        spec = lookup(raw_name)
+        if spec is None:
+            raise SimError("pull model manifest: file does not exist")
+        have = self.find(raw_name) is not None
+        layers = [
+            (spec.digest, spec.size_bytes),
+            (hashlib.sha256(f"{spec.name}/template".encode()).hexdigest(), 1_400),
+            (hashlib.sha256(f"{spec.name}/params".encode()).hexdigest(), 96),
+        ]
+        for digest, total in layers:
+            line = {
+                "status": f"pulling {digest[:12]}",
+                "digest": f"sha256:{digest}",
+                "total": total,
+            }
+            if have:
+                yield {**line, "completed": total}
+                continue
+            yield line
+            done = 0
+            step = max(int(PULL_BYTES_PER_S * self.settings.speed * PULL_TICK_S), 1)
+            while done < total:
+                await self.scheduler.sleep(PULL_TICK_S)
+                done = min(total, done + step)
+                yield {**line, "completed": done}
+        yield {"status": "verifying sha256 digest"}
+        yield {"status": "writing manifest"}
+        self.install(spec)
+        yield {"status": "success"}
+
+    def install(self, spec: ModelSpec) -> None:
+        self.installed[names.match_key(spec.name) or spec.name] = Installed(spec, time.time())
+
+    def remove(self, raw_name: str) -> bool:
+        key = names.match_key(raw_name)
+        return bool(key) and self.installed.pop(key or "", None) is not None

@@ -1,0 +1,174 @@
+"""Parsing shared by the native and OpenAI inference routes, and driving one generation: the first
+piece is awaited before any byte is sent (Ollama sends no headers until the model is loaded and the
+first token exists), the rest is streamed, and a client that leaves cancels the work."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from hopscommon.units import parse_go_duration
+from ollamasim.catalogue import THINKING, ModelSpec
+from ollamasim.errors import BadRequest, RunnerError, ServerBusy, SimError
+from ollamasim.faults import FaultSpec
+from ollamasim.host import GenRequest, Host, Metrics, Piece
+from ollamasim.wire import DropConnection, hang_until_disconnect, until_disconnect
+
+THINK_LEVELS = ("low", "medium", "high", "max")
+
+
+def keep_alive(value: Any) -> float | None:
+    """Ollama's keep_alive: seconds as a number, or a Go duration string; negative = forever."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise BadRequest(
+            "json: cannot unmarshal bool into Go struct field .keep_alive of type string"
+        )
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_go_duration(value)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    raise BadRequest("json: cannot unmarshal object into Go value of type api.Duration")
+
+
+def think(value: Any, spec: ModelSpec, model_as_sent: str) -> bool:
+    """Whether to think: absent means yes for a thinking model; a level counts as yes."""
+    if value is None:
+        return THINKING in spec.capabilities
+    if isinstance(value, bool):
+        wanted = value
+    elif isinstance(value, str) and value in THINK_LEVELS:
+        wanted = True
+    else:
+        raise BadRequest(
+            f'invalid think value: "{value}" (must be "high", "medium", "low", true, or false)'
+        )
+    if wanted and THINKING not in spec.capabilities:
+        raise BadRequest(f'"{model_as_sent}" does not support thinking')
+    return wanted
+
+
+def option_int(options: dict[str, Any], key: str) -> int | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RunnerError(f'option "{key}" must be of type integer')
+    return int(value)
+
+
+def options_of(data: dict[str, Any]) -> dict[str, Any]:
+    options = data.get("options")
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise BadRequest("json: cannot unmarshal into Go struct field .options of type map")
+    return options
+
+
+def format_of(value: Any) -> tuple[bool, Any]:
+    """(json_mode, schema) from Ollama's ``format``."""
+    if value is None or value == "":
+        return False, None
+    if value == "json":
+        return True, None
+    if isinstance(value, dict):
+        return False, value
+    raise RunnerError(f'invalid format: {value!r}; expected "json" or a valid JSON Schema object')
+
+
+def gen_request(
+    spec: ModelSpec, prompt: str, data: dict[str, Any], options: dict[str, Any], **extra: Any
+) -> GenRequest:
+    return GenRequest(
+        spec=spec,
+        prompt=prompt,
+        num_predict=option_int(options, "num_predict"),
+        num_ctx=option_int(options, "num_ctx"),
+        seed=option_int(options, "seed"),
+        keep_alive=keep_alive(data.get("keep_alive")),
+        **extra,
+    )
+
+
+async def request_faults(request: Request, host: Host) -> FaultSpec | None:
+    """Apply busy/error/hang faults to an inference request; returns a ``drop`` fault to apply
+    while responding, if one hits."""
+    spec = host.faults.draw("busy", "error", "hang", "drop")
+    if spec is None:
+        return None
+    if spec.mode == "busy":
+        host.stats.busy_rejections += 1
+        raise ServerBusy()
+    if spec.mode == "error":
+        raise RunnerError("llama runner process has terminated: exit status 2 (fault injected)")
+    if spec.mode == "hang":
+        await hang_until_disconnect(request)
+        raise SimError("client went away during an injected hang")
+    return spec
+
+
+async def first_piece(
+    request: Request, host: Host, req: GenRequest, metrics: Metrics
+) -> tuple[Piece | None, AsyncGenerator[Piece, None]]:
+    """Start generating and wait for the first piece, cancelling if the client leaves."""
+    pieces = host.generate(req, metrics)
+
+    async def first() -> Piece | None:
+        try:
+            return await anext(pieces)
+        except StopAsyncIteration:
+            return None
+
+    return await until_disconnect(request, first()), pieces
+
+
+async def collect(request: Request, host: Host, req: GenRequest, metrics: Metrics) -> list[Piece]:
+    """Every piece of a non-streamed reply; the client leaving cancels the generation."""
+
+    async def run() -> list[Piece]:
+        return [piece async for piece in host.generate(req, metrics)]
+
+    return await until_disconnect(request, run())
+
+
+def stream(
+    first: Piece | None,
+    rest: AsyncGenerator[Piece, None],
+    *,
+    encode: Callable[[Piece], bytes | None],
+    final: Callable[[], bytes],
+    media_type: str,
+    drop: FaultSpec | None,
+) -> Response:
+    """A streamed reply; ``encode`` turns a piece into one framed chunk (None to skip it)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        sent = 0
+        async with contextlib.aclosing(rest):
+            pieces: list[Piece] = [first] if first is not None else []
+            while True:
+                for piece in pieces:
+                    if drop is not None and sent >= drop.after_chunks:
+                        raise DropConnection("fault: connection dropped mid-stream")
+                    chunk = encode(piece)
+                    if chunk is not None:
+                        sent += 1
+                        yield chunk
+                try:
+                    pieces = [await anext(rest)]
+                except StopAsyncIteration:
+                    break
+        if drop is not None:
+            raise DropConnection("fault: connection dropped before the final chunk")
+        yield final()
+
+    return StreamingResponse(body(), media_type=media_type)
