@@ -60,7 +60,7 @@ test: install ## Run the whole test suite (slow multi-process tests included)
 check: lint proto-check test ## Everything CI runs
 
 demo: install ## Bring up a local simulated fleet serving the Ollama API on 127.0.0.1:11434
-	$(PY) -m ollamasim.demo
+	$(PY) scripts/demo.py
 
 bench: install ## Run the benchmarks under bench/ (figures printed, JSON in bench/results/)
 	$(PY) bench/sim_capacity.py

@@ -35,7 +35,7 @@ def parse_bytes(text: str) -> int:
     factor = _SIZE_FACTORS.get((match.group(2) or "").lower())
     if factor is None:
         raise ValueError(f"unknown size unit in {text!r}")
-    return int(float(match.group(1)) * factor)
+    return round(float(match.group(1)) * factor)
 
 
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")

@@ -60,7 +60,7 @@ def _m(
     quant: str = "Q4_K_M",
 ) -> ModelSpec:
     shown = f"{params:.1f}B" if params >= 1 else f"{params * 1000:.0f}M"
-    size_bytes = int(size * GB)
+    size_bytes = round(size * GB)
     digest = hashlib.sha256(f"{name}/{size_bytes}".encode()).hexdigest()
     return ModelSpec(name, size_bytes, family, shown, quant, params, ctx, emb, caps, digest)
 

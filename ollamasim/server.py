@@ -54,6 +54,7 @@ class SimServer:
             log_level=settings.log_level,
             access_log=False,
             timeout_keep_alive=30,
+            timeout_graceful_shutdown=2,
             backlog=2048,
         )
         self.uvicorn = uvicorn.Server(config)

@@ -1,0 +1,184 @@
+"""Cancellation when the client leaves, and every fault mode, as the host itself counts them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from ollamasim.server import SimServer
+from tests.simfixtures import SimFactory, eventually, sim_stats
+
+LONG = {"model": "llama3.2", "prompt": "go on", "options": {"num_predict": 5000}}
+
+
+async def _idle_after_cancel(sim: SimServer, cancelled: int = 1) -> None:
+    async def done() -> bool:
+        stats = await sim_stats(sim)
+        runner = stats["runners"][0] if stats["runners"] else {"refs": 0, "active": 0}
+        return (stats["cancelled"], stats["in_flight"], runner["refs"], runner["active"]) == (
+            cancelled,
+            0,
+            0,
+            0,
+        )
+
+    await eventually(done)
+
+
+async def test_closing_a_stream_cancels_generation_within_a_second(start_sim: SimFactory) -> None:
+    sim = await start_sim(time_scale=1.0, response_tokens=(5000, 5000))
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        async with client.stream("POST", "/api/generate", json=LONG) as response:
+            lines = response.aiter_lines()
+            assert json.loads(await anext(lines))["done"] is False
+            assert json.loads(await anext(lines))["done"] is False
+        await _idle_after_cancel(sim)
+        # the slot is free: a new request is served at once
+        reply = await client.post(
+            "/api/generate", json={**LONG, "options": {"num_predict": 3}, "stream": False}
+        )
+    assert reply.json()["eval_count"] == 3
+    stats = await sim_stats(sim)
+    assert stats["tokens_generated"] < 5000 and stats["completed"] == 1
+
+
+async def test_abandoned_non_streaming_request_is_cancelled(start_sim: SimFactory) -> None:
+    sim = await start_sim(time_scale=1.0, response_tokens=(5000, 5000))
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        task = asyncio.create_task(client.post("/api/generate", json={**LONG, "stream": False}))
+        await eventually(lambda: _tokens_flowing(sim), within=5.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await _idle_after_cancel(sim)
+
+
+async def test_openai_stream_disconnect_cancels(start_sim: SimFactory) -> None:
+    sim = await start_sim(time_scale=1.0, response_tokens=(5000, 5000))
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    async with (
+        httpx.AsyncClient(base_url=sim.url, timeout=30) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert (await anext(response.aiter_lines())).startswith("data: ")
+    await _idle_after_cancel(sim)
+
+
+async def _tokens_flowing(sim: SimServer) -> bool:
+    return bool((await sim_stats(sim))["tokens_generated"] > 0)
+
+
+async def _put_fault(sim: SimServer, **fault: Any) -> None:
+    port = sim.control_port or sim.port
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        response = await client.put("/_sim/fault", json=fault)
+        assert response.status_code == 200, response.text
+
+
+async def test_busy_fault_answers_503_then_clears_after_count(
+    sim: SimServer, http: httpx.AsyncClient
+) -> None:
+    await _put_fault(sim, mode="busy", count=1)
+    body = {"model": "llama3.2", "prompt": "x", "stream": False}
+    first = await http.post("/api/generate", json=body)
+    assert first.status_code == 503
+    assert first.json()["error"].startswith("server busy, please try again.")
+    assert (await http.post("/api/generate", json=body)).status_code == 200
+    stats = await sim_stats(sim)
+    assert stats["faults_injected"] == {"busy": 1} and stats["fault"] is None
+
+
+async def test_busy_fault_on_openai_route_uses_openai_shape(
+    sim: SimServer, http: httpx.AsyncClient
+) -> None:
+    await _put_fault(sim, mode="busy")
+    response = await http.post("/v1/embeddings", json={"model": "nomic-embed-text", "input": "x"})
+    assert response.status_code == 503 and response.json()["error"]["type"] == "api_error"
+
+
+async def test_error_fault_is_a_500(sim: SimServer, http: httpx.AsyncClient) -> None:
+    await _put_fault(sim, mode="error")
+    response = await http.post(
+        "/api/chat", json={"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert response.status_code == 500 and "runner" in response.json()["error"]
+
+
+async def test_hang_fault_never_sends_a_first_byte(sim: SimServer) -> None:
+    await _put_fault(sim, mode="hang")
+    async with httpx.AsyncClient(base_url=sim.url, timeout=httpx.Timeout(5, read=0.3)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/api/generate", json={"model": "llama3.2", "prompt": "x"})
+    assert (await sim_stats(sim))["faults_injected"] == {"hang": 1}
+
+
+async def test_drop_fault_cuts_a_stream_after_n_chunks(
+    sim: SimServer, http: httpx.AsyncClient
+) -> None:
+    await _put_fault(sim, mode="drop", after_chunks=3)
+    received = []
+    with pytest.raises(httpx.RemoteProtocolError):
+        async with http.stream(
+            "POST", "/api/generate", json={"model": "llama3.2", "prompt": "x"}
+        ) as response:
+            async for line in response.aiter_lines():
+                received.append(json.loads(line))
+    assert len(received) == 3 and not any(chunk["done"] for chunk in received)
+    with pytest.raises(httpx.RemoteProtocolError):
+        await http.post("/api/generate", json={"model": "llama3.2", "prompt": "x", "stream": False})
+
+
+async def test_slow_fault_slows_decoding(sim: SimServer, http: httpx.AsyncClient) -> None:
+    body = {"model": "llama3.2", "prompt": "x", "stream": False, "options": {"num_predict": 8}}
+    await http.post("/api/generate", json=body)  # load first
+    normal = (await http.post("/api/generate", json=body)).json()
+    await _put_fault(sim, mode="slow", factor=20)
+    slow = (await http.post("/api/generate", json=body)).json()
+    assert slow["eval_duration"] > 5 * normal["eval_duration"]
+
+
+async def test_refuse_fault_closes_the_port_until_cleared(start_sim: SimFactory) -> None:
+    sim = await start_sim(control_listen=("127.0.0.1", 0))
+    control = httpx.AsyncClient(base_url=f"http://127.0.0.1:{sim.control_port}")
+    api = httpx.AsyncClient(base_url=sim.url, timeout=5)
+    async with control, api:
+        assert (await control.get("/api/tags")).status_code == 404  # control port: /_sim only
+        await control.put("/_sim/fault", json={"mode": "refuse"})
+        async with httpx.AsyncClient(base_url=sim.url) as fresh:
+            with pytest.raises(httpx.ConnectError):
+                await fresh.get("/api/version")
+        await control.delete("/_sim/fault")
+        await eventually(lambda: _answers(sim))
+
+
+async def test_refuse_fault_with_duration_reopens_by_itself(start_sim: SimFactory) -> None:
+    sim = await start_sim(fault="refuse:duration_s=0.3")
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/api/version")
+    await eventually(lambda: _answers(sim), within=3.0)
+
+
+async def _answers(sim: SimServer) -> bool:
+    try:
+        async with httpx.AsyncClient(base_url=sim.url) as client:
+            return (await client.get("/api/version")).status_code == 200
+    except httpx.ConnectError:
+        return False
+
+
+async def test_fault_given_at_start(start_sim: SimFactory) -> None:
+    sim = await start_sim(fault="busy:rate=1.0")
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        response = await client.post("/api/embed", json={"model": "nomic-embed-text", "input": "x"})
+    assert response.status_code == 503
+
+
+async def test_bad_fault_is_rejected(sim: SimServer, http: httpx.AsyncClient) -> None:
+    response = await http.put("/_sim/fault", json={"mode": "meteor"})
+    assert response.status_code == 400 and "unknown fault mode" in response.json()["error"]
+    assert (await sim_stats(sim))["fault"] is None

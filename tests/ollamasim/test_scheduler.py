@@ -1,0 +1,188 @@
+"""Loading, eviction, slots, the max-queue 503 and keep-alive, observed through the HTTP API and
+the simulator's own counters (fast time scale; assertions on counts and ordering, not timings)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from ollamasim.server import SimServer
+from tests.simfixtures import SimFactory, eventually, sim_stats
+
+
+async def _generate(client: httpx.AsyncClient, model: str, **extra: Any) -> dict[str, Any]:
+    body = {"model": model, "prompt": "hello", "stream": False, **extra}
+    response = await client.post("/api/generate", json=body)
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+async def _busy(sim: SimServer, gauge: str) -> bool:
+    return bool((await sim_stats(sim))[gauge] > 0)
+
+
+async def _loaded(client: httpx.AsyncClient) -> list[str]:
+    return [m["name"] for m in (await client.get("/api/ps")).json()["models"]]
+
+
+async def test_load_is_paid_once_and_reported(start_sim: SimFactory) -> None:
+    sim = await start_sim()
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        cold = await _generate(client, "llama3.1:8b")
+        warm = await _generate(client, "llama3.1:8b")
+        assert cold["load_duration"] > 20 * warm["load_duration"]
+        ps = (await client.get("/api/ps")).json()["models"]
+    assert (await sim_stats(sim))["loads"] == 1
+    assert ps[0]["name"] == "llama3.1:8b" and ps[0]["size_vram"] == ps[0]["size"]
+    assert ps[0]["size"] > 4_900_000_000  # weights plus KV cache
+    assert ps[0]["context_length"] == 4096
+
+
+async def test_idle_model_is_evicted_when_memory_is_short(start_sim: SimFactory) -> None:
+    sim = await start_sim(vram=6 * 1024**3)
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        await _generate(client, "llama3.1:8b")
+        await _generate(client, "qwen2.5:7b")
+        assert await _loaded(client) == ["qwen2.5:7b"]
+    stats = await sim_stats(sim)
+    assert (stats["loads"], stats["evictions"]) == (2, 1)
+
+
+async def test_busy_model_is_never_evicted(start_sim: SimFactory) -> None:
+    sim = await start_sim(vram=6 * 1024**3, time_scale=5.0, response_tokens=(100, 100))
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        await _generate(client, "llama3.1:8b")
+        order: list[str] = []
+
+        async def long_stream() -> int:
+            body = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 60}}
+            lines = 0
+            async with client.stream("POST", "/api/generate", json=body) as response:
+                async for _ in response.aiter_lines():
+                    lines += 1
+            order.append("first done")
+            return lines
+
+        first = asyncio.create_task(long_stream())
+        await eventually(lambda: _busy(sim, "in_flight"), within=10)
+        other = await _generate(client, "qwen2.5:7b")
+        order.append("second answered")
+        assert await first == 61  # 60 tokens and the final chunk: never cut short
+    assert order == ["first done", "second answered"]
+    assert other["done"] is True
+    stats = await sim_stats(sim)
+    assert (stats["evictions"], stats["cancelled"]) == (1, 0)
+
+
+async def test_pending_queue_overflow_is_503_but_warm_requests_pass(start_sim: SimFactory) -> None:
+    sim = await start_sim(max_queue=1, time_scale=2.0, models="llama3.2,llama3.1:8b,qwen2.5:7b")
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        await _generate(client, "llama3.2")  # now warm
+        cold = asyncio.create_task(_generate(client, "llama3.1:8b"))
+        await eventually(lambda: _busy(sim, "pending_loads"), within=10)
+        busy = await client.post("/api/generate", json={"model": "qwen2.5:7b", "prompt": "x"})
+        warm = await _generate(client, "llama3.2")
+        await cold
+    assert busy.status_code == 503
+    assert busy.json() == {
+        "error": "server busy, please try again.  maximum pending requests exceeded"
+    }
+    assert warm["done"] is True
+    assert (await sim_stats(sim))["busy_rejections"] == 1
+
+
+async def test_parallel_slots_bound_concurrent_decoding(start_sim: SimFactory) -> None:
+    # Token times come from the chunks' created_at (server side): client and server share this
+    # event loop, so arrival times on the client would say little about the order of decoding.
+    for slots, overlap_expected in ((1, False), (2, True)):
+        sim = await start_sim(num_parallel=slots, time_scale=5.0, response_tokens=(100, 100))
+        async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+            await _generate(client, "llama3.2")
+            tokens: dict[str, list[datetime]] = {"a": [], "b": []}
+
+            async def run(tag: str, tokens: dict[str, list[datetime]]) -> None:
+                body = {"model": "llama3.2", "prompt": tag, "options": {"num_predict": 40}}
+                async with client.stream("POST", "/api/generate", json=body) as response:
+                    async for line in response.aiter_lines():
+                        chunk = json.loads(line)
+                        if not chunk["done"]:
+                            tokens[tag].append(datetime.fromisoformat(chunk["created_at"]))
+
+            await asyncio.gather(run("a", tokens), run("b", tokens))
+        later = max(tokens, key=lambda tag: tokens[tag][0])
+        earlier = "a" if later == "b" else "b"
+        overlapped = tokens[later][0] < tokens[earlier][-1]
+        assert overlapped is overlap_expected, f"num_parallel={slots}"
+
+
+async def test_empty_prompt_loads_and_keep_alive_zero_unloads(start_sim: SimFactory) -> None:
+    sim = await start_sim()
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        loaded = (await client.post("/api/generate", json={"model": "llama3.2"})).json()
+        assert (loaded["done"], loaded["done_reason"]) == (True, "load")
+        assert await _loaded(client) == ["llama3.2:latest"]
+        unloaded = await client.post("/api/generate", json={"model": "llama3.2", "keep_alive": 0})
+        assert unloaded.json()["done_reason"] == "unload"
+        assert await _loaded(client) == []
+        chat = await client.post("/api/chat", json={"model": "llama3.2", "messages": []})
+        assert chat.json()["done_reason"] == "load"
+        await _generate(client, "llama3.2", keep_alive=0)
+        assert await _loaded(client) == []
+
+
+async def test_keep_alive_expiry_unloads_idle_model(start_sim: SimFactory) -> None:
+    sim = await start_sim(time_scale=100.0)
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        await _generate(client, "llama3.2", keep_alive="20s")  # 0.2 s of real time
+        assert await _loaded(client) == ["llama3.2:latest"]
+        for _ in range(200):
+            if not await _loaded(client):
+                break
+            await asyncio.sleep(0.02)
+        assert await _loaded(client) == []
+        await _generate(client, "llama3.2", keep_alive=-1)
+        expires = (await client.get("/api/ps")).json()["models"][0]["expires_at"]
+    assert int(expires[:4]) > 2300  # negative keep-alive: effectively forever
+    assert (await sim_stats(sim))["unloads"] == 1
+
+
+async def test_model_bigger_than_vram_is_split_with_cpu(start_sim: SimFactory) -> None:
+    sim = await start_sim(vram=4 * 1024**3)
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        await _generate(client, "llama3.1:8b")
+        model = (await client.get("/api/ps")).json()["models"][0]
+    assert 0 < model["size_vram"] < model["size"]
+
+
+async def test_max_loaded_models_evicts(start_sim: SimFactory) -> None:
+    sim = await start_sim(max_loaded_models=1)
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        await _generate(client, "llama3.2")
+        await _generate(client, "llama3.1:8b")
+        assert await _loaded(client) == ["llama3.1:8b"]
+
+
+async def test_cpu_host_reports_no_vram(start_sim: SimFactory) -> None:
+    sim = await start_sim(profile="cpu")
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        await _generate(client, "llama3.2:1b")
+        model = (await client.get("/api/ps")).json()["models"][0]
+    assert model["size_vram"] == 0 and model["size"] > 0
+
+
+async def test_prompt_cache_makes_follow_up_turn_cheaper(start_sim: SimFactory) -> None:
+    sim = await start_sim(time_scale=2.0)
+    long_history = "word " * 4000
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        await _generate(client, "llama3.2", options={"num_predict": 1})
+        first = await _generate(client, "llama3.2", prompt=long_history, options={"num_predict": 1})
+        follow = await _generate(
+            client, "llama3.2", prompt=long_history + "and more", options={"num_predict": 1}
+        )
+    assert follow["prompt_eval_count"] > first["prompt_eval_count"]
+    assert follow["prompt_eval_duration"] * 5 < first["prompt_eval_duration"]
