@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $@
 
 $(BUF): tools/buf/package.json tools/buf/package-lock.json
-	cd tools/buf && npm ci --no-audit --no-fund --loglevel=error
+	cd tools/buf && npm install --no-save --no-audit --no-fund --loglevel=error
 	@touch $@
 
 proto: $(STAMP) ## Regenerate gen/python from proto/ (Python, gRPC and .pyi stubs)
