@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import uvicorn
 
+from hopscommon.net import bind, connect_host
 from ollamasim.app import SimApp, create_app
 from ollamasim.settings import SimSettings
 from ollamasim.wire import DropConnection
@@ -28,16 +28,6 @@ class _DropFilter(logging.Filter):
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
         return not isinstance(exc, DropConnection)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 class SimServer:
@@ -69,9 +59,7 @@ class SimServer:
 
     @property
     def url(self) -> str:
-        host = self.settings.listen[0]
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        return f"http://{host}:{self.port}"
+        return f"http://{connect_host(self.settings.listen[0])}:{self.port}"
 
     def _protocol(self, _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
         # The same construction uvicorn.Server.startup uses for its own listeners.
@@ -128,6 +116,10 @@ class SimServer:
         for server in self._api_servers:
             server.close()
         self._api_servers = []
+        # Like a host that went down: idle keep-alive connections close too (requests in
+        # flight finish first), so pooled clients must reconnect and are refused.
+        for connection in list(self.uvicorn.server_state.connections):
+            connection.shutdown()
         log.warning("fault: refusing connections on port %d", self.port)
         if seconds is not None:
             self._reopen = loop.call_later(seconds, lambda: self._spawn(self._listen_again()))

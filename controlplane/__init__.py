@@ -1,0 +1,1 @@
+"""The HOPS control plane: live fleet state from agent streams, routing decisions and leases."""

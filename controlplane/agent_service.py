@@ -1,0 +1,149 @@
+"""AgentService: the node agents' bidirectional streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import grpc
+from hops.v1 import agent_pb2, agent_pb2_grpc
+
+from controlplane import convert
+from controlplane.commands import AgentSession
+from controlplane.errors import ControlPlaneError, InvalidRequest, NodeIdConflict
+from controlplane.fleet import Fleet
+from controlplane.settings import ControlPlaneSettings
+from hopscommon.fleet import Hello
+
+log = logging.getLogger("hops.controlplane")
+
+MAX_NODE_ID = 128
+MAX_MODELS = 5000
+MAX_GPUS = 64
+MAX_LABELS = 64
+
+
+def validate_hello(hello: Hello) -> None:
+    if not hello.node_id or len(hello.node_id) > MAX_NODE_ID or not hello.node_id.isprintable():
+        raise InvalidRequest(f"node_id must be 1-{MAX_NODE_ID} printable characters")
+    url = urlsplit(hello.ollama_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise InvalidRequest(f"ollama_url must be an http(s) URL, got {hello.ollama_url!r}")
+    if len(hello.labels) > MAX_LABELS:
+        raise InvalidRequest(f"at most {MAX_LABELS} labels")
+
+
+def validate_snapshot(msg: agent_pb2.ConnectRequest) -> str:
+    """Why a snapshot is unacceptable, or ''."""
+    snap = msg.snapshot
+    if len(snap.installed) > MAX_MODELS or len(snap.loaded) > MAX_MODELS:
+        return f"more than {MAX_MODELS} models"
+    if len(snap.gpus) > MAX_GPUS:
+        return f"more than {MAX_GPUS} GPUs"
+    if any(g.free_bytes > g.total_bytes for g in snap.gpus):
+        return "a GPU reports more free memory than it has"
+    return ""
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, fleet: Fleet, settings: ControlPlaneSettings) -> None:
+        self.fleet = fleet
+        self.settings = settings
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext[agent_pb2.ConnectRequest, agent_pb2.ConnectResponse],
+    ) -> AsyncIterator[agent_pb2.ConnectResponse]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), self.settings.agent_timeout)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        if first.WhichOneof("message") != "hello":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello"
+            )
+        hello = convert.hello(first.hello)
+        session = AgentSession(hello.node_id)
+        try:
+            validate_hello(hello)
+            _, replaced = self.fleet.attach(hello, session)
+        except (InvalidRequest, NodeIdConflict) as exc:
+            log.warning("agent refused node=%s reason=%s", hello.node_id, exc)
+            await context.abort(exc.code, str(exc))
+        log.info(
+            "agent connected node=%s url=%s replaced=%s", hello.node_id, hello.ollama_url, replaced
+        )
+        reader = asyncio.create_task(self._read(request_iterator, session, context))
+        try:
+            yield agent_pb2.ConnectResponse(
+                hello_ack=agent_pb2.HelloAck(
+                    node_id=hello.node_id,
+                    keepalive_interval=convert.duration(self.settings.keepalive_interval),
+                    replaced_previous=replaced,
+                )
+            )
+            async for frame in self._outgoing(session, reader):
+                yield frame
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ControlPlaneError):
+                await reader
+            session.close("agent disconnected")
+            if self.fleet.detach(hello.node_id, session):
+                log.info("agent disconnected node=%s", hello.node_id)
+
+    async def _outgoing(
+        self, session: AgentSession, reader: asyncio.Task[None]
+    ) -> AsyncIterator[agent_pb2.ConnectResponse]:
+        keepalives = 0
+        while not reader.done():
+            getter = asyncio.ensure_future(session.outbox.get())
+            done, _ = await asyncio.wait(
+                {getter, reader},
+                timeout=self.settings.keepalive_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            node = self.fleet.nodes.get(session.node_id)
+            if node is None or node.session is not session:
+                return  # replaced by a newer stream
+            if time.time() - node.last_seen > self.settings.agent_timeout:
+                log.warning(
+                    "agent silent for %.0fs, closing node=%s",
+                    self.settings.agent_timeout,
+                    session.node_id,
+                )
+                return
+            if not reader.done():
+                keepalives += 1
+                yield agent_pb2.ConnectResponse(keepalive=agent_pb2.Keepalive(sequence=keepalives))
+
+    async def _read(
+        self,
+        requests: AsyncIterator[agent_pb2.ConnectRequest],
+        session: AgentSession,
+        context: grpc.aio.ServicerContext[agent_pb2.ConnectRequest, agent_pb2.ConnectResponse],
+    ) -> None:
+        node_id = session.node_id
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            async for message in requests:
+                kind = message.WhichOneof("message")
+                self.fleet.seen(node_id, session)
+                if kind == "snapshot":
+                    problem = validate_snapshot(message)
+                    if problem:
+                        log.warning("snapshot rejected node=%s reason=%s", node_id, problem)
+                        continue
+                    self.fleet.update(node_id, session, convert.snapshot(message.snapshot))
+                elif kind == "progress":
+                    session.deliver(message.progress)
+                elif kind == "result":
+                    session.deliver(message.result)

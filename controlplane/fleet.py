@@ -1,0 +1,194 @@
+"""The fleet's live state: one Node per agent-reported host, rebuilt entirely from agent streams.
+
+Everything here runs on the control plane's event loop. ``version`` increases on every change that
+edges can see (nodes coming and going, inventory, routability), and ``changed`` wakes whoever
+waits for the next version (edge sessions, drain waiters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from controlplane.breaker import Breaker
+from controlplane.errors import NodeIdConflict
+from controlplane.leases import LeaseTable
+from hopscommon import names
+from hopscommon.fleet import Hello, LoadedModel, Snapshot
+
+
+class NodeState(Enum):
+    ONLINE = 1
+    UNHEALTHY = 2
+    OFFLINE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class IdConflict:
+    instance_id: str
+    hostname: str
+    ollama_url: str
+    seen_at: float
+
+
+def model_key(name: str) -> str:
+    return names.match_key(name) or name.casefold()
+
+
+@dataclass(slots=True)
+class Node:
+    """One host. ``session`` is the agent stream that currently speaks for it (None: offline)."""
+
+    hello: Hello
+    breaker: Breaker
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    session: object | None = None
+    connected_since: float = 0.0
+    last_seen: float = 0.0
+    disconnected_at: float = 0.0
+    cordoned: bool = False
+    draining: bool = False
+    conflicts: list[IdConflict] = field(default_factory=list)
+    installed_keys: frozenset[str] = frozenset()
+    loaded_by_key: dict[str, LoadedModel] = field(default_factory=dict)
+    loading: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def node_id(self) -> str:
+        return self.hello.node_id
+
+    @property
+    def state(self) -> NodeState:
+        if self.session is None:
+            return NodeState.OFFLINE
+        return NodeState.ONLINE if self.snapshot.ollama_healthy else NodeState.UNHEALTHY
+
+    @property
+    def routable(self) -> bool:
+        """Connected, healthy and accepting new work (the breaker is checked per pick)."""
+        return self.state is NodeState.ONLINE and not self.cordoned
+
+    def has_model(self, key: str) -> bool:
+        return key in self.installed_keys
+
+    def set_snapshot(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.installed_keys = frozenset(model_key(m.name) for m in snapshot.installed)
+        self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
+        for key in list(self.loading):
+            if key in self.loaded_by_key:
+                del self.loading[key]
+
+
+class Fleet:
+    """All nodes plus the lease table; owned by the event loop."""
+
+    def __init__(self, *, breaker_factory: Callable[[], Breaker], forget_after: float) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.leases = LeaseTable()
+        self.version = 1
+        self._changed = asyncio.Event()
+        self._breaker_factory = breaker_factory
+        self.forget_after = forget_after
+
+    def touch(self) -> None:
+        """Record a visible change and wake waiters."""
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(
+        self,
+        seen_version: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - False on timeout is the contract
+    ) -> bool:
+        """Wait until ``version`` passes ``seen_version``; False on timeout."""
+        if self.version != seen_version:
+            return True
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def attach(self, hello: Hello, session: object) -> tuple[Node, bool]:
+        """Register an agent stream for ``hello.node_id``; returns (node, replaced_previous).
+
+        A stream from the same host (same hostname and Ollama URL, e.g. a restarted agent)
+        replaces a previous one. A different host claiming an id that is connected is refused
+        with NodeIdConflict and recorded on the node, so the admin sees it.
+        """
+        now = time.time()
+        node = self.nodes.get(hello.node_id)
+        if node is None:
+            node = Node(hello=hello, breaker=self._breaker_factory())
+            self.nodes[hello.node_id] = node
+            replaced = False
+        else:
+            same_host = (node.hello.hostname, node.hello.ollama_url) == (
+                hello.hostname,
+                hello.ollama_url,
+            )
+            if not same_host:
+                node.conflicts.append(
+                    IdConflict(hello.instance_id, hello.hostname, hello.ollama_url, now)
+                )
+                del node.conflicts[:-10]
+                if node.session is not None:
+                    self.touch()
+                    raise NodeIdConflict(
+                        f"node id {hello.node_id!r} is held by {node.hello.hostname} "
+                        f"({node.hello.ollama_url}); this agent is {hello.hostname} "
+                        f"({hello.ollama_url})"
+                    )
+            replaced = node.session is not None
+            node.hello = hello
+        node.session = session
+        node.connected_since = now
+        node.last_seen = now
+        node.snapshot = Snapshot()
+        node.set_snapshot(Snapshot())
+        self.touch()
+        return node, replaced
+
+    def detach(self, node_id: str, session: object) -> bool:
+        """The stream ``session`` closed; the node leaves routing at once if it was current."""
+        node = self.nodes.get(node_id)
+        if node is None or node.session is not session:
+            return False
+        node.session = None
+        node.disconnected_at = time.time()
+        self.touch()
+        return True
+
+    def update(self, node_id: str, session: object, snapshot: Snapshot) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or node.session is not session:
+            return
+        if snapshot.sequence and snapshot.sequence < node.snapshot.sequence:
+            return  # stale
+        node.last_seen = time.time()
+        node.set_snapshot(snapshot)
+        self.touch()
+
+    def seen(self, node_id: str, session: object) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None and node.session is session:
+            node.last_seen = time.time()
+
+    def forget_offline(self) -> list[str]:
+        """Drop nodes offline for longer than ``forget_after`` seconds."""
+        cutoff = time.time() - self.forget_after
+        gone = [
+            n.node_id
+            for n in self.nodes.values()
+            if n.session is None and n.disconnected_at < cutoff
+        ]
+        for node_id in gone:
+            del self.nodes[node_id]
+        if gone:
+            self.touch()
+        return gone

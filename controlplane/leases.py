@@ -1,0 +1,94 @@
+"""Leases: one per routed request, from Pick to Report. In-flight counts per (node, model) are
+derived from open leases only, so they return to zero when leases close, when the edge that held
+them goes away, or when a lease outlives its TTL."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Lease:
+    lease_id: str
+    edge_id: str
+    node_id: str
+    model: str
+    opened_at: float
+    attempts: int = 1
+
+
+class LeaseTable:
+    """Owned by the event loop."""
+
+    def __init__(self) -> None:
+        self._leases: dict[str, Lease] = {}
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._per_node: Counter[str] = Counter()
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(4).hex()
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def open(self, edge_id: str, node_id: str, model: str) -> Lease:
+        lease = Lease(
+            f"{self._prefix}-{next(self._ids)}", edge_id, node_id, model, time.monotonic()
+        )
+        self._leases[lease.lease_id] = lease
+        self._count(lease, +1)
+        return lease
+
+    def get(self, lease_id: str) -> Lease | None:
+        return self._leases.get(lease_id)
+
+    def move(self, lease_id: str, node_id: str) -> Lease | None:
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            self._count(lease, -1)
+            lease.node_id = node_id
+            lease.attempts += 1
+            self._count(lease, +1)
+        return lease
+
+    def close(self, lease_id: str) -> Lease | None:
+        lease = self._leases.pop(lease_id, None)
+        if lease is not None:
+            self._count(lease, -1)
+        return lease
+
+    def release_edge(self, edge_id: str) -> list[Lease]:
+        gone = [lease for lease in self._leases.values() if lease.edge_id == edge_id]
+        for lease in gone:
+            self.close(lease.lease_id)
+        return gone
+
+    def expire(self, ttl: float) -> list[Lease]:
+        cutoff = time.monotonic() - ttl
+        old = [lease for lease in self._leases.values() if lease.opened_at < cutoff]
+        for lease in old:
+            self.close(lease.lease_id)
+        return old
+
+    def in_flight(self, node_id: str, model: str | None = None) -> int:
+        if model is None:
+            return self._per_node[node_id]
+        return self._counts[(node_id, model)]
+
+    def by_model(self, node_id: str) -> dict[str, int]:
+        return {m: c for (n, m), c in self._counts.items() if n == node_id and c > 0}
+
+    def model_total(self, model: str) -> int:
+        return sum(c for (_, m), c in self._counts.items() if m == model)
+
+    def _count(self, lease: Lease, delta: int) -> None:
+        key = (lease.node_id, lease.model)
+        self._counts[key] += delta
+        self._per_node[lease.node_id] += delta
+        if self._counts[key] <= 0:
+            del self._counts[key]
+        if self._per_node[lease.node_id] <= 0:
+            del self._per_node[lease.node_id]

@@ -1,0 +1,80 @@
+"""Plain frozen values the control plane reasons about; protobuf stays in convert.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Outcome(Enum):
+    UNSPECIFIED = 0
+    OK = 1
+    CLIENT_ERROR = 2
+    UPSTREAM_ERROR = 3
+    CONNECT_ERROR = 4
+    BUSY = 5
+    TIMEOUT = 6
+    CLIENT_CANCELLED = 7
+
+    @property
+    def is_host_failure(self) -> bool:
+        """Outcomes that say the host is unwell (they feed its breaker)."""
+        return self in (
+            Outcome.UPSTREAM_ERROR,
+            Outcome.CONNECT_ERROR,
+            Outcome.BUSY,
+            Outcome.TIMEOUT,
+        )
+
+
+class ApiKind(Enum):
+    UNSPECIFIED = 0
+    GENERATE = 1
+    CHAT = 2
+    EMBED = 3
+    EMBEDDINGS = 4
+    SHOW = 5
+    OPENAI_CHAT = 6
+    OPENAI_COMPLETIONS = 7
+    OPENAI_EMBEDDINGS = 8
+    PULL = 9
+    OTHER = 10
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStats:
+    total_duration_ns: int = 0
+    load_duration_ns: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration_ns: int = 0
+    eval_count: int = 0
+    eval_duration_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """One request to route (PickRequest, converted)."""
+
+    model: str
+    api: ApiKind = ApiKind.UNSPECIFIED
+    edge_id: str = ""
+    session_key: str = ""
+    exclude: frozenset[str] = frozenset()
+    label_selector: tuple[tuple[str, str], ...] = ()
+    node_id: str = ""
+    prompt_tokens: int = 0
+    max_candidates: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The outcome of one attempt (ReportRequest, converted)."""
+
+    lease_id: str
+    node_id: str
+    outcome: Outcome
+    http_status: int = 0
+    ttfb_s: float = 0.0
+    duration_s: float = 0.0
+    retry_node_id: str = ""
+    stats: GenerationStats | None = None

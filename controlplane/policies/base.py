@@ -1,0 +1,45 @@
+"""The policy interface: a policy ranks the hosts that passed the router's filters.
+
+A policy is a small class with one pure, synchronous method. It sees only plain values (never the
+fleet, never protobuf), may keep its own tiny state (a counter, a seeded RNG), and returns every
+candidate it is given, best first, each with a short reason for X-Hops-Route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from controlplane.model import RouteRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One eligible host for one request, with what a policy may weigh."""
+
+    node_id: str
+    ollama_url: str
+    loaded: bool
+    in_flight_model: int
+    in_flight_node: int
+    num_parallel: int
+    weight: float = 1.0
+    vram_total: int = 0
+    vram_free: int = 0
+    model_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    candidate: Candidate
+    score: float
+    reason: str
+
+
+class Picker(Protocol):
+    """Ranks candidates for one request."""
+
+    name: ClassVar[str]
+
+    def pick(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Ranked]: ...

@@ -1,0 +1,188 @@
+"""Per-request routing: filter the fleet, let the policy rank, open a lease; and close leases from
+Reports, feeding each node's breaker and what is learned about its speed.
+
+Filters, in order: connected and Ollama healthy, not cordoned or draining, has the model (any node
+for a pull), not excluded, labels match exactly, the node named by the client if any, breaker
+allows, under the node's own concurrency cap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from controlplane.fleet import Fleet, Node, model_key
+from controlplane.metrics import ControlPlaneMetrics
+from controlplane.model import ApiKind, Report, RouteRequest
+from controlplane.policies import Candidate, Picker, Ranked
+
+EWMA_ALPHA = 0.3
+
+
+class PickStatus(Enum):
+    OK = 1
+    MODEL_NOT_FOUND = 2
+    NO_HEALTHY_NODE = 3
+    SATURATED = 4
+    NODE_NOT_FOUND = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PickOutcome:
+    status: PickStatus
+    policy: str
+    lease_id: str = ""
+    ranked: tuple[Ranked, ...] = ()
+    message: str = ""
+    retry_after_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Learned:
+    """What Reports taught us about one model on one node (exponentially weighted)."""
+
+    decode_tps: float = 0.0
+    load_seconds: float = 0.0
+    samples: int = 0
+
+
+@dataclass(slots=True)
+class Router:
+    fleet: Fleet
+    policy: Picker
+    metrics: ControlPlaneMetrics
+    max_candidates: int = 3
+    retry_after_s: float = 2.0
+    learned: dict[tuple[str, str], Learned] = field(default_factory=dict)
+
+    def pick(self, request: RouteRequest) -> PickOutcome:
+        started = time.perf_counter()
+        outcome = self._pick(request)
+        self.metrics.observe_pick(
+            outcome.policy, outcome.status.name.lower(), time.perf_counter() - started
+        )
+        return outcome
+
+    def _pick(self, request: RouteRequest) -> PickOutcome:
+        name = self.policy.name
+        key = model_key(request.model)
+        nodes = [n for n in self.fleet.nodes.values() if n.session is not None]
+        if request.node_id:
+            nodes = [n for n in nodes if n.node_id == request.node_id]
+            if not nodes:
+                return PickOutcome(
+                    PickStatus.NODE_NOT_FOUND,
+                    name,
+                    message=f"node {request.node_id!r} is not connected",
+                )
+        holders = nodes if request.api is ApiKind.PULL else [n for n in nodes if n.has_model(key)]
+        if not holders:
+            return PickOutcome(
+                PickStatus.MODEL_NOT_FOUND,
+                name,
+                message=f"model {request.model!r} is not on any host",
+            )
+        eligible: list[Candidate] = []
+        saturated = 0
+        selector = dict(request.label_selector)
+        for node in holders:
+            if not self._passes(node, request, selector):
+                continue
+            cap = node.hello.capacity.max_in_flight
+            if cap and self.fleet.leases.in_flight(node.node_id) >= cap:
+                saturated += 1
+                continue
+            eligible.append(self._candidate(node, key))
+        if not eligible:
+            status = PickStatus.SATURATED if saturated else PickStatus.NO_HEALTHY_NODE
+            message = (
+                "every host with this model is at its concurrency limit"
+                if saturated
+                else "no healthy host can serve this model now"
+            )
+            return PickOutcome(status, name, message=message, retry_after_s=self.retry_after_s)
+        limit = request.max_candidates or self.max_candidates
+        ranked = tuple(self.policy.pick(request, eligible)[:limit])
+        first = self.fleet.nodes[ranked[0].candidate.node_id]
+        lease = self.fleet.leases.open(request.edge_id, first.node_id, key)
+        first.breaker.on_dispatch(lease.lease_id)
+        if not ranked[0].candidate.loaded and request.api is not ApiKind.PULL:
+            first.loading.setdefault(key, time.monotonic())
+        return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
+
+    @staticmethod
+    def _passes(node: Node, request: RouteRequest, selector: dict[str, str]) -> bool:
+        if not node.routable or node.node_id in request.exclude:
+            return False
+        labels = node.hello.label_map
+        if any(labels.get(k) != v for k, v in selector.items()):
+            return False
+        return node.breaker.allows()
+
+    def _candidate(self, node: Node, key: str) -> Candidate:
+        installed = next((m for m in node.snapshot.installed if model_key(m.name) == key), None)
+        return Candidate(
+            node_id=node.node_id,
+            ollama_url=node.hello.ollama_url,
+            loaded=key in node.loaded_by_key,
+            in_flight_model=self.fleet.leases.in_flight(node.node_id, key),
+            in_flight_node=self.fleet.leases.in_flight(node.node_id),
+            num_parallel=node.hello.capacity.num_parallel,
+            weight=node.hello.weight,
+            vram_total=node.snapshot.vram_total,
+            vram_free=node.snapshot.vram_free,
+            model_size=installed.size_bytes if installed else 0,
+        )
+
+    def report(self, report: Report) -> bool:
+        """Apply one attempt's outcome; False when the lease is unknown (closed or expired)."""
+        lease = self.fleet.leases.get(report.lease_id)
+        if lease is None:
+            return False
+        node = self.fleet.nodes.get(report.node_id or lease.node_id)
+        if node is not None:
+            detail = f"http {report.http_status}" if report.http_status else ""
+            node.breaker.record(report.outcome, lease.lease_id, detail)
+            self._learn(node.node_id, lease.model, report)
+        if report.retry_node_id and report.retry_node_id in self.fleet.nodes:
+            self.fleet.leases.move(lease.lease_id, report.retry_node_id)
+            self.fleet.nodes[report.retry_node_id].breaker.on_dispatch(lease.lease_id)
+        else:
+            self.fleet.leases.close(lease.lease_id)
+        self.metrics.observe_report(report.outcome.name.lower())
+        return True
+
+    def _learn(self, node_id: str, model: str, report: Report) -> None:
+        stats = report.stats
+        if stats is None:
+            return
+        learned = self.learned.setdefault((node_id, model), Learned())
+        if stats.eval_count and stats.eval_duration_ns:
+            tps = stats.eval_count / (stats.eval_duration_ns / 1e9)
+            learned.decode_tps = _ewma(learned.decode_tps, tps)
+        if stats.load_duration_ns > 100_000_000:  # a real load, not the warm hand-over
+            learned.load_seconds = _ewma(learned.load_seconds, stats.load_duration_ns / 1e9)
+        learned.samples += 1
+
+    def sweep(self, lease_ttl: float) -> int:
+        """Release leases older than ``lease_ttl``; forget long-offline nodes."""
+        expired = self.fleet.leases.expire(lease_ttl)
+        for lease in expired:
+            node = self.fleet.nodes.get(lease.node_id)
+            if node is not None:
+                node.breaker.abandon(lease.lease_id)
+        self.fleet.forget_offline()
+        return len(expired)
+
+    def release_edge(self, edge_id: str) -> int:
+        released = self.fleet.leases.release_edge(edge_id)
+        for lease in released:
+            node = self.fleet.nodes.get(lease.node_id)
+            if node is not None:
+                node.breaker.abandon(lease.lease_id)
+        return len(released)
+
+
+def _ewma(old: float, new: float) -> float:
+    return new if old == 0 else old + EWMA_ALPHA * (new - old)

@@ -1,0 +1,157 @@
+"""Composition root of the control plane: gRPC services, health, reflection, metrics, sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from hops.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from controlplane.admin_service import AdminServicer
+from controlplane.agent_service import AgentServicer
+from controlplane.breaker import Breaker
+from controlplane.fleet import Fleet
+from controlplane.metrics import ControlPlaneMetrics
+from controlplane.policies import REGISTRY
+from controlplane.router import Router
+from controlplane.router_service import RouterServicer
+from controlplane.settings import ControlPlaneSettings
+from hopscommon.net import bind, connect_host
+
+log = logging.getLogger("hops.controlplane")
+
+SERVICE_NAMES = (
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+SWEEP_INTERVAL_S = 1.0
+GRPC_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+class ControlPlane:
+    """One control plane process (or one in a test's event loop)."""
+
+    def __init__(self, settings: ControlPlaneSettings) -> None:
+        self.settings = settings
+        self.metrics = ControlPlaneMetrics()
+        self.fleet = Fleet(
+            breaker_factory=lambda: Breaker(
+                threshold=settings.breaker_failures, cooldown=settings.breaker_cooldown
+            ),
+            forget_after=settings.forget_after,
+        )
+        self.metrics.fleet = self.fleet
+        self.router = Router(
+            fleet=self.fleet,
+            policy=REGISTRY[settings.policy](settings.seed),
+            metrics=self.metrics,
+            max_candidates=settings.max_candidates,
+            retry_after_s=settings.retry_after,
+        )
+        self.grpc = grpc.aio.server(options=GRPC_OPTIONS)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(self.fleet, settings), self.grpc
+        )
+        router_pb2_grpc.add_RouterServiceServicer_to_server(
+            RouterServicer(self.router, settings), self.grpc
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.router, settings), self.grpc
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
+        )
+        host, port = settings.listen
+        self.port = self.grpc.add_insecure_port(
+            f"[::]:{port}" if host in ("::", "") else f"{host}:{port}"
+        )
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        self.metrics_port: int | None = None
+        self._http: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def address(self) -> str:
+        return f"{connect_host(self.settings.listen[0])}:{self.port}"
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        for service in (*SERVICE_NAMES, ""):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self._sweep()))
+        if self.settings.metrics_listen is not None:
+            sock = bind(*self.settings.metrics_listen)
+            self.metrics_port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                self._http_app(), lifespan="off", log_level="warning", access_log=False
+            )
+            self._http = uvicorn.Server(config)
+            self._http.config.load()
+            self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock])))
+
+    async def stop(self, grace: float = 2.0) -> None:
+        for service in (*SERVICE_NAMES, ""):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._http is not None:
+            self._http.should_exit = True
+        await self.grpc.stop(grace)
+        self._tasks[0].cancel()  # the sweeper; the HTTP server ends by itself on should_exit
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def wait(self) -> None:
+        await self.grpc.wait_for_termination()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            released = self.router.sweep(self.settings.lease_ttl)
+            if released:
+                log.warning("released %d leases past their TTL", released)
+
+    def _http_app(self) -> Starlette:
+        async def metrics(request: Request) -> Response:
+            return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+        async def healthz(request: Request) -> Response:
+            return PlainTextResponse("ok")
+
+        return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])
+
+
+@contextlib.asynccontextmanager
+async def running(settings: ControlPlaneSettings) -> AsyncIterator[ControlPlane]:
+    """Run a control plane in the current event loop (for tests); stops it on exit."""
+    plane = ControlPlane(settings)
+    await plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.stop(grace=0.5)

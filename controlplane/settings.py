@@ -1,0 +1,99 @@
+"""The control plane's settings: one frozen object, every field a flag and a HOPS_CP_* variable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from controlplane.policies import REGISTRY
+from hopscommon.settings import load, option, parse_host_port
+from hopscommon.units import parse_seconds
+
+ENV_PREFIX = "HOPS_CP_"
+
+
+def _policy(text: str) -> str:
+    if text not in REGISTRY:
+        raise ValueError(f"unknown policy {text!r}; choose one of {', '.join(REGISTRY)}")
+    return text
+
+
+def _optional_address(text: str) -> tuple[str, int] | None:
+    return None if text.strip().lower() in ("", "off", "none") else parse_host_port(text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlPlaneSettings:
+    """How the control plane listens, routes and forgets."""
+
+    listen: tuple[str, int] = option(
+        ("0.0.0.0", 50051),
+        "HOST:PORT for gRPC (agents, edges, admins)",
+        parse=parse_host_port,
+        shown="0.0.0.0:50051",
+    )
+    metrics_listen: tuple[str, int] | None = option(
+        ("127.0.0.1", 9464),
+        "HOST:PORT for HTTP /metrics and /healthz ('off' to disable)",
+        parse=_optional_address,
+        shown="127.0.0.1:9464",
+    )
+    policy: str = option(
+        "least_busy", f"routing policy: {', '.join(REGISTRY)}", parse=_policy, metavar="NAME"
+    )
+    seed: int | None = option(None, "seed for randomised policies (reproducible runs)", parse=int)
+    max_candidates: int = option(3, "candidates returned per pick (primary + fallbacks)", parse=int)
+    lease_ttl: float = option(
+        1800.0, "seconds after which a lease nobody reported is released", parse=parse_seconds
+    )
+    breaker_failures: int = option(
+        3, "consecutive host failures that open a node's breaker", parse=int
+    )
+    breaker_cooldown: float = option(
+        10.0, "seconds an open breaker keeps a node out before a probe", parse=parse_seconds
+    )
+    retry_after: float = option(
+        2.0, "Retry-After seconds suggested when no host can take work", parse=parse_seconds
+    )
+    keepalive_interval: float = option(
+        5.0, "seconds between keepalives on agent streams", parse=parse_seconds
+    )
+    agent_timeout: float = option(
+        20.0, "seconds without any message before an agent stream is closed", parse=parse_seconds
+    )
+    forget_after: float = option(
+        300.0, "seconds an offline node stays visible to admins", parse=parse_seconds
+    )
+    command_timeout: float = option(
+        600.0,
+        "seconds to wait for an agent to finish a command (pull, preload)",
+        parse=parse_seconds,
+    )
+    log_level: str = option("info", "log level: debug, info, warning, error")
+
+    def validate(self) -> None:
+        if self.max_candidates < 1:
+            raise ValueError("--max-candidates must be >= 1")
+        if self.breaker_failures < 1:
+            raise ValueError("--breaker-failures must be >= 1")
+        for name in ("lease_ttl", "breaker_cooldown", "keepalive_interval", "agent_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+        if self.agent_timeout <= self.keepalive_interval:
+            raise ValueError("--agent-timeout must be longer than --keepalive-interval")
+
+
+def load_settings(argv: Sequence[str] | None = None) -> ControlPlaneSettings:
+    return load(
+        ControlPlaneSettings,
+        argv,
+        os.environ,
+        prog="hops-controlplane",
+        description=(
+            "The HOPS control plane: keeps the fleet's live state from node agents (gRPC "
+            "AgentService), answers edges' routing questions (RouterService) and admins "
+            "(AdminService; try grpcurl -plaintext HOST:PORT list)."
+        ),
+        env_prefix=ENV_PREFIX,
+    )

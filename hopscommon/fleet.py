@@ -1,0 +1,104 @@
+"""What a node is and has, as plain frozen values shared by the agent, the control plane and the
+edge; hopscommon.fleet_convert is the only place they meet protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class Details:
+    family: str = ""
+    parameter_size: str = ""
+    quantization_level: str = ""
+    format: str = ""
+    families: tuple[str, ...] = ()
+    parent_model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledModel:
+    name: str
+    digest: str = ""
+    size_bytes: int = 0
+    modified_at: float = 0.0
+    details: Details = field(default_factory=Details)
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    name: str
+    digest: str = ""
+    size_bytes: int = 0
+    size_vram_bytes: int = 0
+    expires_at: float = 0.0
+    context_length: int = 0
+    details: Details = field(default_factory=Details)
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    index: int
+    name: str = ""
+    uuid: str = ""
+    total_bytes: int = 0
+    free_bytes: int = 0
+
+
+class GpuSource(Enum):
+    UNSPECIFIED = 0
+    NVML = 1
+    NVIDIA_SMI = 2
+    NONE = 3
+    STATIC = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What an agent last told us about its node."""
+
+    sequence: int = 0
+    taken_at: float = 0.0
+    ollama_healthy: bool = False
+    ollama_error: str = ""
+    ollama_version: str = ""
+    installed: tuple[InstalledModel, ...] = ()
+    loaded: tuple[LoadedModel, ...] = ()
+    gpus: tuple[Gpu, ...] = ()
+    gpu_source: GpuSource = GpuSource.UNSPECIFIED
+    system_memory_total_bytes: int = 0
+    system_memory_free_bytes: int = 0
+
+    @property
+    def vram_total(self) -> int:
+        return sum(g.total_bytes for g in self.gpus)
+
+    @property
+    def vram_free(self) -> int:
+        return sum(g.free_bytes for g in self.gpus)
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    num_parallel: int = 1
+    max_loaded_models: int = 0
+    max_queue: int = 512
+    max_in_flight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    node_id: str
+    ollama_url: str
+    labels: tuple[tuple[str, str], ...] = ()
+    capacity: Capacity = field(default_factory=Capacity)
+    instance_id: str = ""
+    hostname: str = ""
+    agent_version: str = ""
+    weight: float = 1.0
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)

@@ -1,0 +1,174 @@
+"""The agent's view of its local Ollama: probes for the snapshot, and the commands it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from hopscommon.fleet import Details, InstalledModel, LoadedModel
+
+
+class OllamaError(Exception):
+    """Ollama answered with an error or could not be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class OllamaState:
+    healthy: bool
+    error: str = ""
+    version: str = ""
+    installed: tuple[InstalledModel, ...] = ()
+    loaded: tuple[LoadedModel, ...] = ()
+
+
+def parse_time(text: Any) -> float:
+    """Go RFC 3339 (with nanoseconds and an offset) to epoch seconds; 0 when missing or odd."""
+    if not isinstance(text, str) or not text:
+        return 0.0
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _details(raw: Any) -> Details:
+    d = raw if isinstance(raw, dict) else {}
+    families = d.get("families")
+    return Details(
+        family=str(d.get("family") or ""),
+        parameter_size=str(d.get("parameter_size") or ""),
+        quantization_level=str(d.get("quantization_level") or ""),
+        format=str(d.get("format") or ""),
+        families=tuple(str(f) for f in families) if isinstance(families, list) else (),
+        parent_model=str(d.get("parent_model") or ""),
+    )
+
+
+def _name(entry: dict[str, Any]) -> str:
+    return str(entry.get("model") or entry.get("name") or "")
+
+
+def parse_tags(body: Any) -> tuple[InstalledModel, ...]:
+    models = body.get("models") if isinstance(body, dict) else None
+    return tuple(
+        InstalledModel(
+            name=_name(m),
+            digest=str(m.get("digest") or ""),
+            size_bytes=int(m.get("size") or 0),
+            modified_at=parse_time(m.get("modified_at")),
+            details=_details(m.get("details")),
+            capabilities=tuple(str(c) for c in m.get("capabilities") or ()),
+        )
+        for m in (models or [])
+        if isinstance(m, dict) and _name(m)
+    )
+
+
+def parse_ps(body: Any) -> tuple[LoadedModel, ...]:
+    models = body.get("models") if isinstance(body, dict) else None
+    return tuple(
+        LoadedModel(
+            name=_name(m),
+            digest=str(m.get("digest") or ""),
+            size_bytes=int(m.get("size") or 0),
+            size_vram_bytes=int(m.get("size_vram") or 0),
+            expires_at=parse_time(m.get("expires_at")),
+            context_length=int(m.get("context_length") or 0),
+            details=_details(m.get("details")),
+        )
+        for m in (models or [])
+        if isinstance(m, dict) and _name(m)
+    )
+
+
+class OllamaClient:
+    """One pooled async HTTP client to the local Ollama."""
+
+    def __init__(self, base_url: str, *, probe_timeout: float = 3.0) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url, timeout=httpx.Timeout(probe_timeout, read=probe_timeout)
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _get(self, path: str) -> Any:
+        response = await self.http.get(path)
+        response.raise_for_status()
+        return response.json()
+
+    async def probe(self) -> OllamaState:
+        """/api/version, /api/tags and /api/ps at once; unhealthy if any of them fails."""
+        try:
+            version, tags, ps = await asyncio.gather(
+                self._get("/api/version"), self._get("/api/tags"), self._get("/api/ps")
+            )
+        except (httpx.HTTPError, ValueError) as exc:
+            return OllamaState(healthy=False, error=f"{type(exc).__name__}: {exc}"[:300])
+        return OllamaState(
+            healthy=True,
+            version=str(version.get("version", "")) if isinstance(version, dict) else "",
+            installed=parse_tags(tags),
+            loaded=parse_ps(ps),
+        )
+
+    async def pull(self, model: str, insecure: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Progress lines of /api/pull; raises OllamaError on an error line or status."""
+        body = {"model": model, "insecure": insecure, "stream": True}
+        timeout = httpx.Timeout(10.0, read=None)
+        try:
+            async with self.http.stream("POST", "/api/pull", json=body, timeout=timeout) as resp:
+                if resp.status_code != 200:
+                    raise OllamaError(_error_text(await resp.aread(), resp.status_code))
+                async for line in resp.aiter_lines():
+                    if not line.strip():
+                        continue
+                    progress = json.loads(line)
+                    if "error" in progress:
+                        raise OllamaError(str(progress["error"]))
+                    yield progress
+        except httpx.HTTPError as exc:
+            raise OllamaError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def unload(self, model: str) -> None:
+        await self._generate({"model": model, "keep_alive": 0})
+
+    async def preload(self, model: str, keep_alive: str = "") -> None:
+        body: dict[str, Any] = {"model": model}
+        if keep_alive:
+            body["keep_alive"] = _keep_alive_value(keep_alive)
+        await self._generate(body)
+
+    async def _generate(self, body: dict[str, Any]) -> None:
+        try:
+            response = await self.http.post(
+                "/api/generate", json=body, timeout=httpx.Timeout(10.0, read=None)
+            )
+        except httpx.HTTPError as exc:
+            raise OllamaError(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise OllamaError(_error_text(response.content, response.status_code))
+
+
+def _keep_alive_value(text: str) -> Any:
+    """A bare number is seconds for Ollama only as a JSON number, not as a string."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
+
+
+def _error_text(body: bytes, status: int) -> str:
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and "error" in data:
+            return f"{status}: {data['error']}"
+    except ValueError:
+        pass
+    return f"{status}: {body[:200].decode(errors='replace')}"

@@ -1,0 +1,114 @@
+from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
+from controlplane.router import PickStatus
+from tests.controlplane import builders
+
+
+def _req(model: str = "llama3.2", **kw: object) -> RouteRequest:
+    return RouteRequest(model=model, edge_id="edge-1", **kw)  # type: ignore[arg-type]
+
+
+def test_unknown_model_and_names_are_normalised() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", models=["llama3.2:latest"])
+    router = builders.router(fleet)
+    assert router.pick(_req("ghost")).status is PickStatus.MODEL_NOT_FOUND
+    outcome = router.pick(_req("LLAMA3.2"))
+    assert outcome.status is PickStatus.OK and outcome.lease_id
+    assert fleet.leases.in_flight("a", "llama3.2:latest") == 1
+
+
+def test_filters_unhealthy_cordoned_excluded_and_labels() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "sick", healthy=False)
+    builders.add_node(fleet, "cordoned").cordoned = True
+    builders.add_node(fleet, "us", labels={"zone": "us"})
+    builders.add_node(fleet, "eu", labels={"zone": "eu-west"})
+    router = builders.router(fleet)
+    picked = router.pick(_req(exclude=frozenset({"us"})))
+    assert [r.candidate.node_id for r in picked.ranked] == ["eu"]
+    # exact label matching: "eu" is not a prefix match for "eu-west"
+    none = router.pick(_req(label_selector=(("zone", "eu"),)))
+    assert none.status is PickStatus.NO_HEALTHY_NODE and none.retry_after_s > 0
+    only = router.pick(_req(label_selector=(("zone", "eu-west"),)))
+    assert [r.candidate.node_id for r in only.ranked] == ["eu"]
+
+
+def test_saturated_when_every_holder_is_at_its_cap() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", max_in_flight=1)
+    router = builders.router(fleet)
+    assert router.pick(_req()).status is PickStatus.OK
+    assert router.pick(_req()).status is PickStatus.SATURATED
+
+
+def test_report_closes_or_moves_the_lease() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a")
+    builders.add_node(fleet, "b")
+    router = builders.router(fleet)
+    outcome = router.pick(_req())
+    first = outcome.ranked[0].candidate.node_id
+    second = outcome.ranked[1].candidate.node_id
+    assert router.report(
+        Report(outcome.lease_id, first, Outcome.CONNECT_ERROR, retry_node_id=second)
+    )
+    assert (fleet.leases.in_flight(first), fleet.leases.in_flight(second)) == (0, 1)
+    stats = GenerationStats(
+        eval_count=100, eval_duration_ns=2_000_000_000, load_duration_ns=3_000_000_000
+    )
+    assert router.report(Report(outcome.lease_id, second, Outcome.OK, stats=stats))
+    assert len(fleet.leases) == 0
+    learned = router.learned[(second, "llama3.2:latest")]
+    assert (learned.decode_tps, learned.load_seconds) == (50.0, 3.0)
+    assert not router.report(Report(outcome.lease_id, second, Outcome.OK))  # already closed
+
+
+def test_failures_from_traffic_open_the_breaker() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a")
+    router = builders.router(fleet)
+    for _ in range(3):
+        lease = router.pick(_req()).lease_id
+        router.report(Report(lease, "a", Outcome.BUSY, http_status=503))
+    assert router.pick(_req()).status is PickStatus.NO_HEALTHY_NODE
+    assert fleet.nodes["a"].breaker.last_failure == "http 503"
+
+
+def test_edge_release_and_ttl_sweep_free_leases() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a")
+    router = builders.router(fleet)
+    router.pick(_req())
+    router.pick(RouteRequest(model="llama3.2", edge_id="edge-2"))
+    assert router.release_edge("edge-1") == 1
+    assert fleet.leases.in_flight("a") == 1
+    for lease in list(fleet.leases._leases.values()):
+        lease.opened_at -= 10
+    assert router.sweep(lease_ttl=5) == 1 and fleet.leases.in_flight("a") == 0
+
+
+def test_pull_goes_to_any_node_and_node_id_targets_one() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", models=[])
+    builders.add_node(fleet, "b", models=[])
+    router = builders.router(fleet)
+    assert router.pick(_req("new-model", api=ApiKind.PULL)).status is PickStatus.OK
+    targeted = router.pick(_req("new-model", api=ApiKind.PULL, node_id="b"))
+    assert [r.candidate.node_id for r in targeted.ranked] == ["b"]
+    missing = router.pick(_req("new-model", api=ApiKind.PULL, node_id="zzz"))
+    assert missing.status is PickStatus.NODE_NOT_FOUND
+
+
+def test_cold_pick_is_marked_loading_and_candidates_know_what_is_loaded() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "warm", loaded=["llama3.2:latest"])
+    builders.add_node(fleet, "cold")
+    router = builders.router(fleet, "round_robin")
+    outcome = router.pick(_req())
+    loaded = {r.candidate.node_id: r.candidate.loaded for r in outcome.ranked}
+    assert loaded == {"warm": True, "cold": False}
+    assert outcome.ranked[0].candidate.node_id == "cold"  # round robin starts at "cold"
+    assert "llama3.2:latest" in fleet.nodes["cold"].loading
+    warm_first = router.pick(_req())
+    assert warm_first.ranked[0].candidate.node_id == "warm"
+    assert "llama3.2:latest" not in fleet.nodes["warm"].loading
