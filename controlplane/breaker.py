@@ -45,6 +45,8 @@ class Breaker:
 
     def allows(self) -> bool:
         """Whether a new request may go to this node now."""
+        if not self.opened:
+            return True
         state = self.state
         if state is BreakerState.CLOSED:
             return True

@@ -17,7 +17,7 @@ from controlplane.breaker import Breaker
 from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
 from hopscommon import names
-from hopscommon.fleet import Hello, LoadedModel, Snapshot
+from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot
 
 
 class NodeState(Enum):
@@ -52,9 +52,11 @@ class Node:
     cordoned: bool = False
     draining: bool = False
     conflicts: list[IdConflict] = field(default_factory=list)
-    installed_keys: frozenset[str] = frozenset()
+    installed_by_key: dict[str, InstalledModel] = field(default_factory=dict)
     loaded_by_key: dict[str, LoadedModel] = field(default_factory=dict)
     loading: dict[str, float] = field(default_factory=dict)
+    vram_total: int = 0
+    vram_free: int = 0
 
     @property
     def node_id(self) -> str:
@@ -72,12 +74,14 @@ class Node:
         return self.state is NodeState.ONLINE and not self.cordoned
 
     def has_model(self, key: str) -> bool:
-        return key in self.installed_keys
+        return key in self.installed_by_key
 
     def set_snapshot(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
-        self.installed_keys = frozenset(model_key(m.name) for m in snapshot.installed)
+        self.installed_by_key = {model_key(m.name): m for m in snapshot.installed}
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
+        self.vram_total = snapshot.vram_total
+        self.vram_free = snapshot.vram_free
         for key in list(self.loading):
             if key in self.loaded_by_key:
                 del self.loading[key]
@@ -88,6 +92,7 @@ class Fleet:
 
     def __init__(self, *, breaker_factory: Callable[[], Breaker], forget_after: float) -> None:
         self.nodes: dict[str, Node] = {}
+        self.holders: dict[str, dict[str, Node]] = {}  # model key -> nodes with it on disk
         self.leases = LeaseTable()
         self.version = 1
         self._changed = asyncio.Event()
@@ -149,8 +154,7 @@ class Fleet:
         node.session = session
         node.connected_since = now
         node.last_seen = now
-        node.snapshot = Snapshot()
-        node.set_snapshot(Snapshot())
+        self._index(node, Snapshot())
         self.touch()
         return node, replaced
 
@@ -171,8 +175,21 @@ class Fleet:
         if snapshot.sequence and snapshot.sequence < node.snapshot.sequence:
             return  # stale
         node.last_seen = time.time()
-        node.set_snapshot(snapshot)
+        self._index(node, snapshot)
         self.touch()
+
+    def _index(self, node: Node, snapshot: Snapshot) -> None:
+        before = set(node.installed_by_key)
+        node.set_snapshot(snapshot)
+        after = set(node.installed_by_key)
+        for key in before - after:
+            holders = self.holders.get(key)
+            if holders is not None:
+                holders.pop(node.node_id, None)
+                if not holders:
+                    del self.holders[key]
+        for key in after - before:
+            self.holders.setdefault(key, {})[node.node_id] = node
 
     def seen(self, node_id: str, session: object) -> None:
         node = self.nodes.get(node_id)
@@ -188,7 +205,7 @@ class Fleet:
             if n.session is None and n.disconnected_at < cutoff
         ]
         for node_id in gone:
-            del self.nodes[node_id]
+            self._index(self.nodes.pop(node_id), Snapshot())
         if gone:
             self.touch()
         return gone

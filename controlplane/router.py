@@ -67,16 +67,20 @@ class Router:
     def _pick(self, request: RouteRequest) -> PickOutcome:
         name = self.policy.name
         key = model_key(request.model)
-        nodes = [n for n in self.fleet.nodes.values() if n.session is not None]
+        if request.api is ApiKind.PULL:
+            pool = self.fleet.nodes
+        else:
+            pool = self.fleet.holders.get(key, {})
         if request.node_id:
-            nodes = [n for n in nodes if n.node_id == request.node_id]
-            if not nodes:
+            named = self.fleet.nodes.get(request.node_id)
+            if named is None or named.session is None:
                 return PickOutcome(
                     PickStatus.NODE_NOT_FOUND,
                     name,
                     message=f"node {request.node_id!r} is not connected",
                 )
-        holders = nodes if request.api is ApiKind.PULL else [n for n in nodes if n.has_model(key)]
+            pool = {named.node_id: named} if named.node_id in pool else {}
+        holders = [n for n in pool.values() if n.session is not None]
         if not holders:
             return PickOutcome(
                 PickStatus.MODEL_NOT_FOUND,
@@ -85,9 +89,8 @@ class Router:
             )
         eligible: list[Candidate] = []
         saturated = 0
-        selector = dict(request.label_selector)
         for node in holders:
-            if not self._passes(node, request, selector):
+            if not self._passes(node, request):
                 continue
             cap = node.hello.capacity.max_in_flight
             if cap and self.fleet.leases.in_flight(node.node_id) >= cap:
@@ -103,7 +106,7 @@ class Router:
             )
             return PickOutcome(status, name, message=message, retry_after_s=self.retry_after_s)
         limit = request.max_candidates or self.max_candidates
-        ranked = tuple(self.policy.pick(request, eligible)[:limit])
+        ranked = tuple(self.policy.pick(request, eligible, limit))
         first = self.fleet.nodes[ranked[0].candidate.node_id]
         lease = self.fleet.leases.open(request.edge_id, first.node_id, key)
         first.breaker.on_dispatch(lease.lease_id)
@@ -112,16 +115,17 @@ class Router:
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
     @staticmethod
-    def _passes(node: Node, request: RouteRequest, selector: dict[str, str]) -> bool:
+    def _passes(node: Node, request: RouteRequest) -> bool:
         if not node.routable or node.node_id in request.exclude:
             return False
-        labels = node.hello.label_map
-        if any(labels.get(k) != v for k, v in selector.items()):
-            return False
+        if request.label_selector:
+            labels = node.hello.label_map
+            if any(labels.get(k) != v for k, v in request.label_selector):
+                return False
         return node.breaker.allows()
 
     def _candidate(self, node: Node, key: str) -> Candidate:
-        installed = next((m for m in node.snapshot.installed if model_key(m.name) == key), None)
+        installed = node.installed_by_key.get(key)
         return Candidate(
             node_id=node.node_id,
             ollama_url=node.hello.ollama_url,
@@ -130,8 +134,8 @@ class Router:
             in_flight_node=self.fleet.leases.in_flight(node.node_id),
             num_parallel=node.hello.capacity.num_parallel,
             weight=node.hello.weight,
-            vram_total=node.snapshot.vram_total,
-            vram_free=node.snapshot.vram_free,
+            vram_total=node.vram_total,
+            vram_free=node.vram_free,
             model_size=installed.size_bytes if installed else 0,
         )
 

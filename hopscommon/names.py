@@ -8,6 +8,7 @@ always keeps the tag (``llama3`` -> ``llama3:latest``). Matching is case-insensi
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -82,6 +83,7 @@ def normalize(raw: str) -> str | None:
     return name.display if name else None
 
 
+@functools.lru_cache(maxsize=4096)
 def match_key(raw: str) -> str | None:
     """The case-insensitive lookup key of ``raw``, None when invalid."""
     name = parse(raw)

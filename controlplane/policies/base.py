@@ -1,8 +1,9 @@
 """The policy interface: a policy ranks the hosts that passed the router's filters.
 
 A policy is a small class with one pure, synchronous method. It sees only plain values (never the
-fleet, never protobuf), may keep its own tiny state (a counter, a seeded RNG), and returns every
-candidate it is given, best first, each with a short reason for X-Hops-Route.
+fleet, never protobuf), may keep its own tiny state (a counter, a seeded RNG), and returns the
+``limit`` best candidates it is given (all of them when there are fewer), best first, each with a
+short reason for X-Hops-Route.
 """
 
 from __future__ import annotations
@@ -42,4 +43,6 @@ class Picker(Protocol):
 
     name: ClassVar[str]
 
-    def pick(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Ranked]: ...
+    def pick(
+        self, request: RouteRequest, candidates: Sequence[Candidate], limit: int
+    ) -> list[Ranked]: ...

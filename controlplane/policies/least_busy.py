@@ -6,6 +6,7 @@ its failures open its breaker instead. Ties are broken at random so equal hosts 
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Sequence
 from typing import ClassVar
@@ -20,9 +21,14 @@ class LeastBusyPicker:
     def __init__(self, seed: int | None = None) -> None:
         self._rng = random.Random(seed)
 
-    def pick(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Ranked]:
+    def pick(
+        self, request: RouteRequest, candidates: Sequence[Candidate], limit: int
+    ) -> list[Ranked]:
         def load(c: Candidate) -> tuple[float, int, float]:
             return (c.in_flight_node / max(c.weight, 1e-6), c.in_flight_model, self._rng.random())
 
-        order = sorted(candidates, key=load)
-        return [Ranked(c, -load(c)[0], f"least-busy {c.in_flight_node} in flight") for c in order]
+        best = heapq.nsmallest(limit, candidates, key=load)
+        return [
+            Ranked(c, -c.in_flight_node / max(c.weight, 1e-6), f"least-busy {c.in_flight_node}")
+            for c in best
+        ]

@@ -19,7 +19,8 @@ class RandomPicker:
     def __init__(self, seed: int | None = None) -> None:
         self._rng = random.Random(seed)
 
-    def pick(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Ranked]:
-        order = list(candidates)
-        self._rng.shuffle(order)
+    def pick(
+        self, request: RouteRequest, candidates: Sequence[Candidate], limit: int
+    ) -> list[Ranked]:
+        order = self._rng.sample(list(candidates), min(limit, len(candidates)))
         return [Ranked(c, float(len(order) - i), "random") for i, c in enumerate(order)]

@@ -16,11 +16,13 @@ class RoundRobinPicker:
     def __init__(self, seed: int | None = None) -> None:
         self._turns: Counter[str] = Counter()
 
-    def pick(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Ranked]:
+    def pick(
+        self, request: RouteRequest, candidates: Sequence[Candidate], limit: int
+    ) -> list[Ranked]:
         order = sorted(candidates, key=lambda c: c.node_id)
         if not order:
             return []
         turn = self._turns[request.model] % len(order)
         self._turns[request.model] += 1
-        rotated = order[turn:] + order[:turn]
+        rotated = (order[turn:] + order[:turn])[:limit]
         return [Ranked(c, float(len(rotated) - i), "round-robin") for i, c in enumerate(rotated)]

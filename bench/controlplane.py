@@ -1,0 +1,192 @@
+"""Control-plane cost: Pick+Report latency and throughput, and agent snapshot fan-in.
+
+Method: one control plane process pinned to core 0. This script, pinned to core 1, opens 100
+agent streams (100 nodes x 20 models, 2 loaded each) that each send a changed snapshot every
+second, then:
+  1. fan-in: the control plane's CPU over a quiet window with only those snapshots flowing
+     (share of one core; target < 10%);
+  2. Pick+Report: C concurrent clients loop Pick then Report (outcome OK) for D seconds over one
+     channel; reported: pair latency p50/p99, pairs/s, and the control plane's CPU per pair
+     (targets: p99 < 2 ms, >= 3,000 pairs/s on one core).
+On a 2-core machine the client shares core 1 with the fake agents, so pairs/s can be bounded by
+the client; the control plane's CPU share during the run says how close it is to its own limit.
+
+Usage: python bench/controlplane.py [--nodes 100] [--models 20] [--seconds 10] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, router_pb2, router_pb2_grpc
+
+from bench.sim_capacity import pin
+from tests import procs
+
+GIB = 1024**3
+
+
+def snapshot(node: int, models: int, tick: int) -> fleet_pb2.NodeSnapshot:
+    names = [f"model-{m}:latest" for m in range(models)]
+    return fleet_pb2.NodeSnapshot(
+        sequence=tick + 1,
+        ollama_healthy=True,
+        ollama_version="0.12.6",
+        installed=[
+            fleet_pb2.InstalledModel(name=n, digest=f"{m:064x}", size_bytes=4 * GIB)
+            for m, n in enumerate(names)
+        ],
+        loaded=[
+            fleet_pb2.LoadedModel(
+                name=names[(node + tick + k) % models], size_bytes=5 * GIB, size_vram_bytes=5 * GIB
+            )
+            for k in range(2)
+        ],
+        gpus=[
+            fleet_pb2.Gpu(
+                index=0, name="GPU", total_bytes=24 * GIB, free_bytes=(14 - tick % 3) * GIB
+            )
+        ],
+    )
+
+
+async def fake_agent(address: str, node: int, models: int, stop: asyncio.Event) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
+        await call.write(
+            agent_pb2.ConnectRequest(
+                hello=agent_pb2.Hello(
+                    node_id=f"node-{node:03d}",
+                    ollama_url=f"http://10.0.{node // 250}.{node % 250}:11434",
+                    hostname=f"host-{node}",
+                    instance_id=str(node),
+                    capacity=fleet_pb2.NodeCapacity(num_parallel=4),
+                )
+            )
+        )
+        await call.read()
+        tick = 0
+        await asyncio.sleep(random.random())  # spread the agents over the second
+        while not stop.is_set():
+            await call.write(agent_pb2.ConnectRequest(snapshot=snapshot(node, models, tick)))
+            tick += 1
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+        await call.done_writing()
+
+
+async def pick_report_loop(
+    stub: router_pb2_grpc.RouterServiceStub, models: int, until: float, latencies: list[float]
+) -> None:
+    rng = random.Random()
+    while time.perf_counter() < until:
+        start = time.perf_counter()
+        picked = await stub.Pick(
+            router_pb2.PickRequest(edge_id="bench", model=f"model-{rng.randrange(models)}")
+        )
+        await stub.Report(
+            router_pb2.ReportRequest(
+                lease_id=picked.lease_id,
+                node_id=picked.candidates[0].node_id,
+                outcome=router_pb2.OUTCOME_OK,
+            )
+        )
+        latencies.append(time.perf_counter() - start)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def run(args: argparse.Namespace, address: str, plane: psutil.Process) -> dict[str, object]:
+    stop = asyncio.Event()
+    agents = [
+        asyncio.create_task(fake_agent(address, n, args.models, stop)) for n in range(args.nodes)
+    ]
+    await asyncio.sleep(3.0)  # every agent connected and sending
+    before, t0 = cpu_seconds(plane), time.perf_counter()
+    await asyncio.sleep(args.seconds)
+    fan_in_share = (cpu_seconds(plane) - before) / (time.perf_counter() - t0)
+
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        await pick_report_loop(stub, args.models, time.perf_counter() + 1.0, [])  # warm up
+        before, t0 = cpu_seconds(plane), time.perf_counter()
+        until = t0 + args.seconds
+        await asyncio.gather(
+            *(pick_report_loop(stub, args.models, until, latencies) for _ in range(args.clients))
+        )
+        elapsed = time.perf_counter() - t0
+        plane_cpu = cpu_seconds(plane) - before
+    stop.set()
+    await asyncio.gather(*agents, return_exceptions=True)
+    ordered = sorted(latencies)
+    return {
+        "nodes": args.nodes,
+        "models_per_node": args.models,
+        "fan_in_cpu_share_of_one_core": round(fan_in_share, 4),
+        "pick_report": {
+            "clients": args.clients,
+            "pairs": len(ordered),
+            "pairs_per_s": round(len(ordered) / elapsed, 1),
+            "latency_ms_p50": round(statistics.median(ordered) * 1000, 3),
+            "latency_ms_p99": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 3),
+            "controlplane_cpu_share": round(plane_cpu / elapsed, 3),
+            "controlplane_cpu_us_per_pair": round(plane_cpu / len(ordered) * 1e6, 1),
+            "pairs_per_s_per_controlplane_core": round(len(ordered) / plane_cpu, 1),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--models", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--json", default="bench/results/controlplane.json")
+    args = parser.parse_args()
+    argv = ["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--log-level", "warning"]
+    with procs.running("controlplane", argv) as plane:
+        pinned = pin(plane.popen.pid, 0) and pin(0, 1)
+        report = asyncio.run(run(args, plane.url, psutil.Process(plane.popen.pid)))
+    report = {
+        "benchmark": "controlplane",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pinned": pinned},
+        **report,
+    }
+    pr = report["pick_report"]
+    assert isinstance(pr, dict)
+    report["targets"] = {"p99_ms": 2.0, "pairs_per_s": 3000, "fan_in_cpu_share": 0.10}
+    report["meets_targets"] = {
+        "p99": pr["latency_ms_p99"] < 2.0,
+        "pairs_per_s_per_controlplane_core": pr["pairs_per_s_per_controlplane_core"] >= 3000,
+        "fan_in": report["fan_in_cpu_share_of_one_core"] < 0.10,
+    }
+    print(json.dumps(report, indent=2))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
