@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -84,10 +85,8 @@ async def fake_agent(address: str, node: int, models: int, stop: asyncio.Event) 
         while not stop.is_set():
             await call.write(agent_pb2.ConnectRequest(snapshot=snapshot(node, models, tick)))
             tick += 1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
         await call.done_writing()
 
 

@@ -67,10 +67,7 @@ class Router:
     def _pick(self, request: RouteRequest) -> PickOutcome:
         name = self.policy.name
         key = model_key(request.model)
-        if request.api is ApiKind.PULL:
-            pool = self.fleet.nodes
-        else:
-            pool = self.fleet.holders.get(key, {})
+        pool = self.fleet.nodes if request.api is ApiKind.PULL else self.fleet.holders.get(key, {})
         if request.node_id:
             named = self.fleet.nodes.get(request.node_id)
             if named is None or named.session is None:
