@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from hopscommon.ollama_json import BodyError, decode_object, go_kind
 from ollamasim.errors import BadRequest
 
 T = TypeVar("T")
@@ -58,45 +59,12 @@ def now_utc() -> str:
     return rfc3339(time.time(), utc=True)
 
 
-def _go_decode_error(exc: json.JSONDecodeError, body: str) -> str:
-    if exc.pos >= len(body.rstrip()):
-        return "unexpected EOF"
-    char = body[exc.pos]
-    if exc.msg.startswith("Expecting value"):
-        return f"invalid character '{char}' looking for beginning of value"
-    if exc.msg.startswith("Expecting property name"):
-        return f"invalid character '{char}' looking for beginning of object key string"
-    if exc.msg.startswith("Extra data"):
-        return f"invalid character '{char}' after top-level value"
-    return f"invalid character '{char}' {exc.msg.lower()}"
-
-
 async def read_json(request: Request, go_type: str) -> dict[str, Any]:
     """The request body as a JSON object, or BadRequest with the text Ollama's Go decoder gives."""
-    raw = await request.body()
-    text = raw.decode("utf-8", errors="replace")
-    if not text.strip():
-        raise BadRequest("missing request body")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(_go_decode_error(exc, text)) from None
-    if not isinstance(data, dict):
-        kind = _go_kind(data)
-        raise BadRequest(f"json: cannot unmarshal {kind} into Go value of type api.{go_type}")
-    return data
-
-
-def _go_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+        return decode_object(await request.body(), go_type)
+    except BodyError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 _GO_TYPES: dict[type, str] = {str: "string", bool: "bool", list: "[]", dict: "map", int: "int"}
@@ -110,7 +78,7 @@ def typed(data: Mapping[str, Any], key: str, kind: type[T], go_struct: str) -> T
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     raise BadRequest(
-        f"json: cannot unmarshal {_go_kind(value)} into Go struct field "
+        f"json: cannot unmarshal {go_kind(value)} into Go struct field "
         f"{go_struct}.{key} of type {_GO_TYPES.get(kind, kind.__name__)}"
     )
 
