@@ -20,7 +20,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def serve() -> None:
         server = SimServer(settings)
-        print(f"ollamasim ({settings.profile}) listening on {server.url}", flush=True)
+        control = (
+            f" control on http://127.0.0.1:{server.control_port}" if server.control_port else ""
+        )
+        print(f"ollamasim ({settings.profile}) listening on {server.url}{control}", flush=True)
         await server.serve()
 
     uvloop.run(serve())

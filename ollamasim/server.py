@@ -50,7 +50,11 @@ class SimServer:
         self.uvicorn = uvicorn.Server(config)
         self.sock = bind(*settings.listen)
         self.port: int = self.sock.getsockname()[1]
-        self.control_port: int | None = None
+        self.control_sock = bind(*settings.control_listen) if settings.control_listen else None
+        self.control_port: int | None = (
+            self.control_sock.getsockname()[1] if self.control_sock else None
+        )
+        self.app.control_port = self.control_port
         self._api_servers: list[asyncio.base_events.Server] = []
         self._reopen: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,14 +91,10 @@ class SimServer:
 
     async def _started(self) -> None:
         self._api_servers = list(self.uvicorn.servers)
-        if self.settings.control_listen is not None:
+        if self.control_sock is not None:
             loop = asyncio.get_running_loop()
-            control = await loop.create_server(
-                self._protocol, sock=bind(*self.settings.control_listen)
-            )
+            control = await loop.create_server(self._protocol, sock=self.control_sock)
             self.uvicorn.servers.append(control)
-            self.control_port = control.sockets[0].getsockname()[1]
-            self.app.control_port = self.control_port
         fault = self.settings.fault
         if fault is not None and fault.mode == "refuse":
             self.refuse(fault.duration_s)

@@ -7,10 +7,11 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
-from hops.v1 import admin_pb2_grpc, router_pb2_grpc
+from hops.v1 import admin_pb2, admin_pb2_grpc, router_pb2_grpc
 
 from tests import procs
 
@@ -96,3 +97,80 @@ def admin(address: str) -> admin_pb2_grpc.AdminServiceStub:
 
 def router(address: str) -> router_pb2_grpc.RouterServiceStub:
     return router_pb2_grpc.RouterServiceStub(grpc.insecure_channel(address))
+
+
+@contextlib.contextmanager
+def edge(controlplanes: Sequence[str], args: Sequence[str] = ()) -> Iterator[procs.Proc]:
+    argv = [
+        "--listen",
+        "127.0.0.1:0",
+        "--controlplane",
+        ",".join(controlplanes),
+        "--connect-timeout",
+        "1",
+        *args,
+    ]
+    with procs.running("edge", argv) as proc:
+        yield proc
+
+
+@dataclass
+class Fleet:
+    """A whole fleet on loopback: control plane, simulated hosts with agents, one edge."""
+
+    plane: procs.Proc
+    edge: procs.Proc
+    hosts: dict[str, procs.Proc]
+
+    def sim_url(self, node_id: str) -> str:
+        return self.hosts[node_id].url
+
+    def open_leases(self) -> int:
+        nodes = admin(self.plane.url).ListNodes(admin_pb2.ListNodesRequest()).nodes
+        return sum(n.in_flight_total for n in nodes)
+
+
+PROFILE_VRAM = {"gpu-24g": "24GiB", "gpu-12g": "12GiB", "gpu-8g": "8GiB"}
+
+
+@contextlib.contextmanager
+def whole_fleet(
+    hosts: dict[str, Sequence[str]],
+    *,
+    plane_args: Sequence[str] = (),
+    agent_args: Sequence[str] = (),
+    edge_args: Sequence[str] = (),
+) -> Iterator[Fleet]:
+    """``hosts`` maps node id -> ollamasim args (e.g. ["--profile", "gpu-8g"])."""
+    with contextlib.ExitStack() as stack:
+        plane = stack.enter_context(controlplane(plane_args))
+        started = {}
+        for node_id, sim_args in hosts.items():
+            host = stack.enter_context(sim(sim_args))
+            profile = next(
+                (sim_args[i + 1] for i, a in enumerate(sim_args) if a == "--profile"), "gpu-24g"
+            )
+            gpu = (
+                ["--gpu", "static", "--gpu-memory", PROFILE_VRAM[profile]]
+                if profile in PROFILE_VRAM
+                else ["--gpu", "none"]
+            )
+            stack.enter_context(agent([plane.url], host.url, node_id, [*gpu, *agent_args]))
+            started[node_id] = host
+        stub = admin(plane.url)
+        wait_until(
+            lambda: (
+                len(
+                    [
+                        n
+                        for n in stub.ListNodes(admin_pb2.ListNodesRequest()).nodes
+                        if n.state == admin_pb2.NODE_STATE_ONLINE and n.snapshot.installed
+                    ]
+                )
+                == len(hosts)
+            ),
+            5.0,
+            "fleet online",
+        )
+        front = stack.enter_context(edge([plane.url], edge_args))
+        yield Fleet(plane, front, started)

@@ -88,7 +88,7 @@ def test_unhealthy_ollama_is_taken_out_of_routing_and_comes_back() -> None:
     with contextlib.ExitStack() as stack:
         plane = stack.enter_context(fleet.controlplane())
         host = stack.enter_context(fleet.sim(["--control-listen", "127.0.0.1:0"]))
-        control = "http://127.0.0.1:" + host.wait_for(r"listening on http://[\d.]+:(\d+)").group(1)
+        control = host.wait_for(r"control on (\S+)").group(1)
         stack.enter_context(fleet.agent([plane.url], host.url, "gpu-a"))
         wait_until(lambda: _online(plane.url, "gpu-a"), 2.0, "node online")
         config = httpx.get(control + "/_sim/config", timeout=5)

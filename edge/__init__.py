@@ -1,0 +1,1 @@
+"""The HOPS edge: the Ollama and OpenAI HTTP API over the whole fleet."""

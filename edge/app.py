@@ -1,0 +1,461 @@
+"""The edge's ASGI application: Ollama's route table over the fleet.
+
+Routed requests (the body names a model) go through the Proxy; fleet-wide reads are answered from
+the control plane's inventory; model management fans out to the hosts concerned. Plain ASGI on
+the hot path: the body is read once (size-capped), only ``model``, ``stream`` and the leading
+messages are looked at, and the bytes go upstream unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from hops.v1 import router_pb2
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from edge import inventory as inv
+from edge.cpclient import ControlPlaneClient
+from edge.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ControlPlaneDown,
+    EdgeError,
+    ModelNotFound,
+    error_response,
+)
+from edge.metrics import EdgeMetrics
+from edge.proxy import Call, Proxy, Result, Target
+from edge.settings import EdgeSettings
+from edge.upstream import Upstream, request_headers
+from hopscommon import names
+from hopscommon.ollama_json import BodyError, decode_object
+
+log = logging.getLogger("hops.edge")
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    api: int
+    openai: bool
+    go_type: str
+    not_found: Callable[[str], str]
+
+
+def _quoted(model: str) -> str:
+    return f"model '{model}' not found"
+
+
+def _pull_first(model: str) -> str:
+    return f'model "{model}" not found, try pulling it first'
+
+
+def _normalised(model: str) -> str:
+    return f"model '{names.normalize(model) or model}' not found"
+
+
+ROUTED: dict[str, Routed] = {
+    "/api/generate": Routed(router_pb2.API_KIND_GENERATE, False, "GenerateRequest", _quoted),
+    "/api/chat": Routed(router_pb2.API_KIND_CHAT, False, "ChatRequest", _quoted),
+    "/api/embed": Routed(router_pb2.API_KIND_EMBED, False, "EmbedRequest", _pull_first),
+    "/api/embeddings": Routed(
+        router_pb2.API_KIND_EMBEDDINGS, False, "EmbeddingRequest", _pull_first
+    ),
+    "/api/show": Routed(router_pb2.API_KIND_SHOW, False, "ShowRequest", _normalised),
+    "/v1/chat/completions": Routed(
+        router_pb2.API_KIND_OPENAI_CHAT, True, "ChatCompletionRequest", _quoted
+    ),
+    "/v1/completions": Routed(
+        router_pb2.API_KIND_OPENAI_COMPLETIONS, True, "CompletionRequest", _quoted
+    ),
+    "/v1/embeddings": Routed(router_pb2.API_KIND_OPENAI_EMBEDDINGS, True, "EmbedRequest", _quoted),
+}
+NODE_ONLY = {"/api/create": "POST", "/api/push": "POST"}
+BLOBS = re.compile(r"/api/blobs/(?P<digest>[^/]+)")
+V1_MODEL = re.compile(r"/v1/models/(?P<model>[^/]+)")
+Handler = Callable[[Scope, Receive, Send], Awaitable[Result | None]]
+
+
+def session_key(headers: Headers, body: dict[str, Any]) -> str:
+    """X-Hops-Session, else Open WebUI's chat id, else a hash of the conversation's start."""
+    explicit = headers.get("x-hops-session") or headers.get("x-openwebui-chat-id")
+    if explicit:
+        return explicit[:200]
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        basis = json.dumps(messages[:2], sort_keys=True, default=str)[:4096]
+    elif isinstance(body.get("prompt"), str) and body["prompt"]:
+        basis = str(body.get("system") or "") + body["prompt"][:512]
+    else:
+        return ""
+    return "h:" + hashlib.sha1(basis.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+class EdgeApp:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        cp: ControlPlaneClient,
+        upstream: Upstream,
+        metrics: EdgeMetrics,
+    ) -> None:
+        self.settings = settings
+        self.cp = cp
+        self.upstream = upstream
+        self.metrics = metrics
+        self.proxy = Proxy(settings, cp, upstream, metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.monotonic()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        model = "-"
+        result: Result | None = None
+        openai = path.startswith("/v1/")
+        try:
+            result, model = await self._dispatch(scope, receive, send, path, method)
+        except EdgeError as exc:
+            result = Result(status=exc.status, outcome="rejected", route=path)
+            await error_response(exc, openai=openai)(scope, receive, send)
+        finally:
+            if result is not None:
+                self._log(method, path, model, result, time.monotonic() - started)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, path: str, method: str
+    ) -> tuple[Result | None, str]:
+        routed = ROUTED.get(path)
+        if routed is not None:
+            if method != "POST":
+                return await _plain(scope, receive, send, 405), "-"
+            return await self._routed(scope, receive, send, routed, path)
+        if path in (
+            "/",
+            "/api/version",
+            "/api/tags",
+            "/api/ps",
+            "/v1/models",
+        ) or V1_MODEL.fullmatch(path):
+            return await self._fleet_read(scope, receive, send, path, method), "-"
+        if path == "/metrics" and self.settings.metrics and method == "GET":
+            await Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)(
+                scope, receive, send
+            )
+            return None, "-"
+        if path == "/api/pull":
+            if method != "POST":
+                return await _plain(scope, receive, send, 405), "-"
+            return await self._pull(scope, receive, send)
+        if path in ("/api/delete", "/api/copy"):
+            wanted = "DELETE" if path == "/api/delete" else "POST"
+            if method != wanted:
+                return await _plain(scope, receive, send, 405), "-"
+            return await self._fan_out(scope, receive, send, path)
+        if path in NODE_ONLY or BLOBS.fullmatch(path):
+            return await self._node_only(scope, receive, send, path, method), "-"
+        if method == "POST":
+            return await self._unknown_post(scope, receive, send, path)
+        return await _plain(scope, receive, send, 404), "-"
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        limit = self.settings.max_body
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(f"request body larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise EdgeError("client disconnected while sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body larger than {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _call(
+        self,
+        scope: Scope,
+        raw: bytes,
+        body: dict[str, Any],
+        model: str,
+        api: int,
+        openai: bool,
+        not_found: str,
+        path: str,
+    ) -> Call:
+        headers = Headers(scope=scope)
+        return Call(
+            method=scope["method"],
+            path=path,
+            query=scope.get("query_string", b""),
+            headers=request_headers(scope["headers"]),
+            body=raw,
+            model=model,
+            api=api,
+            route=path,
+            openai=openai,
+            not_found=not_found,
+            session_key=session_key(headers, body),
+            node_id=headers.get("x-hops-node", ""),
+        )
+
+    async def _routed(
+        self, scope: Scope, receive: Receive, send: Send, routed: Routed, path: str
+    ) -> tuple[Result, str]:
+        raw = await self._body(scope, receive)
+        try:
+            body = decode_object(raw, routed.go_type)
+        except BodyError as exc:
+            raise BadRequest(str(exc)) from None
+        model = body.get("model") if "model" in body else body.get("name")
+        if model is not None and not isinstance(model, str):
+            raise BadRequest(
+                f"json: cannot unmarshal {type(model).__name__} into Go struct "
+                f"field {routed.go_type}.model of type string"
+            )
+        if not model or not model.strip():
+            raise BadRequest("model is required")
+        call = self._call(
+            scope, raw, body, model, routed.api, routed.openai, routed.not_found(model), path
+        )
+        return await self.proxy.handle(call, receive, send), model
+
+    async def _pull(self, scope: Scope, receive: Receive, send: Send) -> tuple[Result, str]:
+        raw = await self._body(scope, receive)
+        try:
+            body = decode_object(raw, "PullRequest")
+        except BodyError as exc:
+            raise BadRequest(str(exc)) from None
+        model = body.get("model") or body.get("name")
+        if not isinstance(model, str) or not model.strip():
+            raise BadRequest("model is required")
+        call = self._call(
+            scope, raw, body, model, router_pb2.API_KIND_PULL, False, _quoted(model), "/api/pull"
+        )
+        return await self.proxy.handle(call, receive, send), model
+
+    async def _unknown_post(
+        self, scope: Scope, receive: Receive, send: Send, path: str
+    ) -> tuple[Result | None, str]:
+        raw = await self._body(scope, receive)
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return await _plain(scope, receive, send, 404), "-"
+        model = body.get("model")
+        if not isinstance(model, str) or not model.strip():
+            return await _plain(scope, receive, send, 404), "-"
+        call = self._call(
+            scope,
+            raw,
+            body,
+            model,
+            router_pb2.API_KIND_OTHER,
+            path.startswith("/v1/"),
+            _quoted(model),
+            path,
+        )
+        return await self.proxy.handle(call, receive, send), model
+
+    async def inventory(self) -> inv.Inventory:
+        """The freshest usable inventory, or ControlPlaneDown."""
+        current = self.cp.inventory
+        if current is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.cp.connected.wait(), self.settings.pick_timeout)
+            current = self.cp.inventory
+        fresh = self.cp.connected.is_set() or (
+            time.monotonic() - self.cp.last_contact <= self.settings.fail_open_for
+        )
+        if current is None or not fresh:
+            raise ControlPlaneDown(
+                "control plane unreachable and no usable inventory", retry_after=2.0
+            )
+        return current
+
+    async def _fleet_read(
+        self, scope: Scope, receive: Receive, send: Send, path: str, method: str
+    ) -> Result:
+        allowed = ("GET", "HEAD") if path in ("/", "/api/version", "/api/tags") else ("GET",)
+        if method not in allowed:
+            return await _plain(scope, receive, send, 405)
+        if path == "/":
+            await PlainTextResponse("Ollama is running")(scope, receive, send)
+            return Result(status=200, outcome="ok", route=path)
+        current = await self.inventory()
+        match = V1_MODEL.fullmatch(path)
+        status = 200
+        if path == "/api/version":
+            payload: Any = {"version": inv.lowest_version(current)}
+        elif path == "/api/tags":
+            payload = inv.tags(current)
+        elif path == "/api/ps":
+            payload = inv.ps(current)
+        elif path == "/v1/models":
+            payload = inv.openai_models(current)
+        else:
+            assert match is not None
+            raw = match.group("model")
+            payload = inv.openai_model(current, raw)
+            if payload is None:
+                raise ModelNotFound(f'model "{raw}" not found')
+        await _json(payload, status)(scope, receive, send)
+        return Result(status=status, outcome="ok", route=path)
+
+    async def _fan_out(
+        self, scope: Scope, receive: Receive, send: Send, path: str
+    ) -> tuple[Result, str]:
+        """/api/delete and /api/copy: apply to every host that has the model."""
+        raw = await self._body(scope, receive)
+        go_type = "DeleteRequest" if path == "/api/delete" else "CopyRequest"
+        try:
+            body = decode_object(raw, go_type)
+        except BodyError as exc:
+            raise BadRequest(str(exc)) from None
+        if path == "/api/delete":
+            model = body.get("model") or body.get("name")
+            if not isinstance(model, str) or not model:
+                raise BadRequest("model is required")
+            missing = f"model '{model}' not found"
+        else:
+            model = body.get("source")
+            if not isinstance(model, str) or not model or not body.get("destination"):
+                raise BadRequest("source and destination are required")
+            missing = f'model "{model}" not found'
+        current = await self.inventory()
+        key = names.match_key(model) or model
+        node_id = Headers(scope=scope).get("x-hops-node", "")
+        holders = [n for n in current.holders(key) if not node_id or n.node_id == node_id]
+        if not holders:
+            raise ModelNotFound(missing)
+        headers = request_headers(scope["headers"])
+        failures = []
+        for node in holders:
+            try:
+                response = await self.upstream.client.request(
+                    scope["method"],
+                    node.ollama_url.rstrip("/") + path,
+                    content=raw,
+                    headers=headers,
+                )
+            except httpx.HTTPError as exc:
+                failures.append(f"{node.node_id}: {type(exc).__name__}")
+                continue
+            if response.status_code != 200:
+                failures.append(f"{node.node_id}: {response.status_code} {response.text[:200]}")
+        if failures:
+            raise EdgeError(
+                f"{path} failed on {len(failures)} of {len(holders)} hosts: " + "; ".join(failures)
+            )
+        await Response(b"", status_code=200)(scope, receive, send)
+        return Result(
+            status=200, outcome="ok", route=path, node=",".join(n.node_id for n in holders)
+        ), model
+
+    async def _node_only(
+        self, scope: Scope, receive: Receive, send: Send, path: str, method: str
+    ) -> Result:
+        """/api/create, /api/push and blobs belong to one host: the one named by X-Hops-Node."""
+        node_id = Headers(scope=scope).get("x-hops-node", "")
+        if not node_id:
+            raise BadRequest(
+                f"{path} needs an X-Hops-Node header naming the host it is for "
+                "(see /api/ps or the admin ListNodes for host names)"
+            )
+        current = await self.inventory()
+        node = next((n for n in current.nodes if n.node_id == node_id), None)
+        if node is None:
+            raise ModelNotFound(f"node '{node_id}' is not connected")
+        streamed = BLOBS.fullmatch(path) is not None and method == "POST"
+        body: bytes | Any = _stream_body(receive) if streamed else await self._body(scope, receive)
+        call = Call(
+            method=method,
+            path=path,
+            query=scope.get("query_string", b""),
+            headers=request_headers(scope["headers"]),
+            body=body,
+            model="-",
+            api=0,
+            route=path,
+            openai=False,
+            not_found="",
+            node_id=node_id,
+        )
+        target = Target(node.node_id, node.ollama_url, "x-hops-node")
+        return await self.proxy.handle(call, receive, send, targets=[target])
+
+    def _log(self, method: str, path: str, model: str, result: Result, elapsed: float) -> None:
+        log.info(
+            "request method=%s path=%s model=%s node=%s status=%s ttfb_ms=%.1f duration_ms=%.1f "
+            "attempts=%d outcome=%s route=%s",
+            method,
+            path,
+            model,
+            result.node,
+            result.status,
+            result.ttfb * 1000,
+            elapsed * 1000,
+            result.attempts,
+            result.outcome,
+            ";".join(result.reasons) or "-",
+        )
+        self.metrics.requests.labels(
+            path if path in ROUTED else _route_label(path), model, result.node, str(result.status)
+        ).inc()
+        if result.ttfb:
+            self.metrics.ttfb.labels(path).observe(result.ttfb)
+        self.metrics.duration.labels(path).observe(elapsed)
+
+
+def _route_label(path: str) -> str:
+    if BLOBS.fullmatch(path):
+        return "/api/blobs/{digest}"
+    if V1_MODEL.fullmatch(path):
+        return "/v1/models/{model}"
+    return path if path.startswith(("/api/", "/v1/")) or path == "/" else "other"
+
+
+async def _stream_body(receive: Receive) -> Any:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        yield message.get("body", b"")
+        if not message.get("more_body"):
+            return
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(payload, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type=JSON_TYPE,
+    )
+
+
+async def _plain(scope: Scope, receive: Receive, send: Send, status: int) -> Result:
+    text = "404 page not found" if status == 404 else "405 method not allowed"
+    await PlainTextResponse(text, status_code=status)(scope, receive, send)
+    return Result(status=status, outcome="rejected", route=scope["path"])

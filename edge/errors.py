@@ -1,0 +1,82 @@
+"""Edge errors and the one table that turns them into responses.
+
+    EdgeError
+    ├── BadRequest             400  (bad JSON, missing model, missing X-Hops-Node)
+    ├── ModelNotFound          404  (no host has the model; Ollama's per-route wording)
+    ├── BodyTooLarge           413
+    ├── NoHealthyHost          503  + Retry-After
+    ├── ControlPlaneDown       503  (no control plane answers and no usable inventory)
+    └── UpstreamFailed         502/504  (every host tried failed before the first byte)
+
+/api routes answer ``{"error": message}``; /v1 routes answer OpenAI's
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import Response
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+class EdgeError(Exception):
+    status = 500
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(EdgeError):
+    status = 400
+
+
+class ModelNotFound(EdgeError):
+    status = 404
+
+
+class BodyTooLarge(EdgeError):
+    status = 413
+
+
+class NoHealthyHost(EdgeError):
+    status = 503
+
+
+class ControlPlaneDown(EdgeError):
+    status = 503
+
+
+class UpstreamFailed(EdgeError):
+    status = 502
+
+
+class UpstreamTimeout(UpstreamFailed):
+    status = 504
+
+
+_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error"}
+
+
+def error_body(status: int, message: str, *, openai: bool) -> bytes:
+    if openai:
+        kind = _OPENAI_TYPES.get(status, "api_error")
+        obj: object = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    else:
+        obj = {"error": message}
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def error_response(error: EdgeError, *, openai: bool) -> Response:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return Response(
+        error_body(error.status, error.message, openai=openai),
+        status_code=error.status,
+        media_type=JSON_TYPE,
+        headers=headers,
+    )

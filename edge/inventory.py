@@ -1,0 +1,152 @@
+"""The fleet as the edge last heard it, and the fleet-wide answers built from it (/api/tags,
+/api/ps, /api/version, /v1/models) in Ollama's own shapes."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from hopscommon import names
+from hopscommon.fleet import Details, InstalledModel, LoadedModel
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryNode:
+    node_id: str
+    ollama_url: str
+    routable: bool
+    ollama_version: str
+    installed: tuple[InstalledModel, ...]
+    loaded: tuple[LoadedModel, ...]
+
+    def has(self, key: str) -> bool:
+        return any(names.match_key(m.name) == key for m in self.installed)
+
+    def has_loaded(self, key: str) -> bool:
+        return any(names.match_key(m.name) == key for m in self.loaded)
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    version: int = 0
+    nodes: tuple[InventoryNode, ...] = ()
+    received_at: float = field(default_factory=time.monotonic)
+
+    def holders(self, key: str) -> list[InventoryNode]:
+        return [n for n in self.nodes if n.has(key)]
+
+    def fail_open_candidates(self, key: str, exclude: set[str]) -> list[InventoryNode]:
+        """Without a control plane: routable holders, the ones with the model loaded first."""
+        usable = [n for n in self.holders(key) if n.routable and n.node_id not in exclude]
+        random.shuffle(usable)
+        return sorted(usable, key=lambda n: not n.has_loaded(key))
+
+
+def rfc3339(epoch: float) -> str:
+    moment = datetime.fromtimestamp(epoch, UTC).astimezone()
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _details(d: Details) -> dict[str, Any]:
+    return {
+        "parent_model": d.parent_model,
+        "format": d.format or "gguf",
+        "family": d.family,
+        "families": list(d.families) or None,
+        "parameter_size": d.parameter_size,
+        "quantization_level": d.quantization_level,
+    }
+
+
+def tags(inventory: Inventory) -> dict[str, Any]:
+    """Union of installed models, newest first; one entry per name."""
+    newest: dict[str, InstalledModel] = {}
+    for node in inventory.nodes:
+        for model in node.installed:
+            seen = newest.get(model.name)
+            if seen is None or model.modified_at > seen.modified_at:
+                newest[model.name] = model
+    ordered = sorted(newest.values(), key=lambda m: m.modified_at, reverse=True)
+    return {
+        "models": [
+            {
+                "name": m.name,
+                "model": m.name,
+                "modified_at": rfc3339(m.modified_at),
+                "size": m.size_bytes,
+                "digest": m.digest,
+                "details": _details(m.details),
+            }
+            for m in ordered
+        ]
+    }
+
+
+def ps(inventory: Inventory) -> dict[str, Any]:
+    """Every loaded model on every host, longest remaining keep-alive first."""
+    loaded = [m for node in inventory.nodes for m in node.loaded]
+    loaded.sort(key=lambda m: m.expires_at, reverse=True)
+    return {
+        "models": [
+            {
+                "name": m.name,
+                "model": m.name,
+                "size": m.size_bytes,
+                "digest": m.digest,
+                "details": _details(m.details),
+                "expires_at": rfc3339(m.expires_at),
+                "size_vram": m.size_vram_bytes,
+                "context_length": m.context_length,
+            }
+            for m in loaded
+        ]
+    }
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    core = text.lstrip("v").split("-", 1)[0].split("+", 1)[0]
+    parts = []
+    for piece in core.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def lowest_version(inventory: Inventory) -> str:
+    """The oldest Ollama in the fleet, compared as versions (0.9.1 < 0.12.0), not strings."""
+    versions = [n.ollama_version for n in inventory.nodes if n.ollama_version]
+    return min(versions, key=_version_key) if versions else "0.0.0"
+
+
+def _openai_model(model: InstalledModel) -> dict[str, Any]:
+    parsed = names.parse(model.name)
+    owner = (
+        parsed.namespace
+        if parsed is not None and parsed.namespace.casefold() != names.DEFAULT_NAMESPACE
+        else "library"
+    )
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.modified_at),
+        "owned_by": owner,
+    }
+
+
+def openai_models(inventory: Inventory) -> dict[str, Any]:
+    entries = tags(inventory)["models"]
+    by_name = {m.name: m for n in inventory.nodes for m in n.installed}
+    data = [_openai_model(by_name[e["name"]]) for e in entries]
+    return {"object": "list", "data": data or None}
+
+
+def openai_model(inventory: Inventory, raw: str) -> dict[str, Any] | None:
+    key = names.match_key(raw)
+    for node in inventory.nodes:
+        for model in node.installed:
+            if key is not None and names.match_key(model.name) == key:
+                return _openai_model(model)
+    return None

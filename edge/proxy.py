@@ -1,0 +1,403 @@
+"""One routed request end to end: Pick, try candidates until one answers before any byte has
+reached the client, relay its bytes unchanged, Report the outcome.
+
+Retry rule: connect failures, connect timeouts, no first byte in time, a reset before the
+response, and 5xx answers (Ollama's busy 503 among them) move on to the next candidate, bounded by
+``max_attempts``. Once the first byte went out there is no retry: a failure mid-stream ends the
+stream with an Ollama-style error line. A client that goes away closes the upstream connection at
+once (that is what stops Ollama generating) and the lease is reported cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+from hops.v1 import router_pb2
+from starlette.types import Receive, Send
+
+from edge.cpclient import ControlPlaneClient, ControlPlaneUnavailable
+from edge.errors import (
+    ControlPlaneDown,
+    EdgeError,
+    ModelNotFound,
+    NoHealthyHost,
+    UpstreamFailed,
+    UpstreamTimeout,
+    error_body,
+    error_response,
+)
+from edge.metrics import EdgeMetrics
+from edge.settings import EdgeSettings
+from edge.upstream import Upstream, response_headers
+from hopscommon import names
+from hopscommon.fleet_convert import duration
+
+log = logging.getLogger("hops.edge")
+TAIL_BYTES = 16 * 1024
+RETRYABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadTimeout,
+    httpx.PoolTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+
+
+@dataclass(slots=True)
+class Call:
+    """What the edge knows about one routed request."""
+
+    method: str
+    path: str
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | AsyncIterator[bytes]
+    model: str
+    api: int
+    route: str
+    openai: bool
+    not_found: str
+    session_key: str = ""
+    node_id: str = ""
+
+
+@dataclass(slots=True)
+class Target:
+    node_id: str
+    url: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Result:
+    """What happened, for the log line and the metrics."""
+
+    node: str = "-"
+    status: int = 0
+    ttfb: float = 0.0
+    attempts: int = 0
+    outcome: str = "unknown"
+    route: str = ""
+    reasons: list[str] = field(default_factory=list)
+
+
+class AbortConnection(Exception):
+    """Raised after the response started to make the server cut the client's connection."""
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Proxy:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        cp: ControlPlaneClient,
+        upstream: Upstream,
+        metrics: EdgeMetrics,
+    ) -> None:
+        self.settings = settings
+        self.cp = cp
+        self.upstream = upstream
+        self.metrics = metrics
+        self._reports: set[asyncio.Task[None]] = set()
+
+    async def handle(
+        self, call: Call, receive: Receive, send: Send, targets: list[Target] | None = None
+    ) -> Result:
+        """Serve ``call`` (on ``targets`` when given, without a lease; else as picked); the client
+        leaving at any point cancels the work, and with it the upstream request."""
+        result = Result(route=call.route)
+        work = asyncio.ensure_future(self._serve(call, send, result, targets))
+        watcher = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            result.outcome = "client_cancelled"
+            return result
+        work.result()
+        return result
+
+    async def _serve(
+        self, call: Call, send: Send, result: Result, given: list[Target] | None
+    ) -> None:
+        try:
+            lease, plane, targets = ("", "", given) if given else await self._route(call)
+        except EdgeError as exc:
+            result.status, result.outcome = exc.status, "rejected"
+            await error_response(exc, openai=call.openai)({"type": "http"}, _no_receive, send)
+            return
+        await self._attempts(call, send, result, lease, plane, targets)
+
+    async def _route(self, call: Call) -> tuple[str, str, list[Target]]:
+        request = router_pb2.PickRequest(
+            model=call.model,
+            api=router_pb2.ApiKind.ValueType(call.api),
+            session_key=call.session_key,
+            node_id=call.node_id,
+            max_candidates=self.settings.max_attempts,
+        )
+        try:
+            picked, plane = await self.cp.pick(request)
+        except ControlPlaneUnavailable:
+            return "", "", self._fail_open(call)
+        status = picked.status
+        if status == router_pb2.PICK_STATUS_OK:
+            return (
+                picked.lease_id,
+                plane,
+                [Target(c.node_id, c.ollama_url, c.reason) for c in picked.candidates],
+            )
+        if status == router_pb2.PICK_STATUS_MODEL_NOT_FOUND:
+            raise ModelNotFound(call.not_found)
+        if status == router_pb2.PICK_STATUS_NODE_NOT_FOUND:
+            raise ModelNotFound(f"node '{call.node_id}' is not connected")
+        retry = picked.retry_after.ToNanoseconds() / 1e9 if picked.HasField("retry_after") else 2.0
+        raise NoHealthyHost(
+            picked.message or "no healthy host can serve this model now", retry_after=retry
+        )
+
+    def _fail_open(self, call: Call) -> list[Target]:
+        inventory = self.cp.inventory
+        age = time.monotonic() - self.cp.last_contact
+        if (
+            inventory is None
+            or self.settings.fail_open_for <= 0
+            or age > self.settings.fail_open_for
+        ):
+            raise ControlPlaneDown(
+                "control plane unreachable and no usable inventory", retry_after=2.0
+            )
+        key = names.match_key(call.model) or call.model
+        nodes = inventory.fail_open_candidates(key, set())
+        if call.node_id:
+            nodes = [n for n in nodes if n.node_id == call.node_id]
+        if not nodes:
+            if not inventory.holders(key):
+                raise ModelNotFound(call.not_found)
+            raise NoHealthyHost("no healthy host can serve this model now", retry_after=2.0)
+        self.metrics.fail_open.inc()
+        return [Target(n.node_id, n.ollama_url, "fail-open") for n in nodes]
+
+    async def _attempts(
+        self, call: Call, send: Send, result: Result, lease: str, plane: str, targets: list[Target]
+    ) -> None:
+        targets = targets[: self.settings.max_attempts]
+        last_error: EdgeError = UpstreamFailed("no host could be reached")
+        for index, target in enumerate(targets):
+            following = targets[index + 1].node_id if index + 1 < len(targets) else ""
+            result.attempts += 1
+            result.node = target.node_id
+            result.reasons.append(target.reason)
+            started = time.monotonic()
+            try:
+                response = await self.upstream.send(
+                    target.url, call.method, call.path, call.query, call.headers, call.body
+                )
+            except RETRYABLE as exc:
+                outcome = (
+                    router_pb2.OUTCOME_TIMEOUT
+                    if isinstance(exc, httpx.ReadTimeout)
+                    else router_pb2.OUTCOME_CONNECT_ERROR
+                )
+                last_error = (
+                    UpstreamTimeout if isinstance(exc, httpx.ReadTimeout) else UpstreamFailed
+                )(f"host {target.node_id}: {type(exc).__name__}")
+                self._report(plane, lease, target.node_id, outcome, 0, started, following)
+                self.metrics.retries.labels(type(exc).__name__).inc()
+                continue
+            except asyncio.CancelledError:
+                self._report(
+                    plane,
+                    lease,
+                    target.node_id,
+                    router_pb2.OUTCOME_CLIENT_CANCELLED,
+                    0,
+                    started,
+                    "",
+                )
+                raise
+            if (
+                response.status_code >= 500
+                and following
+                and not isinstance(call.body, AsyncIterator)
+            ):
+                await response.aclose()
+                busy = response.status_code == 503
+                self._report(
+                    plane,
+                    lease,
+                    target.node_id,
+                    router_pb2.OUTCOME_BUSY if busy else router_pb2.OUTCOME_UPSTREAM_ERROR,
+                    response.status_code,
+                    started,
+                    following,
+                )
+                self.metrics.retries.labels(f"http_{response.status_code}").inc()
+                continue
+            await self._relay(call, send, result, response, target, started, lease, plane)
+            return
+        result.status, result.outcome = last_error.status, "upstream_failed"
+        await error_response(last_error, openai=call.openai)({"type": "http"}, _no_receive, send)
+
+    async def _relay(
+        self,
+        call: Call,
+        send: Send,
+        result: Result,
+        response: httpx.Response,
+        target: Target,
+        started: float,
+        lease: str,
+        plane: str,
+    ) -> None:
+        result.status = response.status_code
+        headers = response_headers(response)
+        headers.append((b"x-hops-node", target.node_id.encode()))
+        headers.append((b"x-hops-route", target.reason.encode()))
+        content_type = response.headers.get("content-type", "")
+        tail = b""
+        outcome = router_pb2.OUTCOME_OK
+        if 400 <= response.status_code < 500:
+            outcome = router_pb2.OUTCOME_CLIENT_ERROR
+        elif response.status_code >= 500:
+            outcome = (
+                router_pb2.OUTCOME_BUSY
+                if response.status_code == 503
+                else router_pb2.OUTCOME_UPSTREAM_ERROR
+            )
+        ttfb = 0.0
+        self.metrics.open_streams.inc()
+        try:
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
+            ttfb = time.monotonic() - started
+            result.ttfb = ttfb
+            chunks = response.aiter_raw()
+            while True:
+                try:
+                    async with asyncio.timeout(self.settings.idle_timeout):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tail = (tail + chunk)[-TAIL_BYTES:]
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            result.outcome = (
+                "ok" if outcome == router_pb2.OUTCOME_OK else f"http_{response.status_code}"
+            )
+        except (TimeoutError, httpx.HTTPError) as exc:
+            outcome = (
+                router_pb2.OUTCOME_TIMEOUT
+                if isinstance(exc, TimeoutError)
+                else router_pb2.OUTCOME_UPSTREAM_ERROR
+            )
+            result.outcome = "midstream_error"
+            message = (
+                f"upstream host {target.node_id} stopped sending for "
+                f"{self.settings.idle_timeout:.0f}s"
+                if isinstance(exc, TimeoutError)
+                else f"upstream host {target.node_id} failed mid-stream: {type(exc).__name__}"
+            )
+            await self._end_with_error(send, content_type, message, call.openai, response)
+        except asyncio.CancelledError:
+            outcome = router_pb2.OUTCOME_CLIENT_CANCELLED
+            raise
+        finally:
+            self.metrics.open_streams.dec()
+            await response.aclose()
+            self._report(
+                plane,
+                lease,
+                target.node_id,
+                outcome,
+                response.status_code,
+                started,
+                "",
+                ttfb=ttfb,
+                stats=_final_stats(tail),
+            )
+
+    async def _end_with_error(
+        self, send: Send, content_type: str, message: str, openai: bool, response: httpx.Response
+    ) -> None:
+        if "ndjson" in content_type:
+            line = json.dumps({"error": message}).encode() + b"\n"
+        elif "event-stream" in content_type:
+            line = b"data: " + error_body(500, message, openai=True) + b"\n\n"
+        else:
+            # A fixed-length body cannot take an error line: cut the connection so the client
+            # sees a failed response, never a silently truncated one.
+            raise AbortConnection(message)
+        await send({"type": "http.response.body", "body": line, "more_body": False})
+
+    def _report(
+        self,
+        plane: str,
+        lease: str,
+        node_id: str,
+        outcome: int,
+        status: int,
+        started: float,
+        retry_node: str,
+        *,
+        ttfb: float = 0.0,
+        stats: router_pb2.GenerationStats | None = None,
+    ) -> None:
+        if not lease:
+            return
+        request = router_pb2.ReportRequest(
+            lease_id=lease,
+            node_id=node_id,
+            outcome=outcome,  # type: ignore[arg-type]
+            http_status=status,
+            retry_node_id=retry_node,
+            time_to_first_byte=duration(ttfb),
+            duration=duration(time.monotonic() - started),
+        )
+        if stats is not None:
+            request.stats.CopyFrom(stats)
+        task = asyncio.create_task(self.cp.report(plane, request))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+
+def _final_stats(tail: bytes) -> router_pb2.GenerationStats | None:
+    """Counters from Ollama's final chunk (the last line with "done":true), if it is in ``tail``."""
+    for line in reversed(tail.strip().split(b"\n")):
+        if b'"done":true' not in line.replace(b" ", b""):
+            continue
+        try:
+            final = json.loads(line)
+        except ValueError:
+            return None
+        return router_pb2.GenerationStats(
+            total_duration_ns=int(final.get("total_duration") or 0),
+            load_duration_ns=int(final.get("load_duration") or 0),
+            prompt_eval_count=int(final.get("prompt_eval_count") or 0),
+            prompt_eval_duration_ns=int(final.get("prompt_eval_duration") or 0),
+            eval_count=int(final.get("eval_count") or 0),
+            eval_duration_ns=int(final.get("eval_duration") or 0),
+        )
+    return None
+
+
+async def _no_receive() -> dict[str, object]:
+    return {"type": "http.disconnect"}

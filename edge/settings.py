@@ -1,0 +1,104 @@
+"""The edge's settings: one frozen object, every field a flag and a HOPS_EDGE_* variable."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hopscommon.settings import load, option, parse_bool, parse_host_port
+from hopscommon.units import parse_bytes, parse_seconds
+
+ENV_PREFIX = "HOPS_EDGE_"
+
+
+def _addresses(text: str) -> tuple[str, ...]:
+    out = []
+    for item in (p.strip() for p in text.split(",")):
+        if item:
+            host, port = parse_host_port(item)
+            out.append(f"{host}:{port}")
+    if not out:
+        raise ValueError("at least one control plane HOST:PORT is needed")
+    return tuple(out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeSettings:
+    """How the edge listens, asks the control plane, and talks to hosts."""
+
+    listen: tuple[str, int] = option(
+        ("0.0.0.0", 11434),
+        "HOST:PORT for the Ollama/OpenAI HTTP API (Ollama's own port)",
+        parse=parse_host_port,
+        shown="0.0.0.0:11434",
+    )
+    controlplane: tuple[str, ...] = option(
+        ("127.0.0.1:50051",),
+        "control plane(s) HOST:PORT[,HOST:PORT], tried in order",
+        parse=_addresses,
+        shown="127.0.0.1:50051",
+    )
+    edge_id: str = option("", "this edge's id (default: host name + process id)")
+    connect_timeout: float = option(
+        2.0, "seconds to connect to a host before trying the next", parse=parse_seconds
+    )
+    first_byte_timeout: float = option(
+        600.0,
+        "seconds to wait for a host's first byte (a cold model load sends none)",
+        parse=parse_seconds,
+    )
+    idle_timeout: float = option(
+        120.0, "seconds allowed between two chunks of a streamed response", parse=parse_seconds
+    )
+    pick_timeout: float = option(
+        2.0, "seconds to wait for the control plane to pick a host", parse=parse_seconds
+    )
+    max_attempts: int = option(
+        3, "hosts tried per request before the first byte reaches the client", parse=int
+    )
+    max_body: int = option(
+        64 * 1024**2,
+        "largest request body accepted (413 beyond)",
+        parse=parse_bytes,
+        shown="64MiB",
+    )
+    fail_open_for: float = option(
+        300.0,
+        "seconds the edge keeps routing from its last inventory while no control plane "
+        "answers (0 = fail closed: 503 at once)",
+        parse=parse_seconds,
+    )
+    metrics: bool = option(True, "serve Prometheus metrics at /metrics", parse=parse_bool)
+    log_level: str = option("info", "log level: debug, info, warning, error")
+
+    def validate(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("--max-attempts must be >= 1")
+        if self.max_body < 1024:
+            raise ValueError("--max-body must be at least 1KiB")
+        for name in ("connect_timeout", "first_byte_timeout", "idle_timeout", "pick_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+        if self.fail_open_for < 0:
+            raise ValueError("--fail-open-for must be >= 0")
+
+    @property
+    def effective_edge_id(self) -> str:
+        return self.edge_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def load_settings(argv: Sequence[str] | None = None) -> EdgeSettings:
+    return load(
+        EdgeSettings,
+        argv,
+        os.environ,
+        prog="hops-edge",
+        description=(
+            "The HOPS edge: serves the Ollama API and the OpenAI-compatible /v1 API for a whole "
+            "fleet. Per request it asks the control plane for a host and streams bytes straight "
+            "to and from that host's Ollama. Point OLLAMA_HOST (or an OpenAI base_url + /v1) here."
+        ),
+        env_prefix=ENV_PREFIX,
+    )

@@ -1,0 +1,93 @@
+"""Talking to hosts: one pooled httpx.AsyncClient, header hygiene, and the failure taxonomy.
+
+Requests are sent with the body bytes exactly as the client sent them; the host's own address goes
+in ``Host`` (Ollama on loopback answers other Host values with an empty 403), hop-by-hop headers
+and a browser's ``Origin`` are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+import httpx
+
+from edge.settings import EdgeSettings
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "origin",
+        "x-hops-node",
+        "x-hops-session",
+    }
+)
+RESPONSE_DROP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "date",
+        "server",
+    }
+)
+
+
+def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in raw if k.lower().decode("latin-1") not in HOP_BY_HOP]
+
+
+def response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [
+        (k, v) for k, v in response.headers.raw if k.lower().decode("latin-1") not in RESPONSE_DROP
+    ]
+
+
+class Upstream:
+    """The edge's one HTTP client to every host."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.first_byte_timeout,
+                write=settings.first_byte_timeout,
+                pool=settings.connect_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=2000, keepalive_expiry=30.0
+            ),
+            follow_redirects=False,
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def send(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterator[bytes],
+    ) -> httpx.Response:
+        """Send and return once response headers arrive (the body is read by the caller).
+
+        Raises httpx.TransportError subclasses: ConnectError/ConnectTimeout (not reached),
+        ReadTimeout (no first byte in time), RemoteProtocolError/ReadError (dropped).
+        """
+        url = base_url.rstrip("/") + path + (("?" + query.decode("latin-1")) if query else "")
+        request = self.client.build_request(method, url, headers=headers, content=body)
+        return await self.client.send(request, stream=True)

@@ -1,0 +1,289 @@
+"""The edge end to end: real control plane, agents, simulated hosts and edge processes on
+loopback, driven by the real ollama, openai and langchain-ollama clients and by raw HTTP."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import Iterator
+
+import httpx
+import ollama
+import openai
+import pytest
+from hops.v1 import admin_pb2
+
+from tests import procs
+from tests.integration import fleet
+from tests.integration.fleet import Fleet, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Fleet]:
+    """Three unlike hosts behind one edge; tests here leave no fault behind."""
+    hosts = {
+        "big": ["--profile", "gpu-24g"],
+        "laptop": ["--profile", "gpu-8g"],
+        "cpu": ["--profile", "cpu"],
+    }
+    with fleet.whole_fleet(hosts) as running:
+        yield running
+
+
+def _sim_stats(url: str) -> dict[str, object]:
+    data: dict[str, object] = httpx.get(url + "/_sim/stats", timeout=5).json()
+    return data
+
+
+def test_ollama_client_through_the_edge(shared: Fleet) -> None:
+    client = ollama.Client(host=shared.edge.url)
+    parts = list(client.chat("llama3.2", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert parts[-1].done and "".join(p.message.content or "" for p in parts)
+    assert client.chat("llama3.2", messages=[{"role": "user", "content": "hi"}]).done
+    chunks = list(client.generate("llama3.1:8b", "Why?", stream=True))
+    assert chunks[-1].done and chunks[-1].eval_count == len(chunks) - 1
+    assert client.generate("llama3.1:8b", "Why?").response
+    assert len(client.embed("nomic-embed-text", input=["a", "b"]).embeddings) == 2
+    names = {m.model for m in client.list().models}
+    assert {"llama3.2:latest", "qwen2.5:32b", "all-minilm:latest"} <= names  # union of hosts
+    shown = client.show("llama3.2")
+    assert shown.capabilities and "completion" in shown.capabilities
+    assert shown.modelinfo and shown.modelinfo["general.architecture"] == "llama"
+    wait_until(
+        lambda: {m.model for m in client.ps().models} >= {"llama3.2:latest"},
+        3.0,
+        "ps shows what is loaded",
+    )
+    statuses = [p.status for p in client.pull("qwen2.5:0.5b", stream=True)]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    wait_until(
+        lambda: "qwen2.5:0.5b" in {m.model for m in client.list().models},
+        3.0,
+        "pulled model listed",
+    )
+    assert shared.open_leases() == 0
+
+
+def test_openai_and_langchain_clients_through_the_edge(shared: Fleet) -> None:
+    from langchain_ollama import ChatOllama
+
+    oai = openai.OpenAI(base_url=shared.edge.url + "/v1", api_key="unused", max_retries=0)
+    whole = oai.chat.completions.create(
+        model="llama3.2", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert whole.choices[0].message.content
+    text = "".join(
+        c.choices[0].delta.content or ""
+        for c in oai.chat.completions.create(
+            model="llama3.2", messages=[{"role": "user", "content": "hello"}], stream=True
+        )
+        if c.choices
+    )
+    assert text == whole.choices[0].message.content  # same host seed + prompt: same words
+    assert len(oai.embeddings.create(model="nomic-embed-text", input="x").data[0].embedding) == 768
+    assert "llama3.1:8b" in {m.id for m in oai.models.list()}
+    assert oai.models.retrieve("llama3.1:8b").id == "llama3.1:8b"
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("ghost")
+    chat = ChatOllama(model="llama3.2", base_url=shared.edge.url)
+    assert chat.invoke("hello").content
+    assert "".join(str(c.content) for c in chat.stream("hello"))
+    assert shared.open_leases() == 0
+
+
+def test_fleet_wide_reads(shared: Fleet) -> None:
+    base = shared.edge.url
+    root = httpx.get(base + "/")
+    assert (root.status_code, root.text) == (200, "Ollama is running")
+    assert httpx.head(base + "/").status_code == 200
+    assert httpx.get(base + "/api/version").json() == {"version": "0.12.6"}
+    assert httpx.head(base + "/api/ps").status_code == 405
+    tags = httpx.get(base + "/api/tags").json()["models"]
+    assert len({m["name"] for m in tags}) == len(tags)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "expected"),
+    [
+        (
+            "POST",
+            "/api/generate",
+            b"{oops",
+            400,
+            {"error": "invalid character 'o' looking for beginning of object key string"},
+        ),
+        ("POST", "/api/chat", b"", 400, {"error": "missing request body"}),
+        ("POST", "/api/chat", b'{"messages": []}', 400, {"error": "model is required"}),
+        (
+            "POST",
+            "/api/generate",
+            b'{"model": "ghost", "prompt": "x"}',
+            404,
+            {"error": "model 'ghost' not found"},
+        ),
+        (
+            "POST",
+            "/api/embed",
+            b'{"model": "ghost", "input": "x"}',
+            404,
+            {"error": 'model "ghost" not found, try pulling it first'},
+        ),
+        (
+            "POST",
+            "/api/show",
+            b'{"model": "ghost"}',
+            404,
+            {"error": "model 'ghost:latest' not found"},
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"model": "ghost", "messages": []}',
+            404,
+            {
+                "error": {
+                    "message": "model 'ghost' not found",
+                    "type": "not_found_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+        ),
+        ("DELETE", "/api/delete", b'{"model": "ghost"}', 404, {"error": "model 'ghost' not found"}),
+        ("POST", "/api/create", b'{"model": "x"}', 400, None),
+    ],
+)
+def test_bad_input_gets_its_exact_answer_and_leaves_no_lease(
+    shared: Fleet, method: str, path: str, body: bytes, status: int, expected: object
+) -> None:
+    response = httpx.request(method, shared.edge.url + path, content=body, timeout=10)
+    assert response.status_code == status
+    if expected is not None:
+        assert response.json() == expected
+    else:
+        assert "X-Hops-Node" in response.json()["error"]
+    assert shared.open_leases() == 0
+
+
+def test_unknown_route_oversized_body_and_wrong_method(shared: Fleet) -> None:
+    base = shared.edge.url
+    missing = httpx.get(base + "/api/nothing")
+    assert (missing.status_code, missing.text) == (404, "404 page not found")
+    assert httpx.get(base + "/api/chat").status_code == 405
+    huge = b'{"model": "llama3.2", "prompt": "' + b"x" * (65 * 1024 * 1024) + b'"}'
+    too_big = httpx.post(base + "/api/generate", content=huge, timeout=30)
+    assert too_big.status_code == 413 and "larger than" in too_big.json()["error"]
+
+
+def test_client_disconnect_cancels_on_the_host_within_a_second(shared: Fleet) -> None:
+    node_url = shared.sim_url("big")
+    before = _sim_stats(node_url)["cancelled"]
+    body = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 100000}}
+    with (
+        httpx.Client(base_url=shared.edge.url, timeout=30) as client,
+        client.stream(
+            "POST", "/api/generate", json=body, headers={"X-Hops-Node": "big"}
+        ) as response,
+    ):
+        assert response.headers["x-hops-node"] == "big"
+        lines = response.iter_lines()
+        next(lines)
+        next(lines)
+    wait_until(
+        lambda: _sim_stats(node_url)["cancelled"] == before + 1,
+        1.0,  # type: ignore[operator]
+        "host saw the cancellation",
+    )
+    wait_until(lambda: shared.open_leases() == 0, 1.0, "lease released")
+
+
+def test_bytes_pass_through_unchanged_both_ways() -> None:
+    with contextlib.ExitStack() as stack:
+        plane = stack.enter_context(fleet.controlplane())
+        echo = stack.enter_context(
+            procs.running("tests.fakes.echo_ollama", ["--listen", "127.0.0.1:0"])
+        )
+        stack.enter_context(fleet.agent([plane.url], echo.url, "echo"))
+        front = stack.enter_context(fleet.edge([plane.url]))
+        from tests.fakes.echo_ollama import NDJSON_CHUNKS, SSE_BYTES
+
+        wait_until(lambda: httpx.get(front.url + "/api/tags").json()["models"], 3.0, "echo")
+        sent = b'{"model":"echo","prompt":"hi", "unknown_option": {"deep": [true, null]}}'
+        with httpx.stream("POST", front.url + "/api/generate", content=sent) as response:
+            received = b"".join(response.iter_raw())
+        assert received == b"".join(NDJSON_CHUNKS)
+        seen = httpx.get(echo.url + "/_echo/last").json()
+        assert base64.b64decode(seen["body"]) == sent
+        headers = json.loads(seen["headers"])
+        assert headers["host"] == echo.url.removeprefix("http://")
+        sse = httpx.post(
+            front.url + "/v1/chat/completions",
+            content=b'{"model":"echo","messages":[{"role":"user","content":"x"}]}',
+        )
+        assert sse.content == SSE_BYTES
+
+
+def test_refused_and_busy_hosts_are_skipped_before_the_first_byte() -> None:
+    hosts = {"a": ["--control-listen", "127.0.0.1:0"], "b": []}
+    # a slow agent poll keeps "a" looking healthy, so the edge itself meets the refusal
+    with fleet.whole_fleet(
+        hosts,
+        plane_args=["--policy", "round_robin", "--breaker-failures", "100"],
+        agent_args=["--poll-interval", "30"],
+    ) as running:
+        control = running.hosts["a"].wait_for(r"control on (\S+)").group(1)
+        client = ollama.Client(host=running.edge.url)
+        httpx.put(control + "/_sim/fault", json={"mode": "refuse"}, timeout=5)
+        for _ in range(4):
+            assert client.generate("llama3.2", "x").done
+        httpx.delete(control + "/_sim/fault", timeout=5)  # listening again
+        httpx.put(control + "/_sim/fault", json={"mode": "busy"}, timeout=5)
+        for _ in range(4):
+            assert client.generate("llama3.2", "x").done
+        busy = _sim_stats(control)["busy_rejections"]
+        assert busy >= 1  # type: ignore[operator]
+        metrics = httpx.get(running.edge.url + "/metrics").text
+        assert 'hops_edge_retries_total{reason="ConnectError"}' in metrics
+        assert 'hops_edge_retries_total{reason="http_503"}' in metrics
+        assert running.open_leases() == 0
+
+
+def test_host_dropping_mid_stream_gives_a_clean_error_line() -> None:
+    with fleet.whole_fleet({"only": []}) as running:
+        httpx.put(
+            running.sim_url("only") + "/_sim/fault",
+            json={"mode": "drop", "after_chunks": 2},
+            timeout=5,
+        )
+        with httpx.stream(
+            "POST", running.edge.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"}
+        ) as response:
+            lines = [json.loads(line) for line in response.iter_lines()]
+        assert len(lines) == 3 and "error" in lines[-1] and "mid-stream" in lines[-1]["error"]
+        with pytest.raises(ollama.ResponseError, match="mid-stream"):
+            list(ollama.Client(host=running.edge.url).generate("llama3.2", "x", stream=True))
+        wait_until(lambda: running.open_leases() == 0, 1.0, "leases released")
+
+
+def test_no_healthy_host_is_503_with_retry_after() -> None:
+    with fleet.whole_fleet({"only": []}) as running:
+        fleet.admin(running.plane.url).CordonNode(admin_pb2.CordonNodeRequest(node_id="only"))
+        response = httpx.post(
+            running.edge.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"}
+        )
+        assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+        assert "error" in response.json()
+        assert running.open_leases() == 0
+
+
+def test_control_plane_unreachable_without_inventory_is_503() -> None:
+    with fleet.edge(["127.0.0.1:1"], ["--pick-timeout", "0.3"]) as front:
+        response = httpx.post(
+            front.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"}, timeout=10
+        )
+        assert response.status_code == 503
+        assert response.json() == {"error": "control plane unreachable and no usable inventory"}
+        assert httpx.get(front.url + "/api/tags", timeout=10).status_code == 503
