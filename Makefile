@@ -59,11 +59,12 @@ test: install ## Run the whole test suite (slow multi-process tests included)
 
 check: lint proto-check test ## Everything CI runs
 
-demo: install ## Bring up a local simulated fleet serving the Ollama API on 127.0.0.1:11434
+demo: install ## A local fleet (control plane, 4 simulated hosts + agents, edge) on 127.0.0.1:11434
 	$(PY) scripts/demo.py
 
 bench: install ## Run the benchmarks under bench/ (figures printed, JSON in bench/results/)
 	$(PY) bench/sim_capacity.py
+	$(PY) bench/controlplane.py
 
 clean: ## Remove the venv, buf and caches
 	rm -rf $(VENV) tools/buf/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -287,3 +287,31 @@ def test_control_plane_unreachable_without_inventory_is_503() -> None:
         assert response.status_code == 503
         assert response.json() == {"error": "control plane unreachable and no usable inventory"}
         assert httpx.get(front.url + "/api/tags", timeout=10).status_code == 503
+
+
+def test_fail_open_serves_from_last_inventory_and_fail_closed_does_not() -> None:
+    with (
+        fleet.whole_fleet({"only": []}) as running,
+        fleet.edge([running.plane.url], ["--fail-open-for", "0"]) as closed,
+    ):
+        body = {"model": "llama3.2", "prompt": "x", "stream": False}
+        for front in (running.edge, closed):
+            wait_until(
+                lambda f=front: httpx.get(f.url + "/api/tags").status_code == 200,
+                3.0,
+                "edge has an inventory",
+            )
+            assert httpx.post(front.url + "/api/generate", json=body).status_code == 200
+        running.plane.stop()
+        served = httpx.post(running.edge.url + "/api/generate", json=body, timeout=10)
+        assert served.status_code == 200
+        assert served.headers["x-hops-route"] == "fail-open"
+        assert httpx.get(running.edge.url + "/api/tags").json()["models"]
+        refused = httpx.post(closed.url + "/api/generate", json=body, timeout=10)
+        assert refused.status_code == 503
+        metrics = httpx.get(running.edge.url + "/metrics").text
+        assert "hops_edge_fail_open_picks_total 1.0" in metrics
+        assert (
+            'hops_edge_requests_total{model="llama3.2",node="only",route="/api/generate",'
+            'status="200"}' in metrics
+        )
