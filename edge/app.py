@@ -96,7 +96,14 @@ def session_key(headers: Headers, body: dict[str, Any]) -> str:
         return explicit[:200]
     messages = body.get("messages")
     if isinstance(messages, list) and messages:
-        basis = json.dumps(messages[:2], sort_keys=True, default=str)[:4096]
+        # The conversation's opening (system prompt and first user turn) is the same in every
+        # later turn, so all turns of one conversation share the key.
+        opening = []
+        for message in messages:
+            opening.append(message)
+            if isinstance(message, dict) and message.get("role") == "user":
+                break
+        basis = json.dumps(opening, sort_keys=True, default=str)[:4096]
     elif isinstance(body.get("prompt"), str) and body["prompt"]:
         basis = str(body.get("system") or "") + body["prompt"][:512]
     else:
@@ -327,7 +334,11 @@ class EdgeApp:
     async def _fan_out(
         self, scope: Scope, receive: Receive, send: Send, path: str
     ) -> tuple[Result, str]:
-        """/api/delete and /api/copy: apply to every host that has the model."""
+        """/api/delete and /api/copy: apply to every host that has the model.
+
+        Every connected host is asked (the inventory may lag a just-made copy by a poll); a 404
+        from a host only means it had no such model. 404 overall when no host had it.
+        """
         raw = await self._body(scope, receive)
         go_type = "DeleteRequest" if path == "/api/delete" else "CopyRequest"
         try:
@@ -345,14 +356,11 @@ class EdgeApp:
                 raise BadRequest("source and destination are required")
             missing = f'model "{model}" not found'
         current = await self.inventory()
-        key = names.match_key(model) or model
         node_id = Headers(scope=scope).get("x-hops-node", "")
-        holders = [n for n in current.holders(key) if not node_id or n.node_id == node_id]
-        if not holders:
-            raise ModelNotFound(missing)
+        targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
         headers = request_headers(scope["headers"])
-        failures = []
-        for node in holders:
+        done, failures = [], []
+        for node in targets:
             try:
                 response = await self.upstream.client.request(
                     scope["method"],
@@ -363,16 +371,16 @@ class EdgeApp:
             except httpx.HTTPError as exc:
                 failures.append(f"{node.node_id}: {type(exc).__name__}")
                 continue
-            if response.status_code != 200:
+            if response.status_code == 200:
+                done.append(node.node_id)
+            elif response.status_code != 404:
                 failures.append(f"{node.node_id}: {response.status_code} {response.text[:200]}")
         if failures:
-            raise EdgeError(
-                f"{path} failed on {len(failures)} of {len(holders)} hosts: " + "; ".join(failures)
-            )
+            raise EdgeError(f"{path} failed on {len(failures)} hosts: " + "; ".join(failures))
+        if not done:
+            raise ModelNotFound(missing)
         await Response(b"", status_code=200)(scope, receive, send)
-        return Result(
-            status=200, outcome="ok", route=path, node=",".join(n.node_id for n in holders)
-        ), model
+        return Result(status=200, outcome="ok", route=path, node=",".join(done)), model
 
     async def _node_only(
         self, scope: Scope, receive: Receive, send: Send, path: str, method: str

@@ -315,3 +315,69 @@ def test_fail_open_serves_from_last_inventory_and_fail_closed_does_not() -> None
             'hops_edge_requests_total{model="llama3.2",node="only",route="/api/generate",'
             'status="200"}' in metrics
         )
+
+
+def test_copy_and_delete_apply_to_every_host_with_the_model() -> None:
+    with fleet.whole_fleet({"a": [], "b": [], "c": ["--profile", "cpu"]}) as running:
+        base = running.edge.url
+        copied = httpx.post(
+            base + "/api/copy", json={"source": "llama3.1:8b", "destination": "mine:v1"}
+        )
+        assert (copied.status_code, copied.content) == (200, b"")
+        for node in ("a", "b"):  # the cpu profile has no llama3.1:8b
+            names = {
+                m["name"] for m in httpx.get(running.sim_url(node) + "/api/tags").json()["models"]
+            }
+            assert "mine:v1" in names
+        wait_until(
+            lambda: (
+                "mine:v1" in {m["name"] for m in httpx.get(base + "/api/tags").json()["models"]}
+            ),
+            3.0,
+            "copy visible fleet-wide",
+        )
+        deleted = httpx.request("DELETE", base + "/api/delete", json={"model": "mine:v1"})
+        assert deleted.status_code == 200
+        wait_until(
+            lambda: (
+                "mine:v1" not in {m["name"] for m in httpx.get(base + "/api/tags").json()["models"]}
+            ),
+            3.0,
+            "delete visible fleet-wide",
+        )
+
+
+def test_a_host_that_never_answers_is_skipped_after_the_first_byte_timeout() -> None:
+    hosts = {"a": ["--control-listen", "127.0.0.1:0"], "b": []}
+    with fleet.whole_fleet(
+        hosts, plane_args=["--policy", "round_robin"], edge_args=["--first-byte-timeout", "0.5"]
+    ) as running:
+        control = running.hosts["a"].wait_for(r"control on (\S+)").group(1)
+        httpx.put(control + "/_sim/fault", json={"mode": "hang"}, timeout=5)
+        for _ in range(2):  # round robin: one of the two starts on the hanging host
+            response = httpx.post(
+                running.edge.url + "/api/generate",
+                json={"model": "llama3.2", "prompt": "x", "stream": False},
+                timeout=10,
+            )
+            assert response.status_code == 200 and response.headers["x-hops-node"] == "b"
+        assert _sim_stats(control)["faults_injected"] == {"hang": 1}
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases closed")
+
+
+def test_a_closed_edge_session_releases_its_leases() -> None:
+    import grpc
+    from hops.v1 import router_pb2, router_pb2_grpc
+
+    with fleet.whole_fleet({"only": []}) as running:
+        channel = grpc.insecure_channel(running.plane.url)
+        router = router_pb2_grpc.RouterServiceStub(channel)
+        session = router.EdgeSession(router_pb2.EdgeSessionRequest(edge_id="doomed"))
+        assert next(session).inventory.nodes
+        for _ in range(3):
+            picked = router.Pick(router_pb2.PickRequest(edge_id="doomed", model="llama3.2"))
+            assert picked.status == router_pb2.PICK_STATUS_OK
+        assert running.open_leases() == 3
+        session.cancel()  # the edge is gone
+        channel.close()
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases released")

@@ -1,0 +1,69 @@
+from starlette.datastructures import Headers
+
+from edge import inventory as inv
+from edge.app import session_key
+from hopscommon.fleet import InstalledModel, LoadedModel
+
+
+def _node(
+    node_id: str, version: str, models: tuple[str, ...] = (), loaded: tuple[str, ...] = ()
+) -> inv.InventoryNode:
+    return inv.InventoryNode(
+        node_id,
+        f"http://{node_id}",
+        True,
+        version,
+        tuple(InstalledModel(name=m, modified_at=float(i)) for i, m in enumerate(models)),
+        tuple(LoadedModel(name=m, expires_at=100.0 + i) for i, m in enumerate(loaded)),
+    )
+
+
+def test_lowest_version_is_compared_as_versions_not_strings() -> None:
+    fleet = inv.Inventory(nodes=(_node("a", "0.12.6"), _node("b", "0.9.1"), _node("c", "0.10.0")))
+    assert inv.lowest_version(fleet) == "0.9.1"  # as strings, "0.10.0" would sort first
+    assert (
+        inv.lowest_version(inv.Inventory(nodes=(_node("a", "v0.33.0-rc2"), _node("b", "0.33.0"))))
+        == "v0.33.0-rc2"
+    )
+    assert inv.lowest_version(inv.Inventory()) == "0.0.0"
+
+
+def test_tags_are_a_union_and_ps_lists_every_loaded_copy() -> None:
+    fleet = inv.Inventory(
+        nodes=(
+            _node("a", "1", ("m:latest", "x:latest"), ("m:latest",)),
+            _node("b", "1", ("m:latest",), ("m:latest",)),
+        )
+    )
+    assert [m["name"] for m in inv.tags(fleet)["models"]] == ["x:latest", "m:latest"]
+    assert [m["name"] for m in inv.ps(fleet)["models"]] == ["m:latest", "m:latest"]
+    assert inv.openai_models(inv.Inventory())["data"] is None
+
+
+def test_fail_open_prefers_hosts_with_the_model_loaded() -> None:
+    fleet = inv.Inventory(
+        nodes=(_node("cold", "1", ("m:latest",)), _node("warm", "1", ("m:latest",), ("m:latest",)))
+    )
+    assert [n.node_id for n in fleet.fail_open_candidates("m:latest", set())] == ["warm", "cold"]
+
+
+def test_session_key_sources() -> None:
+    assert session_key(Headers({"x-hops-session": "abc"}), {}) == "abc"
+    assert session_key(Headers({"x-openwebui-chat-id": "chat-1"}), {}) == "chat-1"
+    first = [{"role": "user", "content": "hello"}]
+    key = session_key(Headers({}), {"messages": first})
+    later = session_key(
+        Headers({}),
+        {
+            "messages": [
+                *first,
+                {"role": "assistant", "content": "hi"},
+                {"role": "user", "content": "more"},
+            ]
+        },
+    )
+    assert key.startswith("h:") and key != session_key(
+        Headers({}), {"messages": [{"role": "user", "content": "other"}]}
+    )
+    assert session_key(Headers({}), {}) == ""
+    assert later == key  # every turn of one conversation shares its key
