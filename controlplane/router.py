@@ -9,6 +9,7 @@ allows, under the node's own concurrency cap.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -18,6 +19,8 @@ from controlplane.model import ApiKind, Report, RouteRequest
 from controlplane.policies import Candidate, Picker, Ranked
 
 EWMA_ALPHA = 0.3
+LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forgotten
+MAX_SESSIONS = 10_000
 
 
 class PickStatus(Enum):
@@ -55,6 +58,7 @@ class Router:
     max_candidates: int = 3
     retry_after_s: float = 2.0
     learned: dict[tuple[str, str], Learned] = field(default_factory=dict)
+    sessions: OrderedDict[str, tuple[str, str]] = field(default_factory=OrderedDict)
 
     def pick(self, request: RouteRequest) -> PickOutcome:
         started = time.perf_counter()
@@ -86,6 +90,7 @@ class Router:
             )
         eligible: list[Candidate] = []
         saturated = 0
+        affinity = self._affinity(request.session_key, key)
         for node in holders:
             if not self._passes(node, request):
                 continue
@@ -93,7 +98,7 @@ class Router:
             if cap and self.fleet.leases.in_flight(node.node_id) >= cap:
                 saturated += 1
                 continue
-            eligible.append(self._candidate(node, key))
+            eligible.append(self._candidate(node, key, affinity))
         if not eligible:
             status = PickStatus.SATURATED if saturated else PickStatus.NO_HEALTHY_NODE
             message = (
@@ -109,6 +114,7 @@ class Router:
         first.breaker.on_dispatch(lease.lease_id)
         if not ranked[0].candidate.loaded and request.api is not ApiKind.PULL:
             first.loading.setdefault(key, time.monotonic())
+        self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
     @staticmethod
@@ -121,20 +127,68 @@ class Router:
                 return False
         return node.breaker.allows()
 
-    def _candidate(self, node: Node, key: str) -> Candidate:
+    def _candidate(self, node: Node, key: str, affinity_node: str) -> Candidate:
         installed = node.installed_by_key.get(key)
+        leases = self.fleet.leases
+        on_gpu = node.vram_total > 0
+        snapshot = node.snapshot
+        total = node.vram_total if on_gpu else snapshot.system_memory_total_bytes
+        free = node.vram_free if on_gpu else snapshot.system_memory_free_bytes
+        now = time.monotonic()
+        idle = 0
+        for loaded_key, model in node.loaded_by_key.items():
+            if not leases.in_flight(node.node_id, loaded_key):
+                idle += model.size_vram_bytes if on_gpu else model.size_bytes
+        # Loads routed here but not yet visible in a snapshot will take memory too.
+        for loading_key, since in list(node.loading.items()):
+            if now - since > LOADING_TTL_S:
+                del node.loading[loading_key]
+            elif loading_key != key:
+                pending = node.installed_by_key.get(loading_key)
+                free -= pending.size_bytes if pending else 0
+        learned = self.learned.get((node.node_id, key))
+        loaded = key in node.loaded_by_key
         return Candidate(
             node_id=node.node_id,
             ollama_url=node.hello.ollama_url,
-            loaded=key in node.loaded_by_key,
-            in_flight_model=self.fleet.leases.in_flight(node.node_id, key),
-            in_flight_node=self.fleet.leases.in_flight(node.node_id),
+            loaded=loaded,
+            in_flight_model=leases.in_flight(node.node_id, key),
+            in_flight_node=leases.in_flight(node.node_id),
             num_parallel=node.hello.capacity.num_parallel,
             weight=node.hello.weight,
             vram_total=node.vram_total,
             vram_free=node.vram_free,
             model_size=installed.size_bytes if installed else 0,
+            on_gpu=on_gpu,
+            memory_total=total,
+            memory_free=max(free, 0),
+            loading=not loaded and key in node.loading,
+            idle_loaded_bytes=idle,
+            decode_tps=learned.decode_tps if learned else 0.0,
+            load_seconds=learned.load_seconds if learned else 0.0,
+            affinity=node.node_id == affinity_node,
         )
+
+    def _affinity(self, session_key: str, key: str) -> str:
+        """The node this session last ran on, if it is still up with the model loaded."""
+        if not session_key:
+            return ""
+        seen = self.sessions.get(session_key)
+        if seen is None or seen[1] != key:
+            return ""
+        node = self.fleet.nodes.get(seen[0])
+        if node is None or node.session is None or key not in node.loaded_by_key:
+            del self.sessions[session_key]  # the host left or unloaded the model: forget
+            return ""
+        return seen[0]
+
+    def _remember(self, session_key: str, node_id: str, key: str) -> None:
+        if not session_key:
+            return
+        self.sessions[session_key] = (node_id, key)
+        self.sessions.move_to_end(session_key)
+        while len(self.sessions) > MAX_SESSIONS:
+            self.sessions.popitem(last=False)
 
     def report(self, report: Report) -> bool:
         """Apply one attempt's outcome; False when the lease is unknown (closed or expired)."""

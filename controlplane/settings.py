@@ -40,7 +40,7 @@ class ControlPlaneSettings:
         shown="127.0.0.1:9464",
     )
     policy: str = option(
-        "least_busy", f"routing policy: {', '.join(REGISTRY)}", parse=_policy, metavar="NAME"
+        "memory_aware", f"routing policy: {', '.join(REGISTRY)}", parse=_policy, metavar="NAME"
     )
     seed: int | None = option(None, "seed for randomised policies (reproducible runs)", parse=int)
     max_candidates: int = option(3, "candidates returned per pick (primary + fallbacks)", parse=int)

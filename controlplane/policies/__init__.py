@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from controlplane.policies.base import Candidate, Picker, Ranked
 from controlplane.policies.least_busy import LeastBusyPicker
+from controlplane.policies.memory_aware import MemoryAwarePicker
 from controlplane.policies.random_policy import RandomPicker
 from controlplane.policies.round_robin import RoundRobinPicker
 
@@ -13,6 +14,7 @@ REGISTRY: dict[str, Callable[[int | None], Picker]] = {
     RandomPicker.name: RandomPicker,
     RoundRobinPicker.name: RoundRobinPicker,
     LeastBusyPicker.name: LeastBusyPicker,
+    MemoryAwarePicker.name: MemoryAwarePicker,
 }
 
 __all__ = ["REGISTRY", "Candidate", "Picker", "Ranked"]

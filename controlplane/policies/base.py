@@ -29,6 +29,14 @@ class Candidate:
     vram_total: int = 0
     vram_free: int = 0
     model_size: int = 0
+    on_gpu: bool = True
+    memory_total: int = 0  # GPU memory, or system memory on a CPU-only host
+    memory_free: int = 0
+    loading: bool = False  # a load of this model was just routed here
+    idle_loaded_bytes: int = 0  # memory held by loaded models with nothing in flight
+    decode_tps: float = 0.0  # learned from Reports; 0 = not yet known
+    load_seconds: float = 0.0  # learned from Reports; 0 = not yet known
+    affinity: bool = False  # the request's session last ran here
 
 
 @dataclass(frozen=True, slots=True)

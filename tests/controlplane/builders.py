@@ -44,6 +44,7 @@ def add_node(
     healthy: bool = True,
     labels: dict[str, str] | None = None,
     max_in_flight: int = 0,
+    num_parallel: int = 1,
     vram_gb: float = 24.0,
     hostname: str | None = None,
 ) -> Node:
@@ -51,7 +52,7 @@ def add_node(
         node_id=node_id,
         ollama_url=f"http://{node_id}.test:11434",
         labels=tuple(sorted((labels or {}).items())),
-        capacity=Capacity(max_in_flight=max_in_flight),
+        capacity=Capacity(num_parallel=num_parallel, max_in_flight=max_in_flight),
         instance_id=f"{node_id}-1",
         hostname=hostname or node_id,
     )

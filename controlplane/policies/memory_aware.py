@@ -1,0 +1,93 @@
+"""``memory_aware`` (the default): send each request where it will start soonest, counting model
+loads, queues and evictions, as Ollama's scheduler would experience them.
+
+Each candidate gets an expected cost in seconds before its reply can start streaming:
+  warm, free slot                0 (the model is loaded and a parallel slot is free)
+  warm, queued                   requests ahead / parallel slots x measured time per request
+  already loading here           about half a load (a load was routed here moments ago)
+  cold, fits in free memory      measured (or estimated) load time
+  cold, evicts idle models       load time + a penalty (someone's warm model goes away)
+  cold, evicts busy models       load time + a prohibitive penalty (only if nothing else exists)
+plus the time the request itself takes at that host's measured decode speed, so a slow CPU host
+or a split GPU/CPU load costs what it really costs. A session's previous host gets a bonus (a warm
+prompt cache), small enough that a hot session does not pile onto a busy host. Among equal costs
+the smaller host wins, keeping big GPUs free for big models. Costs divide by the node's weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from controlplane.model import RouteRequest
+from controlplane.policies.base import Candidate, Ranked
+
+EXPECTED_TOKENS = 200
+DEFAULT_GPU_TPS = 60.0
+DEFAULT_CPU_TPS = 10.0
+DEFAULT_LOAD_BYTES_PER_S = 2.0e9
+LOAD_OVERHEAD_S = 0.5
+KV_HEADROOM = 1.15
+EVICT_IDLE_PENALTY_S = 2.0
+EVICT_BUSY_PENALTY_S = 1000.0
+AFFINITY_BONUS_S = 0.75
+SIZE_TIEBREAK_S_PER_BYTE = 1e-12  # 24 GiB -> 0.026 s: only decides between near-equal hosts
+
+
+def load_estimate(c: Candidate) -> float:
+    if c.load_seconds > 0:
+        return c.load_seconds
+    return LOAD_OVERHEAD_S + c.model_size / DEFAULT_LOAD_BYTES_PER_S
+
+
+def service_time(c: Candidate) -> float:
+    tps = c.decode_tps or (DEFAULT_GPU_TPS if c.on_gpu else DEFAULT_CPU_TPS)
+    return EXPECTED_TOKENS / tps
+
+
+def queue_wait(c: Candidate, per_request: float) -> float:
+    """Time waiting for a parallel slot behind the requests already in flight here."""
+    slots = max(c.num_parallel, 1)
+    ahead = max(c.in_flight_model - slots + 1, 0)
+    return ahead * per_request / slots
+
+
+def expected_cost(c: Candidate) -> tuple[float, str]:
+    """Seconds until this request would be done here, and the tier it falls in."""
+    per_request = service_time(c)
+    if c.loaded:
+        wait = queue_wait(c, per_request)
+        reason = f"queued {wait * 1000:.0f}ms" if wait else "warm"
+    else:
+        load = load_estimate(c)
+        need = c.model_size * KV_HEADROOM
+        if c.loading:
+            wait = load / 2 + queue_wait(c, per_request)
+            reason = "loading"
+        elif need <= c.memory_free:
+            wait, reason = load, "cold-fit"
+        elif need <= c.memory_free + c.idle_loaded_bytes:
+            wait, reason = load + EVICT_IDLE_PENALTY_S, "cold-evict-idle"
+        else:
+            wait, reason = load + EVICT_BUSY_PENALTY_S, "cold-evict-busy"
+    cost = wait + per_request + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE
+    if c.affinity and c.loaded:
+        cost -= AFFINITY_BONUS_S
+        reason = f"affinity {reason}"
+    return cost / max(c.weight, 1e-6), reason
+
+
+class MemoryAwarePicker:
+    name: ClassVar[str] = "memory_aware"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def pick(
+        self, request: RouteRequest, candidates: Sequence[Candidate], limit: int
+    ) -> list[Ranked]:
+        costed = sorted(
+            ((expected_cost(c), c) for c in candidates),
+            key=lambda item: (item[0][0], item[1].node_id),
+        )
+        return [Ranked(c, -cost, reason) for (cost, reason), c in costed[:limit]]
