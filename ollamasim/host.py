@@ -53,9 +53,12 @@ class GenRequest:
 
 @dataclass(slots=True)
 class Metrics:
-    """Ollama's final-chunk counters, filled in as the generation runs (nanoseconds)."""
+    """Ollama's final-chunk counters, filled in as the generation runs (nanoseconds of real
+    time). ``ollama_fields`` reports them in simulated time (x time scale): what the simulated
+    hardware would have reported, so speeds learned from them do not depend on the time scale."""
 
     started: float = field(default_factory=time.monotonic)
+    scale: float = 1.0
     total_ns: int = 0
     load_ns: int = 0
     prompt_eval_count: int = 0
@@ -69,12 +72,12 @@ class Metrics:
 
     def ollama_fields(self) -> dict[str, Any]:
         fields = {
-            "total_duration": self.total_ns,
-            "load_duration": self.load_ns,
+            "total_duration": int(self.total_ns * self.scale),
+            "load_duration": int(self.load_ns * self.scale),
             "prompt_eval_count": self.prompt_eval_count,
-            "prompt_eval_duration": self.prompt_eval_ns,
+            "prompt_eval_duration": int(self.prompt_eval_ns * self.scale),
             "eval_count": self.eval_count,
-            "eval_duration": self.eval_ns,
+            "eval_duration": int(self.eval_ns * self.scale),
         }
         return {k: v for k, v in fields.items() if v}  # Go's omitempty drops zeros
 
@@ -142,6 +145,7 @@ class Host:
         """
         self.stats.started += 1
         self.stats.in_flight += 1
+        metrics.scale = self.settings.time_scale
         slow = self.faults.draw("slow")
         slowdown = slow.factor if slow else 1.0
         completed = False
@@ -249,6 +253,7 @@ class Host:
         self, spec: ModelSpec, texts: list[str], *, keep_alive: float | None, metrics: Metrics
     ) -> None:
         """Pay the load and prompt time of embedding ``texts``; the vectors come from textgen."""
+        metrics.scale = self.settings.time_scale
         self.stats.started += 1
         self.stats.in_flight += 1
         completed = False

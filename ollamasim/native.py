@@ -394,9 +394,11 @@ async def embed(request: Request, host: Host) -> Response:
         {
             "model": raw,
             "embeddings": vectors,
-            "total_duration": metrics.total_ns,
-            "load_duration": metrics.load_ns,
-            "prompt_eval_count": metrics.prompt_eval_count,
+            **{
+                k: v
+                for k, v in metrics.ollama_fields().items()
+                if k in ("total_duration", "load_duration", "prompt_eval_count")
+            },
         }
     )
 

@@ -1,0 +1,256 @@
+"""Does memory-aware routing beat the peers' policies on an unlike fleet? Measured, seeded.
+
+Method: for each policy and load level a fresh fleet on loopback (control plane, four unlike
+simulated hosts gpu-24g / gpu-12g / gpu-8g / cpu with their agents, one edge), so every run
+starts cold. A seeded client sends multi-turn chat sessions over five models of different sizes
+with skewed popularity, Poisson arrivals at the level's rate. The simulators run --time-scale X
+faster than real time; all times below are converted back to simulated (real-hardware) seconds.
+Reported per policy and level: completed and failed requests, time to first token and end-to-end
+latency p50/p95/p99, model loads and evictions (the simulators' own counters), goodput tokens/s.
+
+Usage: python bench/routing.py [--quick] [--seed 7] [--json PATH] [--png PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.integration import fleet
+
+POLICIES = ("random", "round_robin", "least_busy", "memory_aware")
+# (model, popularity): five sizes, Zipf-like skew; not every host has every model.
+MODELS = (
+    ("llama3.2:latest", 0.35),
+    ("llama3.1:8b", 0.25),
+    ("qwen2.5:7b", 0.18),
+    ("qwen2.5:14b", 0.14),
+    ("qwen2.5:32b", 0.08),
+)
+HOSTS = {
+    "gpu-24g": ["--profile", "gpu-24g"],
+    "gpu-12g": ["--profile", "gpu-12g"],
+    "gpu-8g": ["--profile", "gpu-8g"],
+    "cpu": ["--profile", "cpu"],
+}
+LEVELS = {"low": 0.25, "middle": 0.5, "high": 1.0}  # simulated requests per second
+
+
+@dataclass
+class Sample:
+    ok: bool
+    ttft: float = 0.0
+    total: float = 0.0
+    tokens: int = 0
+    node: str = ""
+    error: str = ""
+
+
+@dataclass
+class Workload:
+    seed: int
+    requests: int
+    rate: float
+    sessions: dict[str, list[list[dict[str, str]]]] = field(default_factory=dict)
+
+    def plan(self) -> list[tuple[float, str, int]]:
+        """(arrival offset in simulated seconds, model, session index) per request."""
+        rng = random.Random(self.seed)
+        names = [m for m, _ in MODELS]
+        weights = [w for _, w in MODELS]
+        at, out, counts = 0.0, [], {m: 0 for m in names}
+        for _ in range(self.requests):
+            at += rng.expovariate(self.rate)
+            model = rng.choices(names, weights)[0]
+            if counts[model] and rng.random() < 0.6:
+                session = rng.randrange(counts[model])  # another turn of an earlier chat
+            else:
+                session, counts[model] = counts[model], counts[model] + 1
+            out.append((at, model, session))
+        return out
+
+
+async def one_request(
+    client: httpx.AsyncClient,
+    model: str,
+    messages: list[dict[str, str]],
+    session: str,
+    scale: float,
+) -> Sample:
+    body = {"model": model, "messages": messages, "stream": True}
+    started = time.perf_counter()
+    first = 0.0
+    try:
+        async with client.stream(
+            "POST", "/api/chat", json=body, headers={"X-Hops-Session": session}
+        ) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return Sample(False, error=f"http {response.status_code}")
+            final: dict[str, Any] = {}
+            async for line in response.aiter_lines():
+                if not first:
+                    first = time.perf_counter()
+                chunk = json.loads(line)
+                if "error" in chunk:
+                    return Sample(False, error=chunk["error"])
+                if chunk.get("done"):
+                    final = chunk
+            if not final:
+                return Sample(False, error="no final chunk")
+            return Sample(
+                True,
+                (first - started) * scale,
+                (time.perf_counter() - started) * scale,
+                int(final.get("eval_count", 0)),
+                response.headers.get("x-hops-node", ""),
+            )
+    except httpx.HTTPError as exc:
+        return Sample(False, error=type(exc).__name__)
+
+
+async def drive(edge_url: str, workload: Workload, scale: float) -> tuple[list[Sample], float]:
+    plan = workload.plan()
+    histories: dict[tuple[str, int], list[dict[str, str]]] = {}
+    samples: list[Sample] = []
+    locks: dict[tuple[str, int], asyncio.Lock] = {}
+    async with httpx.AsyncClient(base_url=edge_url, timeout=httpx.Timeout(600.0)) as client:
+        start = time.perf_counter()
+
+        async def send(at: float, model: str, index: int) -> None:
+            await asyncio.sleep(max(start + at / scale - time.perf_counter(), 0))
+            key = (model, index)
+            async with locks.setdefault(key, asyncio.Lock()):  # turns of one chat are sequential
+                history = histories.setdefault(key, [])
+                history.append({"role": "user", "content": f"turn {len(history)} of chat {index}"})
+                sample = await one_request(client, model, list(history), f"{model}/{index}", scale)
+                if sample.ok:
+                    history.append({"role": "assistant", "content": "..."})
+                samples.append(sample)
+
+        await asyncio.gather(*(send(at, model, index) for at, model, index in plan))
+        elapsed = (time.perf_counter() - start) * scale
+    return samples, elapsed
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))], 3)
+
+
+def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]:
+    scale = args.time_scale
+    sim_args = ["--time-scale", str(scale), "--response-tokens", "40-120", "--num-parallel", "2"]
+    hosts = {node: [*profile, *sim_args] for node, profile in HOSTS.items()}
+    with fleet.whole_fleet(
+        hosts,
+        plane_args=["--policy", policy, "--seed", str(args.seed)],
+        agent_args=["--num-parallel", "2", "--log-level", "warning"],
+        edge_args=["--log-level", "warning"],
+    ) as running:
+        workload = Workload(args.seed, args.requests, LEVELS[level])
+        samples, elapsed = asyncio.run(drive(running.edge.url, workload, scale))
+        stats = {
+            node: httpx.get(running.sim_url(node) + "/_sim/stats").json() for node in running.hosts
+        }
+    ok = [s for s in samples if s.ok]
+    ttft = [s.ttft for s in ok]
+    total = [s.total for s in ok]
+    return {
+        "policy": policy,
+        "level": level,
+        "rate_per_s": LEVELS[level],
+        "completed": len(ok),
+        "failed": len(samples) - len(ok),
+        "errors": sorted({s.error for s in samples if not s.ok})[:5],
+        "ttft_s": {"p50": pct(ttft, 0.5), "p95": pct(ttft, 0.95), "p99": pct(ttft, 0.99)},
+        "latency_s": {"p50": pct(total, 0.5), "p95": pct(total, 0.95), "p99": pct(total, 0.99)},
+        "loads": sum(s["loads"] for s in stats.values()),
+        "evictions": sum(s["evictions"] for s in stats.values()),
+        "goodput_tokens_per_s": round(sum(s.tokens for s in ok) / elapsed, 2),
+        "by_node": {node: sum(1 for s in ok if s.node == node) for node in running.hosts},
+    }
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = list(LEVELS)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for policy in POLICIES:
+        rows = [
+            next(r for r in results if r["policy"] == policy and r["level"] == lvl)
+            for lvl in levels
+            if any(r["policy"] == policy and r["level"] == lvl for r in results)
+        ]
+        x = [r["level"] for r in rows]
+        axes[0].plot(x, [r["ttft_s"]["p95"] for r in rows], marker="o", label=policy)
+        axes[1].plot(x, [r["loads"] for r in rows], marker="o", label=policy)
+        axes[2].plot(x, [r["goodput_tokens_per_s"] for r in rows], marker="o", label=policy)
+    for ax, title in zip(
+        axes, ("p95 time to first token (s)", "model loads", "goodput (tokens/s)"), strict=True
+    ):
+        ax.set_title(title)
+        ax.set_xlabel("load level")
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=120, help="requests per run")
+    parser.add_argument("--time-scale", type=float, default=10.0)
+    parser.add_argument("--levels", default=",".join(LEVELS))
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--quick", action="store_true", help="middle level, 40 requests")
+    parser.add_argument("--json", default="bench/results/routing.json")
+    parser.add_argument("--png", default="bench/results/routing.png")
+    args = parser.parse_args()
+    levels = ["middle"] if args.quick else args.levels.split(",")
+    if args.quick:
+        args.requests = 40
+    results = []
+    for level in levels:
+        for policy in args.policies.split(","):
+            result = run_one(policy, level, args)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    report = {
+        "benchmark": "routing",
+        "seed": args.seed,
+        "requests_per_run": args.requests,
+        "time_scale": args.time_scale,
+        "results": results,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if not args.quick:
+        with contextlib.suppress(ImportError):
+            plot(results, Path(args.png))
+
+
+if __name__ == "__main__":
+    main()
