@@ -135,10 +135,11 @@ class Router:
         total = node.vram_total if on_gpu else snapshot.system_memory_total_bytes
         free = node.vram_free if on_gpu else snapshot.system_memory_free_bytes
         now = time.monotonic()
-        idle = 0
+        idle = idle_count = 0
         for loaded_key, model in node.loaded_by_key.items():
             if not leases.in_flight(node.node_id, loaded_key):
                 idle += model.size_vram_bytes if on_gpu else model.size_bytes
+                idle_count += 1
         # Loads routed here but not yet visible in a snapshot will take memory too.
         for loading_key, since in list(node.loading.items()):
             if now - since > LOADING_TTL_S:
@@ -167,6 +168,9 @@ class Router:
             decode_tps=learned.decode_tps if learned else 0.0,
             load_seconds=learned.load_seconds if learned else 0.0,
             affinity=node.node_id == affinity_node,
+            loaded_count=len(node.loaded_by_key) + len(node.loading) - (key in node.loading),
+            max_loaded=node.hello.capacity.max_loaded_models or 3 * max(len(snapshot.gpus), 1),
+            idle_loaded_count=idle_count,
         )
 
     def _affinity(self, session_key: str, key: str) -> str:

@@ -37,6 +37,9 @@ class Candidate:
     decode_tps: float = 0.0  # learned from Reports; 0 = not yet known
     load_seconds: float = 0.0  # learned from Reports; 0 = not yet known
     affinity: bool = False  # the request's session last ran here
+    loaded_count: int = 0  # models resident now
+    max_loaded: int = 3  # OLLAMA_MAX_LOADED_MODELS in effect (3 per GPU by default)
+    idle_loaded_count: int = 0  # resident models with nothing in flight
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ Each candidate gets an expected cost in seconds before its reply can start strea
   warm, free slot                0 (the model is loaded and a parallel slot is free)
   warm, queued                   requests ahead / parallel slots x measured time per request
   already loading here           about half a load (a load was routed here moments ago)
-  cold, fits in free memory      measured (or estimated) load time
+  cold, fits in free memory      measured (or estimated) load time (and under the host's
+                                 OLLAMA_MAX_LOADED_MODELS, past which Ollama evicts too)
   cold, evicts idle models       load time + a penalty (someone's warm model goes away)
   cold, evicts busy models       load time + a prohibitive penalty (only if nothing else exists)
 plus the time the request itself takes at that host's measured decode speed, so a slow CPU host
@@ -64,9 +65,11 @@ def expected_cost(c: Candidate) -> tuple[float, str]:
         if c.loading:
             wait = load / 2 + queue_wait(c, per_request)
             reason = "loading"
-        elif need <= c.memory_free:
+        elif need <= c.memory_free and c.loaded_count < c.max_loaded:
             wait, reason = load, "cold-fit"
-        elif need <= c.memory_free + c.idle_loaded_bytes:
+        elif need <= c.memory_free + c.idle_loaded_bytes and (
+            c.loaded_count < c.max_loaded or c.idle_loaded_count
+        ):
             wait, reason = load + EVICT_IDLE_PENALTY_S, "cold-evict-idle"
         else:
             wait, reason = load + EVICT_BUSY_PENALTY_S, "cold-evict-busy"

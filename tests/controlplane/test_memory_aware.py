@@ -103,3 +103,11 @@ def test_session_affinity_follows_the_session_and_is_forgotten_on_unload() -> No
     fleet.update(home, node.session, replace(node.snapshot, sequence=9, loaded=()))
     assert router._affinity("s1", "m:latest") == ""  # the host unloaded it: forgotten
     assert "s1" not in router.sessions
+
+
+def test_max_loaded_models_makes_a_load_evict_even_with_free_memory() -> None:
+    full_busy = replace(BASE, node_id="full", loaded_count=3, max_loaded=3)
+    assert expected_cost(full_busy)[1] == "cold-evict-busy"
+    full_idle = replace(full_busy, idle_loaded_count=1, idle_loaded_bytes=2 * GIB)
+    assert expected_cost(full_idle)[1] == "cold-evict-idle"
+    assert expected_cost(replace(full_busy, loaded_count=2))[1] == "cold-fit"
