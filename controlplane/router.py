@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from controlplane.fleet import Fleet, Node, model_key
+from controlplane.leases import Lease
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.model import ApiKind, Report, RouteRequest
 from controlplane.policies import Candidate, Picker, Ranked
@@ -226,21 +227,20 @@ class Router:
 
     def sweep(self, lease_ttl: float) -> int:
         """Release leases older than ``lease_ttl``; forget long-offline nodes."""
-        expired = self.fleet.leases.expire(lease_ttl)
-        for lease in expired:
-            node = self.fleet.nodes.get(lease.node_id)
-            if node is not None:
-                node.breaker.abandon(lease.lease_id)
+        expired = self._abandon(self.fleet.leases.expire(lease_ttl))
         self.fleet.forget_offline()
-        return len(expired)
+        return expired
 
     def release_edge(self, edge_id: str) -> int:
-        released = self.fleet.leases.release_edge(edge_id)
-        for lease in released:
+        """The edge's session closed: its leases end without an outcome."""
+        return self._abandon(self.fleet.leases.release_edge(edge_id))
+
+    def _abandon(self, leases: list[Lease]) -> int:
+        for lease in leases:
             node = self.fleet.nodes.get(lease.node_id)
             if node is not None:
                 node.breaker.abandon(lease.lease_id)
-        return len(released)
+        return len(leases)
 
 
 def _ewma(old: float, new: float) -> float:

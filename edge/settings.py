@@ -7,21 +7,10 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hopscommon.settings import load, option, parse_bool, parse_host_port
+from hopscommon.settings import load, option, parse_addresses, parse_bool, parse_host_port
 from hopscommon.units import parse_bytes, parse_seconds
 
 ENV_PREFIX = "HOPS_EDGE_"
-
-
-def _addresses(text: str) -> tuple[str, ...]:
-    out = []
-    for item in (p.strip() for p in text.split(",")):
-        if item:
-            host, port = parse_host_port(item)
-            out.append(f"{host}:{port}")
-    if not out:
-        raise ValueError("at least one control plane HOST:PORT is needed")
-    return tuple(out)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +26,7 @@ class EdgeSettings:
     controlplane: tuple[str, ...] = option(
         ("127.0.0.1:50051",),
         "control plane(s) HOST:PORT[,HOST:PORT], tried in order",
-        parse=_addresses,
+        parse=parse_addresses,
         shown="127.0.0.1:50051",
     )
     edge_id: str = option("", "this edge's id (default: host name + process id)")

@@ -145,6 +145,18 @@ def load(
     return settings
 
 
+def parse_addresses(text: str) -> tuple[str, ...]:
+    """``"a:1,b:2"`` -> ("a:1", "b:2"): a comma-separated list of HOST:PORT, at least one."""
+    out = []
+    for item in (p.strip() for p in text.split(",")):
+        if item:
+            host, port = parse_host_port(item)
+            out.append(f"{host}:{port}")
+    if not out:
+        raise ValueError("at least one HOST:PORT is needed")
+    return tuple(out)
+
+
 def parse_host_port(text: str) -> tuple[str, int]:
     """``"127.0.0.1:8080"``, ``"[::1]:8080"`` or ``":8080"`` -> (host, port); ValueError if bad."""
     host, sep, port_text = text.rpartition(":")

@@ -8,22 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from hopscommon.settings import load, option, parse_host_port
+from hopscommon.settings import load, option, parse_addresses
 from hopscommon.units import parse_bytes, parse_seconds
 
 ENV_PREFIX = "HOPS_AGENT_"
 GPU_MODES = ("auto", "nvml", "nvidia-smi", "static", "none")
-
-
-def _addresses(text: str) -> tuple[str, ...]:
-    out = []
-    for item in (p.strip() for p in text.split(",")):
-        if item:
-            host, port = parse_host_port(item)
-            out.append(f"{host}:{port}")
-    if not out:
-        raise ValueError("at least one control plane HOST:PORT is needed")
-    return tuple(out)
 
 
 def _url(text: str) -> str:
@@ -57,7 +46,7 @@ class AgentSettings:
     controlplane: tuple[str, ...] = option(
         ("127.0.0.1:50051",),
         "control plane(s), HOST:PORT[,HOST:PORT]; each gets a full view",
-        parse=_addresses,
+        parse=parse_addresses,
         shown="127.0.0.1:50051",
     )
     ollama_url: str = option("http://127.0.0.1:11434", "this host's Ollama", parse=_url)
