@@ -8,6 +8,7 @@ import itertools
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -25,6 +26,7 @@ class LeaseTable:
     """Owned by the event loop."""
 
     def __init__(self) -> None:
+        self.on_release: Callable[[str], None] | None = None  # called with the freed node id
         self._leases: dict[str, Lease] = {}
         self._counts: Counter[tuple[str, str]] = Counter()
         self._per_node: Counter[str] = Counter()
@@ -49,16 +51,22 @@ class LeaseTable:
         lease = self._leases.get(lease_id)
         if lease is not None:
             self._count(lease, -1)
-            lease.node_id = node_id
+            freed, lease.node_id = lease.node_id, node_id
             lease.attempts += 1
             self._count(lease, +1)
+            self._released(freed)
         return lease
 
     def close(self, lease_id: str) -> Lease | None:
         lease = self._leases.pop(lease_id, None)
         if lease is not None:
             self._count(lease, -1)
+            self._released(lease.node_id)
         return lease
+
+    def _released(self, node_id: str) -> None:
+        if self.on_release is not None:
+            self.on_release(node_id)
 
     def release_edge(self, edge_id: str) -> list[Lease]:
         gone = [lease for lease in self._leases.values() if lease.edge_id == edge_id]

@@ -58,6 +58,7 @@ class Router:
     metrics: ControlPlaneMetrics
     max_candidates: int = 3
     retry_after_s: float = 2.0
+    queue_per_slot: int = 0  # in flight per parallel slot before a host is saturated (0: no cap)
     learned: dict[tuple[str, str], Learned] = field(default_factory=dict)
     sessions: OrderedDict[str, tuple[str, str]] = field(default_factory=OrderedDict)
 
@@ -95,7 +96,9 @@ class Router:
         for node in holders:
             if not self._passes(node, request):
                 continue
-            cap = node.hello.capacity.max_in_flight
+            cap = node.hello.capacity.max_in_flight or (
+                node.hello.capacity.num_parallel * self.queue_per_slot
+            )
             if cap and self.fleet.leases.in_flight(node.node_id) >= cap:
                 saturated += 1
                 continue

@@ -11,6 +11,7 @@ import grpc
 from hops.v1 import router_pb2, router_pb2_grpc
 
 from controlplane import convert
+from controlplane.admission import Admission
 from controlplane.router import Router
 from controlplane.settings import ControlPlaneSettings
 
@@ -22,8 +23,11 @@ Context = grpc.aio.ServicerContext[object, object]
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, router: Router, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self, router: Router, admission: Admission, settings: ControlPlaneSettings
+    ) -> None:
         self.router = router
+        self.admission = admission
         self.settings = settings
         self.sessions: Counter[str] = Counter()
 
@@ -32,7 +36,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.PickResponse:
         if not request.model.strip() and request.api != router_pb2.API_KIND_PULL:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model is required")
-        return convert.pick_response(self.router.pick(convert.route_request(request)))
+        outcome = await self.admission.pick(convert.route_request(request))
+        return convert.pick_response(outcome)
 
     async def Report(
         self, request: router_pb2.ReportRequest, context: Context

@@ -26,6 +26,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from controlplane.admin_service import AdminServicer
+from controlplane.admission import Admission
 from controlplane.agent_service import AgentServicer
 from controlplane.breaker import Breaker
 from controlplane.fleet import Fleet
@@ -72,13 +73,18 @@ class ControlPlane:
             metrics=self.metrics,
             max_candidates=settings.max_candidates,
             retry_after_s=settings.retry_after,
+            queue_per_slot=settings.queue_per_slot,
         )
+        self.admission = Admission(
+            self.router, max_wait=settings.admission_wait, per_model=settings.admission_queue
+        )
+        self.fleet.leases.on_release = self.admission.on_release
         self.grpc = grpc.aio.server(options=GRPC_OPTIONS)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.fleet, settings), self.grpc
         )
         router_pb2_grpc.add_RouterServiceServicer_to_server(
-            RouterServicer(self.router, settings), self.grpc
+            RouterServicer(self.router, self.admission, settings), self.grpc
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.router, settings), self.grpc

@@ -70,6 +70,21 @@ class ControlPlaneSettings:
         "seconds to wait for an agent to finish a command (pull, preload)",
         parse=parse_seconds,
     )
+    queue_per_slot: int = option(
+        4,
+        "requests in flight per parallel slot (OLLAMA_NUM_PARALLEL) before a host counts as "
+        "saturated, unless its agent sets --max-in-flight (0 = no cap)",
+        parse=int,
+    )
+    admission_wait: float = option(
+        20.0,
+        "seconds a request may wait for a slot when every host is saturated before 503 "
+        "(0 = answer 503 at once)",
+        parse=parse_seconds,
+    )
+    admission_queue: int = option(
+        256, "requests that may wait per model (beyond: 503 at once)", parse=int
+    )
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:

@@ -42,7 +42,10 @@ class EdgeSettings:
         120.0, "seconds allowed between two chunks of a streamed response", parse=parse_seconds
     )
     pick_timeout: float = option(
-        2.0, "seconds to wait for the control plane to pick a host", parse=parse_seconds
+        30.0,
+        "seconds to wait for the control plane to pick a host, including time a request "
+        "waits in its admission queue while every host is saturated",
+        parse=parse_seconds,
     )
     max_attempts: int = option(
         3, "hosts tried per request before the first byte reaches the client", parse=int

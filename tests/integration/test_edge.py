@@ -379,3 +379,39 @@ def test_a_closed_edge_session_releases_its_leases() -> None:
         session.cancel()  # the edge is gone
         channel.close()
         wait_until(lambda: running.open_leases() == 0, 2.0, "leases released")
+
+
+def test_saturated_fleet_queues_requests_then_answers_503() -> None:
+    slow = ["--time-scale", "2", "--response-tokens", "60-60"]
+    with fleet.whole_fleet(
+        {"only": slow}, plane_args=["--admission-wait", "30"], agent_args=["--max-in-flight", "1"]
+    ) as running:
+        body = {"model": "llama3.2", "prompt": "x", "stream": False}
+
+        def post(_: int) -> httpx.Response:
+            return httpx.post(running.edge.url + "/api/generate", json=body, timeout=60)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(3) as pool:
+            responses = list(pool.map(post, range(3)))
+        assert [r.status_code for r in responses] == [200, 200, 200]
+        routes = sorted(r.headers["x-hops-route"] for r in responses)
+        assert sum(route.startswith("queued ") for route in routes) >= 2  # held, not piled on
+        assert _sim_stats(running.sim_url("only"))["waiting_for_slot"] == 0
+    with fleet.whole_fleet(
+        {"only": ["--time-scale", "1", "--response-tokens", "2000-2000"]},
+        plane_args=["--admission-wait", "0.3"],
+        agent_args=["--max-in-flight", "1"],
+    ) as running:
+        with (
+            httpx.Client(base_url=running.edge.url, timeout=30) as client,
+            client.stream(
+                "POST", "/api/generate", json={"model": "llama3.2", "prompt": "x"}
+            ) as held,
+        ):
+            lines = held.iter_lines()  # keep it referenced: a collected iterator closes the stream
+            next(lines)
+            refused = httpx.post(running.edge.url + "/api/generate", json=body, timeout=10)
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases released")

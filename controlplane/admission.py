@@ -1,0 +1,85 @@
+"""Admission control: when every host that could serve a request is saturated, the request waits
+here, in a bounded per-model queue, instead of piling onto Ollama's unbounded hidden queue.
+
+A host is saturated when its requests in flight reach its cap (``max_in_flight`` from the agent,
+else ``num_parallel x queue_per_slot``). Waiters are woken oldest first, across models, when a
+lease closes on a host that has their model, so a busy model cannot starve a quiet one. A waiter
+that is not placed within ``max_wait`` seconds gets SATURATED (the edge answers 503 with
+Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
+
+from controlplane.fleet import model_key
+from controlplane.model import RouteRequest
+from controlplane.router import PickOutcome, PickStatus, Router
+
+
+@dataclass(eq=False)
+class _Waiter:
+    key: str
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Admission:
+    """Owned by the event loop; ``on_release`` is the lease table's close hook."""
+
+    def __init__(self, router: Router, *, max_wait: float, per_model: int) -> None:
+        self.router = router
+        self.max_wait = max_wait
+        self.per_model = per_model
+        self.queue: deque[_Waiter] = deque()
+        self.waiting: Counter[str] = Counter()
+
+    async def pick(self, request: RouteRequest) -> PickOutcome:
+        """Pick now, or wait in line for a slot when every candidate is saturated."""
+        outcome = self.router.pick(request)
+        if outcome.status is not PickStatus.SATURATED or self.max_wait <= 0:
+            return outcome
+        key = model_key(request.model)
+        if self.waiting[key] >= self.per_model:
+            return replace(outcome, message=f"{outcome.message}; the wait queue is full")
+        waiter = _Waiter(key)
+        self.queue.append(waiter)
+        self.waiting[key] += 1
+        started = time.monotonic()
+        deadline = started + self.max_wait
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    await asyncio.wait_for(waiter.wake.wait(), remaining)
+                except TimeoutError:
+                    break
+                waiter.wake.clear()
+                outcome = self.router.pick(request)
+                if outcome.status is not PickStatus.SATURATED:
+                    return _queued(outcome, time.monotonic() - started)
+            return outcome
+        finally:
+            self.queue.remove(waiter)
+            self.waiting[key] -= 1
+            if self.waiting[key] <= 0:
+                del self.waiting[key]
+
+    def on_release(self, node_id: str) -> None:
+        """A lease closed on ``node_id``: wake the oldest waiter whose model that host has."""
+        node = self.router.fleet.nodes.get(node_id)
+        if node is None:
+            return
+        for waiter in self.queue:
+            if not waiter.wake.is_set() and node.has_model(waiter.key):
+                waiter.wake.set()
+                return
+
+
+def _queued(outcome: PickOutcome, waited: float) -> PickOutcome:
+    if not outcome.ranked:
+        return outcome
+    first = outcome.ranked[0]
+    marked = replace(first, reason=f"queued {waited * 1000:.0f}ms {first.reason}")
+    return replace(outcome, ranked=(marked, *outcome.ranked[1:]))

@@ -1,0 +1,68 @@
+import asyncio
+
+from controlplane.admission import Admission
+from controlplane.model import RouteRequest
+from controlplane.router import PickStatus
+from tests.controlplane import builders
+
+
+def _setup(max_wait: float = 2.0, per_model: int = 8) -> Admission:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", models=["m:latest", "n:latest"], max_in_flight=1)
+    admission = Admission(builders.router(fleet), max_wait=max_wait, per_model=per_model)
+    fleet.leases.on_release = admission.on_release
+    return admission
+
+
+def _req(model: str = "m") -> RouteRequest:
+    return RouteRequest(model=model, edge_id="e")
+
+
+async def test_a_saturated_request_waits_for_a_slot_and_says_so() -> None:
+    admission = _setup()
+    first = await admission.pick(_req())
+    waiting = asyncio.create_task(admission.pick(_req()))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and admission.waiting["m:latest"] == 1
+    admission.router.fleet.leases.close(first.lease_id)
+    second = await asyncio.wait_for(waiting, 1.0)
+    assert second.status is PickStatus.OK
+    assert second.ranked[0].reason.startswith("queued ")
+    assert admission.waiting == {}
+
+
+async def test_the_wait_is_bounded_in_time_and_in_length() -> None:
+    admission = _setup(max_wait=0.1, per_model=1)
+    await admission.pick(_req())
+    timed_out, refused = await asyncio.gather(admission.pick(_req()), _second_in_line(admission))
+    assert timed_out.status is PickStatus.SATURATED and timed_out.retry_after_s > 0
+    assert refused.status is PickStatus.SATURATED and "queue is full" in refused.message
+    assert admission.waiting == {} and not admission.queue
+
+
+async def _second_in_line(admission: Admission):  # type: ignore[no-untyped-def]
+    await asyncio.sleep(0.02)
+    return await admission.pick(_req())
+
+
+async def test_waiters_are_woken_oldest_first_across_models() -> None:
+    admission = _setup()
+    held = await admission.pick(_req("m"))
+    older = asyncio.create_task(admission.pick(_req("n")))
+    await asyncio.sleep(0.02)
+    newer = asyncio.create_task(admission.pick(_req("m")))
+    await asyncio.sleep(0.02)
+    admission.router.fleet.leases.close(held.lease_id)
+    done, _ = await asyncio.wait({older, newer}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {older}
+    admission.router.fleet.leases.close(older.result().lease_id)
+    assert (await asyncio.wait_for(newer, 1.0)).status is PickStatus.OK
+
+
+def test_default_cap_is_parallel_slots_times_queue_per_slot() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", num_parallel=2)
+    router = builders.router(fleet)
+    router.queue_per_slot = 2
+    statuses = [router.pick(_req("llama3.2")).status for _ in range(5)]
+    assert statuses == [PickStatus.OK] * 4 + [PickStatus.SATURATED]
