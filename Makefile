@@ -65,6 +65,7 @@ demo: install ## A local fleet (control plane, 4 simulated hosts + agents, edge)
 bench: install ## Run the benchmarks under bench/ (figures printed, JSON in bench/results/)
 	$(PY) bench/sim_capacity.py
 	$(PY) bench/controlplane.py
+	$(PY) bench/routing.py
 
 clean: ## Remove the venv, buf and caches
 	rm -rf $(VENV) tools/buf/node_modules .mypy_cache .ruff_cache .pytest_cache
