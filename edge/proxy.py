@@ -18,12 +18,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import grpc
 import httpx
 from hops.v1 import router_pb2
 from starlette.types import Receive, Send
 
 from edge.cpclient import ControlPlaneClient, ControlPlaneUnavailable
 from edge.errors import (
+    BadRequest,
     ControlPlaneDown,
     EdgeError,
     ModelNotFound,
@@ -157,6 +159,8 @@ class Proxy:
             picked, plane = await self.cp.pick(request)
         except ControlPlaneUnavailable:
             return "", "", self._fail_open(call)
+        except grpc.aio.AioRpcError as exc:  # the control plane refused the request itself
+            raise BadRequest(exc.details() or "bad request") from None
         status = picked.status
         if status == router_pb2.PICK_STATUS_OK:
             return (
