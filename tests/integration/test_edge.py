@@ -415,3 +415,27 @@ def test_saturated_fleet_queues_requests_then_answers_503() -> None:
             refused = httpx.post(running.edge.url + "/api/generate", json=body, timeout=10)
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         wait_until(lambda: running.open_leases() == 0, 2.0, "leases released")
+
+
+def test_a_stream_that_stalls_past_the_idle_timeout_ends_with_an_error_line() -> None:
+    with fleet.whole_fleet({"only": []}, edge_args=["--idle-timeout", "0.2"]) as running:
+        httpx.put(
+            running.sim_url("only") + "/_sim/fault",
+            json={"mode": "slow", "factor": 10000},
+            timeout=5,
+        )  # ~0.7 s between tokens
+        with httpx.stream(
+            "POST",
+            running.edge.url + "/api/generate",
+            json={"model": "llama3.2", "prompt": "x"},
+            timeout=30,
+        ) as response:
+            lines = [json.loads(line) for line in response.iter_lines()]
+        assert "error" in lines[-1] and "stopped sending" in lines[-1]["error"]
+        assert not any(line.get("done") for line in lines)
+        wait_until(lambda: running.open_leases() == 0, 2.0, "lease released")
+        wait_until(
+            lambda: _sim_stats(running.sim_url("only"))["cancelled"] == 1,
+            2.0,
+            "the host was told to stop",
+        )
