@@ -54,7 +54,9 @@ class Node:
     conflicts: list[IdConflict] = field(default_factory=list)
     installed_by_key: dict[str, InstalledModel] = field(default_factory=dict)
     loaded_by_key: dict[str, LoadedModel] = field(default_factory=dict)
-    loading: dict[str, float] = field(default_factory=dict)
+    # model key -> (when a load was routed here, its size on disk)
+    loading: dict[str, tuple[float, int]] = field(default_factory=dict)
+    loading_bytes: int = 0  # size of the models in ``loading``, kept in step with it
     vram_total: int = 0
     vram_free: int = 0
 
@@ -82,9 +84,22 @@ class Node:
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
-        for key in list(self.loading):
-            if key in self.loaded_by_key:
+        self.forget_loads(lambda key, _since: key in self.loaded_by_key)
+
+    def mark_loading(self, key: str) -> None:
+        """A load of ``key`` was just routed here: it will take memory before any snapshot says."""
+        if key not in self.loading:
+            model = self.installed_by_key.get(key)
+            size = model.size_bytes if model else 0
+            self.loading[key] = (time.monotonic(), size)
+            self.loading_bytes += size
+
+    def forget_loads(self, done: Callable[[str, float], bool]) -> None:
+        """Drop the pending loads for which ``done(key, since)`` holds."""
+        for key, (since, size) in list(self.loading.items()):
+            if done(key, since):
                 del self.loading[key]
+                self.loading_bytes -= size
 
 
 class Fleet:

@@ -28,8 +28,9 @@ class LeaseTable:
     def __init__(self) -> None:
         self.on_release: Callable[[str], None] | None = None  # called with the freed node id
         self._leases: dict[str, Lease] = {}
-        self._counts: Counter[tuple[str, str]] = Counter()
-        self._per_node: Counter[str] = Counter()
+        # Read-only for others (the router reads them on its hot path); only _count writes.
+        self.per_model: Counter[tuple[str, str]] = Counter()  # (node id, model) -> open leases
+        self.per_node: Counter[str] = Counter()  # node id -> open leases
         self._ids = itertools.count(1)
         self._prefix = os.urandom(4).hex()
 
@@ -83,20 +84,20 @@ class LeaseTable:
 
     def in_flight(self, node_id: str, model: str | None = None) -> int:
         if model is None:
-            return self._per_node[node_id]
-        return self._counts[(node_id, model)]
+            return self.per_node[node_id]
+        return self.per_model[(node_id, model)]
 
     def by_model(self, node_id: str) -> dict[str, int]:
-        return {m: c for (n, m), c in self._counts.items() if n == node_id and c > 0}
+        return {m: c for (n, m), c in self.per_model.items() if n == node_id and c > 0}
 
     def model_total(self, model: str) -> int:
-        return sum(c for (_, m), c in self._counts.items() if m == model)
+        return sum(c for (_, m), c in self.per_model.items() if m == model)
 
     def _count(self, lease: Lease, delta: int) -> None:
         key = (lease.node_id, lease.model)
-        self._counts[key] += delta
-        self._per_node[lease.node_id] += delta
-        if self._counts[key] <= 0:
-            del self._counts[key]
-        if self._per_node[lease.node_id] <= 0:
-            del self._per_node[lease.node_id]
+        self.per_model[key] += delta
+        self.per_node[lease.node_id] += delta
+        if self.per_model[key] <= 0:
+            del self.per_model[key]
+        if self.per_node[lease.node_id] <= 0:
+            del self.per_node[lease.node_id]

@@ -117,7 +117,7 @@ class Router:
         lease = self.fleet.leases.open(request.edge_id, first.node_id, key)
         first.breaker.on_dispatch(lease.lease_id)
         if not ranked[0].candidate.loaded and request.api is not ApiKind.PULL:
-            first.loading.setdefault(key, time.monotonic())
+            first.mark_loading(key)
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
@@ -132,34 +132,34 @@ class Router:
         return node.breaker.allows()
 
     def _candidate(self, node: Node, key: str, affinity_node: str) -> Candidate:
+        # The hot path of every pick, once per eligible host: locals and plain dict lookups.
+        node_id = node.hello.node_id
+        per_model = self.fleet.leases.per_model
         installed = node.installed_by_key.get(key)
-        leases = self.fleet.leases
         on_gpu = node.vram_total > 0
         snapshot = node.snapshot
         total = node.vram_total if on_gpu else snapshot.system_memory_total_bytes
         free = node.vram_free if on_gpu else snapshot.system_memory_free_bytes
-        now = time.monotonic()
         idle = idle_count = 0
         for loaded_key, model in node.loaded_by_key.items():
-            if not leases.in_flight(node.node_id, loaded_key):
+            if not per_model.get((node_id, loaded_key)):
                 idle += model.size_vram_bytes if on_gpu else model.size_bytes
                 idle_count += 1
         # Loads routed here but not yet visible in a snapshot will take memory too.
-        for loading_key, since in list(node.loading.items()):
-            if now - since > LOADING_TTL_S:
-                del node.loading[loading_key]
-            elif loading_key != key:
-                pending = node.installed_by_key.get(loading_key)
-                free -= pending.size_bytes if pending else 0
-        learned = self.learned.get((node.node_id, key))
+        if node.loading:
+            free -= node.loading_bytes
+            if key in node.loading:
+                free += node.loading[key][1]
+        learned = self.learned.get((node_id, key))
         loaded = key in node.loaded_by_key
+        capacity = node.hello.capacity
         return Candidate(
-            node_id=node.node_id,
+            node_id=node_id,
             ollama_url=node.hello.ollama_url,
             loaded=loaded,
-            in_flight_model=leases.in_flight(node.node_id, key),
-            in_flight_node=leases.in_flight(node.node_id),
-            num_parallel=node.hello.capacity.num_parallel,
+            in_flight_model=per_model.get((node_id, key), 0),
+            in_flight_node=self.fleet.leases.per_node.get(node_id, 0),
+            num_parallel=capacity.num_parallel,
             weight=node.hello.weight,
             vram_total=node.vram_total,
             vram_free=node.vram_free,
@@ -171,9 +171,9 @@ class Router:
             idle_loaded_bytes=idle,
             decode_tps=learned.decode_tps if learned else 0.0,
             load_seconds=learned.load_seconds if learned else 0.0,
-            affinity=node.node_id == affinity_node,
+            affinity=node_id == affinity_node,
             loaded_count=len(node.loaded_by_key) + len(node.loading) - (key in node.loading),
-            max_loaded=node.hello.capacity.max_loaded_models or 3 * max(len(snapshot.gpus), 1),
+            max_loaded=capacity.max_loaded_models or 3 * max(len(snapshot.gpus), 1),
             idle_loaded_count=idle_count,
         )
 
@@ -231,6 +231,9 @@ class Router:
     def sweep(self, lease_ttl: float) -> int:
         """Release leases older than ``lease_ttl``; forget long-offline nodes."""
         expired = self._abandon(self.fleet.leases.expire(lease_ttl))
+        stale = time.monotonic() - LOADING_TTL_S
+        for node in self.fleet.nodes.values():
+            node.forget_loads(lambda _key, since: since < stale)
         self.fleet.forget_offline()
         return expired
 
