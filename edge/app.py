@@ -124,6 +124,7 @@ class EdgeApp:
         self.upstream = upstream
         self.metrics = metrics
         self.proxy = Proxy(settings, cp, upstream, metrics)
+        self.keys = settings.key_check()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -135,6 +136,11 @@ class EdgeApp:
         result: Result | None = None
         openai = path.startswith("/v1/")
         try:
+            if self.keys.enabled:
+                headers = Headers(scope=scope)
+                self.keys.check(path, headers.get("authorization", ""))
+                # The edge's key is not the host's business.
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
             result, model = await self._dispatch(scope, receive, send, path, method)
         except EdgeError as exc:
             result = Result(status=exc.status, outcome="rejected", route=path)

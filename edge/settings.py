@@ -7,6 +7,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edge.auth import KeyCheck, read_keys
 from hopscommon.settings import load, option, parse_addresses, parse_bool, parse_host_port
 from hopscommon.units import parse_bytes, parse_seconds
 
@@ -63,6 +64,20 @@ class EdgeSettings:
         parse=parse_seconds,
     )
     metrics: bool = option(True, "serve Prometheus metrics at /metrics", parse=parse_bool)
+    api_keys: tuple[str, ...] = option(
+        (),
+        "API keys clients must send as 'Authorization: Bearer KEY' (repeatable; none = open)",
+        repeated=True,
+        metavar="KEY",
+    )
+    api_keys_file: str = option("", "file with one API key per line, added to --api-keys")
+    admin_keys: tuple[str, ...] = option(
+        (),
+        "keys that may also pull, delete, copy, create and push (repeatable)",
+        repeated=True,
+        metavar="KEY",
+    )
+    admin_keys_file: str = option("", "file with one admin key per line, added to --admin-keys")
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
@@ -75,6 +90,12 @@ class EdgeSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0")
         if self.fail_open_for < 0:
             raise ValueError("--fail-open-for must be >= 0")
+        self.key_check()  # unreadable key files fail at start
+
+    def key_check(self) -> KeyCheck:
+        user = self.api_keys + (read_keys(self.api_keys_file) if self.api_keys_file else ())
+        admin = self.admin_keys + (read_keys(self.admin_keys_file) if self.admin_keys_file else ())
+        return KeyCheck.build(user, admin)
 
     @property
     def effective_edge_id(self) -> str:

@@ -439,3 +439,49 @@ def test_a_stream_that_stalls_past_the_idle_timeout_ends_with_an_error_line() ->
             2.0,
             "the host was told to stop",
         )
+
+
+def test_api_keys_guard_the_edge_and_never_reach_the_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    keys = tmp_path / "admin-keys"
+    keys.write_text("admin-secret\n")
+    with contextlib.ExitStack() as stack:
+        plane = stack.enter_context(fleet.controlplane())
+        echo = stack.enter_context(
+            procs.running("tests.fakes.echo_ollama", ["--listen", "127.0.0.1:0"])
+        )
+        stack.enter_context(fleet.agent([plane.url], echo.url, "echo"))
+        front = stack.enter_context(
+            fleet.edge([plane.url], ["--api-keys", "user-secret", "--admin-keys-file", str(keys)])
+        )
+        wait_until(
+            lambda: httpx.get(
+                front.url + "/api/tags", headers={"Authorization": "Bearer user-secret"}
+            ).json()["models"],
+            3.0,
+            "inventory",
+        )
+        body = b'{"model":"echo","prompt":"hi"}'
+        anonymous = httpx.post(front.url + "/api/generate", content=body)
+        assert anonymous.status_code == 401 and "Bearer" in anonymous.json()["error"]
+        wrong = httpx.post(
+            front.url + "/v1/chat/completions",
+            content=body,
+            headers={"Authorization": "Bearer guess"},
+        )
+        assert wrong.status_code == 401 and wrong.json()["error"]["message"]
+        ok = httpx.post(
+            front.url + "/api/generate",
+            content=body,
+            headers={"Authorization": "Bearer user-secret"},
+        )
+        assert ok.status_code == 200
+        seen = json.loads(httpx.get(echo.url + "/_echo/last").json()["headers"])
+        assert "authorization" not in seen
+        pull = httpx.post(
+            front.url + "/api/pull",
+            json={"model": "x"},
+            headers={"Authorization": "Bearer user-secret"},
+        )
+        assert pull.status_code == 403
+        assert httpx.get(front.url + "/").status_code == 200
+        assert "secret" not in front.output()
