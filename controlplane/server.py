@@ -28,6 +28,7 @@ from starlette.routing import Route
 from controlplane.admin_service import AdminServicer
 from controlplane.admission import Admission
 from controlplane.agent_service import AgentServicer
+from controlplane.auth import TokenInterceptor
 from controlplane.breaker import Breaker
 from controlplane.fleet import Fleet
 from controlplane.metrics import ControlPlaneMetrics
@@ -79,7 +80,12 @@ class ControlPlane:
             self.router, max_wait=settings.admission_wait, per_model=settings.admission_queue
         )
         self.fleet.leases.on_release = self.admission.on_release
-        self.grpc = grpc.aio.server(options=GRPC_OPTIONS)
+        tokens = {
+            "agent": settings.agent_token,
+            "edge": settings.edge_token,
+            "admin": settings.admin_token,
+        }
+        self.grpc = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[TokenInterceptor(tokens)])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.fleet, settings), self.grpc
         )

@@ -85,6 +85,15 @@ class ControlPlaneSettings:
     admission_queue: int = option(
         256, "requests that may wait per model (beyond: 503 at once)", parse=int
     )
+    agent_token: str = option(
+        "",
+        "token agents must send (metadata authorization: Bearer T); empty = not required",
+        shown="none",
+    )
+    edge_token: str = option("", "token edges must send; empty = not required", shown="none")
+    admin_token: str = option(
+        "", "token admin calls (grpcurl, hopsctl) must send; empty = not required", shown="none"
+    )
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:

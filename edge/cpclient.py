@@ -59,9 +59,12 @@ def to_inventory(msg: router_pb2.Inventory) -> Inventory:
 class ControlPlaneClient:
     """Owned by the edge's event loop."""
 
-    def __init__(self, addresses: tuple[str, ...], edge_id: str, pick_timeout: float) -> None:
+    def __init__(
+        self, addresses: tuple[str, ...], edge_id: str, pick_timeout: float, token: str = ""
+    ) -> None:
         self.edge_id = edge_id
         self.pick_timeout = pick_timeout
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.planes = [
             _Plane(
                 a,
@@ -95,7 +98,9 @@ class ControlPlaneClient:
         request.edge_id = self.edge_id
         for plane in self._order():
             try:
-                response = await plane.stub.Pick(request, timeout=self.pick_timeout)
+                response = await plane.stub.Pick(
+                    request, timeout=self.pick_timeout, metadata=self.metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise
@@ -111,7 +116,7 @@ class ControlPlaneClient:
         if plane is None:
             return
         try:
-            await plane.stub.Report(request, timeout=self.pick_timeout)
+            await plane.stub.Report(request, timeout=self.pick_timeout, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             log.warning("report to %s failed: %s", address, exc.code().name)
 
@@ -120,7 +125,9 @@ class ControlPlaneClient:
         while True:
             plane = self.planes[self.current]
             try:
-                call = plane.stub.EdgeSession(router_pb2.EdgeSessionRequest(edge_id=self.edge_id))
+                call = plane.stub.EdgeSession(
+                    router_pb2.EdgeSessionRequest(edge_id=self.edge_id), metadata=self.metadata
+                )
                 async for frame in call:
                     self.inventory = to_inventory(frame.inventory)
                     self.last_contact = time.monotonic()

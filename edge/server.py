@@ -31,7 +31,10 @@ class Edge:
         self.settings = settings
         self.metrics = EdgeMetrics()
         self.cp = ControlPlaneClient(
-            settings.controlplane, settings.effective_edge_id, settings.pick_timeout
+            settings.controlplane,
+            settings.effective_edge_id,
+            settings.pick_timeout,
+            settings.controlplane_token,
         )
         self.upstream = Upstream(settings)
         self.app = EdgeApp(settings, self.cp, self.upstream, self.metrics)

@@ -78,6 +78,9 @@ class EdgeSettings:
         metavar="KEY",
     )
     admin_keys_file: str = option("", "file with one admin key per line, added to --admin-keys")
+    controlplane_token: str = option(
+        "", "the control planes' edge token (sent as authorization: Bearer T)", shown="none"
+    )
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:

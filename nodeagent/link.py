@@ -53,7 +53,11 @@ class Link:
                 level = (
                     logging.ERROR
                     if exc.code()
-                    in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
+                    in (
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        grpc.StatusCode.UNAUTHENTICATED,
+                    )
                     else logging.INFO
                 )
                 log.log(
@@ -67,7 +71,9 @@ class Link:
 
     async def _connect_once(self) -> None:
         async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
-            call: Call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
+            token = self.agent.settings.token
+            metadata = (("authorization", f"Bearer {token}"),) if token else None
+            call: Call = agent_pb2_grpc.AgentServiceStub(channel).Connect(metadata=metadata)
             await call.write(agent_pb2.ConnectRequest(hello=self.agent.hello_pb))
             first = await call.read()
             if not isinstance(first, agent_pb2.ConnectResponse) or not first.HasField("hello_ack"):

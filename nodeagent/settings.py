@@ -80,6 +80,9 @@ class AgentSettings:
     gpu_name: str = option("", "GPU name reported with --gpu static")
     backoff_min: float = option(0.2, "first reconnect delay, seconds", parse=parse_seconds)
     backoff_max: float = option(10.0, "longest reconnect delay, seconds", parse=parse_seconds)
+    token: str = option(
+        "", "the control planes' agent token (sent as authorization: Bearer T)", shown="none"
+    )
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
