@@ -37,6 +37,7 @@ from controlplane.router import Router
 from controlplane.router_service import RouterServicer
 from controlplane.settings import ControlPlaneSettings
 from hopscommon.net import bind, connect_host
+from hopscommon.tls import server_credentials
 
 log = logging.getLogger("hops.controlplane")
 
@@ -101,9 +102,14 @@ class ControlPlane:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
         host, port = settings.listen
-        self.port = self.grpc.add_insecure_port(
-            f"[::]:{port}" if host in ("::", "") else f"{host}:{port}"
-        )
+        address = f"[::]:{port}" if host in ("::", "") else f"{host}:{port}"
+        if settings.tls_cert:
+            credentials = server_credentials(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca
+            )
+            self.port = self.grpc.add_secure_port(address, credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
         self.metrics_port: int | None = None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from controlplane.policies import REGISTRY
 from hopscommon.settings import load, option, parse_host_port
+from hopscommon.tls import check_pair, server_credentials
 from hopscommon.units import parse_seconds
 
 ENV_PREFIX = "HOPS_CP_"
@@ -94,6 +95,11 @@ class ControlPlaneSettings:
     admin_token: str = option(
         "", "token admin calls (grpcurl, hopsctl) must send; empty = not required", shown="none"
     )
+    tls_cert: str = option("", "PEM certificate for gRPC TLS (with --tls-key); empty = plaintext")
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_client_ca: str = option(
+        "", "PEM CA that must have signed clients' certificates (mutual TLS); needs --tls-cert"
+    )
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
@@ -104,6 +110,11 @@ class ControlPlaneSettings:
         for name in ("lease_ttl", "breaker_cooldown", "keepalive_interval", "agent_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+        check_pair(self.tls_cert, self.tls_key, "control plane")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.tls_cert:
+            server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca)
         if self.agent_timeout <= self.keepalive_interval:
             raise ValueError("--agent-timeout must be longer than --keepalive-interval")
 

@@ -60,19 +60,24 @@ class ControlPlaneClient:
     """Owned by the edge's event loop."""
 
     def __init__(
-        self, addresses: tuple[str, ...], edge_id: str, pick_timeout: float, token: str = ""
+        self,
+        addresses: tuple[str, ...],
+        edge_id: str,
+        pick_timeout: float,
+        token: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.edge_id = edge_id
         self.pick_timeout = pick_timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self.planes = [
-            _Plane(
-                a,
-                ch := grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS),
-                router_pb2_grpc.RouterServiceStub(ch),
+        self.planes = []
+        for address in addresses:
+            channel = (
+                grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+                if credentials is not None
+                else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             )
-            for a in addresses
-        ]
+            self.planes.append(_Plane(address, channel, router_pb2_grpc.RouterServiceStub(channel)))
         self.current = 0
         self.inventory: Inventory | None = None
         self.connected = asyncio.Event()

@@ -35,6 +35,7 @@ class Edge:
             settings.effective_edge_id,
             settings.pick_timeout,
             settings.controlplane_token,
+            settings.channel_credentials(),
         )
         self.upstream = Upstream(settings)
         self.app = EdgeApp(settings, self.cp, self.upstream, self.metrics)

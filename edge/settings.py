@@ -7,8 +7,11 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
+
 from edge.auth import KeyCheck, read_keys
 from hopscommon.settings import load, option, parse_addresses, parse_bool, parse_host_port
+from hopscommon.tls import channel_credentials, check_pair
 from hopscommon.units import parse_bytes, parse_seconds
 
 ENV_PREFIX = "HOPS_EDGE_"
@@ -81,6 +84,9 @@ class EdgeSettings:
     controlplane_token: str = option(
         "", "the control planes' edge token (sent as authorization: Bearer T)", shown="none"
     )
+    tls_ca: str = option("", "PEM CA to trust for TLS to the control planes; empty = plaintext")
+    tls_cert: str = option("", "PEM client certificate for mutual TLS (with --tls-key)")
+    tls_key: str = option("", "PEM private key of --tls-cert")
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
@@ -94,6 +100,15 @@ class EdgeSettings:
         if self.fail_open_for < 0:
             raise ValueError("--fail-open-for must be >= 0")
         self.key_check()  # unreadable key files fail at start
+        check_pair(self.tls_cert, self.tls_key, "edge")
+        if self.tls_cert and not self.tls_ca:
+            raise ValueError("--tls-cert needs --tls-ca")
+        self.channel_credentials()
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.tls_ca:
+            return None
+        return channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
 
     def key_check(self) -> KeyCheck:
         user = self.api_keys + (read_keys(self.api_keys_file) if self.api_keys_file else ())

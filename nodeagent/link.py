@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import grpc
 from hops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
 
+from hopscommon.tls import channel_credentials
+
 if TYPE_CHECKING:
     from nodeagent.agent import Agent
 
@@ -70,7 +72,7 @@ class Link:
             delay = min(delay * 2, settings.backoff_max)
 
     async def _connect_once(self) -> None:
-        async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+        async with self._channel() as channel:
             token = self.agent.settings.token
             metadata = (("authorization", f"Bearer {token}"),) if token else None
             call: Call = agent_pb2_grpc.AgentServiceStub(channel).Connect(metadata=metadata)
@@ -95,6 +97,13 @@ class Link:
                 with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                     await reader
                 call.cancel()
+
+    def _channel(self) -> grpc.aio.Channel:
+        settings = self.agent.settings
+        if settings.tls_ca:
+            credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+            return grpc.aio.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
 
     async def _write(
         self,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from hopscommon.settings import load, option, parse_addresses
+from hopscommon.tls import channel_credentials, check_pair
 from hopscommon.units import parse_bytes, parse_seconds
 
 ENV_PREFIX = "HOPS_AGENT_"
@@ -83,6 +84,9 @@ class AgentSettings:
     token: str = option(
         "", "the control planes' agent token (sent as authorization: Bearer T)", shown="none"
     )
+    tls_ca: str = option("", "PEM CA to trust for TLS to the control planes; empty = plaintext")
+    tls_cert: str = option("", "PEM client certificate for mutual TLS (with --tls-key)")
+    tls_key: str = option("", "PEM private key of --tls-cert")
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
@@ -92,6 +96,11 @@ class AgentSettings:
             raise ValueError("need 0 < --backoff-min <= --backoff-max")
         if self.num_parallel < 1:
             raise ValueError("--num-parallel must be >= 1")
+        check_pair(self.tls_cert, self.tls_key, "agent")
+        if self.tls_cert and not self.tls_ca:
+            raise ValueError("--tls-cert needs --tls-ca")
+        if self.tls_ca:
+            channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
         if self.gpu == "static" and self.gpu_memory <= 0:
             raise ValueError("--gpu static needs --gpu-memory (e.g. 24GiB)")
 

@@ -53,3 +53,15 @@ def test_help_names_env_vars_and_defaults(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert "DEMO_WORKERS" in out
     assert "default: 1" in out
+
+
+def test_tls_settings_fail_at_start_when_incomplete_or_unreadable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from controlplane.settings import ControlPlaneSettings
+    from edge.settings import EdgeSettings
+
+    with pytest.raises(ValueError, match="go together"):
+        ControlPlaneSettings(tls_cert="c.pem").validate()
+    with pytest.raises(ValueError, match="needs --tls-cert"):
+        ControlPlaneSettings(tls_client_ca="ca.pem").validate()
+    with pytest.raises(ValueError, match="cannot read CA certificate"):
+        EdgeSettings(tls_ca=str(tmp_path / "missing.pem")).validate()

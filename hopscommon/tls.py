@@ -1,0 +1,42 @@
+"""TLS for the control plane's gRPC port and the agents' and edges' channels to it.
+
+Server: a certificate and key; with a client CA, clients must present a certificate it signed
+(mTLS). Clients: the CA to trust, and optionally their own certificate and key for mTLS.
+Files are read once at start; an unreadable one stops the program with a clear message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+
+def read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:
+    pair = (read(key, "TLS key"), read(cert, "TLS certificate"))
+    if client_ca:
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=read(client_ca, "client CA"), require_client_auth=True
+        )
+    return grpc.ssl_server_credentials([pair])
+
+
+def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca, "CA certificate"),
+        private_key=read(key, "TLS key") if key else None,
+        certificate_chain=read(cert, "TLS certificate") if cert else None,
+    )
+
+
+def check_pair(cert: str, key: str, role: str) -> None:
+    """Both or neither of a certificate and its key."""
+    if bool(cert) != bool(key):
+        raise ValueError(f"{role}: --tls-cert and --tls-key go together")
