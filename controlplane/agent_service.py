@@ -25,6 +25,9 @@ MAX_NODE_ID = 128
 MAX_MODELS = 5000
 MAX_GPUS = 64
 MAX_LABELS = 64
+MAX_NAME = 512
+MAX_BYTES = 2**50  # 1 PiB: beyond any host's memory or any model file
+MAX_SNAPSHOTS_PER_S = 20
 
 
 def validate_hello(hello: Hello) -> None:
@@ -44,8 +47,18 @@ def validate_snapshot(msg: agent_pb2.ConnectRequest) -> str:
         return f"more than {MAX_MODELS} models"
     if len(snap.gpus) > MAX_GPUS:
         return f"more than {MAX_GPUS} GPUs"
-    if any(g.free_bytes > g.total_bytes for g in snap.gpus):
-        return "a GPU reports more free memory than it has"
+    if any(g.free_bytes > g.total_bytes or g.total_bytes > MAX_BYTES for g in snap.gpus):
+        return "a GPU reports impossible memory figures"
+    if snap.system_memory_free_bytes > snap.system_memory_total_bytes > 0 or (
+        snap.system_memory_total_bytes > MAX_BYTES
+    ):
+        return "impossible system memory figures"
+    sizes = [m.size_bytes for m in snap.installed] + [m.size_bytes for m in snap.loaded]
+    if any(size > MAX_BYTES for size in sizes):
+        return "a model larger than any machine"
+    model_names = [m.name for m in snap.installed] + [m.name for m in snap.loaded]
+    if any(not name or len(name) > MAX_NAME for name in model_names):
+        return f"model names must be 1-{MAX_NAME} characters"
     return ""
 
 
@@ -89,6 +102,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             )
             async for frame in self._outgoing(session, reader):
                 yield frame
+            if reader.done() and not reader.cancelled():
+                error = reader.exception()
+                if isinstance(error, ControlPlaneError):
+                    log.warning("agent stream refused node=%s reason=%s", hello.node_id, error)
+                    await context.abort(error.code, str(error))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, ControlPlaneError):
@@ -126,23 +144,44 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 keepalives += 1
                 yield agent_pb2.ConnectResponse(keepalive=agent_pb2.Keepalive(sequence=keepalives))
 
+    def _apply(self, session: AgentSession, message: agent_pb2.ConnectRequest) -> None:
+        self.fleet.update(session.node_id, session, convert.snapshot(message.snapshot))
+
     async def _read(
         self,
         requests: AsyncIterator[agent_pb2.ConnectRequest],
         session: AgentSession,
         context: grpc.aio.ServicerContext[agent_pb2.ConnectRequest, agent_pb2.ConnectResponse],
     ) -> None:
+        """Apply what the agent sends. A malformed or absurd snapshot ends the stream (raised
+        here, answered with INVALID_ARGUMENT by Connect): the node leaves routing and every other
+        node goes on as before. A flood of snapshots is bounded: at most MAX_SNAPSHOTS_PER_S are
+        applied a second; the newest one held back is applied when the second is over."""
         node_id = session.node_id
+        window_start, in_window = time.monotonic(), 0
+        deferred: agent_pb2.ConnectRequest | None = None
+        dropped = 0
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             async for message in requests:
                 kind = message.WhichOneof("message")
                 self.fleet.seen(node_id, session)
+                now = time.monotonic()
+                if now - window_start >= 1.0:
+                    if dropped:
+                        log.warning("snapshot flood bounded node=%s dropped=%d", node_id, dropped)
+                    window_start, in_window, dropped = now, 0, 0
+                    if deferred is not None:
+                        self._apply(session, deferred)
+                        deferred, in_window = None, 1
                 if kind == "snapshot":
                     problem = validate_snapshot(message)
                     if problem:
-                        log.warning("snapshot rejected node=%s reason=%s", node_id, problem)
+                        raise InvalidRequest(f"snapshot rejected: {problem}")
+                    in_window += 1
+                    if in_window > MAX_SNAPSHOTS_PER_S:
+                        deferred, dropped = message, dropped + 1
                         continue
-                    self.fleet.update(node_id, session, convert.snapshot(message.snapshot))
+                    self._apply(session, message)
                 elif kind == "progress":
                     session.deliver(message.progress)
                 elif kind == "result":
