@@ -1,0 +1,66 @@
+"""Two control planes, agents on both, one killed under load: no request fails."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from hops.v1 import admin_pb2
+
+from tests.integration import fleet
+from tests.integration.fleet import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_killing_one_of_two_control_planes_under_load_fails_nothing() -> None:
+    with contextlib.ExitStack() as stack:
+        one = stack.enter_context(fleet.controlplane())
+        two = stack.enter_context(fleet.controlplane())
+        for node in ("a", "b"):
+            host = stack.enter_context(fleet.sim())
+            stack.enter_context(fleet.agent([one.url, two.url], host.url, node))
+        for plane in (one, two):
+            wait_until(
+                lambda p=plane: (
+                    len(
+                        [
+                            n
+                            for n in fleet.admin(p.url)
+                            .ListNodes(admin_pb2.ListNodesRequest())
+                            .nodes
+                            if n.state == admin_pb2.NODE_STATE_ONLINE
+                        ]
+                    )
+                    == 2
+                ),
+                3.0,
+                "both nodes on both",
+            )
+        edge = stack.enter_context(fleet.edge([one.url, two.url]))
+        wait_until(lambda: httpx.get(edge.url + "/api/tags").status_code == 200, 3.0, "edge up")
+        body = {"model": "llama3.2", "prompt": "x", "stream": False}
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def client(_: int) -> None:
+            with httpx.Client(timeout=30) as http:
+                for _ in range(15):
+                    status = http.post(edge.url + "/api/generate", json=body).status_code
+                    with lock:
+                        statuses.append(status)
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(client, i) for i in range(4)]
+            wait_until(lambda: len(statuses) >= 10, 10.0, "traffic flowing")
+            one.popen.send_signal(signal.SIGKILL)
+            for future in futures:
+                future.result()
+        assert len(statuses) == 60
+        assert statuses == [200] * 60
+        after = httpx.post(edge.url + "/api/generate", json=body, timeout=30)
+        assert after.status_code == 200
