@@ -121,6 +121,7 @@ class Fleet:
     plane: procs.Proc
     edge: procs.Proc
     hosts: dict[str, procs.Proc]
+    agents: list[procs.Proc]
 
     def sim_url(self, node_id: str) -> str:
         return self.hosts[node_id].url
@@ -145,6 +146,7 @@ def whole_fleet(
     with contextlib.ExitStack() as stack:
         plane = stack.enter_context(controlplane(plane_args))
         started = {}
+        agents = []
         for node_id, sim_args in hosts.items():
             host = stack.enter_context(sim(sim_args))
             profile = next(
@@ -155,7 +157,9 @@ def whole_fleet(
                 if profile in PROFILE_VRAM
                 else ["--gpu", "none"]
             )
-            stack.enter_context(agent([plane.url], host.url, node_id, [*gpu, *agent_args]))
+            agents.append(
+                stack.enter_context(agent([plane.url], host.url, node_id, [*gpu, *agent_args]))
+            )
             started[node_id] = host
         stub = admin(plane.url)
         wait_until(
@@ -173,4 +177,4 @@ def whole_fleet(
             "fleet online",
         )
         front = stack.enter_context(edge([plane.url], edge_args))
-        yield Fleet(plane, front, started)
+        yield Fleet(plane, front, started, agents)

@@ -64,3 +64,43 @@ def test_killing_one_of_two_control_planes_under_load_fails_nothing() -> None:
         assert statuses == [200] * 60
         after = httpx.post(edge.url + "/api/generate", json=body, timeout=30)
         assert after.status_code == 200
+
+
+def test_sigterm_lets_an_edge_finish_open_streams_then_exit() -> None:
+    slow = ["--time-scale", "1", "--response-tokens", "300-300"]  # about a second of tokens
+    with fleet.whole_fleet({"only": slow}) as running:
+        edge = running.edge
+        lines: list[str] = []
+        with httpx.stream(
+            "POST",
+            edge.url + "/api/generate",
+            json={"model": "llama3.2", "prompt": "x"},
+            timeout=30,
+        ) as response:
+            stream = response.iter_lines()
+            lines.append(next(stream))
+            edge.popen.send_signal(signal.SIGTERM)
+            lines.extend(stream)
+        assert '"done":true' in lines[-1] and len(lines) == 301  # finished, not cut
+        # uvicorn re-raises the signal once it has shut down gracefully, so the exit is "by SIGTERM"
+        assert edge.popen.wait(10) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(edge.url + "/")
+
+
+def test_sigterm_to_an_agent_takes_its_node_out_at_once() -> None:
+    with fleet.whole_fleet({"a": [], "b": []}) as running:
+        admin = fleet.admin(running.plane.url)
+        agent = next(p for p in running.agents if "--node-id a" in " ".join(p.popen.args))
+        agent.popen.send_signal(signal.SIGTERM)
+        assert agent.popen.wait(10) == 0
+        wait_until(
+            lambda: (
+                {n.node_id: n.state for n in admin.ListNodes(admin_pb2.ListNodesRequest()).nodes}[
+                    "a"
+                ]
+                == admin_pb2.NODE_STATE_OFFLINE
+            ),
+            1.0,
+            "node a offline",
+        )
