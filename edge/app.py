@@ -273,7 +273,7 @@ class EdgeApp:
         raw = await self._body(scope, receive)
         try:
             body = json.loads(raw) if raw.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             return await _plain(scope, receive, send, 404), "-"

@@ -46,6 +46,8 @@ def decode_object(raw: bytes, go_type: str) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BodyError(go_decode_error(exc, text)) from None
+    except RecursionError:
+        raise BodyError("json: exceeded max depth") from None  # Go's words for deep nesting
     if not isinstance(data, dict):
         raise BodyError(
             f"json: cannot unmarshal {go_kind(data)} into Go value of type api.{go_type}"
