@@ -104,3 +104,23 @@ def test_sigterm_to_an_agent_takes_its_node_out_at_once() -> None:
             1.0,
             "node a offline",
         )
+
+
+def test_an_edge_killed_with_streams_open_has_its_leases_released() -> None:
+    endless = ["--time-scale", "1", "--response-tokens", "100000-100000", "--num-parallel", "4"]
+    with fleet.whole_fleet({"only": endless}, agent_args=["--num-parallel", "4"]) as running:
+        streams = []
+        with contextlib.ExitStack() as opened:
+            for _ in range(3):
+                response = opened.enter_context(
+                    httpx.stream(
+                        "POST",
+                        running.edge.url + "/api/generate",
+                        json={"model": "llama3.2", "prompt": "x"},
+                        timeout=30,
+                    )
+                )
+                streams.append(response)
+            wait_until(lambda: running.open_leases() == 3, 3.0, "three streams open")
+            running.edge.popen.send_signal(signal.SIGKILL)
+            wait_until(lambda: running.open_leases() == 0, 2.0, "leases released")
