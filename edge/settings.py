@@ -11,7 +11,7 @@ import grpc
 
 from edge.auth import KeyCheck, read_keys
 from hopscommon.settings import load, option, parse_addresses, parse_bool, parse_host_port
-from hopscommon.tls import channel_credentials, check_pair
+from hopscommon.tls import client_credentials
 from hopscommon.units import parse_bytes, parse_seconds
 
 ENV_PREFIX = "HOPS_EDGE_"
@@ -100,15 +100,10 @@ class EdgeSettings:
         if self.fail_open_for < 0:
             raise ValueError("--fail-open-for must be >= 0")
         self.key_check()  # unreadable key files fail at start
-        check_pair(self.tls_cert, self.tls_key, "edge")
-        if self.tls_cert and not self.tls_ca:
-            raise ValueError("--tls-cert needs --tls-ca")
         self.channel_credentials()
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
-        if not self.tls_ca:
-            return None
-        return channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
+        return client_credentials(self.tls_ca, self.tls_cert, self.tls_key, "edge")
 
     def key_check(self) -> KeyCheck:
         user = self.api_keys + (read_keys(self.api_keys_file) if self.api_keys_file else ())

@@ -40,3 +40,12 @@ def check_pair(cert: str, key: str, role: str) -> None:
     """Both or neither of a certificate and its key."""
     if bool(cert) != bool(key):
         raise ValueError(f"{role}: --tls-cert and --tls-key go together")
+
+
+def client_credentials(ca: str, cert: str, key: str, role: str) -> grpc.ChannelCredentials | None:
+    """A client's TLS flags (--tls-ca, --tls-cert, --tls-key) checked and turned into channel
+    credentials; None means plaintext. Raises ValueError on a bad combination or file."""
+    check_pair(cert, key, role)
+    if cert and not ca:
+        raise ValueError(f"{role}: --tls-cert needs --tls-ca")
+    return channel_credentials(ca, cert, key) if ca else None

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING
 import grpc
 from hops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
 
-from hopscommon.tls import channel_credentials
-
 if TYPE_CHECKING:
     from nodeagent.agent import Agent
 
@@ -99,9 +97,8 @@ class Link:
                 call.cancel()
 
     def _channel(self) -> grpc.aio.Channel:
-        settings = self.agent.settings
-        if settings.tls_ca:
-            credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        credentials = self.agent.settings.channel_credentials()
+        if credentials is not None:
             return grpc.aio.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
         return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
 

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import grpc
+
 from hopscommon.settings import load, option, parse_addresses
-from hopscommon.tls import channel_credentials, check_pair
+from hopscommon.tls import client_credentials
 from hopscommon.units import parse_bytes, parse_seconds
 
 ENV_PREFIX = "HOPS_AGENT_"
@@ -96,13 +98,12 @@ class AgentSettings:
             raise ValueError("need 0 < --backoff-min <= --backoff-max")
         if self.num_parallel < 1:
             raise ValueError("--num-parallel must be >= 1")
-        check_pair(self.tls_cert, self.tls_key, "agent")
-        if self.tls_cert and not self.tls_ca:
-            raise ValueError("--tls-cert needs --tls-ca")
-        if self.tls_ca:
-            channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
+        self.channel_credentials()
         if self.gpu == "static" and self.gpu_memory <= 0:
             raise ValueError("--gpu static needs --gpu-memory (e.g. 24GiB)")
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        return client_credentials(self.tls_ca, self.tls_cert, self.tls_key, "agent")
 
     @property
     def effective_node_id(self) -> str:
