@@ -124,3 +124,35 @@ def test_an_edge_killed_with_streams_open_has_its_leases_released() -> None:
             wait_until(lambda: running.open_leases() == 3, 3.0, "three streams open")
             running.edge.popen.send_signal(signal.SIGKILL)
             wait_until(lambda: running.open_leases() == 0, 2.0, "leases released")
+
+
+def test_sigterm_stops_a_control_plane_cleanly_and_agents_wait_for_it() -> None:
+    with fleet.whole_fleet({"only": []}) as running:
+        plane = running.plane
+        port = int(plane.url.rsplit(":", 1)[1])
+        wait_until(
+            lambda: httpx.get(running.edge.url + "/api/tags").json()["models"],
+            3.0,
+            "the edge has an inventory",
+        )
+        plane.popen.send_signal(signal.SIGTERM)
+        assert plane.popen.wait(15) == 0  # stops serving, finishes in-flight RPCs, exits
+        served = httpx.post(
+            running.edge.url + "/api/generate",
+            json={"model": "llama3.2", "prompt": "x", "stream": False},
+        )
+        assert served.status_code == 200  # the edge fails open meanwhile
+        with fleet.controlplane(port=port) as again:
+            wait_until(
+                lambda: (
+                    [
+                        n.node_id
+                        for n in fleet.admin(again.url)
+                        .ListNodes(admin_pb2.ListNodesRequest())
+                        .nodes
+                    ]
+                    == ["only"]
+                ),
+                5.0,
+                "agent back",
+            )
