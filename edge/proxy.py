@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -276,7 +277,8 @@ class Proxy:
         headers.append((b"x-hops-node", target.node_id.encode()))
         headers.append((b"x-hops-route", target.reason.encode()))
         content_type = response.headers.get("content-type", "")
-        tail = b""
+        tail: deque[bytes] = deque()  # the last chunks, at least TAIL_BYTES of them
+        tail_size = 0
         outcome = router_pb2.OUTCOME_OK
         if 400 <= response.status_code < 500:
             outcome = router_pb2.OUTCOME_CLIENT_ERROR
@@ -302,7 +304,10 @@ class Proxy:
                 except StopAsyncIteration:
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                tail = (tail + chunk)[-TAIL_BYTES:]
+                tail.append(chunk)
+                tail_size += len(chunk)
+                while tail_size - len(tail[0]) >= TAIL_BYTES:
+                    tail_size -= len(tail.popleft())
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             result.outcome = (
                 "ok" if outcome == router_pb2.OUTCOME_OK else f"http_{response.status_code}"
@@ -336,7 +341,7 @@ class Proxy:
                 started,
                 "",
                 ttfb=ttfb,
-                stats=_final_stats(tail),
+                stats=_final_stats(b"".join(tail)),
             )
 
     async def _end_with_error(
