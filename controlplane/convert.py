@@ -108,6 +108,7 @@ def inventory(fleet: Fleet) -> router_pb2.Inventory:
                 ollama_version=n.snapshot.ollama_version,
                 installed=[installed_pb(m) for m in n.snapshot.installed],
                 loaded=[loaded_pb(m) for m in n.snapshot.loaded],
+                upstream_headers=dict(n.hello.upstream_headers),
             )
             for n in sorted(fleet.nodes.values(), key=lambda n: n.node_id)
             if n.session is not None

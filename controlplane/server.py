@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from controlplane import static_hosts
 from controlplane.admin_service import AdminServicer
 from controlplane.admission import Admission
 from controlplane.agent_service import AgentServicer
@@ -36,6 +37,7 @@ from controlplane.policies import REGISTRY
 from controlplane.router import Router
 from controlplane.router_service import RouterServicer
 from controlplane.settings import ControlPlaneSettings
+from controlplane.static_hosts import load_hosts
 from hopscommon.net import bind, connect_host
 from hopscommon.tls import server_credentials
 
@@ -114,6 +116,7 @@ class ControlPlane:
             raise OSError(f"cannot listen on {host}:{port}")
         self.metrics_port: int | None = None
         self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -125,6 +128,12 @@ class ControlPlane:
         for service in (*SERVICE_NAMES, ""):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._sweep()))
+        if self.settings.static_hosts:
+            hosts = load_hosts(self.settings.static_hosts)
+            interval = self.settings.static_poll_interval
+            self._tasks.append(
+                asyncio.create_task(static_hosts.run_all(hosts, self.fleet, interval))
+            )
         if self.settings.metrics_listen is not None:
             sock = bind(*self.settings.metrics_listen)
             self.metrics_port = sock.getsockname()[1]
@@ -133,7 +142,8 @@ class ControlPlane:
             )
             self._http = uvicorn.Server(config)
             self._http.config.load()
-            self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock])))
+            self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+            self._tasks.append(self._http_task)
 
     async def stop(self, grace: float = 2.0) -> None:
         for service in (*SERVICE_NAMES, ""):
@@ -141,7 +151,9 @@ class ControlPlane:
         if self._http is not None:
             self._http.should_exit = True
         await self.grpc.stop(grace)
-        self._tasks[0].cancel()  # the sweeper; the HTTP server ends by itself on should_exit
+        for task in self._tasks:  # the sweeper and static pollers; HTTP ends on should_exit
+            if task is not self._http_task:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def wait(self) -> None:

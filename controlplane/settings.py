@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from controlplane.policies import REGISTRY
+from controlplane.static_hosts import load_hosts
 from hopscommon.settings import load, option, parse_host_port
 from hopscommon.tls import check_pair, server_credentials
 from hopscommon.units import parse_seconds
@@ -100,6 +101,16 @@ class ControlPlaneSettings:
     tls_client_ca: str = option(
         "", "PEM CA that must have signed clients' certificates (mutual TLS); needs --tls-cert"
     )
+    static_hosts: str = option(
+        "",
+        "YAML file of Ollama hosts without an agent, polled by the control plane "
+        "(url, name, headers, labels, vram, num_parallel; see docs/configuration.md)",
+        metavar="FILE",
+        shown="none",
+    )
+    static_poll_interval: float = option(
+        1.0, "seconds between polls of each static host", parse=parse_seconds
+    )
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
@@ -115,6 +126,10 @@ class ControlPlaneSettings:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.tls_cert:
             server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca)
+        if self.static_poll_interval <= 0:
+            raise ValueError("--static-poll-interval must be > 0")
+        if self.static_hosts:
+            load_hosts(self.static_hosts)  # a broken file stops the start with its reason
         if self.agent_timeout <= self.keepalive_interval:
             raise ValueError("--agent-timeout must be longer than --keepalive-interval")
 

@@ -39,7 +39,7 @@ from edge.errors import (
 from edge.metrics import EdgeMetrics
 from edge.proxy import Call, Proxy, Result, Target
 from edge.settings import EdgeSettings
-from edge.upstream import Upstream, request_headers
+from edge.upstream import Upstream, request_headers, with_host_headers
 from hopscommon import names
 from hopscommon.ollama_json import BodyError, decode_object
 
@@ -372,7 +372,7 @@ class EdgeApp:
                     scope["method"],
                     node.ollama_url.rstrip("/") + path,
                     content=raw,
-                    headers=headers,
+                    headers=with_host_headers(headers, node.headers),
                 )
             except httpx.HTTPError as exc:
                 failures.append(f"{node.node_id}: {type(exc).__name__}")
@@ -417,7 +417,7 @@ class EdgeApp:
             not_found="",
             node_id=node_id,
         )
-        target = Target(node.node_id, node.ollama_url, "x-hops-node")
+        target = Target(node.node_id, node.ollama_url, "x-hops-node", node.headers)
         return await self.proxy.handle(call, receive, send, targets=[target])
 
     def _log(self, method: str, path: str, model: str, result: Result, elapsed: float) -> None:

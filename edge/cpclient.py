@@ -40,20 +40,22 @@ class _Plane:
 
 
 def to_inventory(msg: router_pb2.Inventory) -> Inventory:
-    return Inventory(
-        version=msg.version,
-        nodes=tuple(
-            InventoryNode(
-                node_id=n.node_id,
-                ollama_url=n.ollama_url,
-                routable=n.routable,
-                ollama_version=n.ollama_version,
-                installed=tuple(fleet_convert.installed(m) for m in n.installed),
-                loaded=tuple(fleet_convert.loaded(m) for m in n.loaded),
-            )
-            for n in msg.nodes
-        ),
+    nodes = tuple(
+        InventoryNode(
+            node_id=n.node_id,
+            ollama_url=n.ollama_url,
+            routable=n.routable,
+            ollama_version=n.ollama_version,
+            installed=tuple(fleet_convert.installed(m) for m in n.installed),
+            loaded=tuple(fleet_convert.loaded(m) for m in n.loaded),
+            headers=tuple(
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in sorted(n.upstream_headers.items())
+            ),
+        )
+        for n in msg.nodes
     )
+    return Inventory(version=msg.version, nodes=nodes, any_headers=any(n.headers for n in nodes))
 
 
 class ControlPlaneClient:

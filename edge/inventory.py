@@ -21,6 +21,8 @@ class InventoryNode:
     ollama_version: str
     installed: tuple[InstalledModel, ...]
     loaded: tuple[LoadedModel, ...]
+    # Headers every request to this host carries (hosts the control plane polls without an agent).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def has(self, key: str) -> bool:
         return any(names.match_key(m.name) == key for m in self.installed)
@@ -34,6 +36,13 @@ class Inventory:
     version: int = 0
     nodes: tuple[InventoryNode, ...] = ()
     received_at: float = field(default_factory=time.monotonic)
+    any_headers: bool = False  # whether any node has headers (skips the lookup on the hot path)
+
+    def headers_for(self, node_id: str) -> tuple[tuple[bytes, bytes], ...]:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n.headers
+        return ()
 
     def holders(self, key: str) -> list[InventoryNode]:
         return [n for n in self.nodes if n.has(key)]

@@ -38,7 +38,7 @@ from edge.errors import (
 )
 from edge.metrics import EdgeMetrics
 from edge.settings import EdgeSettings
-from edge.upstream import Upstream, response_headers
+from edge.upstream import Upstream, response_headers, with_host_headers
 from hopscommon import names
 from hopscommon.fleet_convert import duration
 
@@ -78,6 +78,7 @@ class Target:
     node_id: str
     url: str
     reason: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # the host's own, from the inventory
 
 
 @dataclass(slots=True)
@@ -167,7 +168,10 @@ class Proxy:
             return (
                 picked.lease_id,
                 plane,
-                [Target(c.node_id, c.ollama_url, c.reason) for c in picked.candidates],
+                [
+                    Target(c.node_id, c.ollama_url, c.reason, self._host_headers(c.node_id))
+                    for c in picked.candidates
+                ],
             )
         if status == router_pb2.PICK_STATUS_MODEL_NOT_FOUND:
             raise ModelNotFound(call.not_found)
@@ -198,7 +202,15 @@ class Proxy:
                 raise ModelNotFound(call.not_found)
             raise NoHealthyHost("no healthy host can serve this model now", retry_after=2.0)
         self.metrics.fail_open.inc()
-        return [Target(n.node_id, n.ollama_url, "fail-open") for n in nodes]
+        return [Target(n.node_id, n.ollama_url, "fail-open", n.headers) for n in nodes]
+
+    def _host_headers(self, node_id: str) -> tuple[tuple[bytes, bytes], ...]:
+        inventory = self.cp.inventory
+        return (
+            inventory.headers_for(node_id)
+            if inventory is not None and inventory.any_headers
+            else ()
+        )
 
     async def _attempts(
         self, call: Call, send: Send, result: Result, lease: str, plane: str, targets: list[Target]
@@ -213,7 +225,12 @@ class Proxy:
             started = time.monotonic()
             try:
                 response = await self.upstream.send(
-                    target.url, call.method, call.path, call.query, call.headers, call.body
+                    target.url,
+                    call.method,
+                    call.path,
+                    call.query,
+                    with_host_headers(call.headers, target.headers),
+                    call.body,
                 )
             except RETRYABLE as exc:
                 outcome = (

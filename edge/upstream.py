@@ -47,6 +47,16 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     return [(k, v) for k, v in raw if k.lower().decode("latin-1") not in HOP_BY_HOP]
 
 
+def with_host_headers(
+    headers: list[tuple[bytes, bytes]], host: tuple[tuple[bytes, bytes], ...]
+) -> list[tuple[bytes, bytes]]:
+    """The client's headers with the host's own (lower-case names) replacing same-named ones."""
+    if not host:
+        return headers
+    names = {k for k, _ in host}
+    return [(k, v) for k, v in headers if k.lower() not in names] + list(host)
+
+
 def response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
     return [
         (k, v) for k, v in response.headers.raw if k.lower().decode("latin-1") not in RESPONSE_DROP

@@ -98,6 +98,8 @@ class Hello:
     hostname: str = ""
     agent_version: str = ""
     weight: float = 1.0
+    # Headers requests to this host must carry (hosts polled without an agent only).
+    upstream_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def label_map(self) -> dict[str, str]:

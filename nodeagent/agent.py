@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psutil
@@ -151,33 +151,44 @@ class Agent:
 
     async def execute(self, command: agent_pb2.Command) -> AsyncIterator[agent_pb2.ConnectRequest]:
         """Run one command against the local Ollama: progress frames, then a result frame."""
-        cid = command.command_id
-        kind = command.WhichOneof("kind")
         try:
-            if kind == "pull":
-                async for p in self.ollama.pull(command.pull.model, command.pull.insecure):
-                    yield agent_pb2.ConnectRequest(
-                        progress=agent_pb2.CommandProgress(
-                            command_id=cid,
-                            status=str(p.get("status", "")),
-                            digest=str(p.get("digest", "")),
-                            total=int(p.get("total") or 0),
-                            completed=int(p.get("completed") or 0),
-                        )
-                    )
-            elif kind == "unload":
-                await self.ollama.unload(command.unload.model)
-            elif kind == "preload":
-                await self.ollama.preload(command.preload.model, command.preload.keep_alive)
-            else:
-                raise OllamaError(f"unknown command {kind!r}")
-        except OllamaError as exc:
-            log.warning("command failed id=%s kind=%s error=%s", cid, kind, exc)
-            yield agent_pb2.ConnectRequest(
-                result=agent_pb2.CommandResult(command_id=cid, ok=False, error=str(exc))
-            )
-            return
+            async for frame in execute(self.ollama, command, self.poll_once):
+                yield frame
         finally:
             self.poke()
-        await self.poll_once()  # the control plane learns the new state before the result
-        yield agent_pb2.ConnectRequest(result=agent_pb2.CommandResult(command_id=cid, ok=True))
+
+
+async def execute(
+    ollama: OllamaClient, command: agent_pb2.Command, refresh: Callable[[], Awaitable[object]]
+) -> AsyncIterator[agent_pb2.ConnectRequest]:
+    """Run ``command`` against ``ollama``: progress frames, then a result frame. ``refresh`` runs
+    after a success, so the control plane learns the new state before the result. Shared by the
+    agent and by the control plane's poller of hosts without an agent."""
+    cid = command.command_id
+    kind = command.WhichOneof("kind")
+    try:
+        if kind == "pull":
+            async for p in ollama.pull(command.pull.model, command.pull.insecure):
+                yield agent_pb2.ConnectRequest(
+                    progress=agent_pb2.CommandProgress(
+                        command_id=cid,
+                        status=str(p.get("status", "")),
+                        digest=str(p.get("digest", "")),
+                        total=int(p.get("total") or 0),
+                        completed=int(p.get("completed") or 0),
+                    )
+                )
+        elif kind == "unload":
+            await ollama.unload(command.unload.model)
+        elif kind == "preload":
+            await ollama.preload(command.preload.model, command.preload.keep_alive)
+        else:
+            raise OllamaError(f"unknown command {kind!r}")
+    except OllamaError as exc:
+        log.warning("command failed id=%s kind=%s error=%s", cid, kind, exc)
+        yield agent_pb2.ConnectRequest(
+            result=agent_pb2.CommandResult(command_id=cid, ok=False, error=str(exc))
+        )
+        return
+    await refresh()
+    yield agent_pb2.ConnectRequest(result=agent_pb2.CommandResult(command_id=cid, ok=True))

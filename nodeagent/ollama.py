@@ -90,9 +90,17 @@ def parse_ps(body: Any) -> tuple[LoadedModel, ...]:
 class OllamaClient:
     """One pooled async HTTP client to the local Ollama."""
 
-    def __init__(self, base_url: str, *, probe_timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        probe_timeout: float = 3.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.http = httpx.AsyncClient(
-            base_url=base_url, timeout=httpx.Timeout(probe_timeout, read=probe_timeout)
+            base_url=base_url,
+            timeout=httpx.Timeout(probe_timeout, read=probe_timeout),
+            headers=headers,
         )
 
     async def close(self) -> None:

@@ -523,12 +523,33 @@ class InventoryNode(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class UpstreamHeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODE_ID_FIELD_NUMBER: _builtins.int
     OLLAMA_URL_FIELD_NUMBER: _builtins.int
     ROUTABLE_FIELD_NUMBER: _builtins.int
     OLLAMA_VERSION_FIELD_NUMBER: _builtins.int
     INSTALLED_FIELD_NUMBER: _builtins.int
     LOADED_FIELD_NUMBER: _builtins.int
+    UPSTREAM_HEADERS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     ollama_url: _builtins.str
@@ -545,6 +566,12 @@ class InventoryNode(_message.Message):
     def loaded(self) -> _containers.RepeatedCompositeFieldContainer[_fleet_pb2.LoadedModel]:
         """Models in memory."""
 
+    @_builtins.property
+    def upstream_headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """HTTP headers every request to this node must carry (a static host behind an authenticating
+        proxy, configured on the control plane); they replace client headers of the same name.
+        """
+
     def __init__(
         self,
         *,
@@ -554,10 +581,11 @@ class InventoryNode(_message.Message):
         ollama_version: _builtins.str = ...,
         installed: _abc.Iterable[_fleet_pb2.InstalledModel] | None = ...,
         loaded: _abc.Iterable[_fleet_pb2.LoadedModel] | None = ...,
+        upstream_headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["installed", b"installed", "loaded", b"loaded", "node_id", b"node_id", "ollama_url", b"ollama_url", "ollama_version", b"ollama_version", "routable", b"routable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["installed", b"installed", "loaded", b"loaded", "node_id", b"node_id", "ollama_url", b"ollama_url", "ollama_version", b"ollama_version", "routable", b"routable", "upstream_headers", b"upstream_headers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
