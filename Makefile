@@ -8,6 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hops-installed
 BUF := tools/buf/node_modules/.bin/buf
+BROWSER := tools/browser/node_modules/.installed
+SYSDEPS := $(VENV)/.hops-system-deps
 PROTOS := $(wildcard proto/hops/v1/*.proto)
 GEN := gen/python
 PYTEST_ARGS ?=
@@ -17,7 +19,7 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(BUF) ## Create .venv with pinned deps, install HOPS editable, install buf (idempotent)
+install: $(STAMP) $(BUF) $(BROWSER) $(SYSDEPS) ## .venv with pinned deps + HOPS editable, buf and playwright-core via npm, nginx/chromium/wrk via apt when missing (idempotent)
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,14 @@ $(STAMP): pyproject.toml requirements.lock
 
 $(BUF): tools/buf/package.json tools/buf/package-lock.json
 	cd tools/buf && npm install --no-save --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(BROWSER): tools/browser/package.json tools/browser/package-lock.json
+	cd tools/browser && npm install --no-save --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(SYSDEPS): scripts/system-deps.sh | $(STAMP)
+	scripts/system-deps.sh
 	@touch $@
 
 proto: $(STAMP) ## Regenerate gen/python from proto/ (Python, gRPC and .pyi stubs)
@@ -68,7 +78,7 @@ bench: install ## Run the benchmarks under bench/ (figures printed, JSON in benc
 	$(PY) bench/routing.py
 
 clean: ## Remove the venv, buf and caches
-	rm -rf $(VENV) tools/buf/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) tools/buf/node_modules tools/browser/node_modules test-artifacts .mypy_cache .ruff_cache .pytest_cache
 
 lock: ## Re-resolve the newest versions allowed by pyproject.toml into requirements.lock
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock

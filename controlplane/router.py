@@ -9,7 +9,7 @@ allows, under the node's own concurrency cap.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -22,6 +22,18 @@ from controlplane.policies import Candidate, Picker, Ranked
 EWMA_ALPHA = 0.3
 LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forgotten
 MAX_SESSIONS = 10_000
+RECENT_DECISIONS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One routing decision, kept for the dashboard."""
+
+    at: float
+    model: str
+    status: str
+    node_id: str = ""
+    reason: str = ""
 
 
 class PickStatus(Enum):
@@ -61,12 +73,22 @@ class Router:
     queue_per_slot: int = 0  # in flight per parallel slot before a host is saturated (0: no cap)
     learned: dict[tuple[str, str], Learned] = field(default_factory=dict)
     sessions: OrderedDict[str, tuple[str, str]] = field(default_factory=OrderedDict)
+    recent: deque[Decision] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
 
     def pick(self, request: RouteRequest) -> PickOutcome:
         started = time.perf_counter()
         outcome = self._pick(request)
-        self.metrics.observe_pick(
-            outcome.policy, outcome.status.name.lower(), time.perf_counter() - started
+        status = outcome.status.name.lower()
+        self.metrics.observe_pick(outcome.policy, status, time.perf_counter() - started)
+        first = outcome.ranked[0] if outcome.ranked else None
+        self.recent.append(
+            Decision(
+                time.time(),
+                request.model,
+                status,
+                first.candidate.node_id if first else "",
+                first.reason if first else outcome.message,
+            )
         )
         return outcome
 

@@ -22,10 +22,10 @@ from hops.v1 import (
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from controlplane import static_hosts
+from controlplane import dashboard, static_hosts
 from controlplane.admin_service import AdminServicer
 from controlplane.admission import Admission
 from controlplane.agent_service import AgentServicer
@@ -173,7 +173,20 @@ class ControlPlane:
         async def healthz(request: Request) -> Response:
             return PlainTextResponse("ok")
 
-        return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])
+        async def page(request: Request) -> Response:
+            return HTMLResponse(dashboard.page())
+
+        async def state(request: Request) -> Response:
+            return JSONResponse(dashboard.state(self.router))
+
+        return Starlette(
+            routes=[
+                Route("/metrics", metrics),
+                Route("/healthz", healthz),
+                Route("/", page),
+                Route("/api/state", state),
+            ]
+        )
 
 
 @contextlib.asynccontextmanager

@@ -37,7 +37,7 @@ class ControlPlaneSettings:
     )
     metrics_listen: tuple[str, int] | None = option(
         ("127.0.0.1", 9464),
-        "HOST:PORT for HTTP /metrics and /healthz ('off' to disable)",
+        "HOST:PORT for HTTP: the dashboard (/), /api/state, /metrics, /healthz ('off' to disable)",
         parse=_optional_address,
         shown="127.0.0.1:9464",
     )

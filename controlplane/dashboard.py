@@ -1,0 +1,73 @@
+"""The read-only dashboard on the control plane's HTTP port: ``/`` serves one page, which polls
+``/api/state`` (the admin view of every node, as AdminService.ListNodes gives it, plus learned
+speeds and recent routing decisions) and redraws."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from controlplane import convert
+from controlplane.fleet import model_key
+from controlplane.router import Router
+
+PAGE = resources.files("controlplane").joinpath("dashboard.html")
+
+
+def page() -> bytes:
+    return PAGE.read_bytes()
+
+
+def state(router: Router) -> dict[str, Any]:
+    """Everything the page shows, JSON-ready. Node ids and model names are data, never markup:
+    the page inserts them as text."""
+    fleet = router.fleet
+    nodes = []
+    for n in sorted(fleet.nodes.values(), key=lambda n: n.node_id):
+        view = MessageToDict(convert.node_pb(n, fleet), always_print_fields_with_no_presence=True)
+        in_flight = fleet.leases.by_model(n.node_id)
+        view["loadedView"] = [
+            {
+                "name": m.name,
+                "sizeVramBytes": m.size_vram_bytes,
+                "inFlight": in_flight.get(model_key(m.name), 0),
+                "decodeTps": _tps(router, n.node_id, m.name),
+            }
+            for m in n.snapshot.loaded
+        ]
+        view["speeds"] = [
+            {
+                "model": model,
+                "decodeTps": round(learned.decode_tps, 1),
+                "loadSeconds": round(learned.load_seconds, 2),
+                "samples": learned.samples,
+            }
+            for (node_id, model), learned in sorted(router.learned.items())
+            if node_id == n.node_id
+        ]
+        nodes.append(view)
+    return {
+        "generatedAt": time.time(),
+        "version": fleet.version,
+        "policy": router.policy.name,
+        "openLeases": len(fleet.leases),
+        "nodes": nodes,
+        "recent": [
+            {
+                "at": d.at,
+                "model": d.model,
+                "status": d.status,
+                "node": d.node_id,
+                "reason": d.reason,
+            }
+            for d in reversed(router.recent)
+        ],
+    }
+
+
+def _tps(router: Router, node_id: str, name: str) -> float | None:
+    learned = router.learned.get((node_id, model_key(name)))
+    return round(learned.decode_tps, 1) if learned and learned.decode_tps else None

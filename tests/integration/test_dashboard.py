@@ -1,0 +1,123 @@
+"""The dashboard in real headless Chromium (Debian chromium driven by npm playwright-core) against
+a running fleet: it shows the real nodes and models, and changes when a model is loaded or a node
+leaves. A screenshot is kept in test-artifacts/dashboard.png."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration import fleet
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "tools" / "browser" / "driver.mjs"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+class Browser:
+    def __init__(self) -> None:
+        node = shutil.which("node")
+        assert node, "node is needed for the browser test (make install puts it in place)"
+        assert (ROOT / "tools/browser/node_modules/playwright-core").is_dir(), (
+            "playwright-core missing: run make install"
+        )
+        assert Path("/usr/bin/chromium").exists(), "Debian chromium missing: run make install"
+        self.proc = subprocess.Popen(
+            [node, str(DRIVER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=DRIVER.parent,
+        )
+        assert self._read().get("ready"), "browser driver did not start"
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "browser driver exited"
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def do(self, **command: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        assert answer["ok"], f"{command}: {answer.get('error')}"
+        return answer
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def browser() -> Iterator[Browser]:
+    b = Browser()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def test_dashboard_shows_the_fleet_live() -> None:
+    hosts = {"big": ["--profile", "gpu-24g"], "laptop": ["--profile", "gpu-8g"]}
+    with fleet.whole_fleet(hosts) as running, browser() as page:
+        url = fleet.metrics_url(running.plane).removesuffix("/metrics") + "/"
+        page.do(op="goto", url=url)
+        for node in ("big", "laptop"):
+            page.do(op="wait", selector=f'[data-node="{node}"] .state', text="online")
+        installed = page.do(op="texts", selector='[data-node="laptop"] tr.installed td:first-child')
+        assert "llama3.2:latest" in installed["texts"]
+        assert page.do(op="texts", selector='[data-node="big"] tr.loaded')["texts"] == []
+
+        # A model loaded through the edge appears on its host, with a routing decision.
+        reply = httpx.post(
+            running.edge.url + "/api/generate",
+            json={"model": "llama3.2", "prompt": "hi", "stream": False},
+            timeout=60,
+        )
+        assert reply.status_code == 200
+        served_by = reply.headers["x-hops-node"]
+        page.do(
+            op="wait",
+            selector=f'[data-node="{served_by}"] tr.loaded',
+            text="llama3.2:latest",
+        )
+        page.do(op="wait", selector="#recent tr.decision", text=served_by)
+        page.do(  # the decode speed learned from the host's own counters
+            op="wait",
+            selector=f'[data-node="{served_by}"] tr.loaded td:nth-child(4)',
+            pattern=r"^\d+(\.\d)?$",
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.do(op="screenshot", path=str(ARTIFACTS / "dashboard.png"))
+
+        # A node whose agent stops shows as offline.
+        other = "laptop" if served_by == "big" else "big"
+        index = list(hosts).index(other)
+        running.agents[index].stop()
+        page.do(op="wait", selector=f'[data-node="{other}"] .state', text="offline")
+        assert page.do(op="errors")["errors"] == []
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def test_state_endpoint_treats_names_as_data() -> None:
+    """Model and node names reach the page as JSON strings; the page only ever sets text."""
+    page = (ROOT / "controlplane" / "dashboard.html").read_text()
+    assert "innerHTML" not in page and "insertAdjacentHTML" not in page
