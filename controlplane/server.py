@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from hops.v1 import (
@@ -19,11 +18,9 @@ from hops.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from controlplane import dashboard, static_hosts
 from controlplane.admin_service import AdminServicer
@@ -38,7 +35,8 @@ from controlplane.router import Router
 from controlplane.router_service import RouterServicer
 from controlplane.settings import ControlPlaneSettings
 from controlplane.static_hosts import load_hosts
-from hopscommon.net import bind, connect_host
+from hopscommon.http_admin import AdminHttp
+from hopscommon.net import connect_host
 from hopscommon.tls import server_credentials
 
 log = logging.getLogger("hops.controlplane")
@@ -115,7 +113,7 @@ class ControlPlane:
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
         self.metrics_port: int | None = None
-        self._http: uvicorn.Server | None = None
+        self._http: AdminHttp | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -135,21 +133,18 @@ class ControlPlane:
                 asyncio.create_task(static_hosts.run_all(hosts, self.fleet, interval))
             )
         if self.settings.metrics_listen is not None:
-            sock = bind(*self.settings.metrics_listen)
-            self.metrics_port = sock.getsockname()[1]
-            config = uvicorn.Config(
-                self._http_app(), lifespan="off", log_level="warning", access_log=False
+            self._http = AdminHttp(
+                self.settings.metrics_listen, self.metrics.registry, self._dashboard_routes()
             )
-            self._http = uvicorn.Server(config)
-            self._http.config.load()
-            self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+            self.metrics_port = self._http.port
+            self._http_task = self._http.start()
             self._tasks.append(self._http_task)
 
     async def stop(self, grace: float = 2.0) -> None:
         for service in (*SERVICE_NAMES, ""):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._http is not None:
-            self._http.should_exit = True
+            self._http.stop()
         await self.grpc.stop(grace)
         for task in self._tasks:  # the sweeper and static pollers; HTTP ends on should_exit
             if task is not self._http_task:
@@ -166,27 +161,14 @@ class ControlPlane:
             if released:
                 log.warning("released %d leases past their TTL", released)
 
-    def _http_app(self) -> Starlette:
-        async def metrics(request: Request) -> Response:
-            return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-        async def healthz(request: Request) -> Response:
-            return PlainTextResponse("ok")
-
+    def _dashboard_routes(self) -> tuple[BaseRoute, ...]:
         async def page(request: Request) -> Response:
             return HTMLResponse(dashboard.page())
 
         async def state(request: Request) -> Response:
             return JSONResponse(dashboard.state(self.router))
 
-        return Starlette(
-            routes=[
-                Route("/metrics", metrics),
-                Route("/healthz", healthz),
-                Route("/", page),
-                Route("/api/state", state),
-            ]
-        )
+        return (Route("/", page), Route("/api/state", state))
 
 
 @contextlib.asynccontextmanager

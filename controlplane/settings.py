@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from controlplane.policies import REGISTRY
 from controlplane.static_hosts import load_hosts
-from hopscommon.settings import load, option, parse_host_port
+from hopscommon.settings import load, option, optional_address, parse_host_port
 from hopscommon.tls import check_pair, server_credentials
 from hopscommon.units import parse_seconds
 
@@ -19,10 +19,6 @@ def _policy(text: str) -> str:
     if text not in REGISTRY:
         raise ValueError(f"unknown policy {text!r}; choose one of {', '.join(REGISTRY)}")
     return text
-
-
-def _optional_address(text: str) -> tuple[str, int] | None:
-    return None if text.strip().lower() in ("", "off", "none") else parse_host_port(text)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,7 +34,7 @@ class ControlPlaneSettings:
     metrics_listen: tuple[str, int] | None = option(
         ("127.0.0.1", 9464),
         "HOST:PORT for HTTP: the dashboard (/), /api/state, /metrics, /healthz ('off' to disable)",
-        parse=_optional_address,
+        parse=optional_address,
         shown="127.0.0.1:9464",
     )
     policy: str = option(

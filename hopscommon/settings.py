@@ -167,3 +167,8 @@ def parse_host_port(text: str) -> tuple[str, int]:
         raise ValueError(f"port out of range in {text!r}")
     host = host.strip("[]") or "0.0.0.0"
     return host, port
+
+
+def optional_address(text: str) -> tuple[str, int] | None:
+    """HOST:PORT, or None for 'off', 'none' or nothing."""
+    return None if text.strip().lower() in ("", "off", "none") else parse_host_port(text)

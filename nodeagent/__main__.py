@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import uvloop
 
+from hopscommon.http_admin import AdminHttp
+from hopscommon.net import connect_host
 from nodeagent.agent import Agent
 from nodeagent.settings import load_settings
 
@@ -25,17 +27,27 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def run() -> None:
         agent = Agent(settings)
+        http = (
+            AdminHttp(settings.metrics_listen, agent.metrics.registry)
+            if settings.metrics_listen
+            else None
+        )
+        served = http.start() if http else None
         task = asyncio.create_task(agent.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         print(
             f"nodeagent node={agent.hello.node_id} ollama={settings.ollama_url} "
-            f"controlplanes={','.join(settings.controlplane)}",
+            f"controlplanes={','.join(settings.controlplane)}"
+            + (f" metrics on http://{connect_host(http.host)}:{http.port}/metrics" if http else ""),
             flush=True,
         )
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if http is not None and served is not None:
+            http.stop()
+            await served
 
     uvloop.run(run())
 

@@ -20,6 +20,7 @@ from hopscommon.fleet_convert import hello_pb, snapshot_pb
 from nodeagent import VERSION
 from nodeagent.gpu import GpuProbe
 from nodeagent.link import Link
+from nodeagent.metrics import AgentMetrics
 from nodeagent.ollama import OllamaClient, OllamaError, OllamaState
 from nodeagent.settings import AgentSettings
 
@@ -79,6 +80,10 @@ class Agent:
         )
         self.hello_pb: agent_pb2.Hello = hello_pb(self.hello)
         self.current: fleet_pb2.NodeSnapshot | None = None
+        self.observed: Snapshot | None = None  # the last observation, sent or not
+        self.published = 0
+        self.metrics = AgentMetrics()
+        self.metrics.watch(self)
         self._last_good = OllamaState(healthy=False)
         self._fingerprint: tuple[Any, ...] | None = None
         self._sequence = 0
@@ -109,7 +114,9 @@ class Agent:
 
     async def poll_once(self) -> bool:
         """Observe; when something changed, publish a new snapshot to every link. True if sent."""
-        observed = await self.observe()
+        with self.metrics.poll_seconds.time():
+            observed = await self.observe()
+        self.observed = observed
         mark = fingerprint(observed)
         if mark == self._fingerprint:
             return False
@@ -122,6 +129,7 @@ class Agent:
         self.current = message
         for link in self.links:
             link.offer_snapshot(message)
+        self.published += 1
         return True
 
     def poke(self) -> None:
@@ -151,10 +159,13 @@ class Agent:
 
     async def execute(self, command: agent_pb2.Command) -> AsyncIterator[agent_pb2.ConnectRequest]:
         """Run one command against the local Ollama: progress frames, then a result frame."""
+        ok = False
         try:
             async for frame in execute(self.ollama, command, self.poll_once):
+                ok = frame.HasField("result") and frame.result.ok
                 yield frame
         finally:
+            self.metrics.commands.labels(command.WhichOneof("kind"), "ok" if ok else "failed").inc()
             self.poke()
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from hopscommon.settings import load, option, parse_addresses
+from hopscommon.settings import load, option, optional_address, parse_addresses
 from hopscommon.tls import client_credentials
 from hopscommon.units import parse_bytes, parse_seconds
 
@@ -89,6 +89,12 @@ class AgentSettings:
     tls_ca: str = option("", "PEM CA to trust for TLS to the control planes; empty = plaintext")
     tls_cert: str = option("", "PEM client certificate for mutual TLS (with --tls-key)")
     tls_key: str = option("", "PEM private key of --tls-cert")
+    metrics_listen: tuple[str, int] | None = option(
+        None,
+        "HOST:PORT for HTTP /metrics and /healthz, e.g. 127.0.0.1:9465 (off unless set)",
+        parse=optional_address,
+        shown="off",
+    )
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
