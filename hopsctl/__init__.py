@@ -1,0 +1,1 @@
+"""hopsctl: the admin RPCs of a HOPS control plane as readable tables."""
