@@ -14,7 +14,7 @@ PROTOS := $(wildcard proto/hops/v1/*.proto)
 GEN := gen/python
 PYTEST_ARGS ?=
 
-.PHONY: help install proto proto-check lint fmt test check demo bench clean lock
+.PHONY: help install proto proto-check lint fmt test check demo bench clean lock docs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ fmt: install ## Apply ruff's fixes and formatting
 
 test: install ## Run the whole test suite (slow multi-process tests included)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+
+docs: install ## Regenerate docs/configuration.md from the settings objects
+	$(PY) -m hopscommon.configdoc > docs/configuration.md
 
 check: lint proto-check test ## Everything CI runs
 

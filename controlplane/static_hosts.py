@@ -1,18 +1,7 @@
 """Ollama hosts without an agent: the control plane polls them itself from a static list.
 
-For a host where nothing can be installed. The list is YAML; the first HOPS's ``hosts.yml``
-(a list of URLs, or of mappings with ``url``) loads unchanged::
-
-    hosts:
-      - http://10.0.0.7:11434                 # id: "10.0.0.7-11434"
-      - url: https://gpu-box.example:443
-        name: gpu-box                          # node id; default from the URL
-        headers: {Authorization: Bearer s3cr3t}  # sent on polls and on routed traffic
-        labels: {zone: eu}
-        vram: 24GiB                            # GPU memory, for memory-aware routing
-        num_parallel: 4                        # its OLLAMA_NUM_PARALLEL
-        max_in_flight: 0
-        weight: 1.0
+For a host where nothing can be installed. The list is YAML (``EXAMPLE`` below); the first
+HOPS's ``hosts.yml`` (a list of URLs, or of mappings with ``url``) loads unchanged.
 
 Each host becomes a Node like any agent's: the same snapshot (from /api/version, /api/tags and
 /api/ps, sent to the fleet only when it changed), the same routing, breaker and health handling
@@ -43,6 +32,18 @@ from nodeagent.ollama import OllamaClient, OllamaState
 
 log = logging.getLogger("hops.controlplane.static")
 
+EXAMPLE = """\
+hosts:
+  - http://10.0.0.7:11434                    # node id "10.0.0.7-11434"
+  - url: https://gpu-box.example:443
+    name: gpu-box                            # node id; default from the URL
+    headers: {Authorization: Bearer s3cr3t}  # sent on polls and on routed traffic
+    labels: {zone: eu}                       # for label routing
+    vram: 24GiB                              # GPU memory, for memory-aware routing
+    num_parallel: 4                          # the host's OLLAMA_NUM_PARALLEL
+    max_in_flight: 0                         # 0: num_parallel x --queue-per-slot
+    weight: 1.0
+"""
 KEYS = frozenset(
     {"url", "name", "headers", "labels", "vram", "num_parallel", "max_in_flight", "weight"}
 )

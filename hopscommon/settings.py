@@ -54,6 +54,17 @@ def env_name(prefix: str, field: dataclasses.Field[Any]) -> str:
     return prefix + field.name.upper()
 
 
+def shown_default(field: dataclasses.Field[Any]) -> str:
+    """The default as --help and the configuration reference write it."""
+    default = field.default
+    if default is None and not field.metadata["shown"]:
+        return "none"
+    shown = field.metadata["shown"] or (
+        ",".join(map(str, default)) if isinstance(default, tuple) else default
+    )
+    return str(shown)
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -74,11 +85,9 @@ def build_parser(
     )
     for field in dataclasses.fields(cls):
         meta = field.metadata
-        default = field.default
-        shown = meta["shown"] or (
-            ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = (
+            f"{meta['help']} [env {env_name(env_prefix, field)}; default: {shown_default(field)}]"
         )
-        text = f"{meta['help']} [env {env_name(env_prefix, field)}; default: {shown!s}]"
         if meta["parse"] is parse_bool:
             parser.add_argument(
                 flag_name(field),
