@@ -34,6 +34,9 @@ def main() -> int:
     )
     parser.add_argument("--port", type=int, default=11434, help="edge port (default 11434)")
     parser.add_argument("--grpc-port", type=int, default=50051, help="control plane port")
+    parser.add_argument(
+        "--dashboard-port", type=int, default=9464, help="dashboard and metrics port"
+    )
     parser.add_argument("--sim-port", type=int, default=11500, help="first simulated host port")
     parser.add_argument("--time-scale", default="1", help="simulator speed-up (default 1)")
     parser.add_argument("--ollama", default="", help="URL of a real Ollama to add as a node")
@@ -47,7 +50,7 @@ def main() -> int:
             "--listen",
             plane,
             "--metrics-listen",
-            "127.0.0.1:0",
+            f"127.0.0.1:{args.dashboard_port}",
             "--log-level",
             "warning",
         )
@@ -108,6 +111,7 @@ def main() -> int:
             f"""
 HOPS demo fleet is up (Ctrl-C stops it). Edge: {base}   control plane: {plane}
   hosts: {", ".join(p for p, _ in HOSTS)}{" + real-ollama" if args.ollama else ""}
+  dashboard: http://127.0.0.1:{args.dashboard_port}/
 
 Try it:
   curl {base}/api/tags
@@ -116,6 +120,7 @@ Try it:
   curl {base}/api/ps
   OLLAMA_HOST={base} .venv/bin/python -c "import ollama; print(ollama.generate('llama3.2', 'Hello').response)"
   .venv/bin/python -c "import openai; c = openai.OpenAI(base_url='{base}/v1', api_key='none'); print(c.chat.completions.create(model='llama3.2', messages=[{{'role': 'user', 'content': 'hi'}}]).choices[0].message.content)"
+  .venv/bin/hopsctl --controlplane {plane} nodes
   .venv/bin/grpcurl -plaintext {plane} hops.v1.AdminService/ListNodes
 (The X-Hops-Node and X-Hops-Route response headers say which host answered and why.)
 """,
