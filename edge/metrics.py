@@ -30,6 +30,12 @@ class EdgeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.pick = Histogram(
+            "hops_edge_pick_duration_seconds",
+            "Round trip of one Pick to the control plane (admission waits included)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1, 10),
+            registry=self.registry,
+        )
         self.retries = Counter(
             "hops_edge_retries",
             "Attempts abandoned for the next host, by reason",

@@ -36,6 +36,7 @@ from edge.errors import (
     error_body,
     error_response,
 )
+from edge.hostclient import HostResponse
 from edge.metrics import EdgeMetrics
 from edge.settings import EdgeSettings
 from edge.upstream import Upstream, response_headers, with_host_headers
@@ -157,8 +158,10 @@ class Proxy:
             node_id=call.node_id,
             max_candidates=self.settings.max_attempts,
         )
+        started = time.monotonic()
         try:
             picked, plane = await self.cp.pick(request)
+            self.metrics.pick.observe(time.monotonic() - started)
         except ControlPlaneUnavailable:
             return "", "", self._fail_open(call)
         except grpc.aio.AioRpcError as exc:  # the control plane refused the request itself
@@ -283,7 +286,7 @@ class Proxy:
         call: Call,
         send: Send,
         result: Result,
-        response: httpx.Response,
+        response: httpx.Response | HostResponse,
         target: Target,
         started: float,
         lease: str,
@@ -362,7 +365,12 @@ class Proxy:
             )
 
     async def _end_with_error(
-        self, send: Send, content_type: str, message: str, openai: bool, response: httpx.Response
+        self,
+        send: Send,
+        content_type: str,
+        message: str,
+        openai: bool,
+        response: httpx.Response | HostResponse,
     ) -> None:
         if "ndjson" in content_type:
             line = json.dumps({"error": message}).encode() + b"\n"

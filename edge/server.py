@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -27,7 +28,7 @@ class _AbortFilter(logging.Filter):
 
 
 class Edge:
-    def __init__(self, settings: EdgeSettings) -> None:
+    def __init__(self, settings: EdgeSettings, sock: socket.socket | None = None) -> None:
         self.settings = settings
         self.metrics = EdgeMetrics()
         self.cp = ControlPlaneClient(
@@ -39,7 +40,7 @@ class Edge:
         )
         self.upstream = Upstream(settings)
         self.app = EdgeApp(settings, self.cp, self.upstream, self.metrics)
-        self.sock = bind(*settings.listen)
+        self.sock = sock if sock is not None else bind(*settings.listen, backlog=4096)
         self.port: int = self.sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,

@@ -66,6 +66,12 @@ class EdgeSettings:
         "answers (0 = fail closed: 503 at once)",
         parse=parse_seconds,
     )
+    workers: int = option(
+        1,
+        "edge processes sharing the listening port (each with its own control-plane session; "
+        "/metrics shows the worker that answers the scrape)",
+        parse=int,
+    )
     metrics: bool = option(True, "serve Prometheus metrics at /metrics", parse=parse_bool)
     api_keys: tuple[str, ...] = option(
         (),
@@ -90,6 +96,8 @@ class EdgeSettings:
     log_level: str = option("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
+        if not 1 <= self.workers <= 64:
+            raise ValueError("--workers must be 1-64")
         if self.max_attempts < 1:
             raise ValueError("--max-attempts must be >= 1")
         if self.max_body < 1024:

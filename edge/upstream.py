@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import httpx
 
+from edge.hostclient import HostClient, HostResponse
 from edge.settings import EdgeSettings
 
 HOP_BY_HOP = frozenset(
@@ -57,7 +58,7 @@ def with_host_headers(
     return [(k, v) for k, v in headers if k.lower() not in names] + list(host)
 
 
-def response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+def response_headers(response: httpx.Response | HostResponse) -> list[tuple[bytes, bytes]]:
     return [
         (k, v) for k, v in response.headers.raw if k.lower().decode("latin-1") not in RESPONSE_DROP
     ]
@@ -81,7 +82,11 @@ class Upstream:
             follow_redirects=False,
         )
 
+        # Routed POSTs (the hot path) go through the lean client; the rest through httpx.
+        self.fast = HostClient(settings.connect_timeout, settings.first_byte_timeout)
+
     async def close(self) -> None:
+        await self.fast.close()
         await self.client.aclose()
 
     async def send(
@@ -92,12 +97,14 @@ class Upstream:
         query: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes],
-    ) -> httpx.Response:
+    ) -> httpx.Response | HostResponse:
         """Send and return once response headers arrive (the body is read by the caller).
 
         Raises httpx.TransportError subclasses: ConnectError/ConnectTimeout (not reached),
         ReadTimeout (no first byte in time), RemoteProtocolError/ReadError (dropped).
         """
+        if method == "POST" and isinstance(body, bytes):
+            return await self.fast.post(base_url, path, query, headers, body)
         url = base_url.rstrip("/") + path + (("?" + query.decode("latin-1")) if query else "")
         request = self.client.build_request(method, url, headers=headers, content=body)
         return await self.client.send(request, stream=True)

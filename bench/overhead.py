@@ -1,0 +1,414 @@
+"""What the edge costs: the same load straight to a simulated Ollama host, through one HOPS edge
+(with its real control plane and agent), and through nginx as a plain reverse proxy (the floor a C
+proxy sets), side by side in one run.
+
+Method (see bench/README.md): on a 2-core machine the host, the proxy under test and the load
+generator compete for cores, so processes are pinned: the simulated host and the load generator
+share core 0; the proxy under test (edge or nginx) and the control plane share core 1. The load
+generator is raw asyncio sockets for streams (bench/loadgen.py) and `wrk` for small
+non-streaming requests. Primary efficiency figures are CPU seconds per 1,000 requests of the edge
+and of the control plane, measured from /proc during the wrk phase; ratios come from the same run.
+
+Phases, for each target (direct, edge, nginx):
+  ttfb        time to first byte (response headers) at 1, 50 and 200 concurrent streams
+  stream      streamed chunks/s, 50 concurrent streams of 200 tokens
+  small       non-streaming /api/generate (1 token) requests/s with wrk, 50 connections
+then, for the edge only: resident memory with 1,000 concurrent open streams (and errors), the
+share of the edge's time to first byte spent waiting for Pick, the control plane's Pick decision
+time (share under 2 ms), and stream/small again with --workers 2.
+
+Usage: python bench/overhead.py [--quick] [--json bench/results/overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import RunSummary, run_streams
+from tests import procs
+
+MODEL = "llama3.2"
+LOAD_CORE, PROXY_CORE = 0, 1
+
+
+def pin(pid: int, core: int) -> None:
+    if (os.cpu_count() or 1) > core and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(pid, {core})
+
+
+def pin_tree(pid: int, core: int) -> None:
+    proc = psutil.Process(pid)
+    for p in (proc, *proc.children(recursive=True)):
+        pin(p.pid, core)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            for p in (proc, *proc.children(recursive=True)):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in (proc, *proc.children(recursive=True)))
+
+
+def streams(url: str, concurrency: int, total: int, tokens: int) -> RunSummary:
+    body = {"model": MODEL, "prompt": "benchmark", "options": {"num_predict": tokens}}
+    return asyncio.run(run_streams(url, "/api/generate", body, concurrency, total))
+
+
+def ttfb_phase(url: str, concurrency: int, quick: bool) -> dict[str, float]:
+    total = max(concurrency * (2 if quick else 4), 100 if quick else 300)
+    summary = streams(url, concurrency, total, 4)
+    ok = [r.ttfb for r in summary.results if not r.error and r.status == 200]
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "errors": summary.errors,
+        "ttfb_p50_ms": 1000 * percentile(ok, 0.5),
+        "ttfb_p99_ms": 1000 * percentile(ok, 0.99),
+    }
+
+
+def stream_phase(url: str, quick: bool) -> dict[str, float]:
+    summary = streams(url, 50, 100 if quick else 300, 200)
+    return {
+        "streams": len(summary.results),
+        "errors": summary.errors,
+        "chunks_per_s": summary.chunks / summary.elapsed,
+    }
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"model": "llama3.2", "prompt": "hi", "stream": false, "options": {"num_predict": 1}}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def small_phase(url: str, seconds: int) -> dict[str, Any]:
+    wrk = shutil.which("wrk")
+    assert wrk, "wrk missing: make install (scripts/system-deps.sh) puts it in place"
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT)
+    done = subprocess.run(
+        [wrk, "-t1", "-c50", f"-d{seconds}s", "-s", f.name, url + "/api/generate"],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: pin(0, LOAD_CORE),
+    )
+    os.unlink(f.name)
+    out = done.stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests": requests,
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def scrape(url: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in httpx.get(url, timeout=5).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def hist(samples: dict[str, float], name: str) -> tuple[float, float, float]:
+    """(count, sum, count at or under 2 ms) of a histogram summed over its labels."""
+    count = sum(v for k, v in samples.items() if k.startswith(name + "_count"))
+    total = sum(v for k, v in samples.items() if k.startswith(name + "_sum"))
+    under = sum(
+        v for k, v in samples.items() if k.startswith(name + "_bucket") and 'le="0.002"' in k
+    )
+    return count, total, under
+
+
+@contextlib.contextmanager
+def nginx(upstream: str, workdir: Path) -> Iterator[str]:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = "\n".join(
+        f"  {k}_temp_path {workdir}/{k};"
+        for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (workdir / "nginx.conf").write_text(
+        f"{user}worker_processes 1;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{\n  access_log off;\n{temp}\n"
+        f"  upstream host {{ server {upstream.removeprefix('http://')}; keepalive 256; }}\n"
+        f"  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n"
+        "      proxy_pass http://host;\n      proxy_http_version 1.1;\n"
+        '      proxy_set_header Connection "";\n      proxy_buffering off;\n'
+        "      proxy_read_timeout 600s;\n    }\n  }\n}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"]
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/api/version", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.05)
+        pin_tree(proc.pid, PROXY_CORE)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def open_streams_memory(edge: procs.Proc, count: int) -> dict[str, float]:
+    """``count`` concurrent streams held open through the edge (the host decodes slowly)."""
+    body = {"model": MODEL, "prompt": "hold", "options": {"num_predict": 30}}
+    idle = rss_bytes(edge.popen.pid)
+    peak = [idle]
+
+    async def run() -> RunSummary:
+        task = asyncio.ensure_future(run_streams(edge.url, "/api/generate", body, count, count))
+        while not task.done():
+            peak[0] = max(peak[0], rss_bytes(edge.popen.pid))
+            await asyncio.sleep(0.2)
+        return await task
+
+    summary = asyncio.run(run())
+    return {
+        "streams": count,
+        "errors": summary.errors,
+        "edge_rss_idle_mb": idle / 2**20,
+        "edge_rss_peak_mb": peak[0] / 2**20,
+        "wall_s": summary.elapsed,
+    }
+
+
+@contextlib.contextmanager
+def hops(sim_url: str, workers: int) -> Iterator[tuple[procs.Proc, procs.Proc]]:
+    env = {"HOPS_CP_LOG_LEVEL": "warning", "HOPS_EDGE_LOG_LEVEL": "warning"}
+    with contextlib.ExitStack() as stack:
+        plane = stack.enter_context(
+            procs.running(
+                "controlplane", ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], env
+            )
+        )
+        agent = procs.start(
+            "nodeagent",
+            [
+                "--controlplane",
+                plane.url,
+                "--ollama-url",
+                sim_url,
+                "--node-id",
+                "host",
+                "--gpu",
+                "static",
+                "--gpu-memory",
+                "24GiB",
+                "--num-parallel",
+                "1000",
+                "--max-in-flight",
+                "100000",
+                "--log-level",
+                "warning",
+            ],
+        )
+        stack.callback(agent.stop)
+        edge = stack.enter_context(
+            procs.running(
+                "edge",
+                ["--listen", "127.0.0.1:0", "--controlplane", plane.url, "--workers", str(workers)],
+                env,
+            )
+        )
+        for p in (plane, agent, edge):
+            pin_tree(p.popen.pid, PROXY_CORE)
+        for _ in range(200):
+            tags = httpx.get(edge.url + "/api/tags", timeout=5).json()
+            if tags["models"]:
+                break
+            time.sleep(0.05)
+        yield plane, edge
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--open-streams", type=int, default=1000)
+    parser.add_argument("--json", default="bench/results/overhead.json")
+    args = parser.parse_args()
+    wrk_seconds = 3 if args.quick else 8
+    sim_args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--time-scale",
+        "1000",
+        "--num-parallel",
+        "2000",
+        "--max-queue",
+        "100000",
+        "--response-tokens",
+        "200-200",
+        "--log-level",
+        "error",
+    ]
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "method": "sim+loadgen pinned to core 0; edge (or nginx)+control plane+agent to core 1",
+    }
+    pin(0, LOAD_CORE)
+    with procs.running("ollamasim", sim_args) as sim, tempfile.TemporaryDirectory() as tmp:
+        pin_tree(sim.popen.pid, LOAD_CORE)
+        httpx.post(sim.url + "/api/generate", json={"model": MODEL}, timeout=60)  # warm
+        with hops(sim.url, 1) as (plane, edge), nginx(sim.url, Path(tmp)) as lb:
+            targets = {"direct": sim.url, "edge": edge.url, "nginx": lb}
+            metrics_url = re.search(r"metrics on (\S+)", plane.output()).group(1)  # type: ignore[union-attr]
+            for name, url in targets.items():
+                print(f"== {name}", flush=True)
+                streams(url, 10, 20, 4)  # warm connections and the model
+                entry: dict[str, Any] = {"ttfb": []}
+                for c in (1, 50, 200):
+                    if name == "edge" and c == 50:
+                        edge_before = scrape(edge.url + "/metrics")
+                    entry["ttfb"].append(ttfb_phase(url, c, args.quick))
+                    if name == "edge" and c == 50:
+                        edge_after = scrape(edge.url + "/metrics")
+                    print(f"  ttfb {entry['ttfb'][-1]}", flush=True)
+                entry["stream"] = stream_phase(url, args.quick)
+                print(f"  stream {entry['stream']}", flush=True)
+                if name == "edge":
+                    cp_before = scrape(metrics_url)
+                entry["small"] = small_phase(url, wrk_seconds)
+                if name == "edge":
+                    cp_after = scrape(metrics_url)
+                print(f"  small {entry['small']}", flush=True)
+                results[name] = entry
+            # CPU per request, edge and control plane apart, during a second wrk run.
+            e0, c0 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
+            again = small_phase(edge.url, wrk_seconds)
+            e1, c1 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
+            results["edge"]["cpu_s_per_1000"] = {
+                "edge": 1000 * (e1 - e0) / again["requests"],
+                "controlplane": 1000 * (c1 - c0) / again["requests"],
+                "requests": again["requests"],
+            }
+            picks = [hist(s, "hops_edge_pick_duration_seconds") for s in (edge_before, edge_after)]
+            ttfbs = [
+                hist(s, "hops_edge_time_to_first_byte_seconds") for s in (edge_before, edge_after)
+            ]
+            cp_picks = [
+                hist(s, "hops_controlplane_pick_duration_seconds") for s in (cp_before, cp_after)
+            ]
+            pick_n, pick_sum = picks[1][0] - picks[0][0], picks[1][1] - picks[0][1]
+            ttfb_sum = ttfbs[1][1] - ttfbs[0][1]
+            decided = cp_picks[1][0] - cp_picks[0][0]
+            results["pick"] = {
+                "edge_pick_round_trip_mean_ms": 1000 * pick_sum / max(pick_n, 1),
+                "share_of_edge_ttfb_in_pick": pick_sum / ttfb_sum if ttfb_sum else None,
+                "edge_round_trips_under_2ms": (picks[1][2] - picks[0][2]) / max(pick_n, 1),
+                "cp_decisions_under_2ms": (cp_picks[1][2] - cp_picks[0][2]) / max(decided, 1),
+                "cp_decision_mean_ms": 1000 * (cp_picks[1][1] - cp_picks[0][1]) / max(decided, 1),
+            }
+            print(f"  pick {results['pick']}", flush=True)
+    slow_args = [*sim_args[:-2], "--log-level", "error"]
+    slow_args[slow_args.index("--time-scale") + 1] = "1"
+    slow_args[slow_args.index("--response-tokens") + 1] = "30-30"
+    with procs.running("ollamasim", slow_args) as slow:
+        pin_tree(slow.popen.pid, LOAD_CORE)
+        with hops(slow.url, 1) as (_, edge):
+            results["edge_open_streams"] = open_streams_memory(edge, args.open_streams)
+            print(f"== open streams {results['edge_open_streams']}", flush=True)
+    with procs.running("ollamasim", sim_args) as sim:
+        pin_tree(sim.popen.pid, LOAD_CORE)
+        httpx.post(sim.url + "/api/generate", json={"model": MODEL}, timeout=60)
+        with hops(sim.url, 2) as (_, edge2):
+            streams(edge2.url, 10, 20, 4)
+            results["edge_workers_2"] = {
+                "stream": stream_phase(edge2.url, args.quick),
+                "small": small_phase(edge2.url, wrk_seconds),
+            }
+            print(f"== edge --workers 2 {results['edge_workers_2']}", flush=True)
+    summarise(results)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+def summarise(r: dict[str, Any]) -> None:
+    def at(name: str, c: int) -> dict[str, float]:
+        entry: dict[str, float] = next(t for t in r[name]["ttfb"] if t["concurrency"] == c)
+        return entry
+
+    summary: dict[str, Any] = {}
+    for c in (1, 50, 200):
+        d, e, n = at("direct", c), at("edge", c), at("nginx", c)
+        summary[f"added_ttfb_c{c}"] = {
+            "edge_p50_ms": e["ttfb_p50_ms"] - d["ttfb_p50_ms"],
+            "edge_p99_ms": e["ttfb_p99_ms"] - d["ttfb_p99_ms"],
+            "nginx_p50_ms": n["ttfb_p50_ms"] - d["ttfb_p50_ms"],
+            "nginx_p99_ms": n["ttfb_p99_ms"] - d["ttfb_p99_ms"],
+        }
+    summary["edge_chunks_vs_direct"] = (
+        r["edge"]["stream"]["chunks_per_s"] / r["direct"]["stream"]["chunks_per_s"]
+    )
+    summary["nginx_chunks_vs_direct"] = (
+        r["nginx"]["stream"]["chunks_per_s"] / r["direct"]["stream"]["chunks_per_s"]
+    )
+    summary["edge_small_vs_nginx"] = (
+        r["edge"]["small"]["requests_per_s"] / r["nginx"]["small"]["requests_per_s"]
+    )
+    summary["workers2_vs_1_small"] = (
+        r["edge_workers_2"]["small"]["requests_per_s"] / r["edge"]["small"]["requests_per_s"]
+    )
+    summary["workers2_vs_1_stream"] = (
+        r["edge_workers_2"]["stream"]["chunks_per_s"] / r["edge"]["stream"]["chunks_per_s"]
+    )
+    r["summary"] = summary
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
