@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import RunSummary, run_streams
+from bench.loadgen import RunSummary, run_streams, stream_once
 from tests import procs
 
 MODEL = "llama3.2"
@@ -90,17 +90,50 @@ def streams(url: str, concurrency: int, total: int, tokens: int) -> RunSummary:
     return asyncio.run(run_streams(url, "/api/generate", body, concurrency, total))
 
 
-def ttfb_phase(url: str, concurrency: int, quick: bool) -> dict[str, float]:
-    total = max(concurrency * (2 if quick else 4), 100 if quick else 300)
-    summary = streams(url, concurrency, total, 4)
-    ok = [r.ttfb for r in summary.results if not r.error and r.status == 200]
-    return {
+def ttfb_phase(
+    url: str,
+    concurrency: int,
+    probes: int,
+    snapshot: Callable[[], object] = lambda: None,
+) -> tuple[dict[str, Any], object, object]:
+    """Time to first byte of new requests while ``concurrency - 1`` other streams are open
+    through the same target (the latency host decodes them at a moderate pace). Probes go one
+    at a time, each on a new connection, so they measure the path, not a queue of probes.
+    ``snapshot`` is called once the background streams are under way and after the probes."""
+    hold = {"model": MODEL, "prompt": "background", "options": {"num_predict": 100_000}}
+    probe = {"model": MODEL, "prompt": "probe", "options": {"num_predict": 1}}
+
+    async def run() -> tuple[list[float], int, int, object, object]:
+        background = [
+            asyncio.ensure_future(stream_once(url, "/api/generate", hold))
+            for _ in range(concurrency - 1)
+        ]
+        await asyncio.sleep(1.0 + concurrency / 100)  # all background streams under way
+        before = snapshot()
+        ttfbs, errors = [], 0
+        for _ in range(probes):
+            result = await stream_once(url, "/api/generate", probe)
+            if result.error or result.status != 200 or not result.done:
+                errors += 1
+            else:
+                ttfbs.append(result.ttfb)
+        after = snapshot()
+        broken = sum(1 for task in background if task.done())  # none may have ended yet
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        return ttfbs, errors, broken, before, after
+
+    ttfbs, errors, broken, before, after = asyncio.run(run())
+    entry = {
         "concurrency": concurrency,
-        "requests": total,
-        "errors": summary.errors,
-        "ttfb_p50_ms": 1000 * percentile(ok, 0.5),
-        "ttfb_p99_ms": 1000 * percentile(ok, 0.99),
+        "probes": probes,
+        "errors": errors,
+        "background_ended_early": broken,
+        "ttfb_p50_ms": 1000 * percentile(ttfbs, 0.5),
+        "ttfb_p99_ms": 1000 * percentile(ttfbs, 0.99),
     }
+    return entry, before, after
 
 
 def stream_phase(url: str, quick: bool) -> dict[str, float]:
@@ -166,6 +199,7 @@ def hist(samples: dict[str, float], name: str) -> tuple[float, float, float]:
 @contextlib.contextmanager
 def nginx(upstream: str, workdir: Path) -> Iterator[str]:
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    workdir.mkdir(parents=True, exist_ok=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -281,100 +315,108 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results/overhead.json")
     args = parser.parse_args()
     wrk_seconds = 3 if args.quick else 8
-    sim_args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--time-scale",
-        "1000",
-        "--num-parallel",
-        "2000",
-        "--max-queue",
-        "100000",
-        "--response-tokens",
-        "200-200",
-        "--log-level",
-        "error",
-    ]
+    probes = 60 if args.quick else 300
+    base = ["--listen", "127.0.0.1:0", "--num-parallel", "2000", "--max-queue", "100000"]
+    base += ["--log-level", "error"]
+    # Latency host: time scale 10, so open streams decode at a moderate pace (about 1,500
+    # chunks/s in all, shared as a GPU shares its memory bandwidth). Throughput host: scale 1000.
+    latency_sim = [*base, "--time-scale", "10", "--response-tokens", "100000-100000"]
+    fast_sim = [*base, "--time-scale", "1000", "--response-tokens", "200-200"]
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "method": "sim+loadgen pinned to core 0; edge (or nginx)+control plane+agent to core 1",
+        "method": "host+loadgen pinned to core 0; edge (or nginx)+control plane+agent to core 1",
     }
     pin(0, LOAD_CORE)
-    with procs.running("ollamasim", sim_args) as sim, tempfile.TemporaryDirectory() as tmp:
-        pin_tree(sim.popen.pid, LOAD_CORE)
-        httpx.post(sim.url + "/api/generate", json={"model": MODEL}, timeout=60)  # warm
-        with hops(sim.url, 1) as (plane, edge), nginx(sim.url, Path(tmp)) as lb:
-            targets = {"direct": sim.url, "edge": edge.url, "nginx": lb}
-            metrics_url = re.search(r"metrics on (\S+)", plane.output()).group(1)  # type: ignore[union-attr]
-            for name, url in targets.items():
-                print(f"== {name}", flush=True)
-                streams(url, 10, 20, 4)  # warm connections and the model
-                entry: dict[str, Any] = {"ttfb": []}
-                for c in (1, 50, 200):
-                    if name == "edge" and c == 50:
-                        edge_before = scrape(edge.url + "/metrics")
-                    entry["ttfb"].append(ttfb_phase(url, c, args.quick))
-                    if name == "edge" and c == 50:
-                        edge_after = scrape(edge.url + "/metrics")
-                    print(f"  ttfb {entry['ttfb'][-1]}", flush=True)
-                entry["stream"] = stream_phase(url, args.quick)
-                print(f"  stream {entry['stream']}", flush=True)
-                if name == "edge":
-                    cp_before = scrape(metrics_url)
-                entry["small"] = small_phase(url, wrk_seconds)
-                if name == "edge":
-                    cp_after = scrape(metrics_url)
-                print(f"  small {entry['small']}", flush=True)
-                results[name] = entry
-            # CPU per request, edge and control plane apart, during a second wrk run.
-            e0, c0 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
-            again = small_phase(edge.url, wrk_seconds)
-            e1, c1 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
-            results["edge"]["cpu_s_per_1000"] = {
-                "edge": 1000 * (e1 - e0) / again["requests"],
-                "controlplane": 1000 * (c1 - c0) / again["requests"],
-                "requests": again["requests"],
-            }
-            picks = [hist(s, "hops_edge_pick_duration_seconds") for s in (edge_before, edge_after)]
-            ttfbs = [
-                hist(s, "hops_edge_time_to_first_byte_seconds") for s in (edge_before, edge_after)
-            ]
-            cp_picks = [
-                hist(s, "hops_controlplane_pick_duration_seconds") for s in (cp_before, cp_after)
-            ]
-            pick_n, pick_sum = picks[1][0] - picks[0][0], picks[1][1] - picks[0][1]
-            ttfb_sum = ttfbs[1][1] - ttfbs[0][1]
-            decided = cp_picks[1][0] - cp_picks[0][0]
-            results["pick"] = {
-                "edge_pick_round_trip_mean_ms": 1000 * pick_sum / max(pick_n, 1),
-                "share_of_edge_ttfb_in_pick": pick_sum / ttfb_sum if ttfb_sum else None,
-                "edge_round_trips_under_2ms": (picks[1][2] - picks[0][2]) / max(pick_n, 1),
-                "cp_decisions_under_2ms": (cp_picks[1][2] - cp_picks[0][2]) / max(decided, 1),
-                "cp_decision_mean_ms": 1000 * (cp_picks[1][1] - cp_picks[0][1]) / max(decided, 1),
-            }
-            print(f"  pick {results['pick']}", flush=True)
-    slow_args = [*sim_args[:-2], "--log-level", "error"]
-    slow_args[slow_args.index("--time-scale") + 1] = "1"
-    slow_args[slow_args.index("--response-tokens") + 1] = "30-30"
-    with procs.running("ollamasim", slow_args) as slow:
+    with tempfile.TemporaryDirectory() as tmp:
+        with procs.running("ollamasim", latency_sim) as sim:
+            pin_tree(sim.popen.pid, LOAD_CORE)
+            httpx.post(sim.url + "/api/generate", json={"model": MODEL}, timeout=60)  # warm
+            with hops(sim.url, 1) as (plane, edge), nginx(sim.url, Path(tmp) / "a") as lb:
+                targets = {"direct": sim.url, "edge": edge.url, "nginx": lb}
+                for name, url in targets.items():
+                    streams(url, 5, 10, 2)  # warm connections
+                    results[name] = {"ttfb": []}
+                    for c in (1, 50, 200):
+
+                        def both(edge: procs.Proc = edge, plane: procs.Proc = plane) -> object:
+                            return scrape(edge.url + "/metrics"), scrape(metrics_url(plane))
+
+                        entry, before, after = ttfb_phase(
+                            url, c, probes, both if name == "edge" else lambda: None
+                        )
+                        if name == "edge":
+                            entry["pick"] = pick_figures(*before, *after)  # type: ignore[misc]
+                        results[name]["ttfb"].append(entry)
+                        print(f"{name} ttfb {entry}", flush=True)
+        with procs.running("ollamasim", fast_sim) as sim:
+            pin_tree(sim.popen.pid, LOAD_CORE)
+            httpx.post(sim.url + "/api/generate", json={"model": MODEL}, timeout=60)
+            with hops(sim.url, 1) as (plane, edge), nginx(sim.url, Path(tmp) / "b") as lb:
+                targets = {"direct": sim.url, "edge": edge.url, "nginx": lb}
+                for name, url in targets.items():
+                    streams(url, 10, 20, 4)
+                    results[name]["stream"] = stream_phase(url, args.quick)
+                    results[name]["small"] = small_phase(url, wrk_seconds)
+                    print(f"{name} stream {results[name]['stream']}", flush=True)
+                    print(f"{name} small {results[name]['small']}", flush=True)
+                # CPU per request of the edge and of the control plane, in one more wrk run.
+                e0, c0 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
+                again = small_phase(edge.url, wrk_seconds)
+                e1, c1 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
+                results["edge"]["cpu_s_per_1000_requests"] = {
+                    "edge": 1000 * (e1 - e0) / again["requests"],
+                    "controlplane": 1000 * (c1 - c0) / again["requests"],
+                    "requests": again["requests"],
+                }
+                print(f"cpu {results['edge']['cpu_s_per_1000_requests']}", flush=True)
+            with hops(sim.url, 2) as (_, edge2):
+                streams(edge2.url, 10, 20, 4)
+                results["edge_workers_2"] = {
+                    "stream": stream_phase(edge2.url, args.quick),
+                    "small": small_phase(edge2.url, wrk_seconds),
+                }
+                print(f"edge --workers 2 {results['edge_workers_2']}", flush=True)
+    slow_sim = [*base, "--time-scale", "1", "--response-tokens", "30-30"]
+    with procs.running("ollamasim", slow_sim) as slow:
         pin_tree(slow.popen.pid, LOAD_CORE)
         with hops(slow.url, 1) as (_, edge):
             results["edge_open_streams"] = open_streams_memory(edge, args.open_streams)
-            print(f"== open streams {results['edge_open_streams']}", flush=True)
-    with procs.running("ollamasim", sim_args) as sim:
-        pin_tree(sim.popen.pid, LOAD_CORE)
-        httpx.post(sim.url + "/api/generate", json={"model": MODEL}, timeout=60)
-        with hops(sim.url, 2) as (_, edge2):
-            streams(edge2.url, 10, 20, 4)
-            results["edge_workers_2"] = {
-                "stream": stream_phase(edge2.url, args.quick),
-                "small": small_phase(edge2.url, wrk_seconds),
-            }
-            print(f"== edge --workers 2 {results['edge_workers_2']}", flush=True)
+            print(f"open streams {results['edge_open_streams']}", flush=True)
     summarise(results)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
+
+
+def metrics_url(plane: procs.Proc) -> str:
+    return re.search(r"metrics on (\S+)", plane.output()).group(1)  # type: ignore[union-attr]
+
+
+def pick_figures(
+    edge_before: dict[str, float],
+    cp_before: dict[str, float],
+    edge_after: dict[str, float],
+    cp_after: dict[str, float],
+) -> dict[str, float | None]:
+    """Pick as the edge waited for it (round trip) and as the control plane decided it, over one
+    phase; the share is Pick's part of the edge's time to first byte (Pick + host's first byte)."""
+    (n0, s0, u0), (n1, s1, u1) = (
+        hist(m, "hops_edge_pick_duration_seconds") for m in (edge_before, edge_after)
+    )
+    _, t0, _ = hist(edge_before, "hops_edge_time_to_first_byte_seconds")
+    _, t1, _ = hist(edge_after, "hops_edge_time_to_first_byte_seconds")
+    (d0, ds0, du0), (d1, ds1, du1) = (
+        hist(m, "hops_controlplane_pick_duration_seconds") for m in (cp_before, cp_after)
+    )
+    picks, decided = n1 - n0, d1 - d0
+    return {
+        "picks": picks,
+        "round_trip_mean_ms": 1000 * (s1 - s0) / picks if picks else None,
+        "round_trips_under_2ms": (u1 - u0) / picks if picks else None,
+        "share_of_ttfb": (s1 - s0) / ((s1 - s0) + (t1 - t0)) if picks else None,
+        "decision_mean_ms": 1000 * (ds1 - ds0) / decided if decided else None,
+        "decisions_under_2ms": (du1 - du0) / decided if decided else None,
+    }
 
 
 def summarise(r: dict[str, Any]) -> None:
@@ -391,6 +433,9 @@ def summarise(r: dict[str, Any]) -> None:
             "nginx_p50_ms": n["ttfb_p50_ms"] - d["ttfb_p50_ms"],
             "nginx_p99_ms": n["ttfb_p99_ms"] - d["ttfb_p99_ms"],
         }
+    summary["pick_at_c50"] = at("edge", 50)["pick"]
+    summary["edge_cpu_s_per_1000_requests"] = r["edge"]["cpu_s_per_1000_requests"]
+    summary["edge_rss_mb_1000_streams"] = r["edge_open_streams"]["edge_rss_peak_mb"]
     summary["edge_chunks_vs_direct"] = (
         r["edge"]["stream"]["chunks_per_s"] / r["direct"]["stream"]["chunks_per_s"]
     )

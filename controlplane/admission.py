@@ -39,8 +39,15 @@ class Admission:
     async def pick(self, request: RouteRequest) -> PickOutcome:
         """Pick now, or wait in line for a slot when every candidate is saturated."""
         outcome = self.router.pick(request)
-        if outcome.status is not PickStatus.SATURATED or self.max_wait <= 0:
+        if not self.must_wait(outcome):
             return outcome
+        return await self.wait(request, outcome)
+
+    def must_wait(self, outcome: PickOutcome) -> bool:
+        return outcome.status is PickStatus.SATURATED and self.max_wait > 0
+
+    async def wait(self, request: RouteRequest, outcome: PickOutcome) -> PickOutcome:
+        """Wait in line after ``outcome`` said every candidate is saturated."""
         key = model_key(request.model)
         if self.waiting[key] >= self.per_model:
             return replace(outcome, message=f"{outcome.message}; the wait queue is full")

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -59,6 +59,11 @@ class ControlPlaneMetrics:
             "hops_controlplane_reports",
             "Report calls by outcome",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.route_streams = Gauge(
+            "hops_controlplane_route_streams",
+            "Open Route streams (edges sending picks and reports as stream messages)",
             registry=self.registry,
         )
         self.pick_seconds = Histogram(

@@ -12,7 +12,8 @@ from hops.v1 import router_pb2, router_pb2_grpc
 
 from controlplane import convert
 from controlplane.admission import Admission
-from controlplane.router import Router
+from controlplane.model import RouteRequest
+from controlplane.router import PickOutcome, Router
 from controlplane.settings import ControlPlaneSettings
 
 log = logging.getLogger("hops.controlplane")
@@ -45,6 +46,69 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if not request.lease_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lease_id is required")
         return router_pb2.ReportResponse(lease_found=self.router.report(convert.report(request)))
+
+    async def Route(
+        self, requests: AsyncIterator[router_pb2.RouteRequest], context: Context
+    ) -> AsyncIterator[router_pb2.RouteResponse]:
+        """Picks and reports on one stream. A pick is answered at once unless it must wait for a
+        slot; then it waits in a task of its own and the stream goes on."""
+        answers: asyncio.Queue[router_pb2.RouteResponse | None] = asyncio.Queue()
+        waiting: set[asyncio.Task[None]] = set()
+
+        async def wait_then_answer(
+            request_id: int, request: RouteRequest, first: PickOutcome
+        ) -> None:
+            outcome = await self.admission.wait(request, first)
+            answers.put_nowait(
+                router_pb2.RouteResponse(request_id=request_id, pick=convert.pick_response(outcome))
+            )
+
+        async def read() -> None:
+            try:
+                async for message in requests:
+                    if message.HasField("report"):
+                        if message.report.lease_id:
+                            self.router.report(convert.report(message.report))
+                        continue
+                    pick = message.pick
+                    if not pick.model.strip() and pick.api != router_pb2.API_KIND_PULL:
+                        answers.put_nowait(
+                            router_pb2.RouteResponse(
+                                request_id=message.request_id, invalid="model is required"
+                            )
+                        )
+                        continue
+                    request = convert.route_request(pick)
+                    outcome = self.router.pick(request)
+                    if self.admission.must_wait(outcome):
+                        task = asyncio.create_task(
+                            wait_then_answer(message.request_id, request, outcome)
+                        )
+                        waiting.add(task)
+                        task.add_done_callback(waiting.discard)
+                        continue
+                    answers.put_nowait(
+                        router_pb2.RouteResponse(
+                            request_id=message.request_id, pick=convert.pick_response(outcome)
+                        )
+                    )
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        self.router.metrics.route_streams.inc()
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await asyncio.gather(*waiting)  # the edge closed its side: answer what waits
+            while not answers.empty():
+                if (answer := answers.get_nowait()) is not None:
+                    yield answer
+        finally:
+            self.router.metrics.route_streams.dec()
+            reader.cancel()
+            for task in waiting:
+                task.cancel()
 
     async def GetInventory(
         self, request: router_pb2.GetInventoryRequest, context: Context

@@ -30,6 +30,7 @@ from edge import inventory as inv
 from edge.cpclient import ControlPlaneClient
 from edge.errors import (
     BadRequest,
+    BodyTimeout,
     BodyTooLarge,
     ControlPlaneDown,
     EdgeError,
@@ -193,17 +194,23 @@ class EdgeApp:
             raise BodyTooLarge(f"request body larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise EdgeError("client disconnected while sending the body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"request body larger than {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):  # a slow client holds nothing
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise EdgeError("client disconnected while sending the body")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(f"request body larger than {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise BodyTimeout(
+                f"request body not received within {self.settings.body_timeout:g}s"
+            ) from None
 
     def _call(
         self,

@@ -2,6 +2,10 @@
 fleet inventory current (and, by staying open, lets the control plane release this edge's leases
 if the edge dies).
 
+Picks and reports travel as messages on one Route stream per control plane (several times
+cheaper for both sides than a unary call each); while a stream is broken, the unary Pick and
+Report calls carry them, and a new stream is tried after a pause.
+
 Control planes are tried in order; the one that answers is used until it fails. When none
 answers, the edge may route from its last inventory for ``fail_open_for`` seconds.
 """
@@ -10,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from hops.v1 import router_pb2, router_pb2_grpc
@@ -28,8 +33,88 @@ CHANNEL_OPTIONS = [
 ]
 
 
+Metadata = tuple[tuple[str, str], ...] | None
+STREAM_RETRY_S = 1.0  # after a Route stream broke, use unary calls this long before a new one
+
+
 class ControlPlaneUnavailable(Exception):
     """No control plane answered."""
+
+
+class PickRefused(Exception):
+    """The control plane refused the pick itself (the request is at fault, e.g. no model)."""
+
+
+class _StreamBroken(Exception):
+    pass
+
+
+class RouteStream:
+    """One Route stream: picks matched to answers by id, reports sent without an answer."""
+
+    def __init__(self, stub: router_pb2_grpc.RouterServiceAsyncStub, metadata: Metadata) -> None:
+        self.call = stub.Route(metadata=metadata)
+        self.pending: dict[int, asyncio.Future[router_pb2.PickResponse]] = {}
+        self.outbox: asyncio.Queue[router_pb2.RouteRequest] = asyncio.Queue()
+        self.ids = itertools.count(1)
+        self.broken = False
+        self.tasks = (asyncio.create_task(self._write()), asyncio.create_task(self._read()))
+
+    async def pick(
+        self,
+        request: router_pb2.PickRequest,
+        timeout: float,  # noqa: ASYNC109 - the pick's own deadline, as for the unary call
+    ) -> router_pb2.PickResponse:
+        request_id = next(self.ids)
+        answer: asyncio.Future[router_pb2.PickResponse] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = answer
+        self.outbox.put_nowait(router_pb2.RouteRequest(request_id=request_id, pick=request))
+        try:
+            async with asyncio.timeout(timeout):
+                return await answer
+        finally:
+            self.pending.pop(request_id, None)
+
+    def report(self, request: router_pb2.ReportRequest) -> None:
+        self.outbox.put_nowait(router_pb2.RouteRequest(report=request))
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self.call.write(await self.outbox.get())
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            self._break(f"write: {exc}")
+
+    async def _read(self) -> None:
+        try:
+            async for answer in self.call:
+                waiter = self.pending.pop(answer.request_id, None)
+                if waiter is None or waiter.done():
+                    continue
+                if answer.invalid:
+                    waiter.set_exception(PickRefused(answer.invalid))
+                else:
+                    waiter.set_result(answer.pick)
+            self._break("closed by the control plane")
+        except grpc.aio.AioRpcError as exc:
+            self._break(exc.code().name)
+
+    def _break(self, reason: str) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        log.info("route stream ended: %s", reason)
+        for waiter in self.pending.values():
+            if not waiter.done():
+                waiter.set_exception(_StreamBroken(reason))
+        self.pending.clear()
+        for task in self.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.call.cancel()
+
+    def close(self) -> None:
+        self._break("edge closing")
 
 
 @dataclass(slots=True)
@@ -37,6 +122,16 @@ class _Plane:
     address: str
     channel: grpc.aio.Channel
     stub: router_pb2_grpc.RouterServiceAsyncStub  # the .pyi's name for the aio stub
+    stream: RouteStream | None = None
+    stream_broke_at: float = field(default=-STREAM_RETRY_S)
+
+    def route_stream(self, metadata: Metadata) -> RouteStream | None:
+        """The plane's Route stream, opened now if it is time; None: use the unary calls."""
+        if self.stream is not None and self.stream.broken:
+            self.stream, self.stream_broke_at = None, time.monotonic()
+        if self.stream is None and time.monotonic() - self.stream_broke_at >= STREAM_RETRY_S:
+            self.stream = RouteStream(self.stub, metadata)
+        return self.stream
 
 
 def to_inventory(msg: router_pb2.Inventory) -> Inventory:
@@ -95,6 +190,8 @@ class ControlPlaneClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._session
         for plane in self.planes:
+            if plane.stream is not None:
+                plane.stream.close()
             await plane.channel.close()
 
     def _order(self) -> list[_Plane]:
@@ -105,9 +202,20 @@ class ControlPlaneClient:
         request.edge_id = self.edge_id
         for plane in self._order():
             try:
-                response = await plane.stub.Pick(
-                    request, timeout=self.pick_timeout, metadata=self.metadata
+                stream = plane.route_stream(self.metadata)
+                response = None
+                if stream is not None:
+                    with contextlib.suppress(_StreamBroken):
+                        response = await stream.pick(request, self.pick_timeout)
+                if response is None:
+                    response = await plane.stub.Pick(
+                        request, timeout=self.pick_timeout, metadata=self.metadata
+                    )
+            except TimeoutError:
+                log.warning(
+                    "control plane %s: no answer within %.0fs", plane.address, self.pick_timeout
                 )
+                continue
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise
@@ -117,6 +225,14 @@ class ControlPlaneClient:
             self.last_contact = time.monotonic()
             return response, plane.address
         raise ControlPlaneUnavailable("no control plane answered")
+
+    def report_on_stream(self, address: str, request: router_pb2.ReportRequest) -> bool:
+        """Send a report down that plane's Route stream; False when there is none to use."""
+        plane = next((p for p in self.planes if p.address == address), None)
+        if plane is None or plane.stream is None or plane.stream.broken:
+            return False
+        plane.stream.report(request)
+        return True
 
     async def report(self, address: str, request: router_pb2.ReportRequest) -> None:
         plane = next((p for p in self.planes if p.address == address), None)

@@ -42,6 +42,10 @@ class BodyTooLarge(EdgeError):
     status = 413
 
 
+class BodyTimeout(EdgeError):
+    status = 408
+
+
 class NoHealthyHost(EdgeError):
     status = 503
 

@@ -24,7 +24,7 @@ import httpx
 from hops.v1 import router_pb2
 from starlette.types import Receive, Send
 
-from edge.cpclient import ControlPlaneClient, ControlPlaneUnavailable
+from edge.cpclient import ControlPlaneClient, ControlPlaneUnavailable, PickRefused
 from edge.errors import (
     BadRequest,
     ControlPlaneDown,
@@ -166,6 +166,8 @@ class Proxy:
             return "", "", self._fail_open(call)
         except grpc.aio.AioRpcError as exc:  # the control plane refused the request itself
             raise BadRequest(exc.details() or "bad request") from None
+        except PickRefused as exc:
+            raise BadRequest(str(exc)) from None
         status = picked.status
         if status == router_pb2.PICK_STATUS_OK:
             return (
@@ -408,6 +410,8 @@ class Proxy:
         )
         if stats is not None:
             request.stats.CopyFrom(stats)
+        if self.cp.report_on_stream(plane, request):
+            return
         task = asyncio.create_task(self.cp.report(plane, request))
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)

@@ -60,6 +60,11 @@ class EdgeSettings:
         parse=parse_bytes,
         shown="64MiB",
     )
+    body_timeout: float = option(
+        30.0,
+        "seconds a client may take to send its whole request body (408 beyond)",
+        parse=parse_seconds,
+    )
     fail_open_for: float = option(
         300.0,
         "seconds the edge keeps routing from its last inventory while no control plane "
@@ -102,7 +107,13 @@ class EdgeSettings:
             raise ValueError("--max-attempts must be >= 1")
         if self.max_body < 1024:
             raise ValueError("--max-body must be at least 1KiB")
-        for name in ("connect_timeout", "first_byte_timeout", "idle_timeout", "pick_timeout"):
+        for name in (
+            "connect_timeout",
+            "first_byte_timeout",
+            "idle_timeout",
+            "pick_timeout",
+            "body_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0")
         if self.fail_open_for < 0:

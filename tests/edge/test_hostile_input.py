@@ -123,3 +123,49 @@ async def test_hostile_table(
     except httpx.LocalProtocolError:
         return  # the client library itself refuses to send it
     _check(response)
+
+
+header_names = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_!#$%&'*+.^`|~ABCXYZ", min_size=1, max_size=30
+)
+header_values = st.binary(max_size=200).map(
+    lambda b: bytes(c for c in b if c >= 0x20 and c != 0x7F)  # what HTTP allows on the wire
+)
+header_sets = st.lists(
+    st.tuples(
+        st.one_of(
+            header_names,
+            st.sampled_from(
+                [
+                    "authorization",
+                    "content-type",
+                    "x-hops-node",
+                    "x-hops-session",
+                    "x-openwebui-chat-id",
+                    "content-encoding",
+                    "transfer-encoding",
+                    "expect",
+                ]
+            ),
+        ),
+        header_values,
+    ),
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(path=st.sampled_from(ROUTES), headers=header_sets)
+async def test_fuzzed_headers_get_a_clean_4xx_or_503(
+    edge: httpx.AsyncClient, path: str, headers: list[tuple[str, bytes]]
+) -> None:
+    body = b'{"model": "llama3.2", "prompt": "hi", "messages": []}'
+    try:
+        response = await asyncio.wait_for(
+            edge.request("POST", path, content=body, headers=headers), 5
+        )
+    except httpx.LocalProtocolError:
+        return  # the client library itself refuses to send it
+    _check(response)

@@ -94,6 +94,7 @@ def test_metrics_of_every_binary_and_the_grafana_dashboard() -> None:
     assert value(plane, "hops_controlplane_reports_total", outcome="ok") == 1
     assert value(plane, "hops_controlplane_nodes", state="online") == 1
     assert value(plane, "hops_controlplane_pick_duration_seconds_count") == 1
+    assert value(plane, "hops_controlplane_route_streams") == 1  # the edge picks on its stream
     assert value(edge, "hops_edge_requests_total", route="/api/generate", status="200") == 1
     assert value(agent, "hops_agent_ollama_up") == 1
     assert value(agent, "hops_agent_controlplane_connected") == 1

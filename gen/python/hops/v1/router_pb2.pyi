@@ -636,3 +636,71 @@ class EdgeSessionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EdgeSessionResponse: _TypeAlias = EdgeSessionResponse  # noqa: Y015
+
+@_typing.final
+class RouteRequest(_message.Message):
+    """One message from an edge on its Route stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PICK_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """Chosen by the edge, echoed in the answer to a pick."""
+    @_builtins.property
+    def pick(self) -> Global___PickRequest:
+        """Choose hosts, as RouterService.Pick."""
+
+    @_builtins.property
+    def report(self) -> Global___ReportRequest:
+        """Close or move a lease, as RouterService.Report (not answered)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        pick: Global___PickRequest | None = ...,
+        report: Global___ReportRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "pick", b"pick", "report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "pick", b"pick", "report", b"report", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["pick", "report"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___RouteRequest: _TypeAlias = RouteRequest  # noqa: Y015
+
+@_typing.final
+class RouteResponse(_message.Message):
+    """The answer to one pick on a Route stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PICK_FIELD_NUMBER: _builtins.int
+    INVALID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """The request_id of the pick answered."""
+    invalid: _builtins.str
+    """Set instead of an answer when the pick itself was invalid (the unary call's INVALID_ARGUMENT)."""
+    @_builtins.property
+    def pick(self) -> Global___PickResponse:
+        """The answer, as RouterService.Pick gives it."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        pick: Global___PickResponse | None = ...,
+        invalid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pick", b"pick"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalid", b"invalid", "pick", b"pick", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteResponse: _TypeAlias = RouteResponse  # noqa: Y015

@@ -56,6 +56,11 @@ class RouterServiceStub:
                 request_serializer=hops_dot_v1_dot_router__pb2.EdgeSessionRequest.SerializeToString,
                 response_deserializer=hops_dot_v1_dot_router__pb2.EdgeSessionResponse.FromString,
                 _registered_method=True)
+        self.Route = channel.stream_stream(
+                '/hops.v1.RouterService/Route',
+                request_serializer=hops_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
+                response_deserializer=hops_dot_v1_dot_router__pb2.RouteResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -92,6 +97,15 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Route(self, request_iterator, context):
+        """Pick and Report as messages on one long-lived stream per edge: the same semantics as the
+        unary calls at a fraction of their cost. Picks are answered in any order (one may wait for a
+        slot while later ones are answered); reports get no answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +128,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.EdgeSession,
                     request_deserializer=hops_dot_v1_dot_router__pb2.EdgeSessionRequest.FromString,
                     response_serializer=hops_dot_v1_dot_router__pb2.EdgeSessionResponse.SerializeToString,
+            ),
+            'Route': grpc.stream_stream_rpc_method_handler(
+                    servicer.Route,
+                    request_deserializer=hops_dot_v1_dot_router__pb2.RouteRequest.FromString,
+                    response_serializer=hops_dot_v1_dot_router__pb2.RouteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +245,33 @@ class RouterService:
             '/hops.v1.RouterService/EdgeSession',
             hops_dot_v1_dot_router__pb2.EdgeSessionRequest.SerializeToString,
             hops_dot_v1_dot_router__pb2.EdgeSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Route(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hops.v1.RouterService/Route',
+            hops_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
+            hops_dot_v1_dot_router__pb2.RouteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,11 @@ class RouterServiceStub:
     """An edge's session: while it is open the control plane pushes inventory changes down; when it
     closes, every lease the edge still holds is released.
     """
+    Route: _grpc.StreamStreamMultiCallable[_router_pb2.RouteRequest, _router_pb2.RouteResponse]
+    """Pick and Report as messages on one long-lived stream per edge: the same semantics as the
+    unary calls at a fraction of their cost. Picks are answered in any order (one may wait for a
+    slot while later ones are answered); reports get no answer.
+    """
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -62,6 +67,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
     EdgeSession: _aio.UnaryStreamMultiCallable[_router_pb2.EdgeSessionRequest, _router_pb2.EdgeSessionResponse]  # type: ignore[assignment]
     """An edge's session: while it is open the control plane pushes inventory changes down; when it
     closes, every lease the edge still holds is released.
+    """
+    Route: _aio.StreamStreamMultiCallable[_router_pb2.RouteRequest, _router_pb2.RouteResponse]  # type: ignore[assignment]
+    """Pick and Report as messages on one long-lived stream per edge: the same semantics as the
+    unary calls at a fraction of their cost. Picks are answered in any order (one may wait for a
+    slot while later ones are answered); reports get no answer.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,6 +111,17 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_router_pb2.EdgeSessionResponse], _abc.AsyncIterator[_router_pb2.EdgeSessionResponse]]:
         """An edge's session: while it is open the control plane pushes inventory changes down; when it
         closes, every lease the edge still holds is released.
+        """
+
+    @_abc_1.abstractmethod
+    def Route(
+        self,
+        request_iterator: _MaybeAsyncIterator[_router_pb2.RouteRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_router_pb2.RouteResponse], _abc.AsyncIterator[_router_pb2.RouteResponse]]:
+        """Pick and Report as messages on one long-lived stream per edge: the same semantics as the
+        unary calls at a fraction of their cost. Picks are answered in any order (one may wait for a
+        slot while later ones are answered); reports get no answer.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
