@@ -15,9 +15,11 @@ from typing import ClassVar, Protocol
 from controlplane.model import RouteRequest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Candidate:
-    """One eligible host for one request, with what a policy may weigh."""
+    """One eligible host for one request, with what a policy may weigh. Built for every eligible
+    host on every pick, so not frozen (a frozen dataclass pays a setattr call per field); policies
+    treat it as read-only."""
 
     node_id: str
     ollama_url: str

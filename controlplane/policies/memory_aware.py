@@ -17,6 +17,7 @@ the smaller host wins, keeping big GPUs free for big models. Costs divide by the
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -53,31 +54,42 @@ def queue_wait(c: Candidate, per_request: float) -> float:
     return ahead * per_request / slots
 
 
-def expected_cost(c: Candidate) -> tuple[float, str]:
-    """Seconds until this request would be done here, and the tier it falls in."""
+def _cost(c: Candidate) -> tuple[float, str, float]:
+    """Seconds until this request would be done here, its tier, and the queue wait (the reason
+    text is only built for the hosts that are returned)."""
     per_request = service_time(c)
     if c.loaded:
         wait = queue_wait(c, per_request)
-        reason = f"queued {wait * 1000:.0f}ms" if wait else "warm"
+        tier = "queued" if wait else "warm"
     else:
         load = load_estimate(c)
         need = c.model_size * KV_HEADROOM
         if c.loading:
             wait = load / 2 + queue_wait(c, per_request)
-            reason = "loading"
+            tier = "loading"
         elif need <= c.memory_free and c.loaded_count < c.max_loaded:
-            wait, reason = load, "cold-fit"
+            wait, tier = load, "cold-fit"
         elif need <= c.memory_free + c.idle_loaded_bytes and (
             c.loaded_count < c.max_loaded or c.idle_loaded_count
         ):
-            wait, reason = load + EVICT_IDLE_PENALTY_S, "cold-evict-idle"
+            wait, tier = load + EVICT_IDLE_PENALTY_S, "cold-evict-idle"
         else:
-            wait, reason = load + EVICT_BUSY_PENALTY_S, "cold-evict-busy"
+            wait, tier = load + EVICT_BUSY_PENALTY_S, "cold-evict-busy"
     cost = wait + per_request + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE
     if c.affinity and c.loaded:
         cost -= AFFINITY_BONUS_S
-        reason = f"affinity {reason}"
-    return cost / max(c.weight, 1e-6), reason
+    return cost / max(c.weight, 1e-6), tier, wait
+
+
+def _reason(c: Candidate, tier: str, wait: float) -> str:
+    reason = f"queued {wait * 1000:.0f}ms" if tier == "queued" else tier
+    return f"affinity {reason}" if c.affinity and c.loaded else reason
+
+
+def expected_cost(c: Candidate) -> tuple[float, str]:
+    """Seconds until this request would be done here, and why (the tier it falls in)."""
+    cost, tier, wait = _cost(c)
+    return cost, _reason(c, tier, wait)
 
 
 class MemoryAwarePicker:
@@ -89,8 +101,10 @@ class MemoryAwarePicker:
     def pick(
         self, request: RouteRequest, candidates: Sequence[Candidate], limit: int
     ) -> list[Ranked]:
-        costed = sorted(
-            ((expected_cost(c), c) for c in candidates),
-            key=lambda item: (item[0][0], item[1].node_id),
-        )
-        return [Ranked(c, -cost, reason) for (cost, reason), c in costed[:limit]]
+        # (cost, node id) orders totally: node ids are unique, so the candidate is never compared.
+        costed = []
+        for c in candidates:
+            cost, tier, wait = _cost(c)
+            costed.append((cost, c.node_id, tier, wait, c))
+        best = heapq.nsmallest(limit, costed, key=lambda item: (item[0], item[1]))
+        return [Ranked(c, -cost, _reason(c, tier, wait)) for cost, _, tier, wait, c in best]
