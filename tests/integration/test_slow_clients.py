@@ -90,5 +90,6 @@ def test_slow_and_stalled_clients() -> None:
             for x in received.partition(b"\r\n\r\n")[2].split(b"\n")
             if x.startswith(b"{")
         ]
-        assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 300
+        assert lines[-1]["done"] is True
+        assert lines[-1]["eval_count"] == len(lines) - 1  # one line per token, none lost
         wait_until(lambda: running.open_leases() == 0, 5.0, "leases released")
