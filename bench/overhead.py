@@ -30,7 +30,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import RunSummary, run_streams, stream_once
+from tests import nginx as nginxrun
 from tests import procs
 
 MODEL = "llama3.2"
@@ -198,41 +198,18 @@ def hist(samples: dict[str, float], name: str) -> tuple[float, float, float]:
 
 @contextlib.contextmanager
 def nginx(upstream: str, workdir: Path) -> Iterator[str]:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    workdir.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    temp = "\n".join(
-        f"  {k}_temp_path {workdir}/{k};"
-        for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    """nginx as a plain streaming reverse proxy in front of ``upstream``."""
+    port = nginxrun.free_port()
+    conf = (
+        f"upstream host {{ server {upstream.removeprefix('http://')}; keepalive 256; }}\n"
+        f"server {{\n  listen 127.0.0.1:{port};\n  location / {{\n"
+        "    proxy_pass http://host;\n    proxy_http_version 1.1;\n"
+        '    proxy_set_header Connection "";\n    proxy_buffering off;\n'
+        "    proxy_read_timeout 600s;\n  }\n}\n"
     )
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (workdir / "nginx.conf").write_text(
-        f"{user}worker_processes 1;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log;\n"
-        "events { worker_connections 4096; }\n"
-        f"http {{\n  access_log off;\n{temp}\n"
-        f"  upstream host {{ server {upstream.removeprefix('http://')}; keepalive 256; }}\n"
-        f"  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n"
-        "      proxy_pass http://host;\n      proxy_http_version 1.1;\n"
-        '      proxy_set_header Connection "";\n      proxy_buffering off;\n'
-        "      proxy_read_timeout 600s;\n    }\n  }\n}\n"
-    )
-    proc = subprocess.Popen(
-        [binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"]
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/version", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.05)
+    with nginxrun.running(conf, port, workdir) as proc:
         pin_tree(proc.pid, PROXY_CORE)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        yield f"http://127.0.0.1:{port}"
 
 
 def open_streams_memory(edge: procs.Proc, count: int) -> dict[str, float]:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +26,7 @@ from controlplane.fleet import Fleet
 from controlplane.validation import validate_hello
 from hopscommon.fleet import Capacity, Gpu, GpuSource, Hello, Snapshot
 from hopscommon.units import parse_bytes
-from nodeagent.agent import execute, fingerprint
+from nodeagent.agent import execute, fingerprint, snapshot_of
 from nodeagent.ollama import OllamaClient, OllamaState
 
 log = logging.getLogger("hops.controlplane.static")
@@ -186,15 +185,8 @@ class StaticPoller:
         gpus = (
             (Gpu(0, "declared", total_bytes=vram, free_bytes=max(vram - used, 0)),) if vram else ()
         )
-        return Snapshot(
-            taken_at=time.time(),
-            ollama_healthy=state.healthy,
-            ollama_error=state.error,
-            ollama_version=state.version or self._last_good.version,
-            installed=state.installed if state.healthy else self._last_good.installed,
-            loaded=state.loaded,
-            gpus=gpus,
-            gpu_source=GpuSource.STATIC if vram else GpuSource.NONE,
+        return snapshot_of(
+            state, self._last_good, gpus, GpuSource.STATIC if vram else GpuSource.NONE
         )
 
     async def poll_once(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 from hops.v1 import agent_pb2, fleet_pb2
 
-from hopscommon.fleet import Capacity, Hello, Snapshot
+from hopscommon.fleet import Capacity, Gpu, GpuSource, Hello, Snapshot
 from hopscommon.fleet_convert import hello_pb, snapshot_pb
 from nodeagent import VERSION
 from nodeagent.gpu import GpuProbe
@@ -58,6 +58,31 @@ def fingerprint(s: Snapshot) -> tuple[Any, ...]:
     )
 
 
+def snapshot_of(
+    state: OllamaState,
+    last_good: OllamaState,
+    gpus: tuple[Gpu, ...],
+    source: GpuSource,
+    memory_total: int = 0,
+    memory_free: int = 0,
+) -> Snapshot:
+    """What a node reports, from one probe of its Ollama. While Ollama does not answer, its disk
+    still holds the last models seen: the fleet should say "no healthy host" for them, not "no
+    such model"."""
+    return Snapshot(
+        taken_at=time.time(),
+        ollama_healthy=state.healthy,
+        ollama_error=state.error,
+        ollama_version=state.version or last_good.version,
+        installed=state.installed if state.healthy else last_good.installed,
+        loaded=state.loaded,
+        gpus=gpus,
+        gpu_source=source,
+        system_memory_total_bytes=memory_total,
+        system_memory_free_bytes=memory_free,
+    )
+
+
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -97,20 +122,7 @@ class Agent:
         memory = psutil.virtual_memory()
         if state.healthy:
             self._last_good = state
-        # While Ollama does not answer, its disk still holds the last models seen: the fleet
-        # should say "no healthy host" for them, not "no such model".
-        return Snapshot(
-            taken_at=time.time(),
-            ollama_healthy=state.healthy,
-            ollama_error=state.error,
-            ollama_version=state.version or self._last_good.version,
-            installed=state.installed if state.healthy else self._last_good.installed,
-            loaded=state.loaded,
-            gpus=gpus,
-            gpu_source=source,
-            system_memory_total_bytes=memory.total,
-            system_memory_free_bytes=memory.available,
-        )
+        return snapshot_of(state, self._last_good, gpus, source, memory.total, memory.available)
 
     async def poll_once(self) -> bool:
         """Observe; when something changed, publish a new snapshot to every link. True if sent."""

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,25 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import nginx as nginxrun
 from tests.integration import fleet
 from tests.integration.fleet import wait_until
 
 pytestmark = pytest.mark.slow
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "hops.conf"
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
-    assert found, "nginx missing: make install puts it in place (scripts/system-deps.sh)"
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -48,49 +32,11 @@ def nginx(edge_urls: list[str], workdir: Path) -> Iterator[str]:
     assert len(names) == len(edge_urls) == 2
     for name, url in zip(names, edge_urls, strict=True):
         conf = conf.replace(f"server {name}:11434", f"server {url.removeprefix('http://')}")
-    port = free_port()
+    port = nginxrun.free_port()
     assert "listen 11434;" in conf
     conf = conf.replace("listen 11434;", f"listen 127.0.0.1:{port};")
-    (workdir / "hops.conf").write_text(conf)
-    temp = "\n".join(
-        f"  {kind}_temp_path {workdir}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (workdir / "nginx.conf").write_text(
-        f"{user}worker_processes 1;\npid {workdir}/nginx.pid;\n"
-        f"error_log {workdir}/error.log warn;\nevents {{ worker_connections 1024; }}\n"
-        f"http {{\n  access_log off;\n{temp}\n  include {workdir}/hops.conf;\n}}\n"
-    )
-    proc = subprocess.Popen(
-        [
-            nginx_binary(),
-            "-p",
-            str(workdir),
-            "-c",
-            str(workdir / "nginx.conf"),
-            "-g",
-            "daemon off;",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(url) or proc.poll() is not None, 10.0, "nginx up")
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url + "/api/version", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with nginxrun.running(conf, port, workdir):
+        yield f"http://127.0.0.1:{port}"
 
 
 def requests_served(edge_url: str) -> float:
