@@ -45,7 +45,7 @@ FAULTS = (
 
 
 async def one(client: httpx.AsyncClient, rng: random.Random) -> str:
-    """Send one request; return 'ok', 'failed' (cleanly) or 'truncated'."""
+    """Send one request; return 'ok', 'failed:<how>' (a visible failure) or 'truncated'."""
     model = rng.choice(MODELS)
     streaming = rng.random() < 0.5
     if rng.random() < 0.5:
@@ -60,15 +60,15 @@ async def one(client: httpx.AsyncClient, rng: random.Random) -> str:
         async with client.stream("POST", path, json=body) as response:
             if response.status_code != 200:
                 await response.aread()
-                return "failed"
+                return f"failed:http_{response.status_code}"
             if not streaming:
                 final = json.loads(await response.aread())
                 return "ok" if final.get("done") and "eval_count" in final else "truncated"
             lines = [json.loads(line) async for line in response.aiter_lines()]
     except (httpx.RemoteProtocolError, httpx.ReadError):
-        return "failed"  # the edge cut a fixed-length body on purpose: a visible failure
+        return "failed:cut"  # the edge cut a fixed-length body on purpose: a visible failure
     if lines and "error" in lines[-1]:
-        return "failed"
+        return "failed:error_line"
     if not lines or not lines[-1].get("done"):
         return "truncated"
     return "ok" if lines[-1].get("eval_count") == len(lines) - 1 else "truncated"
@@ -101,7 +101,10 @@ async def drive(
 
         async def worker() -> None:
             for _ in remaining:
-                results[await one(client, rng)] += 1
+                outcome, _, how = (await one(client, rng)).partition(":")
+                results[outcome] += 1
+                if how:
+                    results[f"failed {how}"] += 1
 
         chaos_task = asyncio.create_task(chaos(controls, stop, rng, injected))
         started = time.perf_counter()
@@ -144,7 +147,8 @@ def soak(clients: int, total: int, seed: int = 3) -> dict[str, Any]:
         "requests": total,
         "seconds": round(elapsed, 1),
         "requests_per_s": round(total / elapsed, 1),
-        "results": dict(results),
+        "results": {k: v for k, v in results.items() if " " not in k},
+        "failures_by_kind": {k.split(" ", 1)[1]: v for k, v in results.items() if " " in k},
         "silently_truncated": results["truncated"],
         "faults_set": dict(injected),
         "open_leases_at_end": 0,

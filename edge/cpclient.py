@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -52,8 +54,15 @@ class _StreamBroken(Exception):
 class RouteStream:
     """One Route stream: picks matched to answers by id, reports sent without an answer."""
 
-    def __init__(self, stub: router_pb2_grpc.RouterServiceAsyncStub, metadata: Metadata) -> None:
+    def __init__(
+        self,
+        stub: router_pb2_grpc.RouterServiceAsyncStub,
+        metadata: Metadata,
+        lost_report: Callable[[router_pb2.ReportRequest], None] = lambda _: None,
+    ) -> None:
         self.call = stub.Route(metadata=metadata)
+        self.lost_report = lost_report  # reports the stream could not deliver go this way
+        self.writing: router_pb2.RouteRequest | None = None
         self.pending: dict[int, asyncio.Future[router_pb2.PickResponse]] = {}
         self.outbox: asyncio.Queue[router_pb2.RouteRequest] = asyncio.Queue()
         self.ids = itertools.count(1)
@@ -81,9 +90,11 @@ class RouteStream:
     async def _write(self) -> None:
         try:
             while True:
-                await self.call.write(await self.outbox.get())
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            self._break(f"write: {exc}")
+                self.writing = await self.outbox.get()
+                await self.call.write(self.writing)
+                self.writing = None
+        except Exception as exc:  # noqa: BLE001 - any failure ends the stream, visibly
+            self._break(f"write: {type(exc).__name__}: {exc}")
 
     async def _read(self) -> None:
         try:
@@ -98,6 +109,8 @@ class RouteStream:
             self._break("closed by the control plane")
         except grpc.aio.AioRpcError as exc:
             self._break(exc.code().name)
+        except Exception as exc:  # noqa: BLE001 - any failure ends the stream, visibly
+            self._break(f"read: {type(exc).__name__}: {exc}")
 
     def _break(self, reason: str) -> None:
         if self.broken:
@@ -108,6 +121,12 @@ class RouteStream:
             if not waiter.done():
                 waiter.set_exception(_StreamBroken(reason))
         self.pending.clear()
+        unsent = [self.writing] if self.writing is not None else []
+        while not self.outbox.empty():
+            unsent.append(self.outbox.get_nowait())
+        for message in unsent:  # a report must not be lost with the stream: leases hang on it
+            if message.HasField("report"):
+                self.lost_report(message.report)
         for task in self.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -125,12 +144,14 @@ class _Plane:
     stream: RouteStream | None = None
     stream_broke_at: float = field(default=-STREAM_RETRY_S)
 
-    def route_stream(self, metadata: Metadata) -> RouteStream | None:
+    def route_stream(
+        self, metadata: Metadata, lost_report: Callable[[router_pb2.ReportRequest], None]
+    ) -> RouteStream | None:
         """The plane's Route stream, opened now if it is time; None: use the unary calls."""
         if self.stream is not None and self.stream.broken:
             self.stream, self.stream_broke_at = None, time.monotonic()
         if self.stream is None and time.monotonic() - self.stream_broke_at >= STREAM_RETRY_S:
-            self.stream = RouteStream(self.stub, metadata)
+            self.stream = RouteStream(self.stub, metadata, lost_report)
         return self.stream
 
 
@@ -180,6 +201,7 @@ class ControlPlaneClient:
         self.connected = asyncio.Event()
         self.last_contact = 0.0
         self._session: asyncio.Task[None] | None = None
+        self._reports: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._session = asyncio.create_task(self._keep_session())
@@ -202,7 +224,9 @@ class ControlPlaneClient:
         request.edge_id = self.edge_id
         for plane in self._order():
             try:
-                stream = plane.route_stream(self.metadata)
+                stream = plane.route_stream(
+                    self.metadata, functools.partial(self._report_later, plane.address)
+                )
                 response = None
                 if stream is not None:
                     with contextlib.suppress(_StreamBroken):
@@ -225,6 +249,11 @@ class ControlPlaneClient:
             self.last_contact = time.monotonic()
             return response, plane.address
         raise ControlPlaneUnavailable("no control plane answered")
+
+    def _report_later(self, address: str, request: router_pb2.ReportRequest) -> None:
+        task = asyncio.create_task(self.report(address, request))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     def report_on_stream(self, address: str, request: router_pb2.ReportRequest) -> bool:
         """Send a report down that plane's Route stream; False when there is none to use."""

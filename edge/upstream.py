@@ -27,6 +27,7 @@ HOP_BY_HOP = frozenset(
         "host",
         "content-length",
         "origin",
+        "expect",  # the edge has the whole body; an interim 100 from the host would confuse
         "x-hops-node",
         "x-hops-session",
     }
