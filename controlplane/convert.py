@@ -22,15 +22,23 @@ from hopscommon.fleet_convert import (
 __all__ = ["duration", "hello", "snapshot"]
 
 from controlplane.breaker import BreakerState
+from controlplane.errors import InvalidRequest
 from controlplane.fleet import Fleet, Node, NodeState, model_key
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.router import PickOutcome, PickStatus
 
 
 def route_request(msg: router_pb2.PickRequest) -> RouteRequest:
+    """Raises InvalidRequest for a pick no policy can answer (no model, an unknown API kind)."""
+    if not msg.model.strip() and msg.api != router_pb2.API_KIND_PULL:
+        raise InvalidRequest("model is required")
+    try:
+        api = ApiKind(msg.api)
+    except ValueError:
+        raise InvalidRequest(f"unknown api kind {msg.api}") from None
     return RouteRequest(
         model=msg.model,
-        api=ApiKind(msg.api),
+        api=api,
         edge_id=msg.edge_id,
         session_key=msg.session_key,
         exclude=frozenset(msg.exclude_node_ids),
@@ -73,6 +81,13 @@ def pick_response(outcome: PickOutcome) -> router_pb2.PickResponse:
 
 
 def report(msg: router_pb2.ReportRequest) -> Report:
+    """Raises InvalidRequest for a report without a lease or with an unknown outcome."""
+    if not msg.lease_id:
+        raise InvalidRequest("lease_id is required")
+    try:
+        outcome = Outcome(msg.outcome)
+    except ValueError:
+        raise InvalidRequest(f"unknown outcome {msg.outcome}") from None
     stats = None
     if msg.HasField("stats"):
         s = msg.stats
@@ -87,7 +102,7 @@ def report(msg: router_pb2.ReportRequest) -> Report:
     return Report(
         lease_id=msg.lease_id,
         node_id=msg.node_id,
-        outcome=Outcome(msg.outcome),
+        outcome=outcome,
         http_status=msg.http_status,
         ttfb_s=msg.time_to_first_byte.ToNanoseconds() / 1e9,
         duration_s=msg.duration.ToNanoseconds() / 1e9,

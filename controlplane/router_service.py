@@ -12,6 +12,7 @@ from hops.v1 import router_pb2, router_pb2_grpc
 
 from controlplane import convert
 from controlplane.admission import Admission
+from controlplane.errors import InvalidRequest
 from controlplane.model import RouteRequest
 from controlplane.router import PickOutcome, Router
 from controlplane.settings import ControlPlaneSettings
@@ -35,17 +36,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Pick(
         self, request: router_pb2.PickRequest, context: Context
     ) -> router_pb2.PickResponse:
-        if not request.model.strip() and request.api != router_pb2.API_KIND_PULL:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model is required")
-        outcome = await self.admission.pick(convert.route_request(request))
+        try:
+            route = convert.route_request(request)
+        except InvalidRequest as exc:
+            await context.abort(exc.code, str(exc))
+        outcome = await self.admission.pick(route)
         return convert.pick_response(outcome)
 
     async def Report(
         self, request: router_pb2.ReportRequest, context: Context
     ) -> router_pb2.ReportResponse:
-        if not request.lease_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lease_id is required")
-        return router_pb2.ReportResponse(lease_found=self.router.report(convert.report(request)))
+        try:
+            report = convert.report(request)
+        except InvalidRequest as exc:
+            await context.abort(exc.code, str(exc))
+        return router_pb2.ReportResponse(lease_found=self.router.report(report))
 
     async def Route(
         self, requests: AsyncIterator[router_pb2.RouteRequest], context: Context
@@ -67,18 +72,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             try:
                 async for message in requests:
                     if message.HasField("report"):
-                        if message.report.lease_id:
+                        try:
                             self.router.report(convert.report(message.report))
+                        except InvalidRequest as exc:  # no answer to send: say it here
+                            log.warning("route stream report refused: %s", exc)
                         continue
-                    pick = message.pick
-                    if not pick.model.strip() and pick.api != router_pb2.API_KIND_PULL:
+                    try:
+                        request = convert.route_request(message.pick)
+                    except InvalidRequest as exc:
                         answers.put_nowait(
                             router_pb2.RouteResponse(
-                                request_id=message.request_id, invalid="model is required"
+                                request_id=message.request_id, invalid=str(exc)
                             )
                         )
                         continue
-                    request = convert.route_request(pick)
                     outcome = self.router.pick(request)
                     if self.admission.must_wait(outcome):
                         task = asyncio.create_task(

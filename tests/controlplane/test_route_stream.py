@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from hops.v1 import router_pb2, router_pb2_grpc
 
 from controlplane.server import running
@@ -55,3 +56,29 @@ async def test_picks_answered_by_id_reports_close_leases_and_waits_do_not_block(
             assert len(plane.fleet.leases) == 1  # the first closed by its report, this one open
             await call.done_writing()
             assert await call.read() == grpc.aio.EOF
+
+
+async def test_unknown_enum_values_are_refused_clearly_on_both_paths() -> None:
+    settings = ControlPlaneSettings(listen=("127.0.0.1", 0), metrics_listen=None)
+    async with running(settings) as plane:
+        add_node(plane.fleet, "solo")
+        async with grpc.aio.insecure_channel(plane.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            odd = router_pb2.PickRequest(edge_id="e", model="llama3.2", api=99)  # type: ignore[arg-type]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Pick(odd)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert refused.value.details() == "unknown api kind 99"
+            call = stub.Route()
+            await call.write(router_pb2.RouteRequest(request_id=1, pick=odd))
+            assert (await call.read()).invalid == "unknown api kind 99"
+            bad_report = router_pb2.ReportRequest(lease_id="x", outcome=42)  # type: ignore[arg-type]
+            await call.write(router_pb2.RouteRequest(report=bad_report))
+            await call.write(
+                router_pb2.RouteRequest(
+                    request_id=2, pick=router_pb2.PickRequest(edge_id="e", model="llama3.2")
+                )
+            )
+            answer = await call.read()  # the stream survived both
+            assert answer.request_id == 2 and answer.pick.status == router_pb2.PICK_STATUS_OK
+            await call.done_writing()
