@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from hops.v1 import agent_pb2
 
 from controlplane.commands import AgentSession
 from controlplane.errors import ControlPlaneError
@@ -231,17 +232,27 @@ class StaticPoller:
             await self.ollama.close()
 
     async def _commands(self) -> None:
-        """What admins send to this node arrives in the session's outbox, as for an agent."""
-        while True:
-            frame = await self.session.outbox.get()
-            if frame.WhichOneof("message") != "command":
-                continue
-            try:
-                async for message in execute(self.ollama, frame.command, self.poll_once):
-                    event = message.progress if message.HasField("progress") else message.result
-                    self.session.deliver(event)
-            finally:
-                self._poke.set()
+        """What admins send to this node arrives in the session's outbox, as for an agent; each
+        command runs on its own, so a long pull does not hold up an unload."""
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                frame = await self.session.outbox.get()
+                if frame.WhichOneof("message") == "command":
+                    task = asyncio.create_task(self._run(frame.command))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _run(self, command: agent_pb2.Command) -> None:
+        try:
+            async for message in execute(self.ollama, command, self.poll_once):
+                event = message.progress if message.HasField("progress") else message.result
+                self.session.deliver(event)
+        finally:
+            self._poke.set()
 
 
 async def run_all(hosts: list[StaticHost], fleet: Fleet, interval: float) -> None:
