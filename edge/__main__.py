@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        format="%(asctime)s level=%(levelname)s logger=%(name)s pid=%(process)d %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the edge logs one line per request
     sock = bind(*settings.listen, backlog=4096)
