@@ -25,6 +25,16 @@ def state(router: Router) -> dict[str, Any]:
     """Everything the page shows, JSON-ready. Node ids and model names are data, never markup:
     the page inserts them as text."""
     fleet = router.fleet
+    speeds: dict[str, list[dict[str, Any]]] = {}
+    for (node_id, model), learned in sorted(router.learned.items()):
+        speeds.setdefault(node_id, []).append(
+            {
+                "model": model,
+                "decodeTps": round(learned.decode_tps, 1),
+                "loadSeconds": round(learned.load_seconds, 2),
+                "samples": learned.samples,
+            }
+        )
     nodes = []
     for n in sorted(fleet.nodes.values(), key=lambda n: n.node_id):
         view = MessageToDict(convert.node_pb(n, fleet), always_print_fields_with_no_presence=True)
@@ -38,16 +48,7 @@ def state(router: Router) -> dict[str, Any]:
             }
             for m in n.snapshot.loaded
         ]
-        view["speeds"] = [
-            {
-                "model": model,
-                "decodeTps": round(learned.decode_tps, 1),
-                "loadSeconds": round(learned.load_seconds, 2),
-                "samples": learned.samples,
-            }
-            for (node_id, model), learned in sorted(router.learned.items())
-            if node_id == n.node_id
-        ]
+        view["speeds"] = speeds.get(n.node_id, [])
         nodes.append(view)
     return {
         "generatedAt": time.time(),

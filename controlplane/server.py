@@ -114,7 +114,6 @@ class ControlPlane:
             raise OSError(f"cannot listen on {host}:{port}")
         self.metrics_port: int | None = None
         self._http: AdminHttp | None = None
-        self._http_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -137,19 +136,18 @@ class ControlPlane:
                 self.settings.metrics_listen, self.metrics.registry, self._dashboard_routes()
             )
             self.metrics_port = self._http.port
-            self._http_task = self._http.start()
-            self._tasks.append(self._http_task)
+            self._http.start()
 
     async def stop(self, grace: float = 2.0) -> None:
         for service in (*SERVICE_NAMES, ""):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._http is not None:
-            self._http.stop()
+            self._http.stop()  # it ends by itself on should_exit
         await self.grpc.stop(grace)
-        for task in self._tasks:  # the sweeper and static pollers; HTTP ends on should_exit
-            if task is not self._http_task:
-                task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in self._tasks:  # the sweeper and static pollers
+            task.cancel()
+        served = [self._http.task] if self._http is not None and self._http.task else []
+        await asyncio.gather(*self._tasks, *served, return_exceptions=True)
 
     async def wait(self) -> None:
         await self.grpc.wait_for_termination()

@@ -171,7 +171,11 @@ def to_inventory(msg: router_pb2.Inventory) -> Inventory:
         )
         for n in msg.nodes
     )
-    return Inventory(version=msg.version, nodes=nodes, any_headers=any(n.headers for n in nodes))
+    return Inventory(
+        version=msg.version,
+        nodes=nodes,
+        host_headers={n.node_id: n.headers for n in nodes if n.headers},
+    )
 
 
 class ControlPlaneClient:
@@ -250,6 +254,15 @@ class ControlPlaneClient:
             return response, plane.address
         raise ControlPlaneUnavailable("no control plane answered")
 
+    def _plane(self, address: str) -> _Plane | None:
+        return next((p for p in self.planes if p.address == address), None)
+
+    def send_report(self, address: str, request: router_pb2.ReportRequest) -> None:
+        """Report to the plane that gave the lease: down its Route stream, else by the unary
+        call in the background."""
+        if not self.report_on_stream(address, request):
+            self._report_later(address, request)
+
     def _report_later(self, address: str, request: router_pb2.ReportRequest) -> None:
         task = asyncio.create_task(self.report(address, request))
         self._reports.add(task)
@@ -257,14 +270,15 @@ class ControlPlaneClient:
 
     def report_on_stream(self, address: str, request: router_pb2.ReportRequest) -> bool:
         """Send a report down that plane's Route stream; False when there is none to use."""
-        plane = next((p for p in self.planes if p.address == address), None)
+        plane = self._plane(address)
         if plane is None or plane.stream is None or plane.stream.broken:
             return False
         plane.stream.report(request)
         return True
 
     async def report(self, address: str, request: router_pb2.ReportRequest) -> None:
-        plane = next((p for p in self.planes if p.address == address), None)
+        """The unary Report call."""
+        plane = self._plane(address)
         if plane is None:
             return
         try:

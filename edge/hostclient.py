@@ -75,9 +75,6 @@ class _Connection(asyncio.Protocol):
                 else httpx.RemoteProtocolError("server disconnected without a complete response")
             )
 
-    def pause_writing(self) -> None:  # a slow host; the body is small and already buffered
-        pass
-
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         self.raw_headers.append((name, value))

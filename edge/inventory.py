@@ -36,13 +36,8 @@ class Inventory:
     version: int = 0
     nodes: tuple[InventoryNode, ...] = ()
     received_at: float = field(default_factory=time.monotonic)
-    any_headers: bool = False  # whether any node has headers (skips the lookup on the hot path)
-
-    def headers_for(self, node_id: str) -> tuple[tuple[bytes, bytes], ...]:
-        for n in self.nodes:
-            if n.node_id == node_id:
-                return n.headers
-        return ()
+    # node id -> the headers every request to it carries, for the nodes that have any
+    host_headers: dict[str, tuple[tuple[bytes, bytes], ...]] = field(default_factory=dict)
 
     def holders(self, key: str) -> list[InventoryNode]:
         return [n for n in self.nodes if n.has(key)]

@@ -116,7 +116,6 @@ class Proxy:
         self.cp = cp
         self.upstream = upstream
         self.metrics = metrics
-        self._reports: set[asyncio.Task[None]] = set()
 
     async def handle(
         self, call: Call, receive: Receive, send: Send, targets: list[Target] | None = None
@@ -211,11 +210,7 @@ class Proxy:
 
     def _host_headers(self, node_id: str) -> tuple[tuple[bytes, bytes], ...]:
         inventory = self.cp.inventory
-        return (
-            inventory.headers_for(node_id)
-            if inventory is not None and inventory.any_headers
-            else ()
-        )
+        return inventory.host_headers.get(node_id, ()) if inventory is not None else ()
 
     async def _attempts(
         self, call: Call, send: Send, result: Result, lease: str, plane: str, targets: list[Target]
@@ -410,11 +405,7 @@ class Proxy:
         )
         if stats is not None:
             request.stats.CopyFrom(stats)
-        if self.cp.report_on_stream(plane, request):
-            return
-        task = asyncio.create_task(self.cp.report(plane, request))
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        self.cp.send_report(plane, request)
 
 
 def _final_stats(tail: bytes) -> router_pb2.GenerationStats | None:
