@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import grpc
 from hops.v1 import router_pb2, router_pb2_grpc
@@ -56,66 +57,84 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, requests: AsyncIterator[router_pb2.RouteRequest], context: Context
     ) -> AsyncIterator[router_pb2.RouteResponse]:
         """Picks and reports on one stream. A pick is answered at once unless it must wait for a
-        slot; then it waits in a task of its own and the stream goes on."""
-        answers: asyncio.Queue[router_pb2.RouteResponse | None] = asyncio.Queue()
+        slot; then it waits in a task of its own and the stream goes on. Answers decided while
+        the previous message was being written go out together in the next."""
+        answers: list[router_pb2.RouteAnswer] = []
+        ready = asyncio.Event()
+        reading = True
         waiting: set[asyncio.Task[None]] = set()
+
+        def answer(item: router_pb2.RouteAnswer) -> None:
+            answers.append(item)
+            ready.set()
 
         async def wait_then_answer(
             request_id: int, request: RouteRequest, first: PickOutcome
         ) -> None:
             outcome = await self.admission.wait(request, first)
-            answers.put_nowait(
-                router_pb2.RouteResponse(request_id=request_id, pick=convert.pick_response(outcome))
+            answer(
+                router_pb2.RouteAnswer(request_id=request_id, pick=convert.pick_response(outcome))
             )
 
         async def read() -> None:
+            nonlocal reading
             try:
                 async for message in requests:
-                    if message.HasField("report"):
-                        try:
-                            self.router.report(convert.report(message.report))
-                        except InvalidRequest as exc:  # no answer to send: say it here
-                            log.warning("route stream report refused: %s", exc)
-                        continue
-                    try:
-                        request = convert.route_request(message.pick)
-                    except InvalidRequest as exc:
-                        answers.put_nowait(
-                            router_pb2.RouteResponse(
-                                request_id=message.request_id, invalid=str(exc)
-                            )
-                        )
-                        continue
-                    outcome = self.router.pick(request)
-                    if self.admission.must_wait(outcome):
-                        task = asyncio.create_task(
-                            wait_then_answer(message.request_id, request, outcome)
-                        )
-                        waiting.add(task)
-                        task.add_done_callback(waiting.discard)
-                        continue
-                    answers.put_nowait(
-                        router_pb2.RouteResponse(
-                            request_id=message.request_id, pick=convert.pick_response(outcome)
-                        )
-                    )
+                    for call in message.calls:
+                        self._route_call(call, answer, waiting, wait_then_answer)
             finally:
-                answers.put_nowait(None)
+                reading = False
+                ready.set()
 
         reader = asyncio.create_task(read())
         self.router.metrics.route_streams.inc()
         try:
-            while (answer := await answers.get()) is not None:
-                yield answer
+            while reading or answers:
+                await ready.wait()
+                ready.clear()
+                if answers:
+                    batch, answers = answers, []
+                    yield router_pb2.RouteResponse(answers=batch)
             await asyncio.gather(*waiting)  # the edge closed its side: answer what waits
-            while not answers.empty():
-                if (answer := answers.get_nowait()) is not None:
-                    yield answer
+            if answers:
+                yield router_pb2.RouteResponse(answers=answers)
         finally:
             self.router.metrics.route_streams.dec()
             reader.cancel()
             for task in waiting:
                 task.cancel()
+
+    def _route_call(
+        self,
+        call: router_pb2.RouteCall,
+        answer: Callable[[router_pb2.RouteAnswer], None],
+        waiting: set[asyncio.Task[None]],
+        wait_then_answer: Callable[[int, RouteRequest, PickOutcome], Coroutine[Any, Any, None]],
+    ) -> None:
+        kind = call.WhichOneof("kind")
+        if kind == "report":
+            try:
+                self.router.report(convert.report(call.report))
+            except InvalidRequest as exc:  # no answer to send: say it here
+                log.warning("route stream report refused: %s", exc)
+            return
+        if kind is None:
+            answer(router_pb2.RouteAnswer(request_id=call.request_id, invalid="empty call"))
+            return
+        try:
+            request = convert.route_request(call.pick)
+        except InvalidRequest as exc:
+            answer(router_pb2.RouteAnswer(request_id=call.request_id, invalid=str(exc)))
+            return
+        outcome = self.router.pick(request)
+        if self.admission.must_wait(outcome):
+            task = asyncio.create_task(wait_then_answer(call.request_id, request, outcome))
+            waiting.add(task)
+            task.add_done_callback(waiting.discard)
+            return
+        answer(
+            router_pb2.RouteAnswer(request_id=call.request_id, pick=convert.pick_response(outcome))
+        )
 
     async def GetInventory(
         self, request: router_pb2.GetInventoryRequest, context: Context

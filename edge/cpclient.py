@@ -37,6 +37,7 @@ CHANNEL_OPTIONS = [
 
 Metadata = tuple[tuple[str, str], ...] | None
 STREAM_RETRY_S = 1.0  # after a Route stream broke, use unary calls this long before a new one
+REPORT_DELAY_S = 0.002  # a report waits at most this long for a pick to travel with
 
 
 class ControlPlaneUnavailable(Exception):
@@ -52,7 +53,8 @@ class _StreamBroken(Exception):
 
 
 class RouteStream:
-    """One Route stream: picks matched to answers by id, reports sent without an answer."""
+    """One Route stream: picks matched to answers by id, reports sent without an answer. Calls
+    made while a message is being written go out together in the next one."""
 
     def __init__(
         self,
@@ -62,9 +64,11 @@ class RouteStream:
     ) -> None:
         self.call = stub.Route(metadata=metadata)
         self.lost_report = lost_report  # reports the stream could not deliver go this way
-        self.writing: router_pb2.RouteRequest | None = None
+        self.writing: list[router_pb2.RouteCall] = []
         self.pending: dict[int, asyncio.Future[router_pb2.PickResponse]] = {}
-        self.outbox: asyncio.Queue[router_pb2.RouteRequest] = asyncio.Queue()
+        self.outbox: list[router_pb2.RouteCall] = []
+        self.queued = asyncio.Event()
+        self.flush: asyncio.TimerHandle | None = None  # sends queued reports if no pick does
         self.ids = itertools.count(1)
         self.broken = False
         self.tasks = (asyncio.create_task(self._write()), asyncio.create_task(self._read()))
@@ -77,7 +81,7 @@ class RouteStream:
         request_id = next(self.ids)
         answer: asyncio.Future[router_pb2.PickResponse] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = answer
-        self.outbox.put_nowait(router_pb2.RouteRequest(request_id=request_id, pick=request))
+        self._send(router_pb2.RouteCall(request_id=request_id, pick=request))
         try:
             async with asyncio.timeout(timeout):
                 return await answer
@@ -85,27 +89,41 @@ class RouteStream:
             self.pending.pop(request_id, None)
 
     def report(self, request: router_pb2.ReportRequest) -> None:
-        self.outbox.put_nowait(router_pb2.RouteRequest(report=request))
+        """Queue a report. It goes out with the next pick, or on its own after REPORT_DELAY_S:
+        under load reports ride with picks instead of costing both sides a message each."""
+        self.outbox.append(router_pb2.RouteCall(report=request))
+        if self.flush is None:
+            self.flush = asyncio.get_running_loop().call_later(REPORT_DELAY_S, self.queued.set)
+
+    def _send(self, call: router_pb2.RouteCall) -> None:
+        self.outbox.append(call)
+        self.queued.set()
 
     async def _write(self) -> None:
         try:
             while True:
-                self.writing = await self.outbox.get()
-                await self.call.write(self.writing)
-                self.writing = None
+                await self.queued.wait()
+                self.queued.clear()
+                if self.flush is not None:
+                    self.flush.cancel()
+                    self.flush = None
+                self.writing, self.outbox = self.outbox, []
+                await self.call.write(router_pb2.RouteRequest(calls=self.writing))
+                self.writing = []
         except Exception as exc:  # noqa: BLE001 - any failure ends the stream, visibly
             self._break(f"write: {type(exc).__name__}: {exc}")
 
     async def _read(self) -> None:
         try:
-            async for answer in self.call:
-                waiter = self.pending.pop(answer.request_id, None)
-                if waiter is None or waiter.done():
-                    continue
-                if answer.invalid:
-                    waiter.set_exception(PickRefused(answer.invalid))
-                else:
-                    waiter.set_result(answer.pick)
+            async for message in self.call:
+                for answer in message.answers:
+                    waiter = self.pending.pop(answer.request_id, None)
+                    if waiter is None or waiter.done():
+                        continue
+                    if answer.invalid:
+                        waiter.set_exception(PickRefused(answer.invalid))
+                    else:
+                        waiter.set_result(answer.pick)
             self._break("closed by the control plane")
         except grpc.aio.AioRpcError as exc:
             self._break(exc.code().name)
@@ -121,12 +139,12 @@ class RouteStream:
             if not waiter.done():
                 waiter.set_exception(_StreamBroken(reason))
         self.pending.clear()
-        unsent = [self.writing] if self.writing is not None else []
-        while not self.outbox.empty():
-            unsent.append(self.outbox.get_nowait())
-        for message in unsent:  # a report must not be lost with the stream: leases hang on it
-            if message.HasField("report"):
-                self.lost_report(message.report)
+        unsent, self.writing, self.outbox = self.writing + self.outbox, [], []
+        if self.flush is not None:
+            self.flush.cancel()
+        for call in unsent:  # a report must not be lost with the stream: leases hang on it
+            if call.HasField("report"):
+                self.lost_report(call.report)
         for task in self.tasks:
             if task is not asyncio.current_task():
                 task.cancel()

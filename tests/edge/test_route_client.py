@@ -4,11 +4,14 @@ so no lease is left open."""
 
 from __future__ import annotations
 
-from hops.v1 import router_pb2
+import asyncio
+
+import grpc
+from hops.v1 import router_pb2, router_pb2_grpc
 
 from controlplane.server import running
 from controlplane.settings import ControlPlaneSettings
-from edge.cpclient import ControlPlaneClient
+from edge.cpclient import ControlPlaneClient, RouteStream
 from tests.controlplane.builders import add_node
 from tests.simfixtures import eventually
 
@@ -41,3 +44,56 @@ async def test_a_report_queued_on_a_breaking_stream_is_sent_unary() -> None:
             assert again.status == router_pb2.PICK_STATUS_OK
         finally:
             await cp.close()
+
+
+class _CountingCall:
+    """Wraps the stream's call to count the messages written."""
+
+    def __init__(self, call: object) -> None:
+        self.call = call
+        self.messages: list[int] = []
+
+    async def write(self, message: router_pb2.RouteRequest) -> None:
+        self.messages.append(len(message.calls))
+        await self.call.write(message)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.call, name)
+
+    def __aiter__(self) -> object:
+        return self.call.__aiter__()  # type: ignore[attr-defined]
+
+
+async def test_calls_made_while_a_message_is_written_share_the_next_one() -> None:
+    settings = ControlPlaneSettings(listen=("127.0.0.1", 0), metrics_listen=None)
+    async with running(settings) as plane:
+        add_node(plane.fleet, "solo", num_parallel=32)  # room for every pick at once
+        channel = grpc.aio.insecure_channel(plane.address)
+        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel), None)
+        counting = _CountingCall(stream.call)
+        stream.call = counting  # type: ignore[assignment]
+        try:
+            answers = await asyncio.gather(
+                *(
+                    stream.pick(router_pb2.PickRequest(edge_id="e", model="llama3.2"), 5.0)
+                    for _ in range(20)
+                )
+            )
+            assert all(a.status == router_pb2.PICK_STATUS_OK for a in answers)
+            assert len({a.lease_id for a in answers}) == 20  # each answer went to its own pick
+            assert sum(counting.messages) == 20
+            assert len(counting.messages) < 20  # the picks queued behind a write went together
+            for a in answers:
+                stream.report(
+                    router_pb2.ReportRequest(
+                        lease_id=a.lease_id, node_id="solo", outcome=router_pb2.OUTCOME_OK
+                    )
+                )
+
+            async def closed() -> bool:
+                return len(plane.fleet.leases) == 0
+
+            await eventually(closed, 5.0)
+        finally:
+            stream.close()
+            await channel.close()

@@ -639,7 +639,31 @@ Global___EdgeSessionResponse: _TypeAlias = EdgeSessionResponse  # noqa: Y015
 
 @_typing.final
 class RouteRequest(_message.Message):
-    """One message from an edge on its Route stream."""
+    """One message from an edge on its Route stream: the calls it had queued, handled in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteCall]:
+        """The calls, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___RouteCall] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteRequest: _TypeAlias = RouteRequest  # noqa: Y015
+
+@_typing.final
+class RouteCall(_message.Message):
+    """One pick or report on a Route stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -671,10 +695,34 @@ class RouteRequest(_message.Message):
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
-Global___RouteRequest: _TypeAlias = RouteRequest  # noqa: Y015
+Global___RouteCall: _TypeAlias = RouteCall  # noqa: Y015
 
 @_typing.final
 class RouteResponse(_message.Message):
+    """One message from the control plane on a Route stream: the answers ready at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteAnswer]:
+        """The answers, in the order they were decided."""
+
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___RouteAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteResponse: _TypeAlias = RouteResponse  # noqa: Y015
+
+@_typing.final
+class RouteAnswer(_message.Message):
     """The answer to one pick on a Route stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -703,4 +751,4 @@ class RouteResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RouteResponse: _TypeAlias = RouteResponse  # noqa: Y015
+Global___RouteAnswer: _TypeAlias = RouteAnswer  # noqa: Y015

@@ -98,9 +98,11 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Route(self, request_iterator, context):
-        """Pick and Report as messages on one long-lived stream per edge: the same semantics as the
-        unary calls at a fraction of their cost. Picks are answered in any order (one may wait for a
-        slot while later ones are answered); reports get no answer.
+        """Pick and Report as calls on one long-lived stream per edge: the same semantics as the unary
+        calls at a fraction of their cost. Each message carries every call the edge had queued (one
+        when it is idle, many under load) and each answer message every answer ready at once. Picks
+        are answered in any order (one may wait for a slot while later ones are answered); reports
+        get no answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,9 +46,11 @@ class RouterServiceStub:
     closes, every lease the edge still holds is released.
     """
     Route: _grpc.StreamStreamMultiCallable[_router_pb2.RouteRequest, _router_pb2.RouteResponse]
-    """Pick and Report as messages on one long-lived stream per edge: the same semantics as the
-    unary calls at a fraction of their cost. Picks are answered in any order (one may wait for a
-    slot while later ones are answered); reports get no answer.
+    """Pick and Report as calls on one long-lived stream per edge: the same semantics as the unary
+    calls at a fraction of their cost. Each message carries every call the edge had queued (one
+    when it is idle, many under load) and each answer message every answer ready at once. Picks
+    are answered in any order (one may wait for a slot while later ones are answered); reports
+    get no answer.
     """
 
 @_typing.type_check_only
@@ -69,9 +71,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
     closes, every lease the edge still holds is released.
     """
     Route: _aio.StreamStreamMultiCallable[_router_pb2.RouteRequest, _router_pb2.RouteResponse]  # type: ignore[assignment]
-    """Pick and Report as messages on one long-lived stream per edge: the same semantics as the
-    unary calls at a fraction of their cost. Picks are answered in any order (one may wait for a
-    slot while later ones are answered); reports get no answer.
+    """Pick and Report as calls on one long-lived stream per edge: the same semantics as the unary
+    calls at a fraction of their cost. Each message carries every call the edge had queued (one
+    when it is idle, many under load) and each answer message every answer ready at once. Picks
+    are answered in any order (one may wait for a slot while later ones are answered); reports
+    get no answer.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,9 +123,11 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_router_pb2.RouteRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_router_pb2.RouteResponse], _abc.AsyncIterator[_router_pb2.RouteResponse]]:
-        """Pick and Report as messages on one long-lived stream per edge: the same semantics as the
-        unary calls at a fraction of their cost. Picks are answered in any order (one may wait for a
-        slot while later ones are answered); reports get no answer.
+        """Pick and Report as calls on one long-lived stream per edge: the same semantics as the unary
+        calls at a fraction of their cost. Each message carries every call the edge had queued (one
+        when it is idle, many under load) and each answer message every answer ready at once. Picks
+        are answered in any order (one may wait for a slot while later ones are answered); reports
+        get no answer.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
