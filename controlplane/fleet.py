@@ -108,6 +108,7 @@ class Fleet:
     def __init__(self, *, breaker_factory: Callable[[], Breaker], forget_after: float) -> None:
         self.nodes: dict[str, Node] = {}
         self.holders: dict[str, dict[str, Node]] = {}  # model key -> nodes with it on disk
+        self.reindexed: set[str] = set()  # nodes whose hello or snapshot changed (router reads)
         self.leases = LeaseTable()
         self.version = 1
         self._changed = asyncio.Event()
@@ -194,6 +195,7 @@ class Fleet:
         self.touch()
 
     def _index(self, node: Node, snapshot: Snapshot) -> None:
+        self.reindexed.add(node.node_id)
         before = set(node.installed_by_key)
         node.set_snapshot(snapshot)
         after = set(node.installed_by_key)

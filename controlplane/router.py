@@ -8,6 +8,8 @@ allows, under the node's own concurrency cap.
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from controlplane.fleet import Fleet, Node, model_key
 from controlplane.leases import Lease
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.model import ApiKind, Report, RouteRequest
-from controlplane.policies import Candidate, Picker, Ranked
+from controlplane.policies import BoundedPicker, Candidate, Picker, Ranked
 
 EWMA_ALPHA = 0.3
 LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forgotten
@@ -74,6 +76,10 @@ class Router:
     learned: dict[tuple[str, str], Learned] = field(default_factory=dict)
     sessions: OrderedDict[str, tuple[str, str]] = field(default_factory=OrderedDict)
     recent: deque[Decision] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
+    # For a BoundedPicker: per model key, (floor, node id) sorted; per node, its floors by key.
+    _floors: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    _floor_of: dict[str, dict[str, float]] = field(default_factory=dict)
+    _floors_policy: Picker | None = None
 
     def pick(self, request: RouteRequest) -> PickOutcome:
         started = time.perf_counter()
@@ -95,46 +101,19 @@ class Router:
     def _pick(self, request: RouteRequest) -> PickOutcome:
         name = self.policy.name
         key = model_key(request.model)
-        pool = self.fleet.nodes if request.api is ApiKind.PULL else self.fleet.holders.get(key, {})
-        if request.node_id:
-            named = self.fleet.nodes.get(request.node_id)
-            if named is None or named.session is None:
-                return PickOutcome(
-                    PickStatus.NODE_NOT_FOUND,
-                    name,
-                    message=f"node {request.node_id!r} is not connected",
-                )
-            pool = {named.node_id: named} if named.node_id in pool else {}
-        holders = [n for n in pool.values() if n.session is not None]
-        if not holders:
-            return PickOutcome(
-                PickStatus.MODEL_NOT_FOUND,
-                name,
-                message=f"model {request.model!r} is not on any host",
-            )
-        eligible: list[Candidate] = []
-        saturated = 0
-        affinity = self._affinity(request.session_key, key)
-        for node in holders:
-            if not self._passes(node, request):
-                continue
-            cap = node.hello.capacity.max_in_flight or (
-                node.hello.capacity.num_parallel * self.queue_per_slot
-            )
-            if cap and self.fleet.leases.in_flight(node.node_id) >= cap:
-                saturated += 1
-                continue
-            eligible.append(self._candidate(node, key, affinity))
-        if not eligible:
-            status = PickStatus.SATURATED if saturated else PickStatus.NO_HEALTHY_NODE
-            message = (
-                "every host with this model is at its concurrency limit"
-                if saturated
-                else "no healthy host can serve this model now"
-            )
-            return PickOutcome(status, name, message=message, retry_after_s=self.retry_after_s)
         limit = request.max_candidates or self.max_candidates
-        ranked = tuple(self.policy.pick(request, eligible, limit))
+        policy = self.policy
+        if (
+            not request.node_id
+            and request.api is not ApiKind.PULL
+            and (policy is self._floors_policy or isinstance(policy, BoundedPicker))
+        ):
+            found = self._rank_bounded(request, key, limit, policy)  # type: ignore[arg-type]
+        else:
+            found = self._rank_all(request, key, limit)
+        if isinstance(found, PickOutcome):
+            return found
+        ranked = found
         first = self.fleet.nodes[ranked[0].candidate.node_id]
         lease = self.fleet.leases.open(request.edge_id, first.node_id, key)
         first.breaker.on_dispatch(lease.lease_id)
@@ -142,6 +121,146 @@ class Router:
             first.mark_loading(key)
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
+
+    def _rank_all(
+        self, request: RouteRequest, key: str, limit: int
+    ) -> tuple[Ranked, ...] | PickOutcome:
+        """Build a candidate for every host that passes the filters; the policy ranks them."""
+        pool = self.fleet.nodes if request.api is ApiKind.PULL else self.fleet.holders.get(key, {})
+        if request.node_id:
+            named = self.fleet.nodes.get(request.node_id)
+            if named is None or named.session is None:
+                return PickOutcome(
+                    PickStatus.NODE_NOT_FOUND,
+                    self.policy.name,
+                    message=f"node {request.node_id!r} is not connected",
+                )
+            pool = {named.node_id: named} if named.node_id in pool else {}
+        holders = [n for n in pool.values() if n.session is not None]
+        if not holders:
+            return self._not_found(request)
+        eligible: list[Candidate] = []
+        saturated = 0
+        affinity = self._affinity(request.session_key, key)
+        for node in holders:
+            if not self._passes(node, request):
+                continue
+            if self._full(node):
+                saturated += 1
+                continue
+            eligible.append(self._candidate(node, key, affinity))
+        if not eligible:
+            return self._none_eligible(saturated)
+        return tuple(self.policy.pick(request, eligible, limit))
+
+    def _rank_bounded(
+        self, request: RouteRequest, key: str, limit: int, policy: BoundedPicker
+    ) -> tuple[Ranked, ...] | PickOutcome:
+        """As _rank_all, visiting hosts in floor order and stopping once no host left could
+        rank in the top ``limit``: every host not visited has a floor, so a cost, above the
+        ``limit``-th best (cost, node id) found, and ties go to the lower id, as policies
+        break them."""
+        self._refresh_floors(policy)
+        nodes = self.fleet.nodes
+        affinity = self._affinity(request.session_key, key)
+        evaluated: list[Candidate] = []
+        best: list[tuple[float, str]] = []  # the ``limit`` lowest (cost, node id), sorted
+        saturated = 0
+
+        def visit(node: Node) -> None:
+            nonlocal saturated
+            if not self._passes(node, request):
+                return
+            if self._full(node):
+                saturated += 1
+                return
+            candidate = self._candidate(node, key, affinity)
+            evaluated.append(candidate)
+            bisect.insort(best, (policy.cost(candidate), node.node_id))
+            del best[limit:]
+
+        if affinity:  # its bonus is not in its floor: always look at it
+            visit(nodes[affinity])
+        for entry in self._floors.get(key, ()):
+            if len(best) >= limit and entry > best[-1]:
+                break  # this and every later host cost at least (floor, id) > the last kept
+            node_id = entry[1]
+            node = nodes.get(node_id)
+            if node is not None and node_id != affinity:
+                visit(node)
+        if not evaluated:
+            if not any(n.session is not None for n in self.fleet.holders.get(key, {}).values()):
+                return self._not_found(request)
+            return self._none_eligible(saturated)
+        return tuple(policy.pick(request, evaluated, limit))
+
+    def _refresh_floors(self, policy: BoundedPicker) -> None:
+        """Bring the floor index up to date with the hosts whose hello or snapshot changed."""
+        if self._floors_policy is not policy:  # a new policy: every floor is new
+            self._floors.clear()
+            self._floor_of.clear()
+            self._floors_policy = policy
+            self.fleet.reindexed.clear()
+            dirty: set[str] = set(self.fleet.nodes)
+        else:
+            dirty, self.fleet.reindexed = self.fleet.reindexed, set()
+        for node_id in dirty:
+            old = self._floor_of.pop(node_id, {})
+            for key, floor in old.items():
+                self._drop_floor(key, floor, node_id)
+            node = self.fleet.nodes.get(node_id)
+            if node is None:
+                continue
+            floors = {key: self._add_floor(node, key, policy) for key in node.installed_by_key}
+            if floors:
+                self._floor_of[node_id] = floors
+
+    def _refresh_floor(self, node: Node, key: str) -> None:
+        """What was learned about (node, key) changed: so may its floor."""
+        policy = self._floors_policy
+        floors = self._floor_of.get(node.node_id)
+        if policy is not self.policy or floors is None or key not in floors:
+            return  # not indexed (yet): the next full refresh computes it
+        assert isinstance(policy, BoundedPicker)
+        self._drop_floor(key, floors[key], node.node_id)
+        floors[key] = self._add_floor(node, key, policy)
+
+    def _add_floor(self, node: Node, key: str, policy: BoundedPicker) -> float:
+        floor = policy.floor(self._candidate(node, key, ""))
+        if floor != floor:  # NaN would break the order: such a host is always looked at
+            floor = -math.inf
+        bisect.insort(self._floors.setdefault(key, []), (floor, node.node_id))
+        return floor
+
+    def _drop_floor(self, key: str, floor: float, node_id: str) -> None:
+        order = self._floors[key]
+        del order[bisect.bisect_left(order, (floor, node_id))]
+        if not order:
+            del self._floors[key]
+
+    def _full(self, node: Node) -> bool:
+        """At the host's own cap (max_in_flight, else num_parallel x queue_per_slot)."""
+        capacity = node.hello.capacity
+        cap = capacity.max_in_flight or capacity.num_parallel * self.queue_per_slot
+        return bool(cap) and self.fleet.leases.in_flight(node.node_id) >= cap
+
+    def _not_found(self, request: RouteRequest) -> PickOutcome:
+        return PickOutcome(
+            PickStatus.MODEL_NOT_FOUND,
+            self.policy.name,
+            message=f"model {request.model!r} is not on any host",
+        )
+
+    def _none_eligible(self, saturated: int) -> PickOutcome:
+        status = PickStatus.SATURATED if saturated else PickStatus.NO_HEALTHY_NODE
+        message = (
+            "every host with this model is at its concurrency limit"
+            if saturated
+            else "no healthy host can serve this model now"
+        )
+        return PickOutcome(
+            status, self.policy.name, message=message, retry_after_s=self.retry_after_s
+        )
 
     @staticmethod
     def _passes(node: Node, request: RouteRequest) -> bool:
@@ -249,6 +368,9 @@ class Router:
         if stats.load_duration_ns > 100_000_000:  # a real load, not the warm hand-over
             learned.load_seconds = _ewma(learned.load_seconds, stats.load_duration_ns / 1e9)
         learned.samples += 1
+        node = self.fleet.nodes.get(node_id)
+        if node is not None:
+            self._refresh_floor(node, model)
 
     def sweep(self, lease_ttl: float) -> int:
         """Release leases older than ``lease_ttl``; forget long-offline nodes."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from controlplane.policies.base import Candidate, Picker, Ranked
+from controlplane.policies.base import BoundedPicker, Candidate, Picker, Ranked
 from controlplane.policies.least_busy import LeastBusyPicker
 from controlplane.policies.memory_aware import MemoryAwarePicker
 from controlplane.policies.random_policy import RandomPicker
@@ -17,4 +17,4 @@ REGISTRY: dict[str, Callable[[int | None], Picker]] = {
     MemoryAwarePicker.name: MemoryAwarePicker,
 }
 
-__all__ = ["REGISTRY", "Candidate", "Picker", "Ranked"]
+__all__ = ["REGISTRY", "BoundedPicker", "Candidate", "Picker", "Ranked"]

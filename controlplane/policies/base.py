@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 from controlplane.model import RouteRequest
 
@@ -59,3 +59,21 @@ class Picker(Protocol):
     def pick(
         self, request: RouteRequest, candidates: Sequence[Candidate], limit: int
     ) -> list[Ranked]: ...
+
+
+@runtime_checkable
+class BoundedPicker(Picker, Protocol):
+    """A policy that ranks by a cost alone (lowest first, ties by node id) and can bound that
+    cost from below for a host and model. The router then keeps each model's hosts in floor
+    order and builds candidates only for the hosts that could still rank in the top ``limit``:
+    the same answer as ranking every host, at a fraction of the work on a big fleet.
+
+    ``floor(c)`` must not exceed ``cost(x)`` for any candidate ``x`` of the same host and model
+    built while the host's hello, snapshot and learned figures are those of ``c``: that is, it
+    must hold whatever the in-flight counts, the routed-load marks and the free and idle memory
+    figures derived from them. Affinity is excluded (the session's host is always evaluated).
+    """
+
+    def cost(self, c: Candidate) -> float: ...
+
+    def floor(self, c: Candidate) -> float: ...

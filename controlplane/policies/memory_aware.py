@@ -75,10 +75,15 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
             wait, tier = load + EVICT_IDLE_PENALTY_S, "cold-evict-idle"
         else:
             wait, tier = load + EVICT_BUSY_PENALTY_S, "cold-evict-busy"
-    cost = wait + per_request + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE
+    cost = _total(wait, per_request, c)
     if c.affinity and c.loaded:
-        cost -= AFFINITY_BONUS_S
-    return cost / max(c.weight, 1e-6), tier, wait
+        cost -= AFFINITY_BONUS_S / max(c.weight, 1e-6)
+    return cost, tier, wait
+
+
+def _total(wait: float, per_request: float, c: Candidate) -> float:
+    # One expression for cost and floor, so rounding keeps floor <= cost (wait >= 0).
+    return (wait + per_request + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE) / max(c.weight, 1e-6)
 
 
 def _reason(c: Candidate, tier: str, wait: float) -> str:
@@ -97,6 +102,15 @@ class MemoryAwarePicker:
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
+
+    def cost(self, c: Candidate) -> float:
+        return _cost(c)[0]
+
+    def floor(self, c: Candidate) -> float:
+        """The least the host can cost: no queue for a loaded model, else half a load (the
+        loading tier, the cheapest for a model not loaded). Only what snapshots and Reports
+        change enters: loaded or not, model size, learned speeds, memory size, weight."""
+        return _total(0.0 if c.loaded else load_estimate(c) / 2, service_time(c), c)
 
     def pick(
         self, request: RouteRequest, candidates: Sequence[Candidate], limit: int

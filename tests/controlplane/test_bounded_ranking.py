@@ -1,0 +1,171 @@
+"""The router's bounded ranking (hosts visited in floor order, stopping early) must give exactly
+the answer of ranking every host. Random fleets and random histories of picks, reports with
+learned speeds, new snapshots, reconnects, forgotten hosts and policy changes; after each step
+both rankings are compared for many requests."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controlplane.fleet import Node, model_key
+from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
+from controlplane.policies import REGISTRY, Candidate
+from controlplane.router import PickOutcome, Router
+from hopscommon.fleet import Capacity, Gpu, Hello, InstalledModel, LoadedModel, Snapshot
+from tests.controlplane import builders
+
+GIB = 1024**3
+MODELS = ["tiny:1b", "small:3b", "mid:8b", "big:32b", "huge:70b"]
+SIZES = {"tiny:1b": 1, "small:3b": 2, "mid:8b": 5, "big:32b": 19, "huge:70b": 40}
+
+
+def _hello(rng: random.Random, node_id: str) -> Hello:
+    return Hello(
+        node_id=node_id,
+        ollama_url=f"http://{node_id}.test:11434",
+        labels=(("zone", rng.choice(["eu", "us"])),),
+        capacity=Capacity(
+            num_parallel=rng.choice([1, 2, 4]),
+            max_in_flight=rng.choice([0, 0, 2, 5]),
+            max_loaded_models=rng.choice([0, 1, 3]),
+        ),
+        instance_id=node_id,
+        hostname=node_id,
+        weight=rng.choice([0.5, 1.0, 1.0, 2.0]),
+    )
+
+
+def _snapshot(rng: random.Random, sequence: int) -> Snapshot:
+    installed = rng.sample(MODELS, rng.randint(1, len(MODELS)))
+    loaded = rng.sample(installed, rng.randint(0, min(2, len(installed))))
+    vram = rng.choice([0, 8, 12, 24, 48]) * GIB
+    used = sum(SIZES[m] for m in loaded) * GIB
+    return Snapshot(
+        sequence=sequence,
+        ollama_healthy=rng.random() < 0.9,
+        installed=tuple(InstalledModel(name=m, size_bytes=SIZES[m] * GIB) for m in installed),
+        loaded=tuple(
+            LoadedModel(
+                name=m,
+                size_bytes=SIZES[m] * GIB,
+                size_vram_bytes=SIZES[m] * GIB if vram else 0,
+            )
+            for m in loaded
+        ),
+        gpus=(Gpu(0, "GPU", "", vram, max(vram - used, 0)),) if vram else (),
+        system_memory_total_bytes=64 * GIB,
+        system_memory_free_bytes=rng.choice([8, 32, 60]) * GIB,
+    )
+
+
+def _request(rng: random.Random) -> RouteRequest:
+    return RouteRequest(
+        model=rng.choice([*MODELS, "absent:1b"]),
+        edge_id="edge",
+        session_key=rng.choice(["", "", "s1", "s2"]),
+        exclude=frozenset(rng.sample([f"n{i}" for i in range(12)], rng.randint(0, 2))),
+        label_selector=rng.choice([(), (), (("zone", "eu"),)]),
+        max_candidates=rng.choice([0, 1, 2, 5]),
+    )
+
+
+def _same(router: Router, request: RouteRequest) -> None:
+    key = model_key(request.model)
+    limit = request.max_candidates or router.max_candidates
+    policy = router.policy
+    full = router._rank_all(request, key, limit)
+    bounded = router._rank_bounded(request, key, limit, policy)  # type: ignore[arg-type]
+    if isinstance(full, PickOutcome):
+        assert isinstance(bounded, PickOutcome), (full, bounded)
+        assert (bounded.status, bounded.message) == (full.status, full.message)
+    else:
+        assert bounded == full, request
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_bounded_ranking_equals_ranking_every_host(seed: int) -> None:
+    rng = random.Random(seed)
+    fleet = builders.fleet()
+    router = builders.router(fleet, "memory_aware")
+    sequence = 0
+    nodes = [f"n{i}" for i in range(rng.randint(1, 12))]
+    for node_id in nodes:
+        node, _ = fleet.attach(_hello(rng, node_id), object())
+        sequence += 1
+        fleet.update(node_id, node.session, _snapshot(rng, sequence))
+    leases: list[tuple[str, str]] = []
+    for _ in range(40):
+        for _ in range(4):
+            _same(router, _request(rng))
+        step = rng.random()
+        if step < 0.45:  # a real pick: opens a lease, may mark a load, remembers the session
+            outcome = router.pick(_request(rng))
+            if outcome.lease_id:
+                leases.append((outcome.lease_id, outcome.ranked[0].candidate.node_id))
+        elif step < 0.7 and leases:  # a report, often teaching a speed
+            lease_id, node_id = leases.pop(rng.randrange(len(leases)))
+            stats = GenerationStats(
+                eval_count=rng.randint(1, 500),
+                eval_duration_ns=rng.randint(10**8, 10**10),
+                load_duration_ns=rng.choice([0, rng.randint(10**8, 10**10)]),
+            )
+            outcome_kind = rng.choice([Outcome.OK, Outcome.OK, Outcome.UPSTREAM_ERROR])
+            router.report(Report(lease_id, node_id, outcome_kind, stats=stats))
+        elif step < 0.85:  # a host's state changed
+            node = fleet.nodes.get(rng.choice(nodes))
+            if node is not None and node.session is not None:
+                sequence += 1
+                fleet.update(node.node_id, node.session, _snapshot(rng, sequence))
+        elif step < 0.92:  # an agent reconnects with another hello, or leaves
+            node_id = rng.choice(nodes)
+            node = fleet.nodes.get(node_id)
+            if node is not None and node.session is not None and rng.random() < 0.5:
+                fleet.detach(node_id, node.session)
+            else:
+                node, _ = fleet.attach(_hello(rng, node_id), object())
+                sequence += 1
+                fleet.update(node_id, node.session, _snapshot(rng, sequence))
+        elif step < 0.96:  # offline hosts forgotten
+            fleet.forget_after = 0.0
+            fleet.forget_offline()
+            fleet.forget_after = 300.0
+        else:  # the admin switches policy and back: the index is rebuilt
+            router.policy = REGISTRY["least_busy"](1)
+            router.pick(_request(rng))
+            router.policy = REGISTRY["memory_aware"](1)
+
+
+def test_a_big_fleet_builds_candidates_only_for_the_hosts_that_could_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet = builders.fleet()
+    models = [f"model-{m}:latest" for m in range(20)]
+    for n in range(100):
+        builders.add_node(
+            fleet, f"node-{n:03d}", models, loaded=[models[n % 20], models[(n + 1) % 20]]
+        )
+    router = builders.router(fleet, "memory_aware")
+    built: list[str] = []
+    build = Router._candidate
+
+    def counting(self: Router, node: Node, key: str, affinity: str) -> Candidate:
+        built.append(node.node_id)
+        return build(self, node, key, affinity)
+
+    monkeypatch.setattr(Router, "_candidate", counting)
+    router.pick(RouteRequest(model="model-5", edge_id="e"))  # builds the floor index
+    built.clear()
+    outcome = router.pick(RouteRequest(model="model-7", edge_id="e", max_candidates=3))
+    # Ten hosts have model-7 loaded and idle; the ninety others would cold-load it.
+    assert all(r.reason == "warm" for r in outcome.ranked)
+    assert len(outcome.ranked) == 3
+    assert len(built) <= 4, built
+    router.policy = REGISTRY["least_busy"](1)  # a policy without floors visits every host
+    built.clear()
+    router.pick(RouteRequest(model="model-7", edge_id="e"))
+    assert len(built) == 100
