@@ -119,24 +119,27 @@ async def pick_report_loop(
         latencies.append(time.perf_counter() - start)
 
 
+async def stream_pair(stream: RouteStream, model: str, latencies: list[float]) -> None:
+    """One Pick then Report on the edge's own Route stream client; its latency is recorded."""
+    start = time.perf_counter()
+    picked = await stream.pick(router_pb2.PickRequest(edge_id="bench", model=model), 10.0)
+    stream.report(
+        router_pb2.ReportRequest(
+            lease_id=picked.lease_id,
+            node_id=picked.candidates[0].node_id,
+            outcome=router_pb2.OUTCOME_OK,
+        )
+    )
+    latencies.append(time.perf_counter() - start)
+
+
 async def stream_loop(
     stream: RouteStream, models: int, until: float, latencies: list[float]
 ) -> None:
-    """As pick_report_loop, on the edge's own Route stream client (one stream, shared)."""
+    """As pick_report_loop, on the Route stream (one stream, shared by the clients)."""
     rng = random.Random()
     while time.perf_counter() < until:
-        start = time.perf_counter()
-        picked = await stream.pick(
-            router_pb2.PickRequest(edge_id="bench", model=f"model-{rng.randrange(models)}"), 10.0
-        )
-        stream.report(
-            router_pb2.ReportRequest(
-                lease_id=picked.lease_id,
-                node_id=picked.candidates[0].node_id,
-                outcome=router_pb2.OUTCOME_OK,
-            )
-        )
-        latencies.append(time.perf_counter() - start)
+        await stream_pair(stream, f"model-{rng.randrange(models)}", latencies)
 
 
 async def paced_loop(
@@ -147,27 +150,14 @@ async def paced_loop(
     loop = asyncio.get_running_loop()
     rng = random.Random()
 
-    async def one() -> None:
-        start = time.perf_counter()
-        picked = await stream.pick(
-            router_pb2.PickRequest(edge_id="bench", model=f"model-{rng.randrange(models)}"), 10.0
-        )
-        stream.report(
-            router_pb2.ReportRequest(
-                lease_id=picked.lease_id,
-                node_id=picked.candidates[0].node_id,
-                outcome=router_pb2.OUTCOME_OK,
-            )
-        )
-        latencies.append(time.perf_counter() - start)
-
     pairs: list[asyncio.Task[None]] = []
     begin = loop.time()
     for i in range(int(rate * seconds)):
         delay = begin + i / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        pairs.append(asyncio.create_task(one()))
+        model = f"model-{rng.randrange(models)}"
+        pairs.append(asyncio.create_task(stream_pair(stream, model, latencies)))
     await asyncio.gather(*pairs)
 
 

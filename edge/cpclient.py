@@ -91,6 +91,9 @@ class RouteStream:
     def report(self, request: router_pb2.ReportRequest) -> None:
         """Queue a report. It goes out with the next pick, or on its own after REPORT_DELAY_S:
         under load reports ride with picks instead of costing both sides a message each."""
+        if self.broken:  # nothing would send it now
+            self.lost_report(request)
+            return
         self.outbox.append(router_pb2.RouteCall(report=request))
         if self.flush is None:
             self.flush = asyncio.get_running_loop().call_later(REPORT_DELAY_S, self.queued.set)

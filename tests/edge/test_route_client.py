@@ -69,7 +69,8 @@ async def test_calls_made_while_a_message_is_written_share_the_next_one() -> Non
     async with running(settings) as plane:
         add_node(plane.fleet, "solo", num_parallel=32)  # room for every pick at once
         channel = grpc.aio.insecure_channel(plane.address)
-        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel), None)
+        lost: list[router_pb2.ReportRequest] = []
+        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel), None, lost.append)
         counting = _CountingCall(stream.call)
         stream.call = counting  # type: ignore[assignment]
         try:
@@ -94,6 +95,11 @@ async def test_calls_made_while_a_message_is_written_share_the_next_one() -> Non
                 return len(plane.fleet.leases) == 0
 
             await eventually(closed, 5.0)
+            assert lost == []
+            stream.close()
+            late = router_pb2.ReportRequest(lease_id="late", outcome=router_pb2.OUTCOME_OK)
+            stream.report(late)  # on a closed stream: handed on, not dropped
+            assert lost == [late]
         finally:
             stream.close()
             await channel.close()
