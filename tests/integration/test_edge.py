@@ -64,7 +64,7 @@ def test_ollama_client_through_the_edge(shared: Fleet) -> None:
         3.0,
         "pulled model listed",
     )
-    assert shared.open_leases() == 0
+    wait_until(lambda: shared.open_leases() == 0, 2.0, "leases closed by their reports")
 
 
 def test_openai_and_langchain_clients_through_the_edge(shared: Fleet) -> None:
@@ -91,7 +91,7 @@ def test_openai_and_langchain_clients_through_the_edge(shared: Fleet) -> None:
     chat = ChatOllama(model="llama3.2", base_url=shared.edge.url)
     assert chat.invoke("hello").content
     assert "".join(str(c.content) for c in chat.stream("hello"))
-    assert shared.open_leases() == 0
+    wait_until(lambda: shared.open_leases() == 0, 2.0, "leases closed by their reports")
 
 
 def test_fleet_wide_reads(shared: Fleet) -> None:
@@ -165,7 +165,7 @@ def test_bad_input_gets_its_exact_answer_and_leaves_no_lease(
         assert response.json() == expected
     else:
         assert "X-Hops-Node" in response.json()["error"]
-    assert shared.open_leases() == 0
+    wait_until(lambda: shared.open_leases() == 0, 2.0, "leases closed by their reports")
 
 
 def test_unknown_route_oversized_body_and_wrong_method(shared: Fleet) -> None:
@@ -246,7 +246,7 @@ def test_refused_and_busy_hosts_are_skipped_before_the_first_byte() -> None:
         metrics = httpx.get(running.edge.url + "/metrics").text
         assert 'hops_edge_retries_total{reason="ConnectError"}' in metrics
         assert 'hops_edge_retries_total{reason="http_503"}' in metrics
-        assert running.open_leases() == 0
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases closed by their reports")
 
 
 def test_host_dropping_mid_stream_gives_a_clean_error_line() -> None:
@@ -274,7 +274,7 @@ def test_no_healthy_host_is_503_with_retry_after() -> None:
         )
         assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
         assert "error" in response.json()
-        assert running.open_leases() == 0
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases closed by their reports")
 
 
 def test_control_plane_unreachable_without_inventory_is_503() -> None:
