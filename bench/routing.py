@@ -56,6 +56,9 @@ class Sample:
     tokens: int = 0
     node: str = ""
     error: str = ""
+    route: str = ""  # X-Hops-Route: why the edge chose the node
+    model: str = ""
+    at: float = 0.0  # arrival, simulated seconds from the start
 
 
 @dataclass
@@ -116,6 +119,7 @@ async def one_request(
                 (time.perf_counter() - started) * scale,
                 int(final.get("eval_count", 0)),
                 response.headers.get("x-hops-node", ""),
+                route=response.headers.get("x-hops-route", ""),
             )
     except httpx.HTTPError as exc:
         return Sample(False, error=type(exc).__name__)
@@ -136,6 +140,7 @@ async def drive(edge_url: str, workload: Workload, scale: float) -> tuple[list[S
                 history = histories.setdefault(key, [])
                 history.append({"role": "user", "content": f"turn {len(history)} of chat {index}"})
                 sample = await one_request(client, model, list(history), f"{model}/{index}", scale)
+                sample.model, sample.at = model, at
                 if sample.ok:
                     history.append({"role": "assistant", "content": "..."})
                 samples.append(sample)
@@ -170,7 +175,7 @@ def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]
     ok = [s for s in samples if s.ok]
     ttft = [s.ttft for s in ok]
     total = [s.total for s in ok]
-    return {
+    result = {
         "policy": policy,
         "level": level,
         "rate_per_s": LEVELS[level],
@@ -184,6 +189,12 @@ def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]
         "goodput_tokens_per_s": round(sum(s.tokens for s in ok) / elapsed, 2),
         "by_node": {node: sum(1 for s in ok if s.node == node) for node in running.hosts},
     }
+    if args.trace:  # every request in arrival order: where it went, why, how long it waited
+        result["trace"] = [
+            [round(s.at, 2), s.model, s.node, s.route, round(s.ttft, 3), s.error]
+            for s in sorted(samples, key=lambda s: s.at)
+        ]
+    return result
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -226,6 +237,9 @@ def main() -> None:
     parser.add_argument("--levels", default=",".join(LEVELS))
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--quick", action="store_true", help="middle level, 40 requests")
+    parser.add_argument(
+        "--trace", action="store_true", help="add each request's host, route reason and TTFT"
+    )
     parser.add_argument("--json", default="bench/results/routing.json")
     parser.add_argument("--png", default="bench/results/routing.png")
     args = parser.parse_args()

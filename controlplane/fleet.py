@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -54,9 +54,12 @@ class Node:
     conflicts: list[IdConflict] = field(default_factory=list)
     installed_by_key: dict[str, InstalledModel] = field(default_factory=dict)
     loaded_by_key: dict[str, LoadedModel] = field(default_factory=dict)
-    # model key -> (when a load was routed here, its size on disk)
+    # model key -> (when a load was routed here, the memory it will take)
     loading: dict[str, tuple[float, int]] = field(default_factory=dict)
     loading_bytes: int = 0  # size of the models in ``loading``, kept in step with it
+    # loaded model key -> the routed load that will evict it (no longer warm for routing)
+    evicting: dict[str, str] = field(default_factory=dict)
+    counted_warm: frozenset[str] = frozenset()  # its loaded models as counted in Fleet.warm
     vram_total: int = 0
     vram_free: int = 0
 
@@ -86,20 +89,30 @@ class Node:
         self.vram_free = snapshot.vram_free
         self.forget_loads(lambda key, _since: key in self.loaded_by_key)
 
-    def mark_loading(self, key: str) -> None:
-        """A load of ``key`` was just routed here: it will take memory before any snapshot says."""
+    def mark_loading(self, key: str, memory: int, victims: Iterable[str] = ()) -> None:
+        """A load of ``key`` was just routed here: it will take ``memory`` bytes before any
+        snapshot says, and Ollama will evict ``victims`` (loaded, idle models) to make room."""
         if key not in self.loading:
-            model = self.installed_by_key.get(key)
-            size = model.size_bytes if model else 0
-            self.loading[key] = (time.monotonic(), size)
-            self.loading_bytes += size
+            self.loading[key] = (time.monotonic(), memory)
+            self.loading_bytes += memory
+        for victim in victims:
+            self.evicting[victim] = key
 
-    def forget_loads(self, done: Callable[[str, float], bool]) -> None:
-        """Drop the pending loads for which ``done(key, since)`` holds."""
+    def forget_loads(self, done: Callable[[str, float], bool]) -> bool:
+        """Drop the pending loads for which ``done(key, since)`` holds, and the evictions they
+        were to cause once done or moot; True if an eviction mark went."""
         for key, (since, size) in list(self.loading.items()):
             if done(key, since):
                 del self.loading[key]
                 self.loading_bytes -= size
+        stale = [
+            victim
+            for victim, cause in self.evicting.items()
+            if cause not in self.loading or victim not in self.loaded_by_key
+        ]
+        for victim in stale:
+            del self.evicting[victim]
+        return bool(stale)
 
 
 class Fleet:
@@ -109,6 +122,7 @@ class Fleet:
         self.nodes: dict[str, Node] = {}
         self.holders: dict[str, dict[str, Node]] = {}  # model key -> nodes with it on disk
         self.reindexed: set[str] = set()  # nodes whose hello or snapshot changed (router reads)
+        self.warm: dict[str, int] = {}  # model key -> connected nodes with it loaded
         self.leases = LeaseTable()
         self.version = 1
         self._changed = asyncio.Event()
@@ -181,6 +195,7 @@ class Fleet:
             return False
         node.session = None
         node.disconnected_at = time.time()
+        self._count_warm(node)
         self.touch()
         return True
 
@@ -207,6 +222,22 @@ class Fleet:
                     del self.holders[key]
         for key in after - before:
             self.holders.setdefault(key, {})[node.node_id] = node
+        self._count_warm(node)
+
+    def _count_warm(self, node: Node) -> None:
+        """Keep ``warm`` in step with what ``node`` has loaded while it is connected."""
+        now = frozenset(node.loaded_by_key) if node.session is not None else frozenset()
+        if now == node.counted_warm:
+            return
+        for key in node.counted_warm - now:
+            left = self.warm[key] - 1
+            if left:
+                self.warm[key] = left
+            else:
+                del self.warm[key]
+        for key in now - node.counted_warm:
+            self.warm[key] = self.warm.get(key, 0) + 1
+        node.counted_warm = now
 
     def seen(self, node_id: str, session: object) -> None:
         node = self.nodes.get(node_id)

@@ -24,10 +24,14 @@ from controlplane.leases import Lease
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.model import ApiKind, Report, RouteRequest
 from controlplane.policies import BoundedPicker, Candidate, Picker, Ranked
+from controlplane.policies.base import KV_HEADROOM, Resident, predicted_victims
 
 EWMA_ALPHA = 0.3
 LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forgotten
 MAX_SESSIONS = 10_000
+DEMAND_WINDOW = 50  # picks: a model's demand is its expected share of about this many
+DEMAND_DECAY = 1.0 - 1.0 / DEMAND_WINDOW
+TOKENS_STEP = 0.2
 RECENT_DECISIONS = 50
 
 
@@ -84,6 +88,12 @@ class Router:
     _floors: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     _floor_of: dict[str, dict[str, float]] = field(default_factory=dict)
     _floors_policy: Picker | None = None
+    # Per model key, (picks of it, decayed by DEMAND_DECAY per pick of any model; pick number).
+    _demand: dict[str, tuple[float, int]] = field(default_factory=dict)
+    _picks: int = 0
+    # Per model key, reply length in tokens: (running average, the figure policies see). The
+    # second moves only when the first drifts by TOKENS_STEP, since every host's floor uses it.
+    _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def pick(self, request: RouteRequest) -> PickOutcome:
         started = time.perf_counter()
@@ -121,8 +131,14 @@ class Router:
         first = self.fleet.nodes[ranked[0].candidate.node_id]
         lease = self.fleet.leases.open(request.edge_id, first.node_id, key)
         first.breaker.on_dispatch(lease.lease_id)
-        if not ranked[0].candidate.loaded and request.api is not ApiKind.PULL:
-            first.mark_loading(key)
+        if request.api is not ApiKind.PULL:
+            self._count_demand(key)
+            chosen = ranked[0].candidate
+            if not chosen.loaded:
+                # Ollama will evict these for it: no longer warm here. Their floors stay as low
+                # as when they were warm, still a bound; the next snapshot tightens them.
+                memory = int(chosen.model_size * KV_HEADROOM)
+                first.mark_loading(key, memory, [r.key for r in predicted_victims(chosen)])
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
@@ -285,18 +301,28 @@ class Router:
         snapshot = node.snapshot
         total = node.vram_total if on_gpu else snapshot.system_memory_total_bytes
         free = node.vram_free if on_gpu else snapshot.system_memory_free_bytes
+        evicting = node.evicting
+        loaded = key in node.loaded_by_key and key not in evicting
         idle = idle_count = 0
+        idle_models: list[tuple[float, str, int]] = []
         for loaded_key, model in node.loaded_by_key.items():
-            if not per_model.get((node_id, loaded_key)):
-                idle += model.size_vram_bytes if on_gpu else model.size_bytes
+            held = model.size_vram_bytes if on_gpu else model.size_bytes
+            if loaded_key in evicting:
+                free += held  # a routed load is about to evict it
+            elif not per_model.get((node_id, loaded_key)):
+                idle += held
                 idle_count += 1
-        # Loads routed here but not yet visible in a snapshot will take memory too.
+                if not loaded:
+                    idle_models.append((model.expires_at, loaded_key, held))
+        # Loads routed here but not yet visible in a snapshot will take memory too, and Ollama
+        # loads one model at a time: a new load waits for them.
+        ahead = 0
         if node.loading:
-            free -= node.loading_bytes
+            ahead = node.loading_bytes
             if key in node.loading:
-                free += node.loading[key][1]
+                ahead -= node.loading[key][1]
+            free -= ahead
         learned = self.learned.get((node_id, key))
-        loaded = key in node.loaded_by_key
         capacity = node.hello.capacity
         return Candidate(
             node_id=node_id,
@@ -317,10 +343,57 @@ class Router:
             decode_tps=learned.decode_tps if learned else 0.0,
             load_seconds=learned.load_seconds if learned else 0.0,
             affinity=node_id == affinity_node,
-            loaded_count=len(node.loaded_by_key) + len(node.loading) - (key in node.loading),
+            loaded_count=len(node.loaded_by_key)
+            - len(evicting)
+            + len(node.loading)
+            - (key in node.loading),
             max_loaded=capacity.max_loaded_models or 3 * max(len(snapshot.gpus), 1),
             idle_loaded_count=idle_count,
+            idle_loaded=self._residents(node, sorted(idle_models)) if idle_models else (),
+            expected_tokens=self._tokens[key][1] if key in self._tokens else 0.0,
+            loading_ahead=ahead,
         )
+
+    def _residents(
+        self, node: Node, idle_models: list[tuple[float, str, int]]
+    ) -> tuple[Resident, ...]:
+        """The idle models of ``node`` in Ollama's eviction order (the soonest to expire, that
+        is the least recently used under one keep-alive, first), with what evicting each costs."""
+        out = []
+        warm = self.fleet.warm
+        for _, key, held in idle_models:
+            installed = node.installed_by_key.get(key)
+            learned = self.learned.get((node.node_id, key))
+            out.append(
+                Resident(
+                    key,
+                    held,
+                    installed.size_bytes if installed else held,
+                    learned.load_seconds if learned else 0.0,
+                    self.demand(key),
+                    warm.get(key, 0) > 1,  # counted here and somewhere else
+                )
+            )
+        return tuple(out)
+
+    def _count_demand(self, key: str) -> None:
+        self._picks += 1
+        self._demand[key] = (self._decayed(key) + 1.0, self._picks)
+
+    def _decayed(self, key: str) -> float:
+        seen = self._demand.get(key)
+        if seen is None:
+            return 0.0
+        count, at = seen
+        return count * DEMAND_DECAY ** (self._picks - at)
+
+    def demand(self, key: str) -> float:
+        """Picks of ``key`` among about the last DEMAND_WINDOW picks (exponentially weighted):
+        how many of the next DEMAND_WINDOW it can expect. Divided by the weight the picks so far
+        carry, so a young control plane's figure is not biased low."""
+        if not self._picks:
+            return 0.0
+        return self._decayed(key) / (1.0 - DEMAND_DECAY**self._picks)
 
     def _affinity(self, session_key: str, key: str) -> str:
         """The node this session last ran on, if it is still up with the model loaded."""
@@ -375,13 +448,25 @@ class Router:
         node = self.fleet.nodes.get(node_id)
         if node is not None:
             self._refresh_floor(node, model)
+        if stats.eval_count:
+            self._learn_tokens(model, stats.eval_count)
+
+    def _learn_tokens(self, model: str, count: int) -> None:
+        average, used = self._tokens.get(model, (0.0, 0.0))
+        average = _ewma(average, float(count))
+        moved = not used or abs(average - used) > TOKENS_STEP * used
+        self._tokens[model] = (average, average if moved else used)
+        if moved:  # every host's cost, and so floor, for this model changed
+            for node in self.fleet.holders.get(model, {}).values():
+                self._refresh_floor(node, model)
 
     def sweep(self, lease_ttl: float) -> int:
         """Release leases older than ``lease_ttl``; forget long-offline nodes."""
         expired = self._abandon(self.fleet.leases.expire(lease_ttl))
         stale = time.monotonic() - LOADING_TTL_S
         for node in self.fleet.nodes.values():
-            node.forget_loads(lambda _key, since: since < stale)
+            if node.forget_loads(lambda _key, since: since < stale):
+                self.fleet.reindexed.add(node.node_id)  # a model it marked is warm again
         self.fleet.forget_offline()
         return expired
 

@@ -14,6 +14,20 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from controlplane.model import RouteRequest
 
+KV_HEADROOM = 1.15  # a model takes about this much more memory than its file (KV cache, graph)
+
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """A model loaded on a candidate's host with nothing in flight: what evicting it would cost."""
+
+    key: str
+    memory_bytes: int  # what it holds now (VRAM, or system memory on a CPU-only host)
+    size_bytes: int  # on disk, for estimating a reload
+    reload_seconds: float  # learned on this host; 0 = not yet known
+    demand: float  # expected requests for it among the next DEMAND_WINDOW picks, fleet-wide
+    elsewhere: bool = False  # loaded on another connected host too
+
 
 @dataclass(slots=True)
 class Candidate:
@@ -42,6 +56,27 @@ class Candidate:
     loaded_count: int = 0  # models resident now
     max_loaded: int = 3  # OLLAMA_MAX_LOADED_MODELS in effect (3 per GPU by default)
     idle_loaded_count: int = 0  # resident models with nothing in flight
+    idle_loaded: tuple[Resident, ...] = ()  # those models, in the order Ollama evicts them
+    expected_tokens: float = 0.0  # this model's average reply length, from Reports; 0 = unknown
+    loading_ahead: int = 0  # memory of other loads routed here and not done: they go first
+
+
+def predicted_victims(c: Candidate) -> list[Resident]:
+    """The idle models Ollama would evict to load ``c``'s model on its host, in its order: while
+    the model does not fit (or the host is at its loaded-model limit), the next idle one goes.
+    Empty when the model is loaded, already loading, or fits as things are."""
+    if c.loaded or c.loading:
+        return []
+    short = c.model_size * KV_HEADROOM - c.memory_free
+    count = c.loaded_count
+    victims = []
+    for resident in c.idle_loaded:
+        if short <= 0 and count < c.max_loaded:
+            break
+        victims.append(resident)
+        short -= resident.memory_bytes
+        count -= 1
+    return victims
 
 
 @dataclass(frozen=True, slots=True)

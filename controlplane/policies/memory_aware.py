@@ -5,12 +5,17 @@ Each candidate gets an expected cost in seconds before its reply can start strea
   warm, free slot                0 (the model is loaded and a parallel slot is free)
   warm, queued                   requests ahead / parallel slots x measured time per request
   already loading here           about half a load (a load was routed here moments ago)
+  (cold, any of the below)       + the loads routed here before it (Ollama loads one at a time)
   cold, fits in free memory      measured (or estimated) load time (and under the host's
                                  OLLAMA_MAX_LOADED_MODELS, past which Ollama evicts too)
-  cold, evicts idle models       load time + a penalty (someone's warm model goes away)
+  cold, evicts idle models       load time + a penalty (someone's warm model goes away), plus
+                                 for each model Ollama would evict, its reload time weighted by
+                                 the chance it is asked for again soon (less if another host has
+                                 it loaded): a big model in demand keeps its place
   cold, evicts busy models       load time + a prohibitive penalty (only if nothing else exists)
-plus the time the request itself takes at that host's measured decode speed, so a slow CPU host
-or a split GPU/CPU load costs what it really costs. A session's previous host gets a bonus (a warm
+plus the time the request itself takes at that host's measured decode speed (the model's
+average reply length, learned from Reports), so a slow CPU host or a split GPU/CPU load costs
+what it really costs. A session's previous host gets a bonus (a warm
 prompt cache), small enough that a hot session does not pile onto a busy host. Among equal costs
 the smaller host wins, keeping big GPUs free for big models. Costs divide by the node's weight.
 """
@@ -18,20 +23,21 @@ the smaller host wins, keeping big GPUs free for big models. Costs divide by the
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
 from controlplane.model import RouteRequest
-from controlplane.policies.base import Candidate, Ranked
+from controlplane.policies.base import KV_HEADROOM, Candidate, Ranked, Resident, predicted_victims
 
 EXPECTED_TOKENS = 200
 DEFAULT_GPU_TPS = 60.0
 DEFAULT_CPU_TPS = 10.0
 DEFAULT_LOAD_BYTES_PER_S = 2.0e9
 LOAD_OVERHEAD_S = 0.5
-KV_HEADROOM = 1.15
 EVICT_IDLE_PENALTY_S = 2.0
 EVICT_BUSY_PENALTY_S = 1000.0
+ELSEWHERE_SHARE = 0.25  # of a victim's reload cost, when another host has it loaded too
 AFFINITY_BONUS_S = 0.75
 SIZE_TIEBREAK_S_PER_BYTE = 1e-12  # 24 GiB -> 0.026 s: only decides between near-equal hosts
 
@@ -42,9 +48,33 @@ def load_estimate(c: Candidate) -> float:
     return LOAD_OVERHEAD_S + c.model_size / DEFAULT_LOAD_BYTES_PER_S
 
 
+def loads_ahead(c: Candidate) -> float:
+    """Seconds until the loads already routed to this host are done, at its load speed."""
+    if not c.loading_ahead:
+        return 0.0
+    rate = c.model_size / c.load_seconds if c.load_seconds > 0 else DEFAULT_LOAD_BYTES_PER_S
+    return c.loading_ahead / KV_HEADROOM / max(rate, 1.0)
+
+
+def eviction_cost(c: Candidate) -> float:
+    """What the models Ollama would evict for this load are expected to cost later: each one's
+    reload time on this host, times the chance it is asked for among the next picks (less when
+    another host has it loaded too and can take those requests)."""
+    return sum(
+        _reload(r) * (1.0 - math.exp(-r.demand)) * (ELSEWHERE_SHARE if r.elsewhere else 1.0)
+        for r in predicted_victims(c)
+    )
+
+
+def _reload(r: Resident) -> float:
+    if r.reload_seconds > 0:
+        return r.reload_seconds
+    return LOAD_OVERHEAD_S + r.size_bytes / DEFAULT_LOAD_BYTES_PER_S
+
+
 def service_time(c: Candidate) -> float:
     tps = c.decode_tps or (DEFAULT_GPU_TPS if c.on_gpu else DEFAULT_CPU_TPS)
-    return EXPECTED_TOKENS / tps
+    return (c.expected_tokens or EXPECTED_TOKENS) / tps
 
 
 def queue_wait(c: Candidate, per_request: float) -> float:
@@ -67,12 +97,15 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
         if c.loading:
             wait = load / 2 + queue_wait(c, per_request)
             tier = "loading"
-        elif need <= c.memory_free and c.loaded_count < c.max_loaded:
+            return _total(wait, per_request, c), tier, wait
+        load += loads_ahead(c)  # Ollama loads one model at a time
+        if need <= c.memory_free and c.loaded_count < c.max_loaded:
             wait, tier = load, "cold-fit"
         elif need <= c.memory_free + c.idle_loaded_bytes and (
             c.loaded_count < c.max_loaded or c.idle_loaded_count
         ):
-            wait, tier = load + EVICT_IDLE_PENALTY_S, "cold-evict-idle"
+            wait = load + EVICT_IDLE_PENALTY_S + eviction_cost(c)
+            tier = "cold-evict-idle"
         else:
             wait, tier = load + EVICT_BUSY_PENALTY_S, "cold-evict-busy"
     cost = _total(wait, per_request, c)

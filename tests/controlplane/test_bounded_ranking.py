@@ -1,7 +1,8 @@
 """The router's bounded ranking (hosts visited in floor order, stopping early) must give exactly
-the answer of ranking every host. Random fleets and random histories of picks, reports with
-learned speeds, new snapshots, reconnects, forgotten hosts and policy changes; after each step
-both rankings are compared for many requests."""
+the answer of ranking every host. Random fleets and random histories of picks (some routing
+loads that evict), reports with learned speeds and reply lengths, new snapshots, reconnects,
+forgotten hosts, forgotten loads and policy changes; after each step both rankings are compared
+for many requests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controlplane import router as router_module
 from controlplane.fleet import Node, model_key
 from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import REGISTRY, Candidate
@@ -130,10 +132,14 @@ def test_bounded_ranking_equals_ranking_every_host(seed: int) -> None:
                 node, _ = fleet.attach(_hello(rng, node_id), object())
                 sequence += 1
                 fleet.update(node_id, node.session, _snapshot(rng, sequence))
-        elif step < 0.96:  # offline hosts forgotten
+        elif step < 0.94:  # offline hosts forgotten
             fleet.forget_after = 0.0
             fleet.forget_offline()
             fleet.forget_after = 300.0
+        elif step < 0.96:  # routed loads time out unseen: their marked evictions are undone
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(router_module, "LOADING_TTL_S", -1.0)
+                router.sweep(lease_ttl=3600.0)
         else:  # the admin switches policy and back: the index is rebuilt
             router.policy = REGISTRY["least_busy"](1)
             router.pick(_request(rng))

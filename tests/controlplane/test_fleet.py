@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import pytest
 
 from controlplane.errors import NodeIdConflict
 from controlplane.fleet import NodeState
-from hopscommon.fleet import Hello, Snapshot
+from hopscommon.fleet import Hello, LoadedModel, Snapshot
 from tests.controlplane import builders
 
 
@@ -46,3 +48,20 @@ def test_stale_snapshots_are_ignored() -> None:
     fleet.update("n", node.session, Snapshot(sequence=5, ollama_healthy=True))
     fleet.update("n", node.session, Snapshot(sequence=3, ollama_healthy=False))
     assert node.snapshot.sequence == 5 and node.snapshot.ollama_healthy
+
+
+def test_warm_counts_the_connected_hosts_with_each_model_loaded() -> None:
+    fleet = builders.fleet()
+    a = builders.add_node(fleet, "a", models=["m:latest", "n:latest"], loaded=["m:latest"])
+    builders.add_node(fleet, "b", models=["m:latest"], loaded=["m:latest"])
+    assert fleet.warm == {"m:latest": 2}
+    fleet.detach("b", fleet.nodes["b"].session)
+    assert fleet.warm == {"m:latest": 1}  # an offline host serves nothing
+    fleet.forget_after = 0.0
+    fleet.forget_offline()
+    assert fleet.warm == {"m:latest": 1}  # not counted off twice
+    swapped = replace(a.snapshot, sequence=5, loaded=(LoadedModel(name="n:latest"),))
+    fleet.update("a", a.session, swapped)
+    assert fleet.warm == {"n:latest": 1}
+    builders.add_node(fleet, "b", models=["m:latest"], loaded=["m:latest"])  # back again
+    assert fleet.warm == {"n:latest": 1, "m:latest": 1}

@@ -1,8 +1,18 @@
 from dataclasses import replace
 
-from controlplane.model import RouteRequest
+import pytest
+
+from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import Candidate
-from controlplane.policies.memory_aware import MemoryAwarePicker, expected_cost
+from controlplane.policies.base import Resident, predicted_victims
+from controlplane.policies.memory_aware import (
+    MemoryAwarePicker,
+    eviction_cost,
+    expected_cost,
+    service_time,
+)
+from controlplane.router import DEMAND_WINDOW
+from hopscommon.fleet import Gpu, LoadedModel
 from tests.controlplane import builders
 
 GIB = 1024**3
@@ -111,3 +121,72 @@ def test_max_loaded_models_makes_a_load_evict_even_with_free_memory() -> None:
     full_idle = replace(full_busy, idle_loaded_count=1, idle_loaded_bytes=2 * GIB)
     assert expected_cost(full_idle)[1] == "cold-evict-idle"
     assert expected_cost(replace(full_busy, loaded_count=2))[1] == "cold-fit"
+
+
+def _victim(key: str, demand: float, *, elsewhere: bool = False) -> Resident:
+    return Resident(key, 10 * GIB, 9 * GIB, 6.0, demand, elsewhere)
+
+
+def test_an_eviction_costs_the_victims_reload_weighted_by_its_demand() -> None:
+    tight = replace(BASE, memory_free=1 * GIB, idle_loaded_bytes=10 * GIB, idle_loaded_count=1)
+    popular = replace(tight, node_id="popular", idle_loaded=(_victim("hot", 5.0),))
+    unwanted = replace(tight, node_id="unwanted", idle_loaded=(_victim("stale", 0.0),))
+    assert _order(popular, unwanted) == ["unwanted", "popular"]
+    assert eviction_cost(unwanted) == 0.0
+    assert eviction_cost(popular) > 5.9  # nearly its whole 6 s reload: it is wanted again
+    shared = replace(popular, node_id="shared", idle_loaded=(_victim("hot", 5.0, elsewhere=True),))
+    assert _order(popular, shared) == ["shared", "popular"]  # another host can serve it warm
+    # Only the models Ollama would evict count: here the first one frees enough.
+    two = replace(tight, idle_loaded=(_victim("stale", 0.0), _victim("hot", 5.0)))
+    assert [r.key for r in predicted_victims(two)] == ["stale"]
+    assert eviction_cost(two) == 0.0
+
+
+def test_a_warm_host_that_a_routed_load_will_evict_is_warm_no_more() -> None:
+    fleet = builders.fleet()
+    small = builders.add_node(fleet, "small", models=["m1:latest", "m2:latest"], loaded=["m1"])
+    builders.add_node(fleet, "other", models=["m1:latest"])
+    tight = replace(small.snapshot, sequence=2, gpus=(Gpu(0, "GPU", "", 3 * GIB, GIB // 2),))
+    fleet.update("small", small.session, tight)
+    router = builders.router(fleet, "memory_aware")
+    warm = router.pick(RouteRequest(model="m1", edge_id="e"))
+    assert warm.ranked[0].reason == "warm"
+    router.fleet.leases.close(warm.lease_id)  # m1 is idle: a load may evict it
+    load = router.pick(RouteRequest(model="m2", edge_id="e", max_candidates=1))
+    assert load.ranked[0].candidate.node_id == "small"
+    assert load.ranked[0].reason == "cold-evict-idle"
+    assert small.evicting == {"m1:latest": "m2:latest"}
+    after = router.pick(RouteRequest(model="m1", edge_id="e"))
+    assert after.ranked[0].candidate.node_id == "other"  # not "warm" on small
+    assert after.ranked[0].reason == "cold-fit"
+    # The load finished and m1 survived it (a snapshot says so): warm again.
+    both = replace(tight, sequence=3, loaded=(*tight.loaded, LoadedModel(name="m2:latest")))
+    fleet.update("small", small.session, both)
+    assert small.evicting == {}
+    assert router.pick(RouteRequest(model="m1", edge_id="e")).ranked[0].reason == "warm"
+
+
+def test_demand_is_each_models_share_of_recent_picks() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["a:latest", "b:latest"], loaded=["a", "b"])
+    router = builders.router(fleet, "memory_aware")
+    for i in range(40):
+        outcome = router.pick(RouteRequest(model="b" if i % 4 == 3 else "a", edge_id="e"))
+        router.fleet.leases.close(outcome.lease_id)
+    a, b = router.demand("a:latest"), router.demand("b:latest")
+    assert a + b == pytest.approx(DEMAND_WINDOW)  # every pick was one of the two
+    assert 2.5 < a / b < 3.5
+    assert router.demand("c:latest") == 0.0
+
+
+def test_reply_length_is_learned_from_reports() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["m:latest"], loaded=["m"])
+    router = builders.router(fleet, "memory_aware")
+    for _ in range(20):
+        outcome = router.pick(RouteRequest(model="m", edge_id="e"))
+        stats = GenerationStats(eval_count=80, eval_duration_ns=10**9)
+        router.report(Report(outcome.lease_id, "n", Outcome.OK, stats=stats))
+    learned = router._candidate(fleet.nodes["n"], "m:latest", "")
+    assert learned.expected_tokens == pytest.approx(80, rel=0.2)
+    assert service_time(learned) == pytest.approx(1.0, rel=0.2)  # 80 tokens at 80 tokens/s
