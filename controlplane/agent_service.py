@@ -106,7 +106,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 yield agent_pb2.ConnectResponse(keepalive=agent_pb2.Keepalive(sequence=keepalives))
 
     def _apply(self, session: AgentSession, message: agent_pb2.ConnectRequest) -> None:
-        self.fleet.update(session.node_id, session, convert.snapshot(message.snapshot))
+        sent = message.snapshot.installed
+        known = session.installed_pb
+        same = session.installed if known is not None and sent == known else None
+        snapshot = convert.snapshot(message.snapshot, same)
+        session.installed_pb, session.installed = sent, snapshot.installed
+        self.fleet.update(session.node_id, session, snapshot)
 
     async def _read(
         self,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from hops.v1 import agent_pb2
+from hops.v1 import agent_pb2, fleet_pb2
 
 from controlplane.errors import CommandTimeout, NodeNotFound, NodeUnavailable
 from controlplane.fleet import Fleet
+from hopscommon.fleet import InstalledModel
 
 CommandEvent = agent_pb2.CommandProgress | agent_pb2.CommandResult
 _ids = itertools.count(1)
@@ -27,6 +28,10 @@ class AgentSession:
     node_id: str
     outbox: asyncio.Queue[agent_pb2.ConnectResponse] = field(default_factory=asyncio.Queue)
     waiting: dict[str, asyncio.Queue[CommandEvent]] = field(default_factory=dict)
+    # The installed models of the last snapshot applied, as sent and as converted: most
+    # snapshots repeat them, and converting 20 models costs more than the rest of a snapshot.
+    installed_pb: Sequence[fleet_pb2.InstalledModel] | None = None
+    installed: tuple[InstalledModel, ...] = ()
 
     def deliver(self, event: CommandEvent) -> None:
         queue = self.waiting.get(event.command_id)

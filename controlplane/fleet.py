@@ -82,8 +82,9 @@ class Node:
         return key in self.installed_by_key
 
     def set_snapshot(self, snapshot: Snapshot) -> None:
+        if snapshot.installed is not self.snapshot.installed:  # often the very same tuple
+            self.installed_by_key = {model_key(m.name): m for m in snapshot.installed}
         self.snapshot = snapshot
-        self.installed_by_key = {model_key(m.name): m for m in snapshot.installed}
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
@@ -98,9 +99,13 @@ class Node:
         for victim in victims:
             self.evicting[victim] = key
 
-    def forget_loads(self, done: Callable[[str, float], bool]) -> bool:
+    def warm_keys(self) -> set[str]:
+        """The models routing counts as loaded here."""
+        return self.loaded_by_key.keys() - self.evicting.keys()
+
+    def forget_loads(self, done: Callable[[str, float], bool]) -> set[str]:
         """Drop the pending loads for which ``done(key, since)`` holds, and the evictions they
-        were to cause once done or moot; True if an eviction mark went."""
+        were to cause once done or moot; returns the models no longer marked for eviction."""
         for key, (since, size) in list(self.loading.items()):
             if done(key, since):
                 del self.loading[key]
@@ -112,7 +117,7 @@ class Node:
         ]
         for victim in stale:
             del self.evicting[victim]
-        return bool(stale)
+        return set(stale)
 
 
 class Fleet:
@@ -121,7 +126,10 @@ class Fleet:
     def __init__(self, *, breaker_factory: Callable[[], Breaker], forget_after: float) -> None:
         self.nodes: dict[str, Node] = {}
         self.holders: dict[str, dict[str, Node]] = {}  # model key -> nodes with it on disk
-        self.reindexed: set[str] = set()  # nodes whose hello or snapshot changed (router reads)
+        # For the router's floor index: nodes whose hello, installed models or memory changed,
+        # and per node the models that became or stopped being warm (nothing else changed).
+        self.reindexed: set[str] = set()
+        self.rekeyed: dict[str, set[str]] = {}
         self.warm: dict[str, int] = {}  # model key -> connected nodes with it loaded
         self.leases = LeaseTable()
         self.version = 1
@@ -210,6 +218,17 @@ class Fleet:
         self.touch()
 
     def _index(self, node: Node, snapshot: Snapshot) -> None:
+        old = node.snapshot
+        if (
+            snapshot.installed is old.installed
+            and snapshot.vram_total == old.vram_total
+            and snapshot.system_memory_total_bytes == old.system_memory_total_bytes
+        ):  # the usual snapshot: only what is loaded (and free memory) moved
+            warm = node.warm_keys()
+            node.set_snapshot(snapshot)
+            self.warm_changed(node.node_id, warm ^ node.warm_keys())
+            self._count_warm(node)
+            return
         self.reindexed.add(node.node_id)
         before = set(node.installed_by_key)
         node.set_snapshot(snapshot)
@@ -223,6 +242,10 @@ class Fleet:
         for key in after - before:
             self.holders.setdefault(key, {})[node.node_id] = node
         self._count_warm(node)
+
+    def warm_changed(self, node_id: str, keys: set[str]) -> None:
+        if keys:
+            self.rekeyed.setdefault(node_id, set()).update(keys)
 
     def _count_warm(self, node: Node) -> None:
         """Keep ``warm`` in step with what ``node`` has loaded while it is connected."""

@@ -215,15 +215,24 @@ class Router:
         return tuple(policy.pick(request, evaluated, limit))
 
     def _refresh_floors(self, policy: BoundedPicker) -> None:
-        """Bring the floor index up to date with the hosts whose hello or snapshot changed."""
+        """Bring the floor index up to date with the hosts whose hello or snapshot changed:
+        every floor of a host whose hello, installed models or memory changed, else only those
+        of the models that became or stopped being warm there."""
         if self._floors_policy is not policy:  # a new policy: every floor is new
             self._floors.clear()
             self._floor_of.clear()
             self._floors_policy = policy
             self.fleet.reindexed.clear()
+            self.fleet.rekeyed.clear()
             dirty: set[str] = set(self.fleet.nodes)
         else:
             dirty, self.fleet.reindexed = self.fleet.reindexed, set()
+            rekeyed, self.fleet.rekeyed = self.fleet.rekeyed, {}
+            for node_id, keys in rekeyed.items():
+                node = self.fleet.nodes.get(node_id)
+                if node is not None and node_id not in dirty:
+                    for key in keys:
+                        self._refresh_floor(node, key)
         for node_id in dirty:
             old = self._floor_of.pop(node_id, {})
             for key, floor in old.items():
@@ -465,8 +474,8 @@ class Router:
         expired = self._abandon(self.fleet.leases.expire(lease_ttl))
         stale = time.monotonic() - LOADING_TTL_S
         for node in self.fleet.nodes.values():
-            if node.forget_loads(lambda _key, since: since < stale):
-                self.fleet.reindexed.add(node.node_id)  # a model it marked is warm again
+            # A model marked for eviction and still loaded is warm again.
+            self.fleet.warm_changed(node.node_id, node.forget_loads(lambda _, t: t < stale))
         self.fleet.forget_offline()
         return expired
 

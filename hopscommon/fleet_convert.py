@@ -104,14 +104,20 @@ def loaded_pb(m: LoadedModel) -> fleet_pb2.LoadedModel:
     )
 
 
-def snapshot(msg: fleet_pb2.NodeSnapshot) -> Snapshot:
+def snapshot(
+    msg: fleet_pb2.NodeSnapshot, same_installed: tuple[InstalledModel, ...] | None = None
+) -> Snapshot:
+    """``same_installed``: the converted ``installed`` of an earlier message known to list the
+    very same models (the usual case: agents resend what is installed in every snapshot)."""
     return Snapshot(
         sequence=msg.sequence,
         taken_at=from_ts(msg.taken_at),
         ollama_healthy=msg.ollama_healthy,
         ollama_error=msg.ollama_error,
         ollama_version=msg.ollama_version,
-        installed=tuple(installed(m) for m in msg.installed),
+        installed=(
+            tuple(installed(m) for m in msg.installed) if same_installed is None else same_installed
+        ),
         loaded=tuple(loaded(m) for m in msg.loaded),
         gpus=tuple(Gpu(g.index, g.name, g.uuid, g.total_bytes, g.free_bytes) for g in msg.gpus),
         gpu_source=GpuSource(msg.gpu_source),

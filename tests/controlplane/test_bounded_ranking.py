@@ -7,6 +7,7 @@ for many requests."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -60,6 +61,24 @@ def _snapshot(rng: random.Random, sequence: int) -> Snapshot:
         ),
         gpus=(Gpu(0, "GPU", "", vram, max(vram - used, 0)),) if vram else (),
         system_memory_total_bytes=64 * GIB,
+        system_memory_free_bytes=rng.choice([8, 32, 60]) * GIB,
+    )
+
+
+def _reloaded(rng: random.Random, old: Snapshot, sequence: int) -> Snapshot:
+    """``old`` with other models loaded and other free memory: installed (the same tuple, as
+    the control plane reuses it) and memory sizes unchanged."""
+    names = [m.name for m in old.installed]
+    loaded = rng.sample(names, rng.randint(0, min(2, len(names))))
+    gpus = tuple(replace(g, free_bytes=rng.randint(0, g.total_bytes)) for g in old.gpus)
+    return replace(
+        old,
+        sequence=sequence,
+        loaded=tuple(
+            LoadedModel(name=m, size_bytes=SIZES[m] * GIB, size_vram_bytes=SIZES[m] * GIB)
+            for m in loaded
+        ),
+        gpus=gpus,
         system_memory_free_bytes=rng.choice([8, 32, 60]) * GIB,
     )
 
@@ -118,11 +137,16 @@ def test_bounded_ranking_equals_ranking_every_host(seed: int) -> None:
             )
             outcome_kind = rng.choice([Outcome.OK, Outcome.OK, Outcome.UPSTREAM_ERROR])
             router.report(Report(lease_id, node_id, outcome_kind, stats=stats))
-        elif step < 0.85:  # a host's state changed
+        elif step < 0.78:  # a host's state changed
             node = fleet.nodes.get(rng.choice(nodes))
             if node is not None and node.session is not None:
                 sequence += 1
                 fleet.update(node.node_id, node.session, _snapshot(rng, sequence))
+        elif step < 0.85:  # the usual snapshot: the same models installed, others loaded
+            node = fleet.nodes.get(rng.choice(nodes))
+            if node is not None and node.session is not None:
+                sequence += 1
+                fleet.update(node.node_id, node.session, _reloaded(rng, node.snapshot, sequence))
         elif step < 0.92:  # an agent reconnects with another hello, or leaves
             node_id = rng.choice(nodes)
             node = fleet.nodes.get(node_id)
