@@ -91,9 +91,16 @@ async def fake_agent(address: str, node: int, models: int, stop: asyncio.Event) 
         )
         await call.read()
         tick = 0
+        # Built once: the snapshots repeat every 3 x models ticks but for their sequence, so the
+        # helper's CPU (on the load generator's core) does not grow with every send.
+        cycle = [
+            agent_pb2.ConnectRequest(snapshot=snapshot(node, models, t)) for t in range(3 * models)
+        ]
         await asyncio.sleep(random.random())  # spread the agents over the second
         while not stop.is_set():
-            await call.write(agent_pb2.ConnectRequest(snapshot=snapshot(node, models, tick)))
+            message = cycle[tick % len(cycle)]
+            message.snapshot.sequence = tick + 1
+            await call.write(message)
             tick += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
