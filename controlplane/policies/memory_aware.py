@@ -15,9 +15,9 @@ Each candidate gets an expected cost in seconds before its reply can start strea
   cold, evicts busy models       load time + a prohibitive penalty (only if nothing else exists)
 plus the time the request itself takes at that host's measured decode speed (the model's
 average reply length, learned from Reports), so a slow CPU host or a split GPU/CPU load costs
-what it really costs. A session's previous host gets a bonus (a warm
-prompt cache), small enough that a hot session does not pile onto a busy host. Among equal costs
-the smaller host wins, keeping big GPUs free for big models. Costs divide by the node's weight.
+what it really costs. A session's previous host gets a bonus (a warm prompt cache), small enough
+that a hot session does not pile onto a busy host. Among equal costs the smaller host wins,
+keeping big GPUs free for big models. Costs divide by the node's weight.
 """
 
 from __future__ import annotations

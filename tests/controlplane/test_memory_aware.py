@@ -4,7 +4,7 @@ import pytest
 
 from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import Candidate
-from controlplane.policies.base import Resident, predicted_victims
+from controlplane.policies.base import KV_HEADROOM, Resident, predicted_victims
 from controlplane.policies.memory_aware import (
     MemoryAwarePicker,
     eviction_cost,
@@ -190,3 +190,19 @@ def test_reply_length_is_learned_from_reports() -> None:
     learned = router._candidate(fleet.nodes["n"], "m:latest", "")
     assert learned.expected_tokens == pytest.approx(80, rel=0.2)
     assert service_time(learned) == pytest.approx(1.0, rel=0.2)  # 80 tokens at 80 tokens/s
+
+
+def test_a_cold_load_waits_for_the_loads_routed_to_its_host_before_it() -> None:
+    free = replace(BASE, node_id="free")
+    busy_loading = replace(BASE, node_id="behind", loading_ahead=20 * GIB)  # a 32b-size load
+    assert _order(busy_loading, free) == ["free", "behind"]
+    assert expected_cost(busy_loading)[0] > expected_cost(free)[0] + 10  # ~17 GiB at 6 s / 5 GiB
+
+
+def test_a_routed_load_reserves_the_memory_it_will_take_not_its_file_size() -> None:
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "n", models=["m:latest"])
+    router = builders.router(fleet, "memory_aware")
+    router.pick(RouteRequest(model="m", edge_id="e"))
+    file_size = node.installed_by_key["m:latest"].size_bytes
+    assert node.loading["m:latest"][1] == int(file_size * KV_HEADROOM)
