@@ -8,7 +8,7 @@ faster than real time; all times below are converted back to simulated (real-har
 Reported per policy and level: completed and failed requests, time to first token and end-to-end
 latency p50/p95/p99, model loads and evictions (the simulators' own counters), goodput tokens/s.
 
-Usage: python bench/routing.py [--quick] [--seed 7] [--json PATH] [--png PATH]
+Usage: python bench/routing.py [--quick] [--seed 7] [--trace] [--json PATH] [--png PATH]
 """
 
 from __future__ import annotations
