@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from controlplane.model import RouteRequest
-from controlplane.policies.base import KV_HEADROOM, Candidate, Ranked, Resident, predicted_victims
+from controlplane.policies.base import KV_HEADROOM, Candidate, Ranked, predicted_victims
 
 EXPECTED_TOKENS = 200
 DEFAULT_GPU_TPS = 60.0
@@ -43,9 +43,14 @@ SIZE_TIEBREAK_S_PER_BYTE = 1e-12  # 24 GiB -> 0.026 s: only decides between near
 
 
 def load_estimate(c: Candidate) -> float:
-    if c.load_seconds > 0:
-        return c.load_seconds
-    return LOAD_OVERHEAD_S + c.model_size / DEFAULT_LOAD_BYTES_PER_S
+    return _load_time(c.load_seconds, c.model_size)
+
+
+def _load_time(learned_seconds: float, size_bytes: int) -> float:
+    """The load time learned from Reports, else one estimated from the model's size."""
+    if learned_seconds > 0:
+        return learned_seconds
+    return LOAD_OVERHEAD_S + size_bytes / DEFAULT_LOAD_BYTES_PER_S
 
 
 def loads_ahead(c: Candidate) -> float:
@@ -61,15 +66,11 @@ def eviction_cost(c: Candidate) -> float:
     reload time on this host, times the chance it is asked for among the next picks (less when
     another host has it loaded too and can take those requests)."""
     return sum(
-        _reload(r) * (1.0 - math.exp(-r.demand)) * (ELSEWHERE_SHARE if r.elsewhere else 1.0)
+        _load_time(r.reload_seconds, r.size_bytes)
+        * (1.0 - math.exp(-r.demand))
+        * (ELSEWHERE_SHARE if r.elsewhere else 1.0)
         for r in predicted_victims(c)
     )
-
-
-def _reload(r: Resident) -> float:
-    if r.reload_seconds > 0:
-        return r.reload_seconds
-    return LOAD_OVERHEAD_S + r.size_bytes / DEFAULT_LOAD_BYTES_PER_S
 
 
 def service_time(c: Candidate) -> float:
