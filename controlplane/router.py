@@ -87,7 +87,8 @@ class Router:
     # For a BoundedPicker: per model key, (floor, node id) sorted; per node, its floors by key.
     _floors: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     _floor_of: dict[str, dict[str, float]] = field(default_factory=dict)
-    _floors_policy: Picker | None = None
+    _floors_policy: BoundedPicker | None = None
+    _checked: tuple[Picker, BoundedPicker | None] | None = None  # see _as_bounded
     # Per model key, (picks of it, decayed by DEMAND_DECAY per pick of any model; pick number).
     _demand: dict[str, tuple[float, int]] = field(default_factory=dict)
     _picks: int = 0
@@ -112,17 +113,20 @@ class Router:
         )
         return outcome
 
+    def _as_bounded(self, policy: Picker) -> BoundedPicker | None:
+        """The policy if it bounds its costs, else None. isinstance on a Protocol costs about
+        as much as a whole pick, so it is asked once per policy, not per pick or report."""
+        if self._checked is None or self._checked[0] is not policy:
+            self._checked = (policy, policy if isinstance(policy, BoundedPicker) else None)
+        return self._checked[1]
+
     def _pick(self, request: RouteRequest) -> PickOutcome:
         name = self.policy.name
         key = model_key(request.model)
         limit = request.max_candidates or self.max_candidates
-        policy = self.policy
-        if (
-            not request.node_id
-            and request.api is not ApiKind.PULL
-            and (policy is self._floors_policy or isinstance(policy, BoundedPicker))
-        ):
-            found = self._rank_bounded(request, key, limit, policy)  # type: ignore[arg-type]
+        policy = self._as_bounded(self.policy)
+        if policy is not None and not request.node_id and request.api is not ApiKind.PULL:
+            found = self._rank_bounded(request, key, limit, policy)
         else:
             found = self._rank_all(request, key, limit)
         if isinstance(found, PickOutcome):
@@ -248,9 +252,8 @@ class Router:
         """What was learned about (node, key) changed: so may its floor."""
         policy = self._floors_policy
         floors = self._floor_of.get(node.node_id)
-        if policy is not self.policy or floors is None or key not in floors:
+        if policy is None or policy is not self.policy or floors is None or key not in floors:
             return  # not indexed (yet): the next full refresh computes it
-        assert isinstance(policy, BoundedPicker)
         self._drop_floor(key, floors[key], node.node_id)
         floors[key] = self._add_floor(node, key, policy)
 
