@@ -32,6 +32,7 @@ MAX_SESSIONS = 10_000
 DEMAND_WINDOW = 50  # picks: a model's demand is its expected share of about this many
 DEMAND_DECAY = 1.0 - 1.0 / DEMAND_WINDOW
 TOKENS_STEP = 0.2
+LOAD_RATE_STEP = 0.2
 RECENT_DECISIONS = 50
 
 
@@ -95,6 +96,10 @@ class Router:
     # Per model key, reply length in tokens: (running average, the figure policies see). The
     # second moves only when the first drifts by TOKENS_STEP, since every host's floor uses it.
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Per node, its load speed in bytes/s (model size / load time, over every model loaded
+    # there): (running average, the figure candidates see, moved like _tokens). It estimates
+    # the load time of a model never loaded on that host yet.
+    _load_rates: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def pick(self, request: RouteRequest) -> PickOutcome:
         started = time.perf_counter()
@@ -353,7 +358,11 @@ class Router:
             loading=not loaded and key in node.loading,
             idle_loaded_bytes=idle,
             decode_tps=learned.decode_tps if learned else 0.0,
-            load_seconds=learned.load_seconds if learned else 0.0,
+            load_seconds=(
+                learned.load_seconds
+                if learned and learned.load_seconds
+                else self.load_seconds(node_id, key, installed.size_bytes if installed else 0)
+            ),
             affinity=node_id == affinity_node,
             loaded_count=len(node.loaded_by_key)
             - len(evicting)
@@ -375,13 +384,13 @@ class Router:
         warm = self.fleet.warm
         for _, key, held in idle_models:
             installed = node.installed_by_key.get(key)
-            learned = self.learned.get((node.node_id, key))
+            size = installed.size_bytes if installed else held
             out.append(
                 Resident(
                     key,
                     held,
-                    installed.size_bytes if installed else held,
-                    learned.load_seconds if learned else 0.0,
+                    size,
+                    self.load_seconds(node.node_id, key, size),
                     self.demand(key),
                     warm.get(key, 0) > 1,  # counted here and somewhere else
                 )
@@ -454,10 +463,14 @@ class Router:
         if stats.eval_count and stats.eval_duration_ns:
             tps = stats.eval_count / (stats.eval_duration_ns / 1e9)
             learned.decode_tps = _ewma(learned.decode_tps, tps)
-        if stats.load_duration_ns > 100_000_000:  # a real load, not the warm hand-over
-            learned.load_seconds = _ewma(learned.load_seconds, stats.load_duration_ns / 1e9)
-        learned.samples += 1
         node = self.fleet.nodes.get(node_id)
+        if stats.load_duration_ns > 100_000_000:  # a real load, not the warm hand-over
+            seconds = stats.load_duration_ns / 1e9
+            learned.load_seconds = _ewma(learned.load_seconds, seconds)
+            installed = node.installed_by_key.get(model) if node is not None else None
+            if node is not None and installed is not None and installed.size_bytes:
+                self._learn_load_rate(node, installed.size_bytes / seconds)
+        learned.samples += 1
         if node is not None:
             self._refresh_floor(node, model)
         if stats.eval_count:
@@ -471,6 +484,24 @@ class Router:
         if moved:  # every host's cost, and so floor, for this model changed
             for node in self.fleet.holders.get(model, {}).values():
                 self._refresh_floor(node, model)
+
+    def _learn_load_rate(self, node: Node, rate: float) -> None:
+        average, used = self._load_rates.get(node.node_id, (0.0, 0.0))
+        average = _ewma(average, rate)
+        moved = not used or abs(average - used) > LOAD_RATE_STEP * used
+        self._load_rates[node.node_id] = (average, average if moved else used)
+        if moved:  # the estimated load time, and so the floor, of every model not yet loaded
+            for key in node.installed_by_key:
+                self._refresh_floor(node, key)
+
+    def load_seconds(self, node_id: str, key: str, size_bytes: int) -> float:
+        """How long loading ``key`` on this node takes: learned from its own loads there, else
+        its size at the node's measured load speed; 0 while nothing was loaded there."""
+        learned = self.learned.get((node_id, key))
+        if learned is not None and learned.load_seconds:
+            return learned.load_seconds
+        rate = self._load_rates.get(node_id)
+        return size_bytes / rate[1] if rate is not None else 0.0
 
     def sweep(self, lease_ttl: float) -> int:
         """Release leases older than ``lease_ttl``; forget long-offline nodes."""

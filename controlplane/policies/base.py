@@ -24,7 +24,7 @@ class Resident:
     key: str
     memory_bytes: int  # what it holds now (VRAM, or system memory on a CPU-only host)
     size_bytes: int  # on disk, for estimating a reload
-    reload_seconds: float  # learned on this host; 0 = not yet known
+    reload_seconds: float  # on this host: learned, else at its load speed; 0 = not yet known
     demand: float  # expected requests for it among the next DEMAND_WINDOW picks, fleet-wide
     elsewhere: bool = False  # loaded on another connected host too
 
@@ -51,7 +51,7 @@ class Candidate:
     loading: bool = False  # a load of this model was just routed here
     idle_loaded_bytes: int = 0  # memory held by loaded models with nothing in flight
     decode_tps: float = 0.0  # learned from Reports; 0 = not yet known
-    load_seconds: float = 0.0  # learned from Reports; 0 = not yet known
+    load_seconds: float = 0.0  # learned here, else at the host's load speed; 0 = not yet known
     affinity: bool = False  # the request's session last ran here
     loaded_count: int = 0  # models resident now
     max_loaded: int = 3  # OLLAMA_MAX_LOADED_MODELS in effect (3 per GPU by default)

@@ -12,7 +12,7 @@ from controlplane.policies.memory_aware import (
     service_time,
 )
 from controlplane.router import DEMAND_WINDOW
-from hopscommon.fleet import Gpu, LoadedModel
+from hopscommon.fleet import Gpu, InstalledModel, LoadedModel
 from tests.controlplane import builders
 
 GIB = 1024**3
@@ -206,3 +206,24 @@ def test_a_routed_load_reserves_the_memory_it_will_take_not_its_file_size() -> N
     router.pick(RouteRequest(model="m", edge_id="e"))
     file_size = node.installed_by_key["m:latest"].size_bytes
     assert node.loading["m:latest"][1] == int(file_size * KV_HEADROOM)
+
+
+def test_a_hosts_load_speed_estimates_the_models_never_loaded_there() -> None:
+    fleet = builders.fleet()
+    sizes = {"small:latest": 2 * builders.GB, "big:latest": 8 * builders.GB}
+    for node_id, vram in (("fast", 48.0), ("slow", 24.0)):
+        node = builders.add_node(fleet, node_id, models=list(sizes), vram_gb=vram)
+        installed = tuple(InstalledModel(name=m, size_bytes=s) for m, s in sizes.items())
+        fleet.update(node_id, node.session, replace(node.snapshot, sequence=2, installed=installed))
+    router = builders.router(fleet, "memory_aware")
+    for node_id, load_s in (("fast", 1), ("slow", 4)):  # 2 GB/s and 0.5 GB/s
+        lease = router.pick(RouteRequest(model="small", edge_id="e", node_id=node_id)).lease_id
+        stats = GenerationStats(load_duration_ns=load_s * 10**9, eval_count=1)
+        router.report(Report(lease, node_id, Outcome.OK, stats=stats))
+    fast = router._candidate(fleet.nodes["fast"], "big:latest", "")
+    slow = router._candidate(fleet.nodes["slow"], "big:latest", "")
+    assert (fast.load_seconds, slow.load_seconds) == (pytest.approx(4.0), pytest.approx(16.0))
+    # Without the hosts' speeds both would cost the same estimate and the smaller host win.
+    outcome = router.pick(RouteRequest(model="big", edge_id="e"))
+    assert outcome.ranked[0].candidate.node_id == "fast"
+    assert outcome.ranked[0].reason == "cold-fit"
