@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -34,8 +35,14 @@ class RunSummary:
         return sum(1 for r in self.results if r.error or r.status != 200 or not r.done)
 
 
-async def stream_once(url: str, path: str, body: dict[str, object]) -> StreamResult:
-    """POST ``body`` and read an NDJSON stream to the end, counting chunks (``"done":`` keys)."""
+async def stream_once(
+    url: str,
+    path: str,
+    body: dict[str, object],
+    under_way: Callable[[], None] | None = None,
+) -> StreamResult:
+    """POST ``body`` and read an NDJSON stream to the end, counting chunks (``"done":`` keys).
+    ``under_way`` is called once, when the first body bytes (the first token) arrive."""
     parts = urlsplit(url)
     result = StreamResult()
     payload = json.dumps(body).encode()
@@ -60,6 +67,9 @@ async def stream_once(url: str, path: str, body: dict[str, object]) -> StreamRes
             data = await reader.read(65536)
             if not data:
                 break
+            if under_way is not None:
+                under_way()
+                under_way = None
             window = tail + data
             result.chunks += window.count(b'"done":false')
             if b'"done":true' in window:

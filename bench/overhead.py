@@ -10,7 +10,9 @@ non-streaming requests. Primary efficiency figures are CPU seconds per 1,000 req
 and of the control plane, measured from /proc during the wrk phase; ratios come from the same run.
 
 Phases, for each target (direct, edge, nginx):
-  ttfb        time to first byte (response headers) at 1, 50 and 200 concurrent streams
+  ttfb        time to first byte (response headers) at 1, 50 and 200 concurrent streams, in
+              TTFB_ROUNDS rounds per concurrency with the targets' order rotated, pooled
+              (the shared host drifts over minutes; rotating spreads that over all targets)
   stream      streamed chunks/s, 50 concurrent streams of 200 tokens
   small       non-streaming /api/generate (1 token) requests/s with wrk, 50 connections
 then, for the edge only: resident memory with 1,000 concurrent open streams (and errors), the
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,7 @@ from tests import nginx as nginxrun
 from tests import procs
 
 MODEL = "llama3.2"
+TTFB_ROUNDS = 3  # each target's probes are split over this many rounds, order rotated
 LOAD_CORE, PROXY_CORE = 0, 1
 
 
@@ -90,12 +94,34 @@ def streams(url: str, concurrency: int, total: int, tokens: int) -> RunSummary:
     return asyncio.run(run_streams(url, "/api/generate", body, concurrency, total))
 
 
+@dataclass
+class Probed:
+    """Time-to-first-byte probes of one target at one concurrency, pooled over rounds."""
+
+    ttfbs: list[float] = field(default_factory=list)
+    errors: int = 0
+    broken: int = 0
+    p50_by_round: list[float] = field(default_factory=list)
+
+    def entry(self, concurrency: int) -> dict[str, Any]:
+        return {
+            "concurrency": concurrency,
+            "probes": len(self.ttfbs) + self.errors,
+            "errors": self.errors,
+            "background_ended_early": self.broken,
+            "ttfb_p50_ms": 1000 * percentile(self.ttfbs, 0.5),
+            "ttfb_p99_ms": 1000 * percentile(self.ttfbs, 0.99),
+            "ttfb_p50_ms_by_round": [round(1000 * v, 3) for v in self.p50_by_round],
+        }
+
+
 def ttfb_phase(
     url: str,
     concurrency: int,
     probes: int,
+    into: Probed,
     snapshot: Callable[[], object] = lambda: None,
-) -> tuple[dict[str, Any], object, object]:
+) -> tuple[object, object]:
     """Time to first byte of new requests while ``concurrency - 1`` other streams are open
     through the same target (the latency host decodes them at a moderate pace). Probes go one
     at a time, each on a new connection, so they measure the path, not a queue of probes.
@@ -104,11 +130,23 @@ def ttfb_phase(
     probe = {"model": MODEL, "prompt": "probe", "options": {"num_predict": 1}}
 
     async def run() -> tuple[list[float], int, int, object, object]:
+        waiting = concurrency - 1
+        all_under_way = asyncio.Event()
+
+        def under_way() -> None:
+            nonlocal waiting
+            waiting -= 1
+            if not waiting:
+                all_under_way.set()
+
         background = [
-            asyncio.ensure_future(stream_once(url, "/api/generate", hold))
+            asyncio.ensure_future(stream_once(url, "/api/generate", hold, under_way))
             for _ in range(concurrency - 1)
         ]
-        await asyncio.sleep(1.0 + concurrency / 100)  # all background streams under way
+        # Probes start once every background stream is decoding: a probe sent while their
+        # prompts are still evaluated waits behind them (about 2 s at 50 streams here).
+        if background:
+            await asyncio.wait_for(all_under_way.wait(), 60)
         before = snapshot()
         ttfbs, errors = [], 0
         for _ in range(probes):
@@ -125,15 +163,11 @@ def ttfb_phase(
         return ttfbs, errors, broken, before, after
 
     ttfbs, errors, broken, before, after = asyncio.run(run())
-    entry = {
-        "concurrency": concurrency,
-        "probes": probes,
-        "errors": errors,
-        "background_ended_early": broken,
-        "ttfb_p50_ms": 1000 * percentile(ttfbs, 0.5),
-        "ttfb_p99_ms": 1000 * percentile(ttfbs, 0.99),
-    }
-    return entry, before, after
+    into.ttfbs += ttfbs
+    into.errors += errors
+    into.broken += broken
+    into.p50_by_round.append(percentile(ttfbs, 0.5))
+    return before, after
 
 
 def stream_phase(url: str, quick: bool) -> dict[str, float]:
@@ -313,16 +347,31 @@ def main() -> None:
                 for name, url in targets.items():
                     streams(url, 5, 10, 2)  # warm connections
                     results[name] = {"ttfb": []}
-                    for c in (1, 50, 200):
 
-                        def both(edge: procs.Proc = edge, plane: procs.Proc = plane) -> object:
-                            return scrape(edge.url + "/metrics"), scrape(metrics_url(plane))
+                def both(edge: procs.Proc = edge, plane: procs.Proc = plane) -> object:
+                    return scrape(edge.url + "/metrics"), scrape(metrics_url(plane))
 
-                        entry, before, after = ttfb_phase(
-                            url, c, probes, both if name == "edge" else lambda: None
-                        )
+                for c in (1, 50, 200):
+                    # Rounds with the targets' order rotated: a drift in the shared host or
+                    # load generator over a phase then weighs on every target alike.
+                    probed = {name: Probed() for name in targets}
+                    picks: list[tuple[object, object]] = []
+                    for r in range(TTFB_ROUNDS):
+                        names = list(targets)[r % 3 :] + list(targets)[: r % 3]
+                        for name in names:
+                            ends = ttfb_phase(
+                                targets[name],
+                                c,
+                                probes // TTFB_ROUNDS,
+                                probed[name],
+                                both if name == "edge" else lambda: None,
+                            )
+                            if name == "edge":
+                                picks.append(ends)
+                    for name in targets:
+                        entry = probed[name].entry(c)
                         if name == "edge":
-                            entry["pick"] = pick_figures(*before, *after)  # type: ignore[misc]
+                            entry["pick"] = pick_figures(picks)  # type: ignore[arg-type]
                         results[name]["ttfb"].append(entry)
                         print(f"{name} ttfb {entry}", flush=True)
         with procs.running("ollamasim", fast_sim) as sim:
@@ -370,30 +419,35 @@ def metrics_url(plane: procs.Proc) -> str:
 
 
 def pick_figures(
-    edge_before: dict[str, float],
-    cp_before: dict[str, float],
-    edge_after: dict[str, float],
-    cp_after: dict[str, float],
+    rounds: list[tuple[tuple[dict[str, float], dict[str, float]], ...]],
 ) -> dict[str, float | None]:
-    """Pick as the edge waited for it (round trip) and as the control plane decided it, over one
-    phase; the share is Pick's part of the edge's time to first byte (Pick + host's first byte)."""
-    (n0, s0, u0), (n1, s1, u1) = (
-        hist(m, "hops_edge_pick_duration_seconds") for m in (edge_before, edge_after)
-    )
-    _, t0, _ = hist(edge_before, "hops_edge_time_to_first_byte_seconds")
-    _, t1, _ = hist(edge_after, "hops_edge_time_to_first_byte_seconds")
-    (d0, ds0, du0), (d1, ds1, du1) = (
-        hist(m, "hops_controlplane_pick_duration_seconds") for m in (cp_before, cp_after)
-    )
-    picks, decided = n1 - n0, d1 - d0
+    """Pick as the edge waited for it (round trip) and as the control plane decided it, over the
+    probes of every round ((edge, control plane) scrapes before and after each); the share is
+    Pick's part of the edge's time to first byte (Pick + host's first byte)."""
+    n = s = u = t = d = ds = du = 0.0
+    for (edge_before, cp_before), (edge_after, cp_after) in rounds:
+        (n0, s0, u0), (n1, s1, u1) = (
+            hist(m, "hops_edge_pick_duration_seconds") for m in (edge_before, edge_after)
+        )
+        _, t0, _ = hist(edge_before, "hops_edge_time_to_first_byte_seconds")
+        _, t1, _ = hist(edge_after, "hops_edge_time_to_first_byte_seconds")
+        (d0, ds0, du0), (d1, ds1, du1) = (
+            hist(m, "hops_controlplane_pick_duration_seconds") for m in (cp_before, cp_after)
+        )
+        n, s, u, t = n + n1 - n0, s + s1 - s0, u + u1 - u0, t + t1 - t0
+        d, ds, du = d + d1 - d0, ds + ds1 - ds0, du + du1 - du0
     return {
-        "picks": picks,
-        "round_trip_mean_ms": 1000 * (s1 - s0) / picks if picks else None,
-        "round_trips_under_2ms": (u1 - u0) / picks if picks else None,
-        "share_of_ttfb": (s1 - s0) / ((s1 - s0) + (t1 - t0)) if picks else None,
-        "decision_mean_ms": 1000 * (ds1 - ds0) / decided if decided else None,
-        "decisions_under_2ms": (du1 - du0) / decided if decided else None,
+        "picks": n,
+        "round_trip_mean_ms": 1000 * s / n if n else None,
+        "round_trips_under_2ms": u / n if n else None,
+        "share_of_ttfb": s / (s + t) if n else None,
+        "decision_mean_ms": 1000 * ds / d if d else None,
+        "decisions_under_2ms": du / d if d else None,
     }
+
+
+def _minus(a: list[float], b: list[float]) -> list[float]:
+    return [round(x - y, 3) for x, y in zip(a, b, strict=True)]
 
 
 def summarise(r: dict[str, Any]) -> None:
@@ -409,6 +463,8 @@ def summarise(r: dict[str, Any]) -> None:
             "edge_p99_ms": e["ttfb_p99_ms"] - d["ttfb_p99_ms"],
             "nginx_p50_ms": n["ttfb_p50_ms"] - d["ttfb_p50_ms"],
             "nginx_p99_ms": n["ttfb_p99_ms"] - d["ttfb_p99_ms"],
+            "edge_p50_by_round_ms": _minus(e["ttfb_p50_ms_by_round"], d["ttfb_p50_ms_by_round"]),
+            "nginx_p50_by_round_ms": _minus(n["ttfb_p50_ms_by_round"], d["ttfb_p50_ms_by_round"]),
         }
     summary["pick_at_c50"] = at("edge", 50)["pick"]
     summary["edge_cpu_s_per_1000_requests"] = r["edge"]["cpu_s_per_1000_requests"]
