@@ -358,10 +358,8 @@ class Router:
             loading=not loaded and key in node.loading,
             idle_loaded_bytes=idle,
             decode_tps=learned.decode_tps if learned else 0.0,
-            load_seconds=(
-                learned.load_seconds
-                if learned and learned.load_seconds
-                else self.load_seconds(node_id, key, installed.size_bytes if installed else 0)
+            load_seconds=self._load_seconds(
+                learned, node_id, installed.size_bytes if installed else 0
             ),
             affinity=node_id == affinity_node,
             loaded_count=len(node.loaded_by_key)
@@ -390,7 +388,7 @@ class Router:
                     key,
                     held,
                     size,
-                    self.load_seconds(node.node_id, key, size),
+                    self._load_seconds(self.learned.get((node.node_id, key)), node.node_id, size),
                     self.demand(key),
                     warm.get(key, 0) > 1,  # counted here and somewhere else
                 )
@@ -477,27 +475,21 @@ class Router:
             self._learn_tokens(model, stats.eval_count)
 
     def _learn_tokens(self, model: str, count: int) -> None:
-        average, used = self._tokens.get(model, (0.0, 0.0))
-        average = _ewma(average, float(count))
-        moved = not used or abs(average - used) > TOKENS_STEP * used
-        self._tokens[model] = (average, average if moved else used)
+        self._tokens[model], moved = _stepped(self._tokens.get(model), count, TOKENS_STEP)
         if moved:  # every host's cost, and so floor, for this model changed
             for node in self.fleet.holders.get(model, {}).values():
                 self._refresh_floor(node, model)
 
     def _learn_load_rate(self, node: Node, rate: float) -> None:
-        average, used = self._load_rates.get(node.node_id, (0.0, 0.0))
-        average = _ewma(average, rate)
-        moved = not used or abs(average - used) > LOAD_RATE_STEP * used
-        self._load_rates[node.node_id] = (average, average if moved else used)
+        seen = self._load_rates.get(node.node_id)
+        self._load_rates[node.node_id], moved = _stepped(seen, rate, LOAD_RATE_STEP)
         if moved:  # the estimated load time, and so the floor, of every model not yet loaded
             for key in node.installed_by_key:
                 self._refresh_floor(node, key)
 
-    def load_seconds(self, node_id: str, key: str, size_bytes: int) -> float:
-        """How long loading ``key`` on this node takes: learned from its own loads there, else
-        its size at the node's measured load speed; 0 while nothing was loaded there."""
-        learned = self.learned.get((node_id, key))
+    def _load_seconds(self, learned: Learned | None, node_id: str, size_bytes: int) -> float:
+        """How long loading a model of ``size_bytes`` on this node takes: ``learned`` from its
+        own loads there, else at the node's measured load speed; 0 while nothing was loaded."""
         if learned is not None and learned.load_seconds:
             return learned.load_seconds
         rate = self._load_rates.get(node_id)
@@ -527,3 +519,15 @@ class Router:
 
 def _ewma(old: float, new: float) -> float:
     return new if old == 0 else old + EWMA_ALPHA * (new - old)
+
+
+def _stepped(
+    seen: tuple[float, float] | None, sample: float, step: float
+) -> tuple[tuple[float, float], bool]:
+    """Fold ``sample`` into (running average, the figure policies see); the figure follows the
+    average only when it drifts by ``step`` (floors depend on it). Returns the pair and whether
+    the figure moved."""
+    average, used = seen or (0.0, 0.0)
+    average = _ewma(average, sample)
+    moved = not used or abs(average - used) > step * used
+    return (average, average if moved else used), moved
