@@ -357,7 +357,8 @@ def main() -> None:
                     probed = {name: Probed() for name in targets}
                     picks: list[tuple[object, object]] = []
                     for r in range(TTFB_ROUNDS):
-                        names = list(targets)[r % 3 :] + list(targets)[: r % 3]
+                        first = r % len(targets)
+                        names = list(targets)[first:] + list(targets)[:first]
                         for name in names:
                             ends = ttfb_phase(
                                 targets[name],
