@@ -59,7 +59,7 @@ class Node:
     loading_bytes: int = 0  # size of the models in ``loading``, kept in step with it
     # loaded model key -> the routed load that will evict it (no longer warm for routing)
     evicting: dict[str, str] = field(default_factory=dict)
-    counted_warm: frozenset[str] = frozenset()  # its loaded models as counted in Fleet.warm
+    counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
     vram_total: int = 0
     vram_free: int = 0
 
@@ -130,7 +130,8 @@ class Fleet:
         # and per node the models that became or stopped being warm (nothing else changed).
         self.reindexed: set[str] = set()
         self.rekeyed: dict[str, set[str]] = {}
-        self.warm: dict[str, int] = {}  # model key -> connected nodes with it loaded
+        # model key -> connected nodes with it loaded and not marked for eviction
+        self.warm: dict[str, int] = {}
         self.leases = LeaseTable()
         self.version = 1
         self._changed = asyncio.Event()
@@ -203,7 +204,7 @@ class Fleet:
             return False
         node.session = None
         node.disconnected_at = time.time()
-        self._count_warm(node)
+        self.count_warm(node)
         self.touch()
         return True
 
@@ -227,7 +228,7 @@ class Fleet:
             warm = node.warm_keys()
             node.set_snapshot(snapshot)
             self.warm_changed(node.node_id, warm ^ node.warm_keys())
-            self._count_warm(node)
+            self.count_warm(node)
             return
         self.reindexed.add(node.node_id)
         before = set(node.installed_by_key)
@@ -241,15 +242,16 @@ class Fleet:
                     del self.holders[key]
         for key in after - before:
             self.holders.setdefault(key, {})[node.node_id] = node
-        self._count_warm(node)
+        self.count_warm(node)
 
     def warm_changed(self, node_id: str, keys: set[str]) -> None:
         if keys:
             self.rekeyed.setdefault(node_id, set()).update(keys)
 
-    def _count_warm(self, node: Node) -> None:
-        """Keep ``warm`` in step with what ``node`` has loaded while it is connected."""
-        now = frozenset(node.loaded_by_key) if node.session is not None else frozenset()
+    def count_warm(self, node: Node) -> None:
+        """Keep ``warm`` in step with what ``node`` has warm while it is connected: call after
+        its snapshot, its connection or the models marked for eviction on it changed."""
+        now = frozenset(node.warm_keys()) if node.session is not None else frozenset()
         if now == node.counted_warm:
             return
         for key in node.counted_warm - now:

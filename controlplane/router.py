@@ -148,6 +148,7 @@ class Router:
                 # as when they were warm, still a bound; the next snapshot tightens them.
                 memory = int(chosen.model_size * KV_HEADROOM)
                 first.mark_loading(key, memory, [r.key for r in predicted_victims(chosen)])
+                self.fleet.count_warm(first)
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
@@ -390,7 +391,7 @@ class Router:
                     size,
                     self._load_seconds(self.learned.get((node.node_id, key)), node.node_id, size),
                     self.demand(key),
-                    warm.get(key, 0) > 1,  # counted here and somewhere else
+                    warm.get(key, 0) > 1,  # warm here (idle, not evicting) and elsewhere
                 )
             )
         return tuple(out)
@@ -502,6 +503,7 @@ class Router:
         for node in self.fleet.nodes.values():
             # A model marked for eviction and still loaded is warm again.
             self.fleet.warm_changed(node.node_id, node.forget_loads(lambda _, t: t < stale))
+            self.fleet.count_warm(node)
         self.fleet.forget_offline()
         return expired
 

@@ -166,6 +166,31 @@ def test_a_warm_host_that_a_routed_load_will_evict_is_warm_no_more() -> None:
     assert router.pick(RouteRequest(model="m1", edge_id="e")).ranked[0].reason == "warm"
 
 
+def test_a_model_another_load_will_evict_is_not_counted_as_warm_elsewhere() -> None:
+    fleet = builders.fleet()
+    tight = {}
+    for node_id in ("a", "b"):
+        node = builders.add_node(fleet, node_id, models=["m1:latest", "m2:latest"], loaded=["m1"])
+        gpus = (Gpu(0, "GPU", "", 3 * GIB, GIB // 2),)
+        tight[node_id] = replace(node.snapshot, sequence=2, gpus=gpus)
+        fleet.update(node_id, node.session, tight[node_id])
+    router = builders.router(fleet, "memory_aware")
+    for _ in range(3):  # m1 is in demand, then idle
+        router.fleet.leases.close(router.pick(RouteRequest(model="m1", edge_id="e")).lease_id)
+    before = router._candidate(fleet.nodes["b"], "m2:latest", "")
+    assert [(r.key, r.elsewhere) for r in before.idle_loaded] == [("m1:latest", True)]
+    load = router.pick(RouteRequest(model="m2", edge_id="e", node_id="a"))
+    assert load.ranked[0].reason == "cold-evict-idle"
+    assert fleet.warm == {"m1:latest": 1}  # a's copy is on its way out
+    after = router._candidate(fleet.nodes["b"], "m2:latest", "")
+    assert [(r.key, r.elsewhere) for r in after.idle_loaded] == [("m1:latest", False)]
+    assert eviction_cost(after) > eviction_cost(before)  # its last copy: the full reload
+    # The load is done and took m1's place on a (a snapshot says so): counted as it is.
+    swapped = replace(tight["a"], sequence=3, loaded=(LoadedModel(name="m2:latest"),))
+    fleet.update("a", fleet.nodes["a"].session, swapped)
+    assert fleet.warm == {"m1:latest": 1, "m2:latest": 1}
+
+
 def test_demand_is_each_models_share_of_recent_picks() -> None:
     fleet = builders.fleet()
     builders.add_node(fleet, "n", models=["a:latest", "b:latest"], loaded=["a", "b"])
