@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import random
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,7 +230,9 @@ class Host:
             yield piece
         metrics.eval_ns = max(int((time.monotonic() - eval_start) * 1e9), 1)
 
-    def _plan(self, req: GenRequest) -> tuple[list[Piece], str]:
+    def _plan(self, req: GenRequest) -> tuple[Iterable[Piece], str]:
+        """The reply's pieces and done reason. Plain text is drawn as it is streamed (a reply of
+        100,000 tokens must not delay its first one, nor be held whole in memory)."""
         seed = self.settings.seed if req.seed is None else req.seed
         rng = textgen.rng_for(seed, req.spec.name, req.prompt)
         low, high = self.settings.response_tokens
@@ -237,17 +240,21 @@ class Host:
         reason = "stop"
         if req.num_predict is not None and 0 < req.num_predict <= n:
             n, reason = req.num_predict, "length"
-        pieces: list[Piece] = []
+        thinking: Iterable[Piece] = ()
         if req.think:
-            pieces += [("thinking", w) for w in textgen.words(rng, max(1, n // 2))]
-        if req.wants_tool_call and req.tools:
+            thinking = (("thinking", w) for w in textgen.iter_words(rng, max(1, n // 2)))
+        tool_call = req.wants_tool_call and bool(req.tools)
+        json_reply = req.json_mode or req.json_schema is not None
+        if tool_call or json_reply:  # drawn after the thinking text: draw that first
+            thinking = list(thinking)
+        if tool_call:
             call = textgen.tool_call(rng, req.tools[rng.randrange(len(req.tools))])
-            return [*pieces, ("tool_calls", [call])], "stop"
-        if req.json_mode or req.json_schema is not None:
+            return [*thinking, ("tool_calls", [call])], "stop"
+        if json_reply:
             tokens = textgen.json_tokens(rng, req.json_schema, n)
-        else:
-            tokens = textgen.words(rng, n)
-        return pieces + [("content", t) for t in tokens], reason
+            return [*thinking, *(("content", t) for t in tokens)], reason
+        content = (("content", t) for t in textgen.iter_words(rng, n))
+        return itertools.chain(thinking, content), reason
 
     async def embed(
         self, spec: ModelSpec, texts: list[str], *, keep_alive: float | None, metrics: Metrics

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 _TEXT = (
@@ -31,10 +32,15 @@ def count_tokens(text: str) -> int:
 
 def words(rng: random.Random, n: int) -> list[str]:
     """``n`` tokens of text, the first without a leading space."""
-    out = [rng.choice(_WORDS) for _ in range(n)]
-    if out:
-        out[0] = out[0].capitalize()
-    return [w if i == 0 else " " + w for i, w in enumerate(out)]
+    return list(iter_words(rng, n))
+
+
+def iter_words(rng: random.Random, n: int) -> Iterator[str]:
+    """The tokens of ``words``, drawn one at a time as they are taken: a reply of any length
+    costs nothing before its first token."""
+    for i in range(n):
+        word = rng.choice(_WORDS)
+        yield word.capitalize() if i == 0 else " " + word
 
 
 def json_tokens(rng: random.Random, schema: Any, n: int) -> list[str]:
