@@ -33,6 +33,7 @@ DEMAND_WINDOW = 50  # picks: a model's demand is its expected share of about thi
 DEMAND_DECAY = 1.0 - 1.0 / DEMAND_WINDOW
 TOKENS_STEP = 0.2
 LOAD_RATE_STEP = 0.2
+DECODE_RATE_STEP = 0.2
 RECENT_DECISIONS = 50
 
 
@@ -100,6 +101,10 @@ class Router:
     # there): (running average, the figure candidates see, moved like _tokens). It estimates
     # the load time of a model never loaded on that host yet.
     _load_rates: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Per node, the weight bytes it reads per second decoding (tokens/s x model size, over every
+    # model run there wholly in its memory; decoding is memory-bandwidth bound), moved like
+    # _tokens. It estimates the decode speed of a model never run on that host yet.
+    _decode_rates: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def pick(self, request: RouteRequest) -> PickOutcome:
         started = time.perf_counter()
@@ -315,6 +320,7 @@ class Router:
         node_id = node.hello.node_id
         per_model = self.fleet.leases.per_model
         installed = node.installed_by_key.get(key)
+        size = installed.size_bytes if installed else 0
         on_gpu = node.vram_total > 0
         snapshot = node.snapshot
         total = node.vram_total if on_gpu else snapshot.system_memory_total_bytes
@@ -352,16 +358,14 @@ class Router:
             weight=node.hello.weight,
             vram_total=node.vram_total,
             vram_free=node.vram_free,
-            model_size=installed.size_bytes if installed else 0,
+            model_size=size,
             on_gpu=on_gpu,
             memory_total=total,
             memory_free=max(free, 0),
             loading=not loaded and key in node.loading,
             idle_loaded_bytes=idle,
-            decode_tps=learned.decode_tps if learned else 0.0,
-            load_seconds=self._load_seconds(
-                learned, node_id, installed.size_bytes if installed else 0
-            ),
+            decode_tps=self._decode_tps(learned, node_id, size),
+            load_seconds=self._load_seconds(learned, node_id, size),
             affinity=node_id == affinity_node,
             loaded_count=len(node.loaded_by_key)
             - len(evicting)
@@ -459,16 +463,19 @@ class Router:
         if stats is None:
             return
         learned = self.learned.setdefault((node_id, model), Learned())
+        node = self.fleet.nodes.get(node_id)
+        installed = node.installed_by_key.get(model) if node is not None else None
+        size = installed.size_bytes if installed is not None else 0
         if stats.eval_count and stats.eval_duration_ns:
             tps = stats.eval_count / (stats.eval_duration_ns / 1e9)
             learned.decode_tps = _ewma(learned.decode_tps, tps)
-        node = self.fleet.nodes.get(node_id)
+            if node is not None and size and _wholly_in_memory(node, model):
+                self._learn_rate(self._decode_rates, node, tps * size, DECODE_RATE_STEP)
         if stats.load_duration_ns > 100_000_000:  # a real load, not the warm hand-over
             seconds = stats.load_duration_ns / 1e9
             learned.load_seconds = _ewma(learned.load_seconds, seconds)
-            installed = node.installed_by_key.get(model) if node is not None else None
-            if node is not None and installed is not None and installed.size_bytes:
-                self._learn_load_rate(node, installed.size_bytes / seconds)
+            if node is not None and size:
+                self._learn_rate(self._load_rates, node, size / seconds, LOAD_RATE_STEP)
         learned.samples += 1
         if node is not None:
             self._refresh_floor(node, model)
@@ -481,10 +488,12 @@ class Router:
             for node in self.fleet.holders.get(model, {}).values():
                 self._refresh_floor(node, model)
 
-    def _learn_load_rate(self, node: Node, rate: float) -> None:
-        seen = self._load_rates.get(node.node_id)
-        self._load_rates[node.node_id], moved = _stepped(seen, rate, LOAD_RATE_STEP)
-        if moved:  # the estimated load time, and so the floor, of every model not yet loaded
+    def _learn_rate(
+        self, rates: dict[str, tuple[float, float]], node: Node, rate: float, step: float
+    ) -> None:
+        """Fold one model's measured speed into ``node``'s speed (load or decode, in bytes/s)."""
+        rates[node.node_id], moved = _stepped(rates.get(node.node_id), rate, step)
+        if moved:  # the estimate, and so the floor, of every model not yet measured here
             for key in node.installed_by_key:
                 self._refresh_floor(node, key)
 
@@ -495,6 +504,14 @@ class Router:
             return learned.load_seconds
         rate = self._load_rates.get(node_id)
         return size_bytes / rate[1] if rate is not None else 0.0
+
+    def _decode_tps(self, learned: Learned | None, node_id: str, size_bytes: int) -> float:
+        """Tokens/s decoding a model of ``size_bytes`` on this node: ``learned`` from its own
+        replies there, else at the node's measured decode bandwidth; 0 while nothing ran."""
+        if learned is not None and learned.decode_tps:
+            return learned.decode_tps
+        rate = self._decode_rates.get(node_id)
+        return rate[1] / size_bytes if rate is not None and size_bytes else 0.0
 
     def sweep(self, lease_ttl: float) -> int:
         """Release leases older than ``lease_ttl``; forget long-offline nodes."""
@@ -517,6 +534,15 @@ class Router:
             if node is not None:
                 node.breaker.abandon(lease.lease_id)
         return len(leases)
+
+
+def _wholly_in_memory(node: Node, key: str) -> bool:
+    """Whether ``key`` runs entirely in the node's GPU memory (or on a CPU-only node): a model
+    split between GPU and CPU decodes at the CPU's pace and says little about the GPU's."""
+    loaded = node.loaded_by_key.get(key)
+    if node.vram_total <= 0:
+        return True
+    return loaded is not None and loaded.size_vram_bytes >= loaded.size_bytes > 0
 
 
 def _ewma(old: float, new: float) -> float:

@@ -13,8 +13,9 @@ Each candidate gets an expected cost in seconds before its reply can start strea
                                  the chance it is asked for again soon (less if another host has
                                  it loaded): a big model in demand keeps its place
   cold, evicts busy models       load time + a prohibitive penalty (only if nothing else exists)
-plus the time the request itself takes at that host's measured decode speed (the model's
-average reply length, learned from Reports), so a slow CPU host or a split GPU/CPU load costs
+plus the time the request itself takes at that host's measured decode speed (for a model not
+run there yet, the host's measured decode bandwidth over the model's size) and the model's
+average reply length, both learned from Reports, so a slow CPU host or a split GPU/CPU load costs
 what it really costs. A session's previous host gets a bonus (a warm prompt cache), small enough
 that a hot session does not pile onto a busy host. Among equal costs the smaller host wins,
 keeping big GPUs free for big models. Costs divide by the node's weight.

@@ -252,3 +252,37 @@ def test_a_hosts_load_speed_estimates_the_models_never_loaded_there() -> None:
     outcome = router.pick(RouteRequest(model="big", edge_id="e"))
     assert outcome.ranked[0].candidate.node_id == "fast"
     assert outcome.ranked[0].reason == "cold-fit"
+
+
+def test_a_hosts_decode_bandwidth_estimates_the_models_never_run_there() -> None:
+    fleet = builders.fleet()
+    sizes = {"small:latest": 2 * builders.GB, "big:latest": 8 * builders.GB}
+    installed = tuple(InstalledModel(name=m, size_bytes=s) for m, s in sizes.items())
+    small = LoadedModel(name="small:latest", size_bytes=sizes["small:latest"])
+    for node_id, vram in (("fast", 48.0), ("slow", 24.0)):
+        node = builders.add_node(fleet, node_id, models=list(sizes), vram_gb=vram)
+        fleet.update(node_id, node.session, replace(node.snapshot, sequence=2, installed=installed))
+    router = builders.router(fleet, "memory_aware")
+
+    def decode(node_id: str, tps: int, vram_share: float) -> None:
+        node = fleet.nodes[node_id]
+        loaded = replace(small, size_vram_bytes=int(small.size_bytes * vram_share))
+        fleet.update(
+            node_id,
+            node.session,
+            replace(node.snapshot, sequence=node.snapshot.sequence + 1, loaded=(loaded,)),
+        )
+        lease = router.pick(RouteRequest(model="small", edge_id="e", node_id=node_id)).lease_id
+        stats = GenerationStats(eval_count=tps, eval_duration_ns=10**9)
+        router.report(Report(lease, node_id, Outcome.OK, stats=stats))
+
+    decode("slow", 5, 0.5)  # split with the CPU: decodes at the CPU's pace, says nothing
+    assert router._candidate(fleet.nodes["slow"], "big:latest", "").decode_tps == 0.0
+    decode("fast", 100, 1.0)  # 2 GB at 100 and 25 tokens/s: 200 and 50 GB/s of weights
+    decode("slow", 25, 1.0)
+    fast = router._candidate(fleet.nodes["fast"], "big:latest", "")
+    slow = router._candidate(fleet.nodes["slow"], "big:latest", "")
+    assert (fast.decode_tps, slow.decode_tps) == (pytest.approx(25.0), pytest.approx(6.25))
+    # Without the hosts' speeds both would decode at one default and the smaller host win.
+    outcome = router.pick(RouteRequest(model="big", edge_id="e"))
+    assert outcome.ranked[0].candidate.node_id == "fast"
