@@ -57,7 +57,8 @@ class Node:
     # model key -> (when a load was routed here, the memory it will take)
     loading: dict[str, tuple[float, int]] = field(default_factory=dict)
     loading_bytes: int = 0  # size of the models in ``loading``, kept in step with it
-    # loaded model key -> the routed load that will evict it (no longer warm for routing)
+    # loaded (or loading) model key -> the routed load that will evict it (no longer warm, or
+    # soon warm, for routing)
     evicting: dict[str, str] = field(default_factory=dict)
     counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
     vram_total: int = 0
@@ -113,7 +114,8 @@ class Node:
         stale = [
             victim
             for victim, cause in self.evicting.items()
-            if cause not in self.loading or victim not in self.loaded_by_key
+            if cause not in self.loading
+            or (victim not in self.loaded_by_key and victim not in self.loading)
         ]
         for victim in stale:
             del self.evicting[victim]

@@ -152,10 +152,40 @@ class Router:
                 # Ollama will evict these for it: no longer warm here. Their floors stay as low
                 # as when they were warm, still a bound; the next snapshot tightens them.
                 memory = int(chosen.model_size * KV_HEADROOM)
-                first.mark_loading(key, memory, [r.key for r in predicted_victims(chosen)])
+                first.mark_loading(key, memory, self._victims(first, key, chosen, memory))
                 self.fleet.count_warm(first)
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
+
+    def _victims(self, node: Node, key: str, chosen: Candidate, memory: int) -> list[str]:
+        """The models Ollama will evict to load ``key`` on ``node``: idle ones in its order, then,
+        if those do not make room, busy ones, those still loading last (the load waits for them
+        to finish, and a request sent to one of them meanwhile waits behind the load and then
+        for a reload)."""
+        idle = predicted_victims(chosen)
+        victims = [r.key for r in idle]
+        if chosen.loaded or chosen.loading:
+            return victims
+        short = memory - chosen.memory_free - sum(r.memory_bytes for r in idle)
+        count = chosen.loaded_count - len(idle)
+        on_gpu = node.vram_total > 0
+        busy = sorted(
+            (m.expires_at, loaded_key, m.size_vram_bytes if on_gpu else m.size_bytes)
+            for loaded_key, m in node.loaded_by_key.items()
+            if loaded_key not in node.evicting and loaded_key not in victims
+        )
+        busy += [
+            (math.inf, loading_key, reserved)
+            for loading_key, (_, reserved) in node.loading.items()
+            if loading_key != key and loading_key not in node.evicting
+        ]
+        for _, busy_key, held in busy:
+            if short <= 0 and count < chosen.max_loaded:
+                break
+            victims.append(busy_key)
+            short -= held
+            count -= 1
+        return victims
 
     def _rank_all(
         self, request: RouteRequest, key: str, limit: int
@@ -362,7 +392,7 @@ class Router:
             on_gpu=on_gpu,
             memory_total=total,
             memory_free=max(free, 0),
-            loading=not loaded and key in node.loading,
+            loading=not loaded and key in node.loading and key not in evicting,
             idle_loaded_bytes=idle,
             decode_tps=self._decode_tps(learned, node_id, size),
             load_seconds=self._load_seconds(learned, node_id, size),

@@ -166,6 +166,47 @@ def test_a_warm_host_that_a_routed_load_will_evict_is_warm_no_more() -> None:
     assert router.pick(RouteRequest(model="m1", edge_id="e")).ranked[0].reason == "warm"
 
 
+def test_a_busy_model_a_routed_load_waits_to_evict_is_warm_no_more() -> None:
+    fleet = builders.fleet()
+    small = builders.add_node(fleet, "small", models=["m1:latest", "m2:latest"], loaded=["m1"])
+    builders.add_node(fleet, "other", models=["m1:latest"])
+    tight = replace(small.snapshot, sequence=2, gpus=(Gpu(0, "GPU", "", 3 * GIB, GIB // 2),))
+    fleet.update("small", small.session, tight)
+    router = builders.router(fleet, "memory_aware")
+    busy = router.pick(RouteRequest(model="m1", edge_id="e"))
+    assert busy.ranked[0].candidate.node_id == "small"  # in flight: m1 stays busy
+    load = router.pick(RouteRequest(model="m2", edge_id="e", node_id="small"))
+    assert load.ranked[0].reason == "cold-evict-busy"
+    assert small.evicting == {"m1:latest": "m2:latest"}  # once its request is done
+    # Sent to small now, m1 would wait behind m2's load and then for its own reload.
+    after = router.pick(RouteRequest(model="m1", edge_id="e"))
+    assert after.ranked[0].candidate.node_id == "other"
+    assert after.ranked[0].reason == "cold-fit"
+
+
+def test_a_model_still_loading_that_a_later_load_will_evict_is_not_sent_there() -> None:
+    fleet = builders.fleet()
+    small = builders.add_node(
+        fleet, "small", models=["m1:latest", "m2:latest"], vram_gb=3.0, num_parallel=2
+    )
+    builders.add_node(fleet, "other", models=["m1:latest"])
+    router = builders.router(fleet, "memory_aware")
+    first = router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))
+    assert first.ranked[0].reason == "cold-fit" and "m1:latest" in small.loading
+    load = router.pick(RouteRequest(model="m2", edge_id="e", node_id="small"))
+    assert load.ranked[0].reason == "cold-evict-busy"  # m1 takes the room until it is done
+    assert small.evicting == {"m1:latest": "m2:latest"}
+    # A snapshot from before m1's load shows: the mark stays (m1 is still on its way in).
+    fleet.update("small", small.session, replace(small.snapshot, sequence=2))
+    assert small.evicting == {"m1:latest": "m2:latest"}
+    after = router.pick(RouteRequest(model="m1", edge_id="e"))
+    assert after.ranked[0].candidate.node_id == "other"  # not "loading" on small
+    # m1's load shows up in a snapshot: still marked, so still not warm for routing.
+    shown = replace(small.snapshot, sequence=3, loaded=(LoadedModel(name="m1:latest"),))
+    fleet.update("small", small.session, shown)
+    assert small.evicting == {"m1:latest": "m2:latest"} and fleet.warm == {}
+
+
 def test_a_model_another_load_will_evict_is_not_counted_as_warm_elsewhere() -> None:
     fleet = builders.fleet()
     tight = {}
