@@ -6,6 +6,9 @@ Each candidate gets an expected cost in seconds before its reply can start strea
   warm, queued                   requests ahead / parallel slots x measured time per request
   already loading here           about half a load (a load was routed here moments ago)
   (cold, any of the below)       + the loads routed here before it (Ollama loads one at a time)
+                                 + COLD_LOAD_PENALTY_S: a load is made only where it saves more
+                                 than that (its memory is memory a later load may need, and a
+                                 second copy of a model warm on a slower host rarely pays)
   cold, fits in free memory      measured (or estimated) load time (and under the host's
                                  OLLAMA_MAX_LOADED_MODELS, past which Ollama evicts too)
   cold, evicts idle models       load time + a penalty (someone's warm model goes away), plus
@@ -37,6 +40,7 @@ DEFAULT_CPU_TPS = 10.0
 DEFAULT_LOAD_BYTES_PER_S = 2.0e9
 LOAD_OVERHEAD_S = 0.5
 EVICT_IDLE_PENALTY_S = 2.0
+COLD_LOAD_PENALTY_S = 2.0  # chosen on the routing bench: see bench/README.md
 EVICT_BUSY_PENALTY_S = 1000.0
 ELSEWHERE_SHARE = 0.25  # of a victim's reload cost, when another host has it loaded too
 AFFINITY_BONUS_S = 0.75
@@ -100,7 +104,7 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
             wait = load / 2 + queue_wait(c, per_request)
             tier = "loading"
             return _total(wait, per_request, c), tier, wait
-        load += loads_ahead(c)  # Ollama loads one model at a time
+        load += loads_ahead(c) + COLD_LOAD_PENALTY_S  # Ollama loads one model at a time
         if need <= c.memory_free and c.loaded_count < c.max_loaded:
             wait, tier = load, "cold-fit"
         elif need <= c.memory_free + c.idle_loaded_bytes and (

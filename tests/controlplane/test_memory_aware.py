@@ -63,6 +63,17 @@ def test_a_long_queue_on_a_warm_host_loses_to_a_cold_load_elsewhere() -> None:
     assert _order(short, cold) == ["swamped", "cold"]
 
 
+def test_a_second_copy_is_loaded_only_when_it_saves_more_than_a_load_costs() -> None:
+    # A free slot on a slower warm host: 200 tokens at 40/s = 5 s. A faster card would take a
+    # 2 s load and 2 s of decoding, 1 s sooner; not worth a load (memory, a later eviction).
+    warm = replace(BASE, node_id="warm", loaded=True, decode_tps=40.0)
+    faster = replace(BASE, node_id="faster", decode_tps=100.0, load_seconds=2.0)
+    assert _order(warm, faster) == ["warm", "faster"]
+    # Twice as slow (10 s): the load saves 6 s, so it is made. A preference, not a pin.
+    slower = replace(warm, decode_tps=20.0)
+    assert _order(slower, faster) == ["faster", "warm"]
+
+
 def test_smallest_host_that_fits_keeps_big_gpus_free() -> None:
     big = replace(BASE, node_id="big", memory_total=24 * GIB, memory_free=24 * GIB)
     small = replace(BASE, node_id="small", memory_total=8 * GIB, memory_free=8 * GIB)
