@@ -2,6 +2,7 @@ from dataclasses import replace
 
 import pytest
 
+from controlplane.fleet import Fleet, Node
 from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import Candidate
 from controlplane.policies.base import KV_HEADROOM, Resident, predicted_victims
@@ -11,8 +12,8 @@ from controlplane.policies.memory_aware import (
     expected_cost,
     service_time,
 )
-from controlplane.router import DEMAND_WINDOW
-from hopscommon.fleet import Gpu, InstalledModel, LoadedModel
+from controlplane.router import DEMAND_WINDOW, Router
+from hopscommon.fleet import Gpu, InstalledModel, LoadedModel, Snapshot
 from tests.controlplane import builders
 
 GIB = 1024**3
@@ -153,13 +154,19 @@ def test_an_eviction_costs_the_victims_reload_weighted_by_its_demand() -> None:
     assert eviction_cost(two) == 0.0
 
 
-def test_a_warm_host_that_a_routed_load_will_evict_is_warm_no_more() -> None:
+def _m1_on_a_full_small_host() -> tuple[Fleet, Node, Snapshot, Router]:
+    """m1 loaded on "small" (3 GiB, half a GiB free, no room for m2 beside it); "other" has m1
+    on disk and room for it."""
     fleet = builders.fleet()
     small = builders.add_node(fleet, "small", models=["m1:latest", "m2:latest"], loaded=["m1"])
     builders.add_node(fleet, "other", models=["m1:latest"])
     tight = replace(small.snapshot, sequence=2, gpus=(Gpu(0, "GPU", "", 3 * GIB, GIB // 2),))
     fleet.update("small", small.session, tight)
-    router = builders.router(fleet, "memory_aware")
+    return fleet, small, tight, builders.router(fleet, "memory_aware")
+
+
+def test_a_warm_host_that_a_routed_load_will_evict_is_warm_no_more() -> None:
+    fleet, small, tight, router = _m1_on_a_full_small_host()
     warm = router.pick(RouteRequest(model="m1", edge_id="e"))
     assert warm.ranked[0].reason == "warm"
     router.fleet.leases.close(warm.lease_id)  # m1 is idle: a load may evict it
@@ -178,12 +185,7 @@ def test_a_warm_host_that_a_routed_load_will_evict_is_warm_no_more() -> None:
 
 
 def test_a_busy_model_a_routed_load_waits_to_evict_is_warm_no_more() -> None:
-    fleet = builders.fleet()
-    small = builders.add_node(fleet, "small", models=["m1:latest", "m2:latest"], loaded=["m1"])
-    builders.add_node(fleet, "other", models=["m1:latest"])
-    tight = replace(small.snapshot, sequence=2, gpus=(Gpu(0, "GPU", "", 3 * GIB, GIB // 2),))
-    fleet.update("small", small.session, tight)
-    router = builders.router(fleet, "memory_aware")
+    _, small, _, router = _m1_on_a_full_small_host()
     busy = router.pick(RouteRequest(model="m1", edge_id="e"))
     assert busy.ranked[0].candidate.node_id == "small"  # in flight: m1 stays busy
     load = router.pick(RouteRequest(model="m2", edge_id="e", node_id="small"))
