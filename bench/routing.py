@@ -8,7 +8,8 @@ faster than real time; all times below are converted back to simulated (real-har
 Reported per policy and level: completed and failed requests, time to first token and end-to-end
 latency p50/p95/p99, model loads and evictions (the simulators' own counters), goodput tokens/s.
 
-Usage: python bench/routing.py [--quick] [--seed 7] [--trace] [--json PATH] [--png PATH]
+Usage: python bench/routing.py [--quick] [--seed 7] [--repeat N] [--trace] [--json PATH]
+                               [--png PATH]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ HOSTS = {
     "cpu": ["--profile", "cpu"],
 }
 LEVELS = {"low": 0.25, "middle": 0.5, "high": 1.0}  # simulated requests per second
+# A result's single figures; with --repeat, each is the median over the runs.
+SCALARS = ("completed", "failed", "loads", "evictions", "goodput_tokens_per_s")
 
 
 @dataclass
@@ -197,6 +201,29 @@ def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]
     return result
 
 
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from repeated runs of a policy and level: each figure's median, each run's
+    own figures under "runs"."""
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    first = runs[0]
+    return {
+        "policy": first["policy"],
+        "level": first["level"],
+        "rate_per_s": first["rate_per_s"],
+        **{key: median([r[key] for r in runs]) for key in SCALARS},
+        **{
+            key: {p: median([r[key][p] for r in runs]) for p in first[key]}
+            for key in ("ttft_s", "latency_s")
+        },
+        "errors": sorted({e for r in runs for e in r["errors"]})[:5],
+        "by_node": {node: median([r["by_node"][node] for r in runs]) for node in first["by_node"]},
+        "runs": runs,
+    }
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -240,21 +267,32 @@ def main() -> None:
     parser.add_argument(
         "--trace", action="store_true", help="add each request's host, route reason and TTFT"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per policy and level (fresh fleet each); the figures are their medians and "
+        "each run's own are kept under 'runs' (one run of a seed varies: see bench/README.md)",
+    )
     parser.add_argument("--json", default="bench/results/routing.json")
     parser.add_argument("--png", default="bench/results/routing.png")
     args = parser.parse_args()
     levels = ["middle"] if args.quick else args.levels.split(",")
     if args.quick:
         args.requests = 40
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     results = []
     for level in levels:
         for policy in args.policies.split(","):
-            result = run_one(policy, level, args)
+            runs = [run_one(policy, level, args) for _ in range(args.repeat)]
+            result = runs[0] if len(runs) == 1 else medians(runs)
             print(json.dumps(result), flush=True)
             results.append(result)
     report = {
         "benchmark": "routing",
         "seed": args.seed,
+        "runs_per_result": args.repeat,
         "requests_per_run": args.requests,
         "time_scale": args.time_scale,
         "results": results,
