@@ -24,7 +24,7 @@ from controlplane.leases import Lease
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.model import ApiKind, Report, RouteRequest
 from controlplane.policies import BoundedPicker, Candidate, Picker, Ranked
-from controlplane.policies.base import KV_HEADROOM, Resident, predicted_victims
+from controlplane.policies.base import KV_HEADROOM, Resident, evictions_needed
 
 EWMA_ALPHA = 0.3
 LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forgotten
@@ -152,40 +152,33 @@ class Router:
                 # Ollama will evict these for it: no longer warm here. Their floors stay as low
                 # as when they were warm, still a bound; the next snapshot tightens them.
                 memory = int(chosen.model_size * KV_HEADROOM)
-                first.mark_loading(key, memory, self._victims(first, key, chosen, memory))
+                first.mark_loading(key, memory, self._victims(first, key, chosen))
                 self.fleet.count_warm(first)
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
-    def _victims(self, node: Node, key: str, chosen: Candidate, memory: int) -> list[str]:
+    def _victims(self, node: Node, key: str, chosen: Candidate) -> list[str]:
         """The models Ollama will evict to load ``key`` on ``node``: idle ones in its order, then,
         if those do not make room, busy ones, those still loading last (the load waits for them
         to finish, and a request sent to one of them meanwhile waits behind the load and then
         for a reload)."""
-        idle = predicted_victims(chosen)
-        victims = [r.key for r in idle]
         if chosen.loaded or chosen.loading:
-            return victims
-        short = memory - chosen.memory_free - sum(r.memory_bytes for r in idle)
-        count = chosen.loaded_count - len(idle)
+            return []
+        order = [(r.key, r.memory_bytes) for r in chosen.idle_loaded]
+        idle = {k for k, _ in order}
         on_gpu = node.vram_total > 0
         busy = sorted(
             (m.expires_at, loaded_key, m.size_vram_bytes if on_gpu else m.size_bytes)
             for loaded_key, m in node.loaded_by_key.items()
-            if loaded_key not in node.evicting and loaded_key not in victims
+            if loaded_key not in node.evicting and loaded_key not in idle
         )
-        busy += [
-            (math.inf, loading_key, reserved)
+        order += [(busy_key, held) for _, busy_key, held in busy]
+        order += [
+            (loading_key, reserved)
             for loading_key, (_, reserved) in node.loading.items()
             if loading_key != key and loading_key not in node.evicting
         ]
-        for _, busy_key, held in busy:
-            if short <= 0 and count < chosen.max_loaded:
-                break
-            victims.append(busy_key)
-            short -= held
-            count -= 1
-        return victims
+        return [k for k, _ in order[: evictions_needed(chosen, (held for _, held in order))]]
 
     def _rank_all(
         self, request: RouteRequest, key: str, limit: int

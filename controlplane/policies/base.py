@@ -8,7 +8,7 @@ short reason for X-Hops-Route.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -67,16 +67,22 @@ def predicted_victims(c: Candidate) -> list[Resident]:
     Empty when the model is loaded, already loading, or fits as things are."""
     if c.loaded or c.loading:
         return []
+    return list(c.idle_loaded[: evictions_needed(c, (r.memory_bytes for r in c.idle_loaded))])
+
+
+def evictions_needed(c: Candidate, held: Iterable[int]) -> int:
+    """How many of the models holding ``held`` bytes, evicted in that order, Ollama unloads
+    before ``c``'s model fits (in memory and under the host's loaded-model limit)."""
     short = c.model_size * KV_HEADROOM - c.memory_free
     count = c.loaded_count
-    victims = []
-    for resident in c.idle_loaded:
+    taken = 0
+    for memory in held:
         if short <= 0 and count < c.max_loaded:
             break
-        victims.append(resident)
-        short -= resident.memory_bytes
+        taken += 1
+        short -= memory
         count -= 1
-    return victims
+    return taken
 
 
 @dataclass(frozen=True, slots=True)

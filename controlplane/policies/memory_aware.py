@@ -104,7 +104,8 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
             wait = load / 2 + queue_wait(c, per_request)
             tier = "loading"
             return _total(wait, per_request, c), tier, wait
-        load += loads_ahead(c) + COLD_LOAD_PENALTY_S  # Ollama loads one model at a time
+        load += loads_ahead(c)  # Ollama loads one model at a time
+        load += COLD_LOAD_PENALTY_S
         if need <= c.memory_free and c.loaded_count < c.max_loaded:
             wait, tier = load, "cold-fit"
         elif need <= c.memory_free + c.idle_loaded_bytes and (
