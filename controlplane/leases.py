@@ -20,6 +20,10 @@ class Lease:
     model: str
     opened_at: float
     attempts: int = 1
+    # Routed to load its model at once (nothing loading ahead, no busy model to wait for), so
+    # the first attempt's load_duration measures the load alone: Ollama's figure counts the
+    # time the request waited for its turn as well.
+    clean_load: bool = False
 
 
 class LeaseTable:

@@ -152,8 +152,15 @@ class Router:
                 # Ollama will evict these for it: no longer warm here. Their floors stay as low
                 # as when they were warm, still a bound; the next snapshot tightens them.
                 memory = int(chosen.model_size * KV_HEADROOM)
-                first.mark_loading(key, memory, self._victims(first, key, chosen))
+                victims = self._victims(first, key, chosen)
+                first.mark_loading(key, memory, victims)
                 self.fleet.count_warm(first)
+                idle = {r.key for r in chosen.idle_loaded}
+                lease.clean_load = (
+                    not chosen.loading
+                    and not chosen.loading_ahead
+                    and all(v in idle for v in victims)
+                )
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
@@ -472,7 +479,8 @@ class Router:
         if node is not None:
             detail = f"http {report.http_status}" if report.http_status else ""
             node.breaker.record(report.outcome, lease.lease_id, detail)
-            self._learn(node.node_id, lease.model, report)
+            clean_load = lease.clean_load and lease.attempts == 1 and node.node_id == lease.node_id
+            self._learn(node.node_id, lease.model, report, clean_load)
         if report.retry_node_id and report.retry_node_id in self.fleet.nodes:
             self.fleet.leases.move(lease.lease_id, report.retry_node_id)
             self.fleet.nodes[report.retry_node_id].breaker.on_dispatch(lease.lease_id)
@@ -481,7 +489,10 @@ class Router:
         self.metrics.observe_report(report.outcome.name.lower())
         return True
 
-    def _learn(self, node_id: str, model: str, report: Report) -> None:
+    def _learn(self, node_id: str, model: str, report: Report, clean_load: bool) -> None:
+        """Fold one reply's figures in. Its load_duration teaches load speed only when
+        ``clean_load``: a request that waited for other loads or for a busy model to finish, or
+        that came while its model was already loading, reports the wait (or the rest of a load)."""
         stats = report.stats
         if stats is None:
             return
@@ -494,7 +505,7 @@ class Router:
             learned.decode_tps = _ewma(learned.decode_tps, tps)
             if node is not None and size and _wholly_in_memory(node, model):
                 self._learn_rate(self._decode_rates, node, tps * size, DECODE_RATE_STEP)
-        if stats.load_duration_ns > 100_000_000:  # a real load, not the warm hand-over
+        if clean_load and stats.load_duration_ns > 100_000_000:  # not the warm hand-over
             seconds = stats.load_duration_ns / 1e9
             learned.load_seconds = _ewma(learned.load_seconds, seconds)
             if node is not None and size:

@@ -59,8 +59,36 @@ def test_report_closes_or_moves_the_lease() -> None:
     assert router.report(Report(outcome.lease_id, second, Outcome.OK, stats=stats))
     assert len(fleet.leases) == 0
     learned = router.learned[(second, "llama3.2:latest")]
-    assert (learned.decode_tps, learned.load_seconds) == (50.0, 3.0)
+    # The fallback was not routed as a load of its own: its load_duration may hold a wait.
+    assert (learned.decode_tps, learned.load_seconds) == (50.0, 0.0)
     assert not router.report(Report(outcome.lease_id, second, Outcome.OK))  # already closed
+
+
+def test_only_a_load_that_started_at_once_teaches_the_load_time() -> None:
+    # Ollama's load_duration runs from the request's arrival until its model is ready: a
+    # request that came while the model was loading, or behind another load, reports a wait.
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["a:latest", "b:latest"])
+    router = builders.router(fleet, "memory_aware")
+
+    def report(lease_id: str, load_s: float) -> None:
+        stats = GenerationStats(load_duration_ns=int(load_s * 1e9), eval_count=1)
+        assert router.report(Report(lease_id, "n", Outcome.OK, stats=stats))
+
+    loads_a = router.pick(_req("a"))
+    joins_a = router.pick(_req("a"))  # while a loads: gets the rest of its load
+    behind_a = router.pick(_req("b"))  # Ollama loads b after a
+    assert [o.ranked[0].reason for o in (loads_a, joins_a, behind_a)] == [
+        "cold-fit",
+        "loading",
+        "cold-fit",
+    ]
+    report(joins_a.lease_id, 0.5)
+    report(behind_a.lease_id, 5.0)
+    assert router.learned[("n", "a:latest")].load_seconds == 0.0
+    assert router.learned[("n", "b:latest")].load_seconds == 0.0
+    report(loads_a.lease_id, 2.0)
+    assert router.learned[("n", "a:latest")].load_seconds == 2.0
 
 
 def test_failures_from_traffic_open_the_breaker() -> None:
