@@ -24,7 +24,13 @@ from controlplane.leases import Lease
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.model import ApiKind, Report, RouteRequest
 from controlplane.policies import BoundedPicker, Candidate, Picker, Ranked
-from controlplane.policies.base import KV_HEADROOM, Resident, evictions_needed
+from controlplane.policies.base import (
+    KV_HEADROOM,
+    Busy,
+    Resident,
+    evictions_needed,
+    fits_evicting_idle,
+)
 
 EWMA_ALPHA = 0.3
 LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forgotten
@@ -152,14 +158,10 @@ class Router:
                 # Ollama will evict these for it: no longer warm here. Their floors stay as low
                 # as when they were warm, still a bound; the next snapshot tightens them.
                 memory = int(chosen.model_size * KV_HEADROOM)
-                victims = self._victims(first, key, chosen)
-                first.mark_loading(key, memory, victims)
+                first.mark_loading(key, memory, self._victims(first, key, chosen))
                 self.fleet.count_warm(first)
-                idle = {r.key for r in chosen.idle_loaded}
-                lease.clean_load = (
-                    not chosen.loading
-                    and not chosen.loading_ahead
-                    and all(v in idle for v in victims)
+                lease.clean_load = not (
+                    chosen.loading or chosen.loading_ahead or chosen.busy_victims
                 )
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
@@ -378,7 +380,7 @@ class Router:
             free -= ahead
         learned = self.learned.get((node_id, key))
         capacity = node.hello.capacity
-        return Candidate(
+        c = Candidate(
             node_id=node_id,
             ollama_url=node.hello.ollama_url,
             loaded=loaded,
@@ -407,6 +409,34 @@ class Router:
             expected_tokens=self._tokens[key][1] if key in self._tokens else 0.0,
             loading_ahead=ahead,
         )
+        if not loaded and not c.loading and not fits_evicting_idle(c):
+            c.busy_victims = self._busy(node, key, c)
+        return c
+
+    def _busy(self, node: Node, key: str, c: Candidate) -> tuple[Busy, ...]:
+        """The busy and loading models Ollama would evict for ``c``'s load, with what it takes
+        them to finish."""
+        idle = {r.key for r in c.idle_loaded}
+        per_model = self.fleet.leases.per_model
+        out = []
+        for victim in self._victims(node, key, c):
+            if victim in idle:
+                continue
+            installed = node.installed_by_key.get(victim)
+            size = installed.size_bytes if installed is not None else 0
+            learned = self.learned.get((node.node_id, victim))
+            out.append(
+                Busy(
+                    victim,
+                    per_model.get((node.node_id, victim), 0),
+                    size,
+                    self._decode_tps(learned, node.node_id, size),
+                    self._tokens[victim][1] if victim in self._tokens else 0.0,
+                    self._load_seconds(learned, node.node_id, size),
+                    victim in node.loading,
+                )
+            )
+        return tuple(out)
 
     def _residents(
         self, node: Node, idle_models: list[tuple[float, str, int]]

@@ -29,6 +29,20 @@ class Resident:
     elsewhere: bool = False  # loaded on another connected host too
 
 
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """A model with requests in flight (or a load under way) on a candidate's host that Ollama
+    must wait for before it can evict it: what a load that needs its memory waits for."""
+
+    key: str
+    in_flight: int  # open leases for it on this host
+    size_bytes: int
+    decode_tps: float  # on this host: learned, else at its decode bandwidth; 0 = not yet known
+    expected_tokens: float  # its average reply length; 0 = unknown
+    load_seconds: float = 0.0  # on this host: learned, else at its load speed; 0 = not yet known
+    loading: bool = False  # routed here to load and not yet loaded
+
+
 @dataclass(slots=True)
 class Candidate:
     """One eligible host for one request, with what a policy may weigh. Built for every eligible
@@ -59,6 +73,17 @@ class Candidate:
     idle_loaded: tuple[Resident, ...] = ()  # those models, in the order Ollama evicts them
     expected_tokens: float = 0.0  # this model's average reply length, from Reports; 0 = unknown
     loading_ahead: int = 0  # memory of other loads routed here and not done: they go first
+    # When evicting idle models cannot make room: the busy (or loading) models Ollama would
+    # evict, each after its requests finish, in its order.
+    busy_victims: tuple[Busy, ...] = ()
+
+
+def fits_evicting_idle(c: Candidate) -> bool:
+    """Whether ``c``'s model fits on its host as things are or once idle models are evicted (in
+    memory and under the host's loaded-model limit), so no load waits for busy ones."""
+    return c.model_size * KV_HEADROOM <= c.memory_free + c.idle_loaded_bytes and (
+        c.loaded_count < c.max_loaded or c.idle_loaded_count > 0
+    )
 
 
 def predicted_victims(c: Candidate) -> list[Resident]:

@@ -16,6 +16,8 @@ Each candidate gets an expected cost in seconds before its reply can start strea
                                  the chance it is asked for again soon (less if another host has
                                  it loaded): a big model in demand keeps its place
   cold, evicts busy models       load time + a prohibitive penalty (only if nothing else exists)
+                                 + the time those models take to finish what they are doing
+                                 (Ollama waits for them): among such hosts, the one free soonest
 plus the time the request itself takes at that host's measured decode speed (for a model not
 run there yet, the host's measured decode bandwidth over the model's size) and the model's
 average reply length, both learned from Reports, so a slow CPU host or a split GPU/CPU load costs
@@ -32,7 +34,13 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from controlplane.model import RouteRequest
-from controlplane.policies.base import KV_HEADROOM, Candidate, Ranked, predicted_victims
+from controlplane.policies.base import (
+    KV_HEADROOM,
+    Candidate,
+    Ranked,
+    fits_evicting_idle,
+    predicted_victims,
+)
 
 EXPECTED_TOKENS = 200
 DEFAULT_GPU_TPS = 60.0
@@ -79,8 +87,24 @@ def eviction_cost(c: Candidate) -> float:
 
 
 def service_time(c: Candidate) -> float:
-    tps = c.decode_tps or (DEFAULT_GPU_TPS if c.on_gpu else DEFAULT_CPU_TPS)
-    return (c.expected_tokens or EXPECTED_TOKENS) / tps
+    return _service_time(c.expected_tokens, c.decode_tps, c.on_gpu)
+
+
+def _service_time(expected_tokens: float, decode_tps: float, on_gpu: bool) -> float:
+    tps = decode_tps or (DEFAULT_GPU_TPS if on_gpu else DEFAULT_CPU_TPS)
+    return (expected_tokens or EXPECTED_TOKENS) / tps
+
+
+def busy_wait(c: Candidate) -> float:
+    """Seconds until the busy models a load here has to evict are done: each finishes its
+    requests (and its own load, if still loading) side by side, so the slowest sets the wait."""
+    slots = max(c.num_parallel, 1)
+    wait = 0.0
+    for b in c.busy_victims:
+        per_request = _service_time(b.expected_tokens, b.decode_tps, c.on_gpu)
+        own_load = _load_time(b.load_seconds, b.size_bytes) / 2 if b.loading else 0.0
+        wait = max(wait, own_load + b.in_flight * per_request / slots)
+    return wait
 
 
 def queue_wait(c: Candidate, per_request: float) -> float:
@@ -99,22 +123,20 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
         tier = "queued" if wait else "warm"
     else:
         load = load_estimate(c)
-        need = c.model_size * KV_HEADROOM
         if c.loading:
             wait = load / 2 + queue_wait(c, per_request)
             tier = "loading"
             return _total(wait, per_request, c), tier, wait
         load += loads_ahead(c)  # Ollama loads one model at a time
         load += COLD_LOAD_PENALTY_S
-        if need <= c.memory_free and c.loaded_count < c.max_loaded:
+        if c.model_size * KV_HEADROOM <= c.memory_free and c.loaded_count < c.max_loaded:
             wait, tier = load, "cold-fit"
-        elif need <= c.memory_free + c.idle_loaded_bytes and (
-            c.loaded_count < c.max_loaded or c.idle_loaded_count
-        ):
+        elif fits_evicting_idle(c):
             wait = load + EVICT_IDLE_PENALTY_S + eviction_cost(c)
             tier = "cold-evict-idle"
         else:
-            wait, tier = load + EVICT_BUSY_PENALTY_S, "cold-evict-busy"
+            wait = load + busy_wait(c) + EVICT_BUSY_PENALTY_S
+            tier = "cold-evict-busy"
     cost = _total(wait, per_request, c)
     if c.affinity and c.loaded:
         cost -= AFFINITY_BONUS_S / max(c.weight, 1e-6)

@@ -5,7 +5,7 @@ import pytest
 from controlplane.fleet import Fleet, Node
 from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import Candidate
-from controlplane.policies.base import KV_HEADROOM, Resident, predicted_victims
+from controlplane.policies.base import KV_HEADROOM, Busy, Resident, predicted_victims
 from controlplane.policies.memory_aware import (
     MemoryAwarePicker,
     eviction_cost,
@@ -195,6 +195,44 @@ def test_a_busy_model_a_routed_load_waits_to_evict_is_warm_no_more() -> None:
     after = router.pick(RouteRequest(model="m1", edge_id="e"))
     assert after.ranked[0].candidate.node_id == "other"
     assert after.ranked[0].reason == "cold-fit"
+
+
+def test_a_load_that_must_wait_for_busy_models_goes_where_they_finish_first() -> None:
+    def full(node_id: str, load_s: float, victim: Busy) -> Candidate:
+        return replace(
+            BASE, node_id=node_id, memory_free=GIB, load_seconds=load_s, busy_victims=(victim,)
+        )
+
+    # Loads fast, but its model has three long replies to finish first (3 x 200 / 10 = 60 s).
+    swamped = full("swamped", 2.0, Busy("v:latest", 3, 5 * GIB, 10.0, 200.0))
+    # Loads slower, after one short reply (1 x 200 / 100 = 2 s).
+    soon = full("soon", 6.0, Busy("v:latest", 1, 5 * GIB, 100.0, 200.0))
+    # A victim still loading finishes its load (about half of 12 s is left) and its reply.
+    loading = full("loading", 2.0, Busy("v:latest", 1, 5 * GIB, 100.0, 200.0, 12.0, True))
+    evict_idle = replace(BASE, node_id="idle", memory_free=GIB, idle_loaded_bytes=10 * GIB)
+    assert _order(swamped, soon, loading, evict_idle) == ["idle", "soon", "loading", "swamped"]
+    assert {expected_cost(c)[1] for c in (swamped, soon, loading)} == {"cold-evict-busy"}
+
+
+def test_a_candidate_lists_the_busy_models_its_load_would_wait_for() -> None:
+    fleet, small, _, router = _m1_on_a_full_small_host()
+    busy = router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))
+    waits = router._candidate(small, "m2:latest", "")
+    assert [(b.key, b.in_flight, b.loading) for b in waits.busy_victims] == [
+        ("m1:latest", 1, False)
+    ]
+    fleet.leases.close(busy.lease_id)  # m1 idle: evicting it makes room, nothing to wait for
+    assert router._candidate(small, "m2:latest", "").busy_victims == ()
+
+
+def test_a_load_that_waited_for_a_busy_model_teaches_no_load_time() -> None:
+    _, _, _, router = _m1_on_a_full_small_host()
+    router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))  # m1 stays busy
+    load = router.pick(RouteRequest(model="m2", edge_id="e", node_id="small"))
+    assert load.ranked[0].reason == "cold-evict-busy"
+    waited = GenerationStats(load_duration_ns=9 * 10**9, eval_count=1)  # m1's reply, then m2
+    assert router.report(Report(load.lease_id, "small", Outcome.OK, stats=waited))
+    assert router.learned[("small", "m2:latest")].load_seconds == 0.0
 
 
 def test_a_model_still_loading_that_a_later_load_will_evict_is_not_sent_there() -> None:
