@@ -33,6 +33,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
@@ -107,8 +108,23 @@ async def fake_agent(address: str, node: int, models: int, stop: asyncio.Event) 
         await call.done_writing()
 
 
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)  # of the pairs that got a lease
+    # Picks answered SATURATED (every host at its cap, the wait queue full): no lease, nothing
+    # to report. A control plane that falls behind the offered rate sees leases pile up.
+    refused: int = 0
+    timed_out: int = 0  # picks not answered within 10 s (held in the wait queue)
+
+    def answered(self, picked: router_pb2.PickResponse) -> bool:
+        if picked.candidates:
+            return True
+        self.refused += 1
+        return False
+
+
 async def pick_report_loop(
-    stub: router_pb2_grpc.RouterServiceStub, models: int, until: float, latencies: list[float]
+    stub: router_pb2_grpc.RouterServiceStub, models: int, until: float, tally: Tally
 ) -> None:
     rng = random.Random()
     while time.perf_counter() < until:
@@ -116,6 +132,8 @@ async def pick_report_loop(
         picked = await stub.Pick(
             router_pb2.PickRequest(edge_id="bench", model=f"model-{rng.randrange(models)}")
         )
+        if not tally.answered(picked):
+            continue
         await stub.Report(
             router_pb2.ReportRequest(
                 lease_id=picked.lease_id,
@@ -123,13 +141,19 @@ async def pick_report_loop(
                 outcome=router_pb2.OUTCOME_OK,
             )
         )
-        latencies.append(time.perf_counter() - start)
+        tally.latencies.append(time.perf_counter() - start)
 
 
-async def stream_pair(stream: RouteStream, model: str, latencies: list[float]) -> None:
+async def stream_pair(stream: RouteStream, model: str, tally: Tally) -> None:
     """One Pick then Report on the edge's own Route stream client; its latency is recorded."""
     start = time.perf_counter()
-    picked = await stream.pick(router_pb2.PickRequest(edge_id="bench", model=model), 10.0)
+    try:
+        picked = await stream.pick(router_pb2.PickRequest(edge_id="bench", model=model), 10.0)
+    except TimeoutError:
+        tally.timed_out += 1
+        return
+    if not tally.answered(picked):
+        return
     stream.report(
         router_pb2.ReportRequest(
             lease_id=picked.lease_id,
@@ -137,20 +161,18 @@ async def stream_pair(stream: RouteStream, model: str, latencies: list[float]) -
             outcome=router_pb2.OUTCOME_OK,
         )
     )
-    latencies.append(time.perf_counter() - start)
+    tally.latencies.append(time.perf_counter() - start)
 
 
-async def stream_loop(
-    stream: RouteStream, models: int, until: float, latencies: list[float]
-) -> None:
+async def stream_loop(stream: RouteStream, models: int, until: float, tally: Tally) -> None:
     """As pick_report_loop, on the Route stream (one stream, shared by the clients)."""
     rng = random.Random()
     while time.perf_counter() < until:
-        await stream_pair(stream, f"model-{rng.randrange(models)}", latencies)
+        await stream_pair(stream, f"model-{rng.randrange(models)}", tally)
 
 
 async def paced_loop(
-    stream: RouteStream, models: int, rate: float, seconds: float, latencies: list[float]
+    stream: RouteStream, models: int, rate: float, seconds: float, tally: Tally
 ) -> None:
     """Open loop: a pair starts every 1/rate seconds whether or not earlier ones are answered
     (timers fire about once a millisecond, so starts come in small bursts, as requests do)."""
@@ -164,17 +186,17 @@ async def paced_loop(
         if delay > 0:
             await asyncio.sleep(delay)
         model = f"model-{rng.randrange(models)}"
-        pairs.append(asyncio.create_task(stream_pair(stream, model, latencies)))
+        pairs.append(asyncio.create_task(stream_pair(stream, model, tally)))
     await asyncio.gather(*pairs)
 
 
-def summary(
-    latencies: list[float], elapsed: float, plane_cpu: float, clients: int
-) -> dict[str, float]:
-    ordered = sorted(latencies)
+def summary(tally: Tally, elapsed: float, plane_cpu: float, clients: int) -> dict[str, float]:
+    ordered = sorted(tally.latencies)
     return {
         "clients": clients,
         "pairs": len(ordered),
+        "refused_picks": tally.refused,
+        "timed_out_picks": tally.timed_out,
         "pairs_per_s": round(len(ordered) / elapsed, 1),
         "latency_ms_p50": round(statistics.median(ordered) * 1000, 3),
         "latency_ms_p99": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 3),
@@ -208,38 +230,38 @@ async def run(args: argparse.Namespace, address: str, plane: psutil.Process) -> 
     await asyncio.sleep(args.seconds)
     fan_in_share = (cpu_seconds(plane) - before) / (time.perf_counter() - t0)
 
-    latencies: list[float] = []
+    tally = Tally()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
-        await pick_report_loop(stub, args.models, time.perf_counter() + 1.0, [])  # warm up
+        await pick_report_loop(stub, args.models, time.perf_counter() + 1.0, Tally())  # warm up
         before, t0 = cpu_seconds(plane), time.perf_counter()
         until = t0 + args.seconds
         await asyncio.gather(
-            *(pick_report_loop(stub, args.models, until, latencies) for _ in range(args.clients))
+            *(pick_report_loop(stub, args.models, until, tally) for _ in range(args.clients))
         )
         elapsed = time.perf_counter() - t0
         plane_cpu = cpu_seconds(plane) - before
-        unary = summary(latencies, elapsed, plane_cpu, args.clients)
+        unary = summary(tally, elapsed, plane_cpu, args.clients)
 
         stream = RouteStream(stub, None)
-        await stream_loop(stream, args.models, time.perf_counter() + 1.0, [])  # warm up
-        latencies = []
+        await stream_loop(stream, args.models, time.perf_counter() + 1.0, Tally())  # warm up
+        tally = Tally()
         before, t0 = cpu_seconds(plane), time.perf_counter()
         until = t0 + args.seconds
         await asyncio.gather(
-            *(stream_loop(stream, args.models, until, latencies) for _ in range(args.clients))
+            *(stream_loop(stream, args.models, until, tally) for _ in range(args.clients))
         )
         elapsed = time.perf_counter() - t0
         plane_cpu = cpu_seconds(plane) - before
-        streamed = summary(latencies, elapsed, plane_cpu, args.clients)
+        streamed = summary(tally, elapsed, plane_cpu, args.clients)
 
-        latencies = []
+        tally = Tally()
         before, t0 = cpu_seconds(plane), time.perf_counter()
-        await paced_loop(stream, args.models, args.rate, args.seconds, latencies)
+        await paced_loop(stream, args.models, args.rate, args.seconds, tally)
         elapsed = time.perf_counter() - t0
         plane_cpu = cpu_seconds(plane) - before
         stream.close()
-        paced = summary(latencies, elapsed, plane_cpu, 0)
+        paced = summary(tally, elapsed, plane_cpu, 0)
         paced["offered_pairs_per_s"] = args.rate
     return {
         "nodes": args.nodes,
@@ -293,7 +315,9 @@ def main() -> None:
     assert isinstance(paced, dict)
     report["meets_targets"] = {
         "p99_at_target_rate": paced["latency_ms_p99"] < 2.0
-        and paced["pairs_per_s"] >= 0.97 * args.rate,
+        and paced["pairs_per_s"] >= 0.97 * args.rate
+        and not paced["refused_picks"]
+        and not paced["timed_out_picks"],
         "p99_saturated": pr["latency_ms_p99"] < 2.0,
         "pairs_per_s_per_controlplane_core": pr["pairs_per_s_per_controlplane_core"] >= 3000,
         "fan_in": report["fan_in_cpu_share_of_one_core"] < 0.10,
