@@ -122,6 +122,7 @@ class RouteStream:
                 for answer in message.answers:
                     waiter = self.pending.pop(answer.request_id, None)
                     if waiter is None or waiter.done():
+                        self._release(answer)
                         continue
                     if answer.invalid:
                         waiter.set_exception(PickRefused(answer.invalid))
@@ -132,6 +133,20 @@ class RouteStream:
             self._break(exc.code().name)
         except Exception as exc:  # noqa: BLE001 - any failure ends the stream, visibly
             self._break(f"read: {type(exc).__name__}: {exc}")
+
+    def _release(self, answer: router_pb2.RouteAnswer) -> None:
+        """An answer for a pick whose caller stopped waiting (its client went away, or its
+        deadline passed while the control plane held it in the wait queue): the lease it opened
+        would hold a host's slot until its TTL, so it is closed as cancelled."""
+        picked = answer.pick
+        if picked.lease_id and picked.candidates:
+            self.report(
+                router_pb2.ReportRequest(
+                    lease_id=picked.lease_id,
+                    node_id=picked.candidates[0].node_id,
+                    outcome=router_pb2.OUTCOME_CLIENT_CANCELLED,
+                )
+            )
 
     def _break(self, reason: str) -> None:
         if self.broken:

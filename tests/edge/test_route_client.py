@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from hops.v1 import router_pb2, router_pb2_grpc
 
 from controlplane.server import running
@@ -44,6 +45,38 @@ async def test_a_report_queued_on_a_breaking_stream_is_sent_unary() -> None:
             assert again.status == router_pb2.PICK_STATUS_OK
         finally:
             await cp.close()
+
+
+async def test_a_lease_granted_after_its_caller_gave_up_is_released() -> None:
+    settings = ControlPlaneSettings(
+        listen=("127.0.0.1", 0), metrics_listen=None, admission_wait=5.0
+    )
+    async with running(settings) as plane:
+        add_node(plane.fleet, "solo", max_in_flight=1)
+        channel = grpc.aio.insecure_channel(plane.address)
+        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel), None)
+        try:
+            request = router_pb2.PickRequest(edge_id="e", model="llama3.2")
+            first = await stream.pick(request, 5.0)
+            assert first.status == router_pb2.PICK_STATUS_OK
+            # The host is full: the control plane holds this pick; its caller stops waiting.
+            with pytest.raises(TimeoutError):
+                await stream.pick(request, 0.2)
+            stream.report(
+                router_pb2.ReportRequest(
+                    lease_id=first.lease_id, node_id="solo", outcome=router_pb2.OUTCOME_OK
+                )
+            )
+            granted = plane.router.metrics.picks.labels("memory_aware", "ok")
+
+            async def released() -> bool:
+                # The held pick got the freed slot, and its lease is closed, not left to its TTL.
+                return granted._value.get() == 2 and len(plane.fleet.leases) == 0
+
+            await eventually(released, 5.0)
+        finally:
+            stream.close()
+            await channel.close()
 
 
 class _CountingCall:
