@@ -620,6 +620,11 @@ class EdgeSessionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INVENTORY_FIELD_NUMBER: _builtins.int
+    ROUTE_PORT_FIELD_NUMBER: _builtins.int
+    route_port: _builtins.int
+    """The TCP port of this control plane's route socket, on the host the edge reached it at;
+    0 = none offered (use the Route stream).
+    """
     @_builtins.property
     def inventory(self) -> Global___Inventory:
         """The current inventory; sent at once and again whenever it changes."""
@@ -628,14 +633,71 @@ class EdgeSessionResponse(_message.Message):
         self,
         *,
         inventory: Global___Inventory | None = ...,
+        route_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory", "route_port", b"route_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EdgeSessionResponse: _TypeAlias = EdgeSessionResponse  # noqa: Y015
+
+@_typing.final
+class RouteHello(_message.Message):
+    """The route socket carries the Route stream's messages without gRPC, for the edge's hot path:
+    one TCP connection per edge and control plane, each message framed as a 4-byte big-endian
+    length and the serialized message. The edge sends a RouteHello and the control plane answers
+    a RouteWelcome; then the edge sends RouteRequest frames and the control plane RouteResponse
+    frames, with exactly the Route stream's semantics. An oversized or undecodable frame, or a
+    hello without the right token, closes the connection.
+
+    The first frame an edge sends on a route socket.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EDGE_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    edge_id: _builtins.str
+    """The edge's id, as in its edge session."""
+    token: _builtins.str
+    """The control plane's edge token, if it has one (what the gRPC calls send as a bearer token)."""
+    def __init__(
+        self,
+        *,
+        edge_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge_id", b"edge_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteHello: _TypeAlias = RouteHello  # noqa: Y015
+
+@_typing.final
+class RouteWelcome(_message.Message):
+    """The control plane's answer to a RouteHello."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    error: _builtins.str
+    """Empty: accepted, Route frames may follow. Else why the socket is refused; it then closes."""
+    def __init__(
+        self,
+        *,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteWelcome: _TypeAlias = RouteWelcome  # noqa: Y015
 
 @_typing.final
 class RouteRequest(_message.Message):
