@@ -243,7 +243,7 @@ async def run(args: argparse.Namespace, address: str, plane: psutil.Process) -> 
         plane_cpu = cpu_seconds(plane) - before
         unary = summary(tally, elapsed, plane_cpu, args.clients)
 
-        stream = RouteStream(stub, None)
+        stream = RouteStream(stub.Route())
         await stream_loop(stream, args.models, time.perf_counter() + 1.0, Tally())  # warm up
         tally = Tally()
         before, t0 = cpu_seconds(plane), time.perf_counter()

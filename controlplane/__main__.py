@@ -33,8 +33,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             if (settings.metrics_listen)
             else ""
         )
+        port = plane.router_servicer.route_port
+        route = f" route socket on port {port}" if port else " route socket off"
         print(
-            f"controlplane serving on {plane.address} policy={settings.policy}{metrics}", flush=True
+            f"controlplane serving on {plane.address} policy={settings.policy}{route}{metrics}",
+            flush=True,
         )
         await stop.wait()
         await plane.stop(grace=5.0)

@@ -33,6 +33,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.admission = admission
         self.settings = settings
         self.sessions: Counter[str] = Counter()
+        self.route_port = 0  # the route socket's, told to edges; 0 = none
 
     async def Pick(
         self, request: router_pb2.PickRequest, context: Context
@@ -56,9 +57,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Route(
         self, requests: AsyncIterator[router_pb2.RouteRequest], context: Context
     ) -> AsyncIterator[router_pb2.RouteResponse]:
-        """Picks and reports on one stream. A pick is answered at once unless it must wait for a
-        slot; then it waits in a task of its own and the stream goes on. Answers decided while
-        the previous message was being written go out together in the next."""
+        async for response in self.route(requests):
+            yield response
+
+    async def route(
+        self, requests: AsyncIterator[router_pb2.RouteRequest]
+    ) -> AsyncIterator[router_pb2.RouteResponse]:
+        """Picks and reports on one stream (a gRPC Route call or a route socket). A pick is
+        answered at once unless it must wait for a slot; then it waits in a task of its own and
+        the stream goes on. Answers decided while the previous message was being written go out
+        together in the next."""
         answers: list[router_pb2.RouteAnswer] = []
         ready = asyncio.Event()
         reading = True
@@ -155,7 +163,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             while True:
                 if fleet.version != seen:
                     seen = fleet.version
-                    yield router_pb2.EdgeSessionResponse(inventory=convert.inventory(fleet))
+                    yield router_pb2.EdgeSessionResponse(
+                        inventory=convert.inventory(fleet), route_port=self.route_port
+                    )
                 await fleet.wait_changed(seen, timeout=self.settings.keepalive_interval)
                 await asyncio.sleep(INVENTORY_DEBOUNCE_S)
         finally:

@@ -31,6 +31,7 @@ from controlplane.breaker import Breaker
 from controlplane.fleet import Fleet
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.policies import REGISTRY
+from controlplane.route_socket import RouteSocket
 from controlplane.router import Router
 from controlplane.router_service import RouterServicer
 from controlplane.settings import ControlPlaneSettings
@@ -90,9 +91,9 @@ class ControlPlane:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.fleet, settings), self.grpc
         )
-        router_pb2_grpc.add_RouterServiceServicer_to_server(
-            RouterServicer(self.router, self.admission, settings), self.grpc
-        )
+        self.router_servicer = RouterServicer(self.router, self.admission, settings)
+        router_pb2_grpc.add_RouterServiceServicer_to_server(self.router_servicer, self.grpc)
+        self.route_socket = RouteSocket(self.router_servicer, settings.edge_token)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.router, settings), self.grpc
         )
@@ -121,6 +122,9 @@ class ControlPlane:
         return f"{connect_host(self.settings.listen[0])}:{self.port}"
 
     async def start(self) -> None:
+        route = self.settings.route_address()
+        if route is not None:  # before gRPC, so every edge session can tell its port
+            self.router_servicer.route_port = await self.route_socket.start(*route)
         await self.grpc.start()
         for service in (*SERVICE_NAMES, ""):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -143,6 +147,7 @@ class ControlPlane:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._http is not None:
             self._http.stop()  # it ends by itself on should_exit
+        await self.route_socket.stop()
         await self.grpc.stop(grace)
         for task in self._tasks:  # the sweeper and static pollers
             task.cancel()

@@ -21,6 +21,14 @@ def _policy(text: str) -> str:
     return text
 
 
+def _route_listen(text: str) -> str:
+    text = text.strip()
+    if text.lower() in ("auto", "off"):
+        return text.lower()
+    parse_host_port(text)
+    return text
+
+
 @dataclass(frozen=True, kw_only=True)
 class ControlPlaneSettings:
     """How the control plane listens, routes and forgets."""
@@ -36,6 +44,14 @@ class ControlPlaneSettings:
         "HOST:PORT for HTTP: the dashboard (/), /api/state, /metrics, /healthz ('off' to disable)",
         parse=optional_address,
         shown="127.0.0.1:9464",
+    )
+    route_listen: str = option(
+        "auto",
+        "HOST:PORT of the route socket, the edges' fast path for picks (told to edges in their "
+        "session); 'auto' = --listen's host on a free port; 'off' = edges use gRPC only. "
+        "Plaintext: off whenever --tls-cert is set",
+        parse=_route_listen,
+        metavar="HOST:PORT|auto|off",
     )
     policy: str = option(
         "memory_aware", f"routing policy: {', '.join(REGISTRY)}", parse=_policy, metavar="NAME"
@@ -109,6 +125,14 @@ class ControlPlaneSettings:
     )
     log_level: str = option("info", "log level: debug, info, warning, error")
 
+    def route_address(self) -> tuple[str, int] | None:
+        """Where the route socket listens; None = no route socket."""
+        if self.route_listen == "off" or self.tls_cert:
+            return None
+        if self.route_listen == "auto":
+            return self.listen[0], 0
+        return parse_host_port(self.route_listen)
+
     def validate(self) -> None:
         if self.max_candidates < 1:
             raise ValueError("--max-candidates must be >= 1")
@@ -120,6 +144,8 @@ class ControlPlaneSettings:
         check_pair(self.tls_cert, self.tls_key, "control plane")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.tls_cert and self.route_listen not in ("auto", "off"):
+            raise ValueError("--route-listen is plaintext: not with --tls-cert")
         if self.tls_cert:
             server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca)
         if self.static_poll_interval <= 0:

@@ -18,14 +18,16 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 from hops.v1 import router_pb2, router_pb2_grpc
 
 from edge.inventory import Inventory, InventoryNode
-from hopscommon import fleet_convert
+from edge.routesocket import SocketCall, SocketRefused
+from hopscommon import fleet_convert, frames
 
 log = logging.getLogger("hops.edge")
 CHANNEL_OPTIONS = [
@@ -38,6 +40,8 @@ CHANNEL_OPTIONS = [
 Metadata = tuple[tuple[str, str], ...] | None
 STREAM_RETRY_S = 1.0  # after a Route stream broke, use unary calls this long before a new one
 REPORT_DELAY_S = 0.002  # a report waits at most this long for a pick to travel with
+SOCKET_CONNECT_S = 1.0  # to connect to a route socket and be welcomed
+SOCKET_RETRY_S, SOCKET_RETRY_MAX_S = 1.0, 60.0  # backoff after a route socket failed or broke
 
 
 class ControlPlaneUnavailable(Exception):
@@ -52,17 +56,31 @@ class _StreamBroken(Exception):
     pass
 
 
+class Duplex(Protocol):
+    """What RouteStream needs of its transport: a gRPC stream-stream call has it, and so has
+    the route socket's SocketCall."""
+
+    async def write(self, request: router_pb2.RouteRequest) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[router_pb2.RouteResponse]: ...
+
+    def cancel(self) -> bool: ...
+
+
 class RouteStream:
     """One Route stream: picks matched to answers by id, reports sent without an answer. Calls
     made while a message is being written go out together in the next one."""
 
     def __init__(
         self,
-        stub: router_pb2_grpc.RouterServiceAsyncStub,
-        metadata: Metadata,
+        call: Duplex,
         lost_report: Callable[[router_pb2.ReportRequest], None] = lambda _: None,
+        *,
+        on_socket: bool = False,
     ) -> None:
-        self.call = stub.Route(metadata=metadata)
+        self.call = call  # a gRPC Route call, or a route socket
+        self.on_socket = on_socket
+        self.retired = False  # another stream took over; this one ends once its picks are answered
         self.lost_report = lost_report  # reports the stream could not deliver go this way
         self.writing: list[router_pb2.RouteCall] = []
         self.pending: dict[int, asyncio.Future[router_pb2.PickResponse]] = {}
@@ -128,6 +146,9 @@ class RouteStream:
                         waiter.set_exception(PickRefused(answer.invalid))
                     else:
                         waiter.set_result(answer.pick)
+                if self.retired and not self.pending:
+                    self._break("replaced by the route socket")
+                    return
             self._break("closed by the control plane")
         except grpc.aio.AioRpcError as exc:
             self._break(exc.code().name)
@@ -168,6 +189,13 @@ class RouteStream:
                 task.cancel()
         self.call.cancel()
 
+    def retire(self) -> None:
+        """Another stream took over: end this one once the picks it carries are answered (its
+        unsent reports then go by the unary call)."""
+        self.retired = True
+        if not self.pending:
+            self._break("replaced by the route socket")
+
     def close(self) -> None:
         self._break("edge closing")
 
@@ -179,16 +207,31 @@ class _Plane:
     stub: router_pb2_grpc.RouterServiceAsyncStub  # the .pyi's name for the aio stub
     stream: RouteStream | None = None
     stream_broke_at: float = field(default=-STREAM_RETRY_S)
+    route_port: int = 0  # its route socket's, told in its edge session; 0 = none offered
+    opening: asyncio.Task[None] | None = None  # a route socket being opened
+    socket_failures: int = 0  # in a row, for the backoff
+    socket_retry_at: float = 0.0
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
 
     def route_stream(
         self, metadata: Metadata, lost_report: Callable[[router_pb2.ReportRequest], None]
     ) -> RouteStream | None:
         """The plane's Route stream, opened now if it is time; None: use the unary calls."""
         if self.stream is not None and self.stream.broken:
+            if self.stream.on_socket:
+                self.socket_failed()
             self.stream, self.stream_broke_at = None, time.monotonic()
         if self.stream is None and time.monotonic() - self.stream_broke_at >= STREAM_RETRY_S:
-            self.stream = RouteStream(self.stub, metadata, lost_report)
+            self.stream = RouteStream(self.stub.Route(metadata=metadata), lost_report)
         return self.stream
+
+    def socket_failed(self) -> None:
+        self.socket_failures += 1
+        backoff = SOCKET_RETRY_S * 2 ** min(self.socket_failures - 1, 6)
+        self.socket_retry_at = time.monotonic() + min(backoff, SOCKET_RETRY_MAX_S)
 
 
 def to_inventory(msg: router_pb2.Inventory) -> Inventory:
@@ -228,6 +271,7 @@ class ControlPlaneClient:
         self.edge_id = edge_id
         self.pick_timeout = pick_timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.hello = router_pb2.RouteHello(edge_id=edge_id, token=token)
         self.planes = []
         for address in addresses:
             channel = (
@@ -252,6 +296,10 @@ class ControlPlaneClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._session
         for plane in self.planes:
+            if plane.opening is not None:
+                plane.opening.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await plane.opening
             if plane.stream is not None:
                 plane.stream.close()
             await plane.channel.close()
@@ -264,9 +312,8 @@ class ControlPlaneClient:
         request.edge_id = self.edge_id
         for plane in self._order():
             try:
-                stream = plane.route_stream(
-                    self.metadata, functools.partial(self._report_later, plane.address)
-                )
+                stream = plane.route_stream(self.metadata, self._lost_report(plane))
+                self._open_socket(plane)
                 response = None
                 if stream is not None:
                     with contextlib.suppress(_StreamBroken):
@@ -298,6 +345,45 @@ class ControlPlaneClient:
         call in the background."""
         if not self.report_on_stream(address, request):
             self._report_later(address, request)
+
+    def _lost_report(self, plane: _Plane) -> Callable[[router_pb2.ReportRequest], None]:
+        return functools.partial(self._report_later, plane.address)
+
+    def _open_socket(self, plane: _Plane) -> None:
+        """Start opening the plane's route socket, when it offers one and none is open or being
+        opened; picks keep using the gRPC stream until it is ready, so none waits for it."""
+        if (
+            not plane.route_port
+            or plane.opening is not None
+            or (plane.stream is not None and plane.stream.on_socket and not plane.stream.broken)
+            or time.monotonic() < plane.socket_retry_at
+        ):
+            return
+        plane.opening = asyncio.create_task(self._connect_socket(plane, plane.route_port))
+
+    async def _connect_socket(self, plane: _Plane, port: int) -> None:
+        try:
+            async with asyncio.timeout(SOCKET_CONNECT_S):
+                call = await SocketCall.open(plane.host, port, self.hello)
+        except (OSError, TimeoutError, frames.FrameError, SocketRefused) as exc:
+            log.warning(
+                "route socket %s:%d not opened (%s); picks go by gRPC",
+                plane.host,
+                port,
+                str(exc) or type(exc).__name__,
+            )
+            plane.socket_failed()
+            return
+        finally:
+            plane.opening = None
+        plane.socket_failures = 0
+        old, plane.stream = (
+            plane.stream,
+            RouteStream(call, self._lost_report(plane), on_socket=True),
+        )
+        if old is not None and not old.broken:
+            old.retire()
+        log.info("route socket %s:%d open", plane.host, port)
 
     def _report_later(self, address: str, request: router_pb2.ReportRequest) -> None:
         task = asyncio.create_task(self.report(address, request))
@@ -332,6 +418,8 @@ class ControlPlaneClient:
                 )
                 async for frame in call:
                     self.inventory = to_inventory(frame.inventory)
+                    plane.route_port = frame.route_port
+                    self._open_socket(plane)
                     self.last_contact = time.monotonic()
                     self.connected.set()
                     delay = 0.1

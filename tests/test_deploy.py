@@ -112,7 +112,7 @@ def test_compose_services_are_accepted_and_wired() -> None:
         env = svc.get("environment", {})
         accepted(binary, env)
         for key, value in env.items():
-            if key.endswith("_LISTEN") and not key.endswith("METRICS_LISTEN"):
+            if key.endswith("_LISTEN") and not key.endswith(("METRICS_LISTEN", "ROUTE_LISTEN")):
                 listen[name] = port_of(value)
     for name, svc in services.items():
         env = svc.get("environment", {})

@@ -54,7 +54,7 @@ async def test_a_lease_granted_after_its_caller_gave_up_is_released() -> None:
     async with running(settings) as plane:
         add_node(plane.fleet, "solo", max_in_flight=1)
         channel = grpc.aio.insecure_channel(plane.address)
-        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel), None)
+        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel).Route())
         try:
             request = router_pb2.PickRequest(edge_id="e", model="llama3.2")
             first = await stream.pick(request, 5.0)
@@ -103,7 +103,7 @@ async def test_calls_made_while_a_message_is_written_share_the_next_one() -> Non
         add_node(plane.fleet, "solo", num_parallel=32)  # room for every pick at once
         channel = grpc.aio.insecure_channel(plane.address)
         lost: list[router_pb2.ReportRequest] = []
-        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel), None, lost.append)
+        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel).Route(), lost.append)
         counting = _CountingCall(stream.call)
         stream.call = counting  # type: ignore[assignment]
         try:

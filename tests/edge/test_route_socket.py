@@ -1,0 +1,222 @@
+"""The route socket against an in-process control plane: the edge moves its picks onto it once
+its session tells the port, falls back to gRPC when it breaks, and the control plane refuses
+wrong tokens and junk without changing anything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+
+import pytest
+from hops.v1 import router_pb2
+
+from controlplane import route_socket
+from controlplane.server import ControlPlane, running
+from controlplane.settings import ControlPlaneSettings
+from edge.cpclient import ControlPlaneClient
+from edge.routesocket import SocketCall, SocketRefused
+from hopscommon import frames
+from tests.controlplane.builders import add_node
+from tests.simfixtures import eventually
+
+
+def _settings(**overrides: object) -> ControlPlaneSettings:
+    return ControlPlaneSettings(
+        listen=("127.0.0.1", 0),
+        metrics_listen=None,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+async def _on_socket(cp: ControlPlaneClient) -> None:
+    async def moved() -> bool:
+        stream = cp.planes[0].stream
+        return stream is not None and stream.on_socket and not stream.broken
+
+    await eventually(moved, 5.0)
+
+
+def _ok(picked: router_pb2.PickResponse) -> router_pb2.ReportRequest:
+    assert picked.status == router_pb2.PICK_STATUS_OK
+    return router_pb2.ReportRequest(
+        lease_id=picked.lease_id,
+        node_id=picked.candidates[0].node_id,
+        outcome=router_pb2.OUTCOME_OK,
+    )
+
+
+async def test_the_edge_moves_its_picks_to_the_route_socket() -> None:
+    async with running(_settings()) as plane:
+        add_node(plane.fleet, "solo")
+        assert plane.router_servicer.route_port > 0
+        cp = ControlPlaneClient((plane.address,), "edge-1", 5.0)
+        cp.start()
+        try:
+            await _on_socket(cp)  # the session told the port; the socket opened by itself
+            assert cp.planes[0].route_port == plane.router_servicer.route_port
+            assert len(plane.route_socket.connections) == 1
+            picked, address = await cp.pick(router_pb2.PickRequest(model="llama3.2"))
+            assert len(plane.fleet.leases) == 1
+            assert cp.report_on_stream(address, _ok(picked))
+
+            async def closed() -> bool:
+                return len(plane.fleet.leases) == 0
+
+            await eventually(closed, 5.0)  # the report went down the socket
+        finally:
+            await cp.close()
+        await _gone(plane)  # the edge's close ends the connection on both sides
+
+
+async def _gone(plane: ControlPlane) -> None:
+    async def none_left() -> bool:
+        return not plane.route_socket.connections
+
+    await eventually(none_left, 5.0)
+
+
+async def test_route_listen_off_keeps_picks_on_grpc() -> None:
+    async with running(_settings(route_listen="off")) as plane:
+        add_node(plane.fleet, "solo")
+        cp = ControlPlaneClient((plane.address,), "edge-1", 5.0)
+        cp.start()
+        try:
+            await asyncio.wait_for(cp.connected.wait(), 5.0)
+            picked, _ = await cp.pick(router_pb2.PickRequest(model="llama3.2"))
+            assert picked.status == router_pb2.PICK_STATUS_OK
+            stream = cp.planes[0].stream
+            assert stream is not None and not stream.on_socket
+            assert cp.planes[0].route_port == 0 and cp.planes[0].opening is None
+        finally:
+            await cp.close()
+
+
+async def test_a_broken_socket_falls_back_to_grpc_and_is_reopened_later() -> None:
+    async with running(_settings()) as plane:
+        add_node(plane.fleet, "solo", num_parallel=8)
+        cp = ControlPlaneClient((plane.address,), "edge-1", 5.0)
+        cp.start()
+        try:
+            await _on_socket(cp)
+            for task in list(plane.route_socket.connections):
+                task.cancel()  # the control plane drops the connection
+
+            async def broken() -> bool:
+                stream = cp.planes[0].stream
+                return stream is not None and stream.broken
+
+            await eventually(broken, 5.0)
+            picked, _ = await cp.pick(router_pb2.PickRequest(model="llama3.2"))
+            assert picked.status == router_pb2.PICK_STATUS_OK  # answered by gRPC meanwhile
+            assert cp.planes[0].socket_failures == 1
+            for _ in range(100):  # after the backoff (1 s) a pick opens a new socket
+                again, address = await cp.pick(router_pb2.PickRequest(model="llama3.2"))
+                await cp.report(address, _ok(again))
+                stream = cp.planes[0].stream
+                if stream is not None and stream.on_socket:
+                    break
+                await asyncio.sleep(0.05)
+            await _on_socket(cp)
+            assert cp.planes[0].socket_failures == 0
+        finally:
+            await cp.close()
+
+
+async def test_an_unreachable_socket_costs_no_pick_its_connect() -> None:
+    async with running(_settings()) as plane:
+        add_node(plane.fleet, "solo", num_parallel=8)
+        await plane.route_socket.stop()  # offered in the session, but nothing listens
+        cp = ControlPlaneClient((plane.address,), "edge-1", 5.0)
+        cp.start()
+        try:
+            await asyncio.wait_for(cp.connected.wait(), 5.0)
+
+            async def failed() -> bool:
+                return cp.planes[0].socket_failures >= 1
+
+            await eventually(failed, 5.0)
+            picked, _ = await cp.pick(router_pb2.PickRequest(model="llama3.2"))
+            assert picked.status == router_pb2.PICK_STATUS_OK
+            stream = cp.planes[0].stream
+            assert stream is not None and not stream.on_socket
+        finally:
+            await cp.close()
+
+
+async def test_a_wrong_token_is_refused() -> None:
+    async with running(_settings(edge_token="s3cret")) as plane:
+        add_node(plane.fleet, "solo")
+        port = plane.router_servicer.route_port
+        with pytest.raises(SocketRefused, match="wrong edge token"):
+            await SocketCall.open("127.0.0.1", port, router_pb2.RouteHello(edge_id="e"))
+        call = await SocketCall.open(
+            "127.0.0.1", port, router_pb2.RouteHello(edge_id="e", token="s3cret")
+        )
+        try:
+            pick = router_pb2.RouteCall(request_id=7, pick=router_pb2.PickRequest(model="llama3.2"))
+            await call.write(router_pb2.RouteRequest(calls=[pick]))
+            response = await anext(aiter(call))
+            assert response.answers[0].request_id == 7
+            assert response.answers[0].pick.status == router_pb2.PICK_STATUS_OK
+        finally:
+            call.cancel()
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        struct.pack("!I", frames.MAX_FRAME + 1),  # a frame too big to buffer
+        frames.encode(router_pb2.RouteHello(edge_id="e")) + b"\x00\x00\x00\x04\xff\xff\xff\xff",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # not a route socket client at all
+    ],
+    ids=["oversized", "undecodable-request", "http"],
+)
+async def test_junk_closes_the_socket_and_changes_nothing(
+    junk: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(route_socket, "HELLO_TIMEOUT_S", 2.0)
+    async with running(_settings()) as plane:
+        add_node(plane.fleet, "solo")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", plane.router_servicer.route_port
+        )
+        try:
+            writer.write(junk)
+            # Whatever came before, the connection ends (a welcome may precede it).
+            async with asyncio.timeout(5.0):
+                while await reader.read(1024):
+                    pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        assert len(plane.fleet.leases) == 0
+        await _gone(plane)
+        call = await SocketCall.open(  # and the socket still serves well-behaved edges
+            "127.0.0.1", plane.router_servicer.route_port, router_pb2.RouteHello(edge_id="e")
+        )
+        call.cancel()
+
+
+async def test_a_silent_peer_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(route_socket, "HELLO_TIMEOUT_S", 0.2)
+    async with running(_settings()) as plane:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", plane.router_servicer.route_port
+        )
+        try:
+            async with asyncio.timeout(5.0):
+                assert await reader.read(1024) == b""  # closed without a word
+        finally:
+            writer.close()
+
+
+def test_route_listen_settings() -> None:
+    assert _settings().route_address() == ("127.0.0.1", 0)
+    assert _settings(route_listen="off").route_address() is None
+    assert _settings(route_listen="127.0.0.1:6000").route_address() == ("127.0.0.1", 6000)
+    assert _settings(tls_cert="c.pem", tls_key="k.pem").route_address() is None
+    # Plaintext only: with TLS there is none, and asking for one is an error at start.
+    with pytest.raises(ValueError, match="plaintext"):
+        _settings(tls_cert="c.pem", tls_key="k.pem", route_listen="127.0.0.1:6000").validate()
