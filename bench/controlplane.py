@@ -7,17 +7,17 @@ not stall the clients' event loop); then this script, also on core 1, on uvloop 
   1. fan-in: the control plane's CPU over a quiet window with only those snapshots flowing
      (share of one core; target < 10%);
   2. Pick+Report: C concurrent clients loop Pick then Report (outcome OK) for D seconds, first
-     as unary calls over one channel (the fallback), then as calls on one Route stream (the
-     edge's own client, as edges send them); reported: pair latency p50/p99, pairs/s, and the
-     control plane's CPU per pair (target: >= 3,000 pairs/s on one core);
-  3. the same stream paced: a pair starts every 1/R seconds (R = 3,000 by default) whatever
-     the answers do, for D seconds: latency at the target rate (target: p99 < 2 ms).
+     as unary calls over one channel (the fallback), then as calls on one Route stream over
+     gRPC, then on the route socket (the edge's own client, as edges send them when the control
+     plane offers the socket); reported: pair latency p50/p99, pairs/s, and the control plane's
+     CPU per pair (target: >= 3,000 pairs/s on one core);
+  3. each stream paced: a pair starts every 1/R seconds (R = 3,000 by default) whatever the
+     answers do, for D seconds: latency at the target rate (target: p99 < 2 ms).
 On a 2-core machine the clients share core 1 with the fake agents, so the closed-loop pairs/s
 can be bounded by the client; the control plane's CPU per pair says what one core of it does.
 
 Usage: python bench/controlplane.py [--nodes 100] [--models 20] [--seconds 10] [--clients 4]
        [--rate 3000]
-Usage: python bench/controlplane.py [--nodes 100] [--models 20] [--seconds 10] [--clients 4]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from hops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, router_pb2, router_pb2
 
 from bench.sim_capacity import pin
 from edge.cpclient import RouteStream
+from edge.routesocket import SocketCall
 from tests import procs
 
 GIB = 1024**3
@@ -224,7 +225,9 @@ def agents_process(address: str, nodes: int, models: int, done: EventType) -> No
     uvloop.run(fake_agents(address, nodes, models, done))
 
 
-async def run(args: argparse.Namespace, address: str, plane: psutil.Process) -> dict[str, object]:
+async def run(
+    args: argparse.Namespace, address: str, route_port: int, plane: psutil.Process
+) -> dict[str, object]:
     await asyncio.sleep(3.0)  # every agent connected and sending
     before, t0 = cpu_seconds(plane), time.perf_counter()
     await asyncio.sleep(args.seconds)
@@ -243,35 +246,43 @@ async def run(args: argparse.Namespace, address: str, plane: psutil.Process) -> 
         plane_cpu = cpu_seconds(plane) - before
         unary = summary(tally, elapsed, plane_cpu, args.clients)
 
-        stream = RouteStream(stub.Route())
-        await stream_loop(stream, args.models, time.perf_counter() + 1.0, Tally())  # warm up
-        tally = Tally()
-        before, t0 = cpu_seconds(plane), time.perf_counter()
-        until = t0 + args.seconds
-        await asyncio.gather(
-            *(stream_loop(stream, args.models, until, tally) for _ in range(args.clients))
-        )
-        elapsed = time.perf_counter() - t0
-        plane_cpu = cpu_seconds(plane) - before
-        streamed = summary(tally, elapsed, plane_cpu, args.clients)
-
-        tally = Tally()
-        before, t0 = cpu_seconds(plane), time.perf_counter()
-        await paced_loop(stream, args.models, args.rate, args.seconds, tally)
-        elapsed = time.perf_counter() - t0
-        plane_cpu = cpu_seconds(plane) - before
-        stream.close()
-        paced = summary(tally, elapsed, plane_cpu, 0)
-        paced["offered_pairs_per_s"] = args.rate
+        grpc_looped, grpc_paced = await both_ways(RouteStream(stub.Route()), args, plane)
+    host, _, _ = address.rpartition(":")
+    hello = router_pb2.RouteHello(edge_id="bench")
+    socket = RouteStream(await SocketCall.open(host, route_port, hello), on_socket=True)
+    looped, paced = await both_ways(socket, args, plane)
     return {
         "nodes": args.nodes,
         "models_per_node": args.models,
         "policy": args.policy,
         "fan_in_cpu_share_of_one_core": round(fan_in_share, 4),
-        "pick_report": streamed,  # what edges use: one Route stream, as fast as it goes
-        "pick_report_paced": paced,  # the same stream at a fixed offered rate
+        "pick_report": looped,  # what edges use: the route socket, as fast as it goes
+        "pick_report_paced": paced,  # the same at a fixed offered rate
+        "pick_report_grpc_stream": grpc_looped,  # the Route stream by gRPC (no route socket)
+        "pick_report_grpc_stream_paced": grpc_paced,
         "pick_report_unary": unary,  # the unary Pick and Report calls (the fallback)
     }
+
+
+async def both_ways(
+    stream: RouteStream, args: argparse.Namespace, plane: psutil.Process
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Pairs on ``stream`` looping with C clients, then paced at the offered rate."""
+    await stream_loop(stream, args.models, time.perf_counter() + 1.0, Tally())  # warm up
+    tally = Tally()
+    before, t0 = cpu_seconds(plane), time.perf_counter()
+    until = t0 + args.seconds
+    await asyncio.gather(
+        *(stream_loop(stream, args.models, until, tally) for _ in range(args.clients))
+    )
+    looped = summary(tally, time.perf_counter() - t0, cpu_seconds(plane) - before, args.clients)
+    tally = Tally()
+    before, t0 = cpu_seconds(plane), time.perf_counter()
+    await paced_loop(stream, args.models, args.rate, args.seconds, tally)
+    paced = summary(tally, time.perf_counter() - t0, cpu_seconds(plane) - before, 0)
+    paced["offered_pairs_per_s"] = args.rate
+    stream.close()
+    return looped, paced
 
 
 def main() -> None:
@@ -297,7 +308,9 @@ def main() -> None:
         )
         agents.start()
         try:
-            report = uvloop.run(run(args, plane.url, psutil.Process(plane.popen.pid)))
+            route_port = int(plane.wait_for(r"route socket on port (\d+)").group(1))
+            process = psutil.Process(plane.popen.pid)
+            report = uvloop.run(run(args, plane.url, route_port, process))
         finally:
             done.set()
             agents.join(10)
