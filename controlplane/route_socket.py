@@ -2,10 +2,11 @@
 
 Why: a Pick is on every request's path, and through gRPC's asyncio stack each message hops
 between gRPC's threads and the event loop on both sides. The same messages as length-prefixed
-frames (hopscommon.frames) cost a fraction of that: measured side by side on this machine, the
-edge's Pick round trip fell from 1.31 to 0.78 ms with 50 streams open, and its added time to
-first byte by about 0.6 ms (bench/README.md). Semantics are the Route stream's: the same
-servicer code answers both. The hello carries the edge token; nothing else is served here.
+frames (hopscommon.frames) cost a fraction of that (bench/README.md). Semantics are the Route
+stream's, and the same code decides each call. Each connection is an asyncio Protocol: the
+calls in the bytes that arrive are decided in that callback and their answers written at once
+(one frame per batch), with no task switch between a pick arriving and its answer leaving.
+The hello carries the edge token; nothing else is served here.
 
 Plaintext only: a control plane with TLS offers no route socket, and edges use gRPC.
 """
@@ -13,18 +14,22 @@ Plaintext only: a control plane with TLS offers no route socket, and edges use g
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from typing import cast
 
+from google.protobuf.message import DecodeError
 from hops.v1 import router_pb2
 
+from controlplane import convert
+from controlplane.model import RouteRequest
+from controlplane.router import PickOutcome
 from controlplane.router_service import RouterServicer
 from hopscommon import frames
 
 log = logging.getLogger("hops.controlplane")
 HELLO_TIMEOUT_S = 5.0  # a peer that connects and says nothing is dropped after this
+MAX_UNSENT = 16 * 1024 * 1024  # answers the edge has not read; beyond, it is not reading: close
 
 
 class RouteSocket:
@@ -34,75 +39,109 @@ class RouteSocket:
         self.servicer = servicer
         self.token = token.encode()
         self.server: asyncio.Server | None = None
-        self.connections: set[asyncio.Task[None]] = set()
+        self.connections: set[_Connection] = set()
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0 = any free port); returns the port."""
-        self.server = await asyncio.start_server(self._connection, host, port)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Connection(self), host, port)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-        for task in list(self.connections):
-            task.cancel()
-        await asyncio.gather(*self.connections, return_exceptions=True)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
         if self.server is not None:
             await self.server.wait_closed()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.connections.add(task)
-        peer = writer.get_extra_info("peername")
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, socket: RouteSocket) -> None:
+        self.socket = socket
+        self.servicer = socket.servicer
+        self.transport: asyncio.Transport | None = None
+        self.peer: object = None
+        self.frames = frames.FrameBuffer()
+        self.welcomed = False
+        self.waiting: set[asyncio.Task[None]] = set()
+        self.hello_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.peer = transport.get_extra_info("peername")
+        self.socket.connections.add(self)
+        self.hello_timer = asyncio.get_running_loop().call_later(
+            HELLO_TIMEOUT_S, self.close, f"no hello in {HELLO_TIMEOUT_S}s"
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.socket.connections.discard(self)
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+        if self.welcomed:
+            self.servicer.router.metrics.route_streams.dec()
+        for task in self.waiting:  # nobody is left to answer
+            task.cancel()
+
+    def close(self, why: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            log.warning("route socket from %s closed: %s", self.peer, why)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
         try:
-            await self._serve(reader, writer, peer)
-        except asyncio.CancelledError:
-            # stop() ends connections this way. Not re-raised: asyncio (3.11) would log a
-            # cancelled connection handler as an unhandled error.
-            log.info("route socket from %s closed: control plane stopping", peer)
+            payloads = self.frames.feed(data)
         except frames.FrameError as exc:
-            log.warning("route socket from %s closed: %s", peer, exc)
-        except ConnectionError as exc:
-            log.info("route socket from %s lost: %s", peer, exc)
-        finally:
-            self.connections.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            self.close(str(exc))
+            return
+        answers: list[router_pb2.RouteAnswer] = []
+        for payload in payloads:
+            if not self.welcomed:
+                if not self._hello(payload):
+                    return
+                continue
+            try:
+                request = router_pb2.RouteRequest.FromString(payload)
+            except DecodeError as exc:
+                self.close(f"undecodable RouteRequest frame: {exc}")
+                return
+            for call in request.calls:
+                self.servicer.route_call(call, answers.append, self.waiting, self._wait)
+        if answers:
+            self._send(answers)
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
-    ) -> None:
+    def _hello(self, payload: bytes) -> bool:
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
         try:
-            async with asyncio.timeout(HELLO_TIMEOUT_S):
-                hello = await frames.read(reader, router_pb2.RouteHello)
-        except TimeoutError:
-            log.warning("route socket from %s closed: no hello in %ss", peer, HELLO_TIMEOUT_S)
-            return
-        if hello is None:
-            return
-        if self.token and not hmac.compare_digest(hello.token.encode(), self.token):
-            log.warning("route socket from %s refused: wrong edge token", peer)
-            writer.write(frames.encode(router_pb2.RouteWelcome(error="wrong edge token")))
-            await writer.drain()
-            return
-        writer.write(frames.encode(router_pb2.RouteWelcome()))
+            hello = router_pb2.RouteHello.FromString(payload)
+        except DecodeError as exc:
+            self.close(f"undecodable RouteHello frame: {exc}")
+            return False
+        token = self.socket.token
+        assert self.transport is not None
+        if token and not hmac.compare_digest(hello.token.encode(), token):
+            log.warning("route socket from %s refused: wrong edge token", self.peer)
+            self.transport.write(frames.encode(router_pb2.RouteWelcome(error="wrong edge token")))
+            self.transport.close()
+            return False
+        self.transport.write(frames.encode(router_pb2.RouteWelcome()))
+        self.welcomed = True
+        self.servicer.router.metrics.route_streams.inc()
         log.info("route socket opened edge=%s", hello.edge_id)
-        async for response in self.servicer.route(_requests(reader, peer)):
-            writer.write(frames.encode(response))
-            await writer.drain()
+        return True
 
+    async def _wait(self, request_id: int, request: RouteRequest, first: PickOutcome) -> None:
+        outcome = await self.servicer.admission.wait(request, first)
+        answer = router_pb2.RouteAnswer(request_id=request_id, pick=convert.pick_response(outcome))
+        self._send([answer])
 
-async def _requests(
-    reader: asyncio.StreamReader, peer: object
-) -> AsyncIterator[router_pb2.RouteRequest]:
-    """The edge's RouteRequests until it closes; a bad frame ends them (and so the connection,
-    once the picks already taken are answered)."""
-    try:
-        while (request := await frames.read(reader, router_pb2.RouteRequest)) is not None:
-            yield request
-    except frames.FrameError as exc:
-        log.warning("route socket from %s closed: %s", peer, exc)
-    except ConnectionError as exc:
-        log.info("route socket from %s lost: %s", peer, exc)
+    def _send(self, answers: list[router_pb2.RouteAnswer]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(frames.encode(router_pb2.RouteResponse(answers=answers)))
+        if transport.get_write_buffer_size() > MAX_UNSENT:
+            self.close("the edge does not read its answers")

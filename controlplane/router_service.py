@@ -89,7 +89,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             try:
                 async for message in requests:
                     for call in message.calls:
-                        self._route_call(call, answer, waiting, wait_then_answer)
+                        self.route_call(call, answer, waiting, wait_then_answer)
             finally:
                 reading = False
                 ready.set()
@@ -112,13 +112,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             for task in waiting:
                 task.cancel()
 
-    def _route_call(
+    def route_call(
         self,
         call: router_pb2.RouteCall,
         answer: Callable[[router_pb2.RouteAnswer], None],
         waiting: set[asyncio.Task[None]],
         wait_then_answer: Callable[[int, RouteRequest, PickOutcome], Coroutine[Any, Any, None]],
     ) -> None:
+        """Handle one call of a Route stream or route socket: a report is applied, a pick is
+        answered through ``answer`` now, or later by a ``wait_then_answer`` task kept in
+        ``waiting`` when it must wait for a slot."""
         kind = call.WhichOneof("kind")
         if kind == "report":
             try:

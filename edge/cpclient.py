@@ -56,30 +56,30 @@ class _StreamBroken(Exception):
     pass
 
 
-class Duplex(Protocol):
-    """What RouteStream needs of its transport: a gRPC stream-stream call has it, and so has
-    the route socket's SocketCall."""
+class Cancellable(Protocol):
+    def cancel(self) -> bool: ...
+
+
+class Duplex(Cancellable, Protocol):
+    """What RouteStream needs of its transport: a gRPC stream-stream call (or a test's stand-in
+    for one)."""
 
     async def write(self, request: router_pb2.RouteRequest) -> None: ...
 
     def __aiter__(self) -> AsyncIterator[router_pb2.RouteResponse]: ...
 
-    def cancel(self) -> bool: ...
 
+class _Stream:
+    """Picks matched to answers by id, reports sent without an answer, on some transport."""
 
-class RouteStream:
-    """One Route stream: picks matched to answers by id, reports sent without an answer. Calls
-    made while a message is being written go out together in the next one."""
+    on_socket = False
 
     def __init__(
         self,
-        call: Duplex,
+        call: Cancellable,
         lost_report: Callable[[router_pb2.ReportRequest], None] = lambda _: None,
-        *,
-        on_socket: bool = False,
     ) -> None:
-        self.call = call  # a gRPC Route call, or a route socket
-        self.on_socket = on_socket
+        self.call = call
         self.retired = False  # another stream took over; this one ends once its picks are answered
         self.lost_report = lost_report  # reports the stream could not deliver go this way
         self.writing: list[router_pb2.RouteCall] = []
@@ -89,7 +89,14 @@ class RouteStream:
         self.flush: asyncio.TimerHandle | None = None  # sends queued reports if no pick does
         self.ids = itertools.count(1)
         self.broken = False
-        self.tasks = (asyncio.create_task(self._write()), asyncio.create_task(self._read()))
+        self.tasks = self._start()
+
+    def _start(self) -> tuple[asyncio.Task[None], ...]:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        """Send what the outbox holds."""
+        raise NotImplementedError
 
     async def pick(
         self,
@@ -114,46 +121,24 @@ class RouteStream:
             return
         self.outbox.append(router_pb2.RouteCall(report=request))
         if self.flush is None:
-            self.flush = asyncio.get_running_loop().call_later(REPORT_DELAY_S, self.queued.set)
+            self.flush = asyncio.get_running_loop().call_later(REPORT_DELAY_S, self._flush)
 
     def _send(self, call: router_pb2.RouteCall) -> None:
         self.outbox.append(call)
-        self.queued.set()
+        self._flush()
 
-    async def _write(self) -> None:
-        try:
-            while True:
-                await self.queued.wait()
-                self.queued.clear()
-                if self.flush is not None:
-                    self.flush.cancel()
-                    self.flush = None
-                self.writing, self.outbox = self.outbox, []
-                await self.call.write(router_pb2.RouteRequest(calls=self.writing))
-                self.writing = []
-        except Exception as exc:  # noqa: BLE001 - any failure ends the stream, visibly
-            self._break(f"write: {type(exc).__name__}: {exc}")
-
-    async def _read(self) -> None:
-        try:
-            async for message in self.call:
-                for answer in message.answers:
-                    waiter = self.pending.pop(answer.request_id, None)
-                    if waiter is None or waiter.done():
-                        self._release(answer)
-                        continue
-                    if answer.invalid:
-                        waiter.set_exception(PickRefused(answer.invalid))
-                    else:
-                        waiter.set_result(answer.pick)
-                if self.retired and not self.pending:
-                    self._break("replaced by the route socket")
-                    return
-            self._break("closed by the control plane")
-        except grpc.aio.AioRpcError as exc:
-            self._break(exc.code().name)
-        except Exception as exc:  # noqa: BLE001 - any failure ends the stream, visibly
-            self._break(f"read: {type(exc).__name__}: {exc}")
+    def _answers(self, message: router_pb2.RouteResponse) -> None:
+        for answer in message.answers:
+            waiter = self.pending.pop(answer.request_id, None)
+            if waiter is None or waiter.done():
+                self._release(answer)
+                continue
+            if answer.invalid:
+                waiter.set_exception(PickRefused(answer.invalid))
+            else:
+                waiter.set_result(answer.pick)
+        if self.retired and not self.pending:
+            self._break("replaced by the route socket")
 
     def _release(self, answer: router_pb2.RouteAnswer) -> None:
         """An answer for a pick whose caller stopped waiting (its client went away, or its
@@ -200,12 +185,92 @@ class RouteStream:
         self._break("edge closing")
 
 
+class RouteStream(_Stream):
+    """A Route stream by gRPC: a writer task sends the queued calls, so calls made while a
+    message is being written go out together in the next one; a reader task takes answers."""
+
+    call: Duplex
+
+    def __init__(
+        self,
+        call: Duplex,
+        lost_report: Callable[[router_pb2.ReportRequest], None] = lambda _: None,
+    ) -> None:
+        super().__init__(call, lost_report)
+
+    def _start(self) -> tuple[asyncio.Task[None], ...]:
+        return (asyncio.create_task(self._write()), asyncio.create_task(self._read()))
+
+    def _flush(self) -> None:
+        self.queued.set()  # the writer takes it from here
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self.queued.wait()
+                self.queued.clear()
+                if self.flush is not None:
+                    self.flush.cancel()
+                    self.flush = None
+                self.writing, self.outbox = self.outbox, []
+                await self.call.write(router_pb2.RouteRequest(calls=self.writing))
+                self.writing = []
+        except Exception as exc:  # noqa: BLE001 - any failure ends the stream, visibly
+            self._break(f"write: {type(exc).__name__}: {exc}")
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.call:
+                self._answers(message)
+                if self.broken:
+                    return
+            self._break("closed by the control plane")
+        except grpc.aio.AioRpcError as exc:
+            self._break(exc.code().name)
+        except Exception as exc:  # noqa: BLE001 - any failure ends the stream, visibly
+            self._break(f"read: {type(exc).__name__}: {exc}")
+
+
+class SocketRouteStream(_Stream):
+    """A Route stream on a route socket: calls are written as they are made, and answers
+    handled as their bytes arrive, with no task in between (each task switch waits its turn in
+    an event loop busy with streams)."""
+
+    on_socket = True
+    call: SocketCall
+
+    def __init__(
+        self,
+        call: SocketCall,
+        lost_report: Callable[[router_pb2.ReportRequest], None] = lambda _: None,
+    ) -> None:
+        super().__init__(call, lost_report)
+
+    def _start(self) -> tuple[asyncio.Task[None], ...]:
+        self.call.listen(self._answers, self._break)
+        return ()
+
+    def _flush(self) -> None:
+        if self.flush is not None:
+            self.flush.cancel()
+            self.flush = None
+        if self.broken or not self.outbox:
+            return
+        self.writing, self.outbox = self.outbox, []
+        try:
+            self.call.send(router_pb2.RouteRequest(calls=self.writing))
+        except ConnectionError as exc:
+            self._break(f"write: {exc}")  # hands the unsent reports on
+            return
+        self.writing = []
+
+
 @dataclass(slots=True)
 class _Plane:
     address: str
     channel: grpc.aio.Channel
     stub: router_pb2_grpc.RouterServiceAsyncStub  # the .pyi's name for the aio stub
-    stream: RouteStream | None = None
+    stream: RouteStream | SocketRouteStream | None = None
     stream_broke_at: float = field(default=-STREAM_RETRY_S)
     route_port: int = 0  # its route socket's, told in its edge session; 0 = none offered
     opening: asyncio.Task[None] | None = None  # a route socket being opened
@@ -218,7 +283,7 @@ class _Plane:
 
     def route_stream(
         self, metadata: Metadata, lost_report: Callable[[router_pb2.ReportRequest], None]
-    ) -> RouteStream | None:
+    ) -> RouteStream | SocketRouteStream | None:
         """The plane's Route stream, opened now if it is time; None: use the unary calls."""
         if self.stream is not None and self.stream.broken:
             if self.stream.on_socket:
@@ -379,7 +444,7 @@ class ControlPlaneClient:
         plane.socket_failures = 0
         old, plane.stream = (
             plane.stream,
-            RouteStream(call, self._lost_report(plane), on_socket=True),
+            SocketRouteStream(call, self._lost_report(plane)),
         )
         if old is not None and not old.broken:
             old.retire()

@@ -99,8 +99,8 @@ async def test_a_broken_socket_falls_back_to_grpc_and_is_reopened_later() -> Non
         cp.start()
         try:
             await _on_socket(cp)
-            for task in list(plane.route_socket.connections):
-                task.cancel()  # the control plane drops the connection
+            for connection in list(plane.route_socket.connections):
+                connection.close("dropped by the test")  # the control plane drops it
 
             async def broken() -> bool:
                 stream = cp.planes[0].stream
@@ -153,12 +153,18 @@ async def test_a_wrong_token_is_refused() -> None:
         call = await SocketCall.open(
             "127.0.0.1", port, router_pb2.RouteHello(edge_id="e", token="s3cret")
         )
+        got: list[router_pb2.RouteResponse] = []
+        call.listen(got.append, lambda _: None)
         try:
             pick = router_pb2.RouteCall(request_id=7, pick=router_pb2.PickRequest(model="llama3.2"))
-            await call.write(router_pb2.RouteRequest(calls=[pick]))
-            response = await anext(aiter(call))
-            assert response.answers[0].request_id == 7
-            assert response.answers[0].pick.status == router_pb2.PICK_STATUS_OK
+            call.send(router_pb2.RouteRequest(calls=[pick]))
+
+            async def answered() -> bool:
+                return bool(got)
+
+            await eventually(answered, 5.0)
+            assert got[0].answers[0].request_id == 7
+            assert got[0].answers[0].pick.status == router_pb2.PICK_STATUS_OK
         finally:
             call.cancel()
 
