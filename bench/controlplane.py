@@ -43,14 +43,23 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, router_pb2, router_pb2_grpc
+from hops.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    fleet_pb2,
+    router_pb2,
+    router_pb2_grpc,
+)
 
 from bench.sim_capacity import pin
-from edge.cpclient import RouteStream
+from edge.cpclient import RouteStream, SocketRouteStream
 from edge.routesocket import SocketCall
 from tests import procs
 
 GIB = 1024**3
+Stream = RouteStream | SocketRouteStream
 
 
 def snapshot(node: int, models: int, tick: int) -> fleet_pb2.NodeSnapshot:
@@ -145,7 +154,7 @@ async def pick_report_loop(
         tally.latencies.append(time.perf_counter() - start)
 
 
-async def stream_pair(stream: RouteStream, model: str, tally: Tally) -> None:
+async def stream_pair(stream: Stream, model: str, tally: Tally) -> None:
     """One Pick then Report on the edge's own Route stream client; its latency is recorded."""
     start = time.perf_counter()
     try:
@@ -165,7 +174,12 @@ async def stream_pair(stream: RouteStream, model: str, tally: Tally) -> None:
     tally.latencies.append(time.perf_counter() - start)
 
 
-async def stream_loop(stream: RouteStream, models: int, until: float, tally: Tally) -> None:
+async def stream_loop(
+    stream: Stream,
+    models: int,
+    until: float,
+    tally: Tally,
+) -> None:
     """As pick_report_loop, on the Route stream (one stream, shared by the clients)."""
     rng = random.Random()
     while time.perf_counter() < until:
@@ -173,7 +187,11 @@ async def stream_loop(stream: RouteStream, models: int, until: float, tally: Tal
 
 
 async def paced_loop(
-    stream: RouteStream, models: int, rate: float, seconds: float, tally: Tally
+    stream: Stream,
+    models: int,
+    rate: float,
+    seconds: float,
+    tally: Tally,
 ) -> None:
     """Open loop: a pair starts every 1/rate seconds whether or not earlier ones are answered
     (timers fire about once a millisecond, so starts come in small bursts, as requests do)."""
@@ -246,11 +264,12 @@ async def run(
         plane_cpu = cpu_seconds(plane) - before
         unary = summary(tally, elapsed, plane_cpu, args.clients)
 
-        grpc_looped, grpc_paced = await both_ways(RouteStream(stub.Route()), args, plane)
-    host, _, _ = address.rpartition(":")
-    hello = router_pb2.RouteHello(edge_id="bench")
-    socket = RouteStream(await SocketCall.open(host, route_port, hello), on_socket=True)
-    looped, paced = await both_ways(socket, args, plane)
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        host, _, _ = address.rpartition(":")
+        hello = router_pb2.RouteHello(edge_id="bench")
+        socket = SocketRouteStream(await SocketCall.open(host, route_port, hello))
+        looped, paced = await both_ways(socket, args, plane, admin)
+        grpc_looped, grpc_paced = await both_ways(RouteStream(stub.Route()), args, plane, admin)
     return {
         "nodes": args.nodes,
         "models_per_node": args.models,
@@ -264,10 +283,29 @@ async def run(
     }
 
 
+async def open_leases(admin: admin_pb2_grpc.AdminServiceAsyncStub) -> int:
+    nodes = (await admin.ListNodes(admin_pb2.ListNodesRequest())).nodes
+    return sum(n.in_flight_total for n in nodes)
+
+
+async def settled(admin: admin_pb2_grpc.AdminServiceAsyncStub, within: float = 10.0) -> int:
+    """Wait until no lease is open (the answers to picks that timed out come late and are
+    released as they arrive); returns how many are still open after ``within`` seconds."""
+    for _ in range(int(within / 0.2)):  # polling a remote count: there is no event to wait on
+        if not await open_leases(admin):
+            return 0
+        await asyncio.sleep(0.2)
+    return await open_leases(admin)
+
+
 async def both_ways(
-    stream: RouteStream, args: argparse.Namespace, plane: psutil.Process
+    stream: Stream,
+    args: argparse.Namespace,
+    plane: psutil.Process,
+    admin: admin_pb2_grpc.AdminServiceAsyncStub,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Pairs on ``stream`` looping with C clients, then paced at the offered rate."""
+    """Pairs on ``stream`` looping with C clients, then paced at the offered rate; each phase
+    starts with no lease open, so one phase's backlog does not weigh on the next."""
     await stream_loop(stream, args.models, time.perf_counter() + 1.0, Tally())  # warm up
     tally = Tally()
     before, t0 = cpu_seconds(plane), time.perf_counter()
@@ -276,11 +314,13 @@ async def both_ways(
         *(stream_loop(stream, args.models, until, tally) for _ in range(args.clients))
     )
     looped = summary(tally, time.perf_counter() - t0, cpu_seconds(plane) - before, args.clients)
+    looped["leases_open_after"] = await settled(admin)
     tally = Tally()
     before, t0 = cpu_seconds(plane), time.perf_counter()
     await paced_loop(stream, args.models, args.rate, args.seconds, tally)
     paced = summary(tally, time.perf_counter() - t0, cpu_seconds(plane) - before, 0)
     paced["offered_pairs_per_s"] = args.rate
+    paced["leases_open_after"] = await settled(admin)
     stream.close()
     return looped, paced
 
