@@ -9,7 +9,9 @@ generator is raw asyncio sockets for streams (bench/loadgen.py) and `wrk` for sm
 non-streaming requests. Primary efficiency figures are CPU seconds per 1,000 requests of the edge
 and of the control plane, measured from /proc during the wrk phase; ratios come from the same run.
 
-Phases, for each target (direct, edge, nginx):
+Phases, for each target (direct, edge, nginx; and for time to first byte also edge_grpc, the
+same edge with its control plane's route socket off, so picks travel by gRPC as they did before
+the route socket):
   ttfb        time to first byte (response headers) at 1, 50 and 200 concurrent streams, in
               TTFB_ROUNDS rounds per concurrency with the targets' order rotated, pooled
               (the shared host drifts over minutes; rotating spreads that over all targets)
@@ -271,8 +273,12 @@ def open_streams_memory(edge: procs.Proc, count: int) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def hops(sim_url: str, workers: int) -> Iterator[tuple[procs.Proc, procs.Proc]]:
+def hops(
+    sim_url: str, workers: int, route_socket: bool = True
+) -> Iterator[tuple[procs.Proc, procs.Proc]]:
     env = {"HOPS_CP_LOG_LEVEL": "warning", "HOPS_EDGE_LOG_LEVEL": "warning"}
+    if not route_socket:
+        env["HOPS_CP_ROUTE_LISTEN"] = "off"
     with contextlib.ExitStack() as stack:
         plane = stack.enter_context(
             procs.running(
@@ -343,20 +349,31 @@ def main() -> None:
         with procs.running("ollamasim", latency_sim) as sim:
             pin_tree(sim.popen.pid, LOAD_CORE)
             httpx.post(sim.url + "/api/generate", json={"model": MODEL}, timeout=60)  # warm
-            with hops(sim.url, 1) as (plane, edge), nginx(sim.url, Path(tmp) / "a") as lb:
-                targets = {"direct": sim.url, "edge": edge.url, "nginx": lb}
+            with (
+                hops(sim.url, 1) as (plane, edge),
+                hops(sim.url, 1, route_socket=False) as (grpc_plane, grpc_edge),
+                nginx(sim.url, Path(tmp) / "a") as lb,
+            ):
+                targets = {
+                    "direct": sim.url,
+                    "edge": edge.url,
+                    "edge_grpc": grpc_edge.url,
+                    "nginx": lb,
+                }
+                stacks = {"edge": (edge, plane), "edge_grpc": (grpc_edge, grpc_plane)}
                 for name, url in targets.items():
                     streams(url, 5, 10, 2)  # warm connections
                     results[name] = {"ttfb": []}
 
-                def both(edge: procs.Proc = edge, plane: procs.Proc = plane) -> object:
-                    return scrape(edge.url + "/metrics"), scrape(metrics_url(plane))
+                def both(name: str) -> Callable[[], object]:
+                    edge, plane = stacks[name]
+                    return lambda: (scrape(edge.url + "/metrics"), scrape(metrics_url(plane)))
 
                 for c in (1, 50, 200):
                     # Rounds with the targets' order rotated: a drift in the shared host or
                     # load generator over a phase then weighs on every target alike.
                     probed = {name: Probed() for name in targets}
-                    picks: list[tuple[object, object]] = []
+                    picks: dict[str, list[tuple[object, object]]] = {n: [] for n in stacks}
                     for r in range(TTFB_ROUNDS):
                         first = r % len(targets)
                         names = list(targets)[first:] + list(targets)[:first]
@@ -366,20 +383,24 @@ def main() -> None:
                                 c,
                                 probes // TTFB_ROUNDS,
                                 probed[name],
-                                both if name == "edge" else lambda: None,
+                                both(name) if name in stacks else lambda: None,
                             )
-                            if name == "edge":
-                                picks.append(ends)
+                            if name in stacks:
+                                picks[name].append(ends)
                     for name in targets:
                         entry = probed[name].entry(c)
-                        if name == "edge":
-                            entry["pick"] = pick_figures(picks)  # type: ignore[arg-type]
+                        if name in stacks:
+                            entry["pick"] = pick_figures(picks[name])  # type: ignore[arg-type]
                         results[name]["ttfb"].append(entry)
                         print(f"{name} ttfb {entry}", flush=True)
         with procs.running("ollamasim", fast_sim) as sim:
             pin_tree(sim.popen.pid, LOAD_CORE)
             httpx.post(sim.url + "/api/generate", json={"model": MODEL}, timeout=60)
-            with hops(sim.url, 1) as (plane, edge), nginx(sim.url, Path(tmp) / "b") as lb:
+            with (
+                hops(sim.url, 1) as (plane, edge),
+                hops(sim.url, 1, route_socket=False) as (grpc_plane, grpc_edge),
+                nginx(sim.url, Path(tmp) / "b") as lb,
+            ):
                 targets = {"direct": sim.url, "edge": edge.url, "nginx": lb}
                 for name, url in targets.items():
                     streams(url, 10, 20, 4)
@@ -387,16 +408,17 @@ def main() -> None:
                     results[name]["small"] = small_phase(url, wrk_seconds)
                     print(f"{name} stream {results[name]['stream']}", flush=True)
                     print(f"{name} small {results[name]['small']}", flush=True)
-                # CPU per request of the edge and of the control plane, in one more wrk run.
-                e0, c0 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
-                again = small_phase(edge.url, wrk_seconds)
-                e1, c1 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
-                results["edge"]["cpu_s_per_1000_requests"] = {
-                    "edge": 1000 * (e1 - e0) / again["requests"],
-                    "controlplane": 1000 * (c1 - c0) / again["requests"],
-                    "requests": again["requests"],
-                }
-                print(f"cpu {results['edge']['cpu_s_per_1000_requests']}", flush=True)
+                # CPU per request of the edge and of the control plane, in one more wrk run
+                # each: picks on the route socket, then by gRPC.
+                streams(grpc_edge.url, 10, 20, 4)
+                for name, (e, p) in {
+                    "edge": (edge, plane),
+                    "edge_grpc": (grpc_edge, grpc_plane),
+                }.items():
+                    results.setdefault(name, {})["cpu_s_per_1000_requests"] = cpu_per_request(
+                        e, p, wrk_seconds
+                    )
+                    print(f"{name} cpu {results[name]['cpu_s_per_1000_requests']}", flush=True)
             with hops(sim.url, 2) as (_, edge2):
                 streams(edge2.url, 10, 20, 4)
                 results["edge_workers_2"] = {
@@ -414,6 +436,19 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
+
+
+def cpu_per_request(edge: procs.Proc, plane: procs.Proc, seconds: int) -> dict[str, Any]:
+    """CPU seconds per 1,000 small requests of the edge and of its control plane (wrk)."""
+    e0, c0 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
+    again = small_phase(edge.url, seconds)
+    e1, c1 = cpu_seconds([edge.popen.pid]), cpu_seconds([plane.popen.pid])
+    return {
+        "edge": 1000 * (e1 - e0) / again["requests"],
+        "controlplane": 1000 * (c1 - c0) / again["requests"],
+        "requests": again["requests"],
+        "requests_per_s": again["requests_per_s"],
+    }
 
 
 def metrics_url(plane: procs.Proc) -> str:
@@ -459,11 +494,12 @@ def summarise(r: dict[str, Any]) -> None:
 
     summary: dict[str, Any] = {}
     for c in (1, 50, 200):
-        d, e, n = at("direct", c), at("edge", c), at("nginx", c)
+        d, e, n, g = at("direct", c), at("edge", c), at("nginx", c), at("edge_grpc", c)
         # Within a round the targets ran seconds apart: the round's difference
         # leaves out the host's slow drift, and their median leaves out a round's outlier.
         edge_rounds = _minus(e["ttfb_p50_ms_by_round"], d["ttfb_p50_ms_by_round"])
         nginx_rounds = _minus(n["ttfb_p50_ms_by_round"], d["ttfb_p50_ms_by_round"])
+        grpc_rounds = _minus(g["ttfb_p50_ms_by_round"], d["ttfb_p50_ms_by_round"])
         summary[f"added_ttfb_c{c}"] = {
             "edge_p50_ms": e["ttfb_p50_ms"] - d["ttfb_p50_ms"],
             "edge_p99_ms": e["ttfb_p99_ms"] - d["ttfb_p99_ms"],
@@ -472,10 +508,16 @@ def summarise(r: dict[str, Any]) -> None:
             "edge_p50_by_round_ms": edge_rounds,
             "nginx_p50_by_round_ms": nginx_rounds,
             "edge_p50_round_median_ms": statistics.median(edge_rounds),
+            "edge_grpc_p50_ms": g["ttfb_p50_ms"] - d["ttfb_p50_ms"],
+            "edge_grpc_p99_ms": g["ttfb_p99_ms"] - d["ttfb_p99_ms"],
+            "edge_grpc_p50_by_round_ms": grpc_rounds,
+            "edge_grpc_p50_round_median_ms": statistics.median(grpc_rounds),
             "nginx_p50_round_median_ms": statistics.median(nginx_rounds),
         }
     summary["pick_at_c50"] = at("edge", 50)["pick"]
+    summary["pick_at_c50_grpc"] = at("edge_grpc", 50)["pick"]
     summary["edge_cpu_s_per_1000_requests"] = r["edge"]["cpu_s_per_1000_requests"]
+    summary["edge_grpc_cpu_s_per_1000_requests"] = r["edge_grpc"]["cpu_s_per_1000_requests"]
     summary["edge_rss_mb_1000_streams"] = r["edge_open_streams"]["edge_rss_peak_mb"]
     summary["edge_chunks_vs_direct"] = (
         r["edge"]["stream"]["chunks_per_s"] / r["direct"]["stream"]["chunks_per_s"]
