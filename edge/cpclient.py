@@ -85,7 +85,6 @@ class _Stream:
         self.writing: list[router_pb2.RouteCall] = []
         self.pending: dict[int, asyncio.Future[router_pb2.PickResponse]] = {}
         self.outbox: list[router_pb2.RouteCall] = []
-        self.queued = asyncio.Event()
         self.flush: asyncio.TimerHandle | None = None  # sends queued reports if no pick does
         self.ids = itertools.count(1)
         self.broken = False
@@ -196,6 +195,7 @@ class RouteStream(_Stream):
         call: Duplex,
         lost_report: Callable[[router_pb2.ReportRequest], None] = lambda _: None,
     ) -> None:
+        self.queued = asyncio.Event()  # wakes the writer
         super().__init__(call, lost_report)
 
     def _start(self) -> tuple[asyncio.Task[None], ...]:

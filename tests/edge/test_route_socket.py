@@ -76,6 +76,33 @@ async def _gone(plane: ControlPlane) -> None:
     await eventually(none_left, 5.0)
 
 
+async def test_the_grpc_stream_hands_over_only_once_its_picks_are_answered() -> None:
+    async with running(_settings(admission_wait=5.0)) as plane:
+        add_node(plane.fleet, "solo", max_in_flight=1)
+        cp = ControlPlaneClient((plane.address,), "edge-1", 5.0)
+        try:
+            first, address = await cp.pick(router_pb2.PickRequest(model="llama3.2"))
+            grpc_stream = cp.planes[0].stream
+            assert grpc_stream is not None and not grpc_stream.on_socket
+            # The host is full: this pick waits in the control plane's queue, on gRPC.
+            held = asyncio.create_task(cp.pick(router_pb2.PickRequest(model="llama3.2")))
+
+            async def queued() -> bool:
+                return bool(grpc_stream.pending) and len(plane.admission.queue) > 0
+
+            await eventually(queued, 5.0)
+            cp.start()  # the session tells the port; the socket takes over new picks
+            await _on_socket(cp)
+            assert grpc_stream.retired and not grpc_stream.broken  # it still carries one
+            assert cp.report_on_stream(address, _ok(first))  # frees the slot, by the socket
+            second, _ = await held  # answered on the old stream, which then ends
+            assert second.status == router_pb2.PICK_STATUS_OK
+            assert grpc_stream.broken
+            assert len(plane.fleet.leases) == 1  # the held pick's, nothing leaked
+        finally:
+            await cp.close()
+
+
 async def test_route_listen_off_keeps_picks_on_grpc() -> None:
     async with running(_settings(route_listen="off")) as plane:
         add_node(plane.fleet, "solo")
