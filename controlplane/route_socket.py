@@ -8,7 +8,7 @@ calls in the bytes that arrive are decided in that callback and their answers wr
 (one frame per batch), with no task switch between a pick arriving and its answer leaving.
 The hello carries the edge token; nothing else is served here.
 
-Plaintext only: a control plane with TLS offers no route socket, and edges use gRPC.
+With --tls-cert the socket speaks TLS with the same certificate (and client CA) as gRPC.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import ssl
 from typing import cast
 
 from google.protobuf.message import DecodeError
@@ -41,10 +42,10 @@ class RouteSocket:
         self.server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         """Listen on ``host:port`` (0 = any free port); returns the port."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Connection(self), host, port)
+        self.server = await loop.create_server(lambda: _Connection(self), host, port, ssl=tls)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from controlplane.policies import REGISTRY
 from controlplane.static_hosts import load_hosts
 from hopscommon.settings import load, option, optional_address, parse_host_port
-from hopscommon.tls import check_pair, server_credentials
+from hopscommon.tls import check_pair, server_credentials, server_ssl_context
 from hopscommon.units import parse_seconds
 
 ENV_PREFIX = "HOPS_CP_"
@@ -48,8 +49,8 @@ class ControlPlaneSettings:
     route_listen: str = option(
         "auto",
         "HOST:PORT of the route socket, the edges' fast path for picks (told to edges in their "
-        "session); 'auto' = --listen's host on a free port; 'off' = edges use gRPC only. "
-        "Plaintext: off whenever --tls-cert is set",
+        "session; with --tls-cert it uses the same TLS); 'auto' = --listen's host on a free "
+        "port; 'off' = edges use gRPC only",
         parse=_route_listen,
         metavar="HOST:PORT|auto|off",
     )
@@ -127,7 +128,7 @@ class ControlPlaneSettings:
 
     def route_address(self) -> tuple[str, int] | None:
         """Where the route socket listens; None = no route socket."""
-        if self.route_listen == "off" or self.tls_cert:
+        if self.route_listen == "off":
             return None
         if self.route_listen == "auto":
             return self.listen[0], 0
@@ -144,10 +145,12 @@ class ControlPlaneSettings:
         check_pair(self.tls_cert, self.tls_key, "control plane")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-        if self.tls_cert and self.route_listen not in ("auto", "off"):
-            raise ValueError("--route-listen is plaintext: not with --tls-cert")
         if self.tls_cert:
             server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca)
+            try:
+                server_ssl_context(self.tls_cert, self.tls_key, self.tls_client_ca)
+            except ssl.SSLError as exc:
+                raise ValueError(f"control plane: TLS files unusable: {exc}") from None
         if self.static_poll_interval <= 0:
             raise ValueError("--static-poll-interval must be > 0")
         if self.static_hosts:

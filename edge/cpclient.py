@@ -17,6 +17,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -332,11 +333,13 @@ class ControlPlaneClient:
         pick_timeout: float,
         token: str = "",
         credentials: grpc.ChannelCredentials | None = None,
+        tls: ssl.SSLContext | None = None,  # for the route socket, as credentials for gRPC
     ) -> None:
         self.edge_id = edge_id
         self.pick_timeout = pick_timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.hello = router_pb2.RouteHello(edge_id=edge_id, token=token)
+        self.tls = tls
         self.planes = []
         for address in addresses:
             channel = (
@@ -429,7 +432,7 @@ class ControlPlaneClient:
     async def _connect_socket(self, plane: _Plane, port: int) -> None:
         try:
             async with asyncio.timeout(SOCKET_CONNECT_S):
-                call = await SocketCall.open(plane.host, port, self.hello)
+                call = await SocketCall.open(plane.host, port, self.hello, self.tls)
         except (OSError, TimeoutError, frames.FrameError, SocketRefused) as exc:
             log.warning(
                 "route socket %s:%d not opened (%s); picks go by gRPC",

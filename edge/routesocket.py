@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import cast
 
@@ -39,10 +40,19 @@ class SocketCall(asyncio.Protocol):
         self.on_end: Callable[[str], None] = lambda _: None
 
     @classmethod
-    async def open(cls, host: str, port: int, hello: router_pb2.RouteHello) -> SocketCall:
-        """Connect and say hello; raises OSError, FrameError or SocketRefused (the caller bounds
-        the time)."""
-        _, call = await asyncio.get_running_loop().create_connection(cls, host, port)
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        hello: router_pb2.RouteHello,
+        tls: ssl.SSLContext | None = None,
+    ) -> SocketCall:
+        """Connect (with ``tls``, checking the certificate is for ``host``) and say hello;
+        raises OSError (ssl.SSLError too), FrameError or SocketRefused (the caller bounds the
+        time)."""
+        _, call = await asyncio.get_running_loop().create_connection(
+            cls, host, port, ssl=tls, server_hostname=host if tls else None
+        )
         try:
             call.send(hello)
             welcome = await call.welcome

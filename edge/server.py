@@ -37,6 +37,7 @@ class Edge:
             settings.pick_timeout,
             settings.controlplane_token,
             settings.channel_credentials(),
+            settings.ssl_context(),
         )
         self.upstream = Upstream(settings)
         self.app = EdgeApp(settings, self.cp, self.upstream, self.metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ import grpc
 
 from edge.auth import KeyCheck, read_keys
 from hopscommon.settings import load, option, parse_addresses, parse_bool, parse_host_port
-from hopscommon.tls import client_credentials
+from hopscommon.tls import client_credentials, client_ssl_context
 from hopscommon.units import parse_bytes, parse_seconds
 
 ENV_PREFIX = "HOPS_EDGE_"
@@ -120,9 +121,17 @@ class EdgeSettings:
             raise ValueError("--fail-open-for must be >= 0")
         self.key_check()  # unreadable key files fail at start
         self.channel_credentials()
+        try:
+            self.ssl_context()
+        except ssl.SSLError as exc:
+            raise ValueError(f"edge: TLS files unusable: {exc}") from None
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         return client_credentials(self.tls_ca, self.tls_cert, self.tls_key, "edge")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The same TLS for the control planes' route sockets; None = plaintext."""
+        return client_ssl_context(self.tls_ca, self.tls_cert, self.tls_key) if self.tls_ca else None
 
     def key_check(self) -> KeyCheck:
         user = self.api_keys + (read_keys(self.api_keys_file) if self.api_keys_file else ())

@@ -1,4 +1,5 @@
-"""TLS for the control plane's gRPC port and the agents' and edges' channels to it.
+"""TLS for the control plane's gRPC port and route socket, and the agents' and edges'
+connections to them.
 
 Server: a certificate and key; with a client CA, clients must present a certificate it signed
 (mTLS). Clients: the CA to trust, and optionally their own certificate and key for mTLS.
@@ -7,6 +8,7 @@ Files are read once at start; an unreadable one stops the program with a clear m
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
@@ -26,6 +28,24 @@ def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerC
             [pair], root_certificates=read(client_ca, "client CA"), require_client_auth=True
         )
     return grpc.ssl_server_credentials([pair])
+
+
+def server_ssl_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
+    """The same server side for a plain socket (the route socket)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return context
+
+
+def client_ssl_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:
+    """The same client side for a plain socket: trust ``ca``, present ``cert`` if given."""
+    context = ssl.create_default_context(cafile=ca)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
 
 
 def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from pathlib import Path
 
 import pytest
 from hops.v1 import router_pb2
@@ -17,6 +18,8 @@ from controlplane.settings import ControlPlaneSettings
 from edge.cpclient import ControlPlaneClient
 from edge.routesocket import SocketCall, SocketRefused
 from hopscommon import frames
+from hopscommon.tls import channel_credentials, client_ssl_context
+from tests import tlscerts
 from tests.controlplane.builders import add_node
 from tests.simfixtures import eventually
 
@@ -249,7 +252,35 @@ def test_route_listen_settings() -> None:
     assert _settings().route_address() == ("127.0.0.1", 0)
     assert _settings(route_listen="off").route_address() is None
     assert _settings(route_listen="127.0.0.1:6000").route_address() == ("127.0.0.1", 6000)
-    assert _settings(tls_cert="c.pem", tls_key="k.pem").route_address() is None
-    # Plaintext only: with TLS there is none, and asking for one is an error at start.
-    with pytest.raises(ValueError, match="plaintext"):
-        _settings(tls_cert="c.pem", tls_key="k.pem", route_listen="127.0.0.1:6000").validate()
+
+
+async def test_with_tls_the_socket_speaks_tls_and_wants_a_client_certificate(
+    tmp_path: Path,
+) -> None:
+    certs = tlscerts.make(tmp_path)
+    settings = _settings(
+        tls_cert=certs.server_cert, tls_key=certs.server_key, tls_client_ca=certs.ca
+    )
+    async with running(settings) as plane:
+        add_node(plane.fleet, "solo")
+        port = plane.router_servicer.route_port
+        hello = router_pb2.RouteHello(edge_id="e")
+        address = f"localhost:{plane.port}"  # the name the server certificate carries
+        cp = ControlPlaneClient(
+            (address,),
+            "edge-1",
+            5.0,
+            credentials=channel_credentials(certs.ca, certs.client_cert, certs.client_key),
+            tls=client_ssl_context(certs.ca, certs.client_cert, certs.client_key),
+        )
+        cp.start()
+        try:
+            await _on_socket(cp)
+            picked, _ = await cp.pick(router_pb2.PickRequest(model="llama3.2"))
+            assert picked.status == router_pb2.PICK_STATUS_OK
+        finally:
+            await cp.close()
+        with pytest.raises(frames.FrameError):  # plaintext gets no welcome
+            await SocketCall.open("127.0.0.1", port, hello)
+        with pytest.raises((OSError, frames.FrameError)):  # nor TLS without a certificate
+            await SocketCall.open("localhost", port, hello, client_ssl_context(certs.ca))
