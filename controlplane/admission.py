@@ -3,14 +3,18 @@ here, in a bounded per-model queue, instead of piling onto Ollama's unbounded hi
 
 A host is saturated when its requests in flight reach its cap (``max_in_flight`` from the agent,
 else ``num_parallel x queue_per_slot``). Waiters are woken oldest first, across models, when a
-lease closes on a host that has their model, so a busy model cannot starve a quiet one. A waiter
-that is not placed within ``max_wait`` seconds gets SATURATED (the edge answers 503 with
-Retry-After).
+lease closes on a host that has their model, so a busy model cannot starve a quiet one. A request
+for a model others already wait for joins the line behind them instead of taking the slot one of
+them was woken for (first come, first served). Capacity can also appear without a lease closing
+(a host joins, a cordon lifts), so while anyone waits, the oldest waiter of each model tries again
+every TICK_S. A waiter that is not placed within ``max_wait`` seconds gets SATURATED (the edge
+answers 503 with Retry-After).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from controlplane.fleet import model_key
 from controlplane.model import RouteRequest
 from controlplane.router import PickOutcome, PickStatus, Router
+
+TICK_S = 0.1
 
 
 @dataclass(eq=False)
@@ -35,25 +41,40 @@ class Admission:
         self.per_model = per_model
         self.queue: deque[_Waiter] = deque()
         self.waiting: Counter[str] = Counter()
+        self.ticker: asyncio.Task[None] | None = None
 
     async def pick(self, request: RouteRequest) -> PickOutcome:
-        """Pick now, or wait in line for a slot when every candidate is saturated."""
+        """Pick now, or wait in line: behind others waiting for the model, or for a slot when
+        every candidate is saturated."""
+        if self.line_ahead(request):
+            return await self.wait(request, None)
         outcome = self.router.pick(request)
         if not self.must_wait(outcome):
             return outcome
         return await self.wait(request, outcome)
 
+    def line_ahead(self, request: RouteRequest) -> bool:
+        """Others wait for this model and the line has room: join it (without picking)."""
+        return self.max_wait > 0 and 0 < self.waiting[model_key(request.model)] < self.per_model
+
     def must_wait(self, outcome: PickOutcome) -> bool:
         return outcome.status is PickStatus.SATURATED and self.max_wait > 0
 
-    async def wait(self, request: RouteRequest, outcome: PickOutcome) -> PickOutcome:
-        """Wait in line after ``outcome`` said every candidate is saturated."""
+    async def wait(self, request: RouteRequest, outcome: PickOutcome | None) -> PickOutcome:
+        """Wait in line after ``outcome`` said every candidate is saturated (None: joined the
+        line behind others without picking)."""
         key = model_key(request.model)
         if self.waiting[key] >= self.per_model:
+            if outcome is None:  # the line filled up meanwhile: as if it had not been there
+                outcome = self.router.pick(request)
+                if outcome.status is not PickStatus.SATURATED:
+                    return outcome
             return replace(outcome, message=f"{outcome.message}; the wait queue is full")
         waiter = _Waiter(key)
         self.queue.append(waiter)
         self.waiting[key] += 1
+        if self.ticker is None or self.ticker.done():
+            self.ticker = asyncio.create_task(self._tick())
         started = time.monotonic()
         deadline = started + self.max_wait
         try:
@@ -66,12 +87,28 @@ class Admission:
                 outcome = self.router.pick(request)
                 if outcome.status is not PickStatus.SATURATED:
                     return _queued(outcome, time.monotonic() - started)
-            return outcome
+            return outcome if outcome is not None else self.router.pick(request)
         finally:
             self.queue.remove(waiter)
             self.waiting[key] -= 1
             if self.waiting[key] <= 0:
                 del self.waiting[key]
+
+    async def close(self) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.ticker
+
+    async def _tick(self) -> None:
+        """While anyone waits: every TICK_S, the oldest waiter of each model tries again."""
+        while self.queue:
+            await asyncio.sleep(TICK_S)
+            tried: set[str] = set()
+            for waiter in self.queue:
+                if waiter.key not in tried:
+                    tried.add(waiter.key)
+                    waiter.wake.set()
 
     def on_release(self, node_id: str) -> None:
         """A lease closed on ``node_id``: wake the oldest waiter whose model that host has."""

@@ -134,7 +134,9 @@ class _Connection(asyncio.Protocol):
         log.info("route socket opened edge=%s", hello.edge_id)
         return True
 
-    async def _wait(self, request_id: int, request: RouteRequest, first: PickOutcome) -> None:
+    async def _wait(
+        self, request_id: int, request: RouteRequest, first: PickOutcome | None
+    ) -> None:
         outcome = await self.servicer.admission.wait(request, first)
         answer = router_pb2.RouteAnswer(request_id=request_id, pick=convert.pick_response(outcome))
         self._send([answer])

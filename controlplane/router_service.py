@@ -77,7 +77,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ready.set()
 
         async def wait_then_answer(
-            request_id: int, request: RouteRequest, first: PickOutcome
+            request_id: int, request: RouteRequest, first: PickOutcome | None
         ) -> None:
             outcome = await self.admission.wait(request, first)
             answer(
@@ -117,7 +117,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         call: router_pb2.RouteCall,
         answer: Callable[[router_pb2.RouteAnswer], None],
         waiting: set[asyncio.Task[None]],
-        wait_then_answer: Callable[[int, RouteRequest, PickOutcome], Coroutine[Any, Any, None]],
+        wait_then_answer: Callable[
+            [int, RouteRequest, PickOutcome | None], Coroutine[Any, Any, None]
+        ],
     ) -> None:
         """Handle one call of a Route stream or route socket: a report is applied, a pick is
         answered through ``answer`` now, or later by a ``wait_then_answer`` task kept in
@@ -137,8 +139,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except InvalidRequest as exc:
             answer(router_pb2.RouteAnswer(request_id=call.request_id, invalid=str(exc)))
             return
-        outcome = self.router.pick(request)
-        if self.admission.must_wait(outcome):
+        outcome = None if self.admission.line_ahead(request) else self.router.pick(request)
+        if outcome is None or self.admission.must_wait(outcome):
             task = asyncio.create_task(wait_then_answer(call.request_id, request, outcome))
             waiting.add(task)
             task.add_done_callback(waiting.discard)

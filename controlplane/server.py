@@ -156,6 +156,7 @@ class ControlPlane:
             self._http.stop()  # it ends by itself on should_exit
         await self.route_socket.stop()
         await self.grpc.stop(grace)
+        await self.admission.close()
         for task in self._tasks:  # the sweeper and static pollers
             task.cancel()
         served = [self._http.task] if self._http is not None and self._http.task else []

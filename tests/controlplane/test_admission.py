@@ -59,6 +59,33 @@ async def test_waiters_are_woken_oldest_first_across_models() -> None:
     assert (await asyncio.wait_for(newer, 1.0)).status is PickStatus.OK
 
 
+async def test_a_newcomer_queues_behind_those_already_waiting() -> None:
+    admission = _setup()
+    held = await admission.pick(_req())
+    waiting = asyncio.create_task(admission.pick(_req()))
+    await asyncio.sleep(0.02)
+    admission.router.fleet.leases.close(held.lease_id)  # frees the slot, wakes the waiter...
+    newcomer = asyncio.create_task(admission.pick(_req()))  # ...and this one comes first
+    done, _ = await asyncio.wait(
+        {waiting, newcomer}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+    )
+    assert done == {waiting} and waiting.result().status is PickStatus.OK
+    admission.router.fleet.leases.close(waiting.result().lease_id)
+    assert (await asyncio.wait_for(newcomer, 1.0)).status is PickStatus.OK
+    await admission.close()
+
+
+async def test_capacity_that_appears_without_a_release_is_used() -> None:
+    admission = _setup(max_wait=5.0)
+    await admission.pick(_req())
+    waiting = asyncio.create_task(admission.pick(_req()))
+    await asyncio.sleep(0.02)
+    builders.add_node(admission.router.fleet, "b", models=["m:latest"], max_in_flight=1)
+    placed = await asyncio.wait_for(waiting, 1.0)  # a tick, not the 5 s wait
+    assert placed.status is PickStatus.OK and placed.ranked[0].candidate.node_id == "b"
+    await admission.close()
+
+
 def test_default_cap_is_parallel_slots_times_queue_per_slot() -> None:
     fleet = builders.fleet()
     builders.add_node(fleet, "a", num_parallel=2)
