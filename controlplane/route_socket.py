@@ -92,24 +92,21 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            payloads = self.frames.feed(data)
-        except frames.FrameError as exc:
-            self.close(str(exc))
-            return
         answers: list[router_pb2.RouteAnswer] = []
-        for payload in payloads:
-            if not self.welcomed:
-                if not self._hello(payload):
-                    return
-                continue
-            try:
+        try:
+            for payload in self.frames.feed(data):
+                if not self.welcomed:
+                    if not self._hello(payload):
+                        return
+                    continue
                 request = router_pb2.RouteRequest.FromString(payload)
-            except DecodeError as exc:
-                self.close(f"undecodable RouteRequest frame: {exc}")
-                return
-            for call in request.calls:
-                self.servicer.route_call(call, answers.append, self.waiting, self._wait)
+                for call in request.calls:
+                    self.servicer.route_call(call, answers.append, self.waiting, self._wait)
+        except (frames.FrameError, DecodeError) as exc:
+            # The picks before the bad frame hold leases: their answers go out first.
+            self._send(answers)
+            self.close(f"bad frame: {exc}")
+            return
         if answers:
             self._send(answers)
 

@@ -82,10 +82,6 @@ class SocketCall(asyncio.Protocol):
         if transport.get_write_buffer_size() > MAX_UNSENT:
             raise ConnectionError("the control plane does not read")
 
-    @property
-    def closed(self) -> bool:
-        return self.transport is None or self.transport.is_closing()
-
     def cancel(self) -> bool:
         if self.transport is not None:
             self.transport.close()

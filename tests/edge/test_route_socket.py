@@ -235,6 +235,32 @@ async def test_junk_closes_the_socket_and_changes_nothing(
         call.cancel()
 
 
+async def test_picks_before_a_bad_frame_are_answered_before_the_socket_closes() -> None:
+    async with running(_settings()) as plane:
+        add_node(plane.fleet, "solo")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", plane.router_servicer.route_port
+        )
+        pick = router_pb2.RouteCall(request_id=3, pick=router_pb2.PickRequest(model="llama3.2"))
+        writer.write(  # one write: hello, a good pick, then junk
+            frames.encode(router_pb2.RouteHello(edge_id="e"))
+            + frames.encode(router_pb2.RouteRequest(calls=[pick]))
+            + b"\x00\x00\x00\x04\xff\xff\xff\xff"
+        )
+        received = bytearray()
+        try:
+            async with asyncio.timeout(5.0):
+                while chunk := await reader.read(1024):
+                    received += chunk
+        finally:
+            writer.close()
+        welcome, answered = frames.FrameBuffer().feed(bytes(received))
+        assert not router_pb2.RouteWelcome.FromString(welcome).error
+        answer = router_pb2.RouteResponse.FromString(answered).answers[0]
+        assert answer.request_id == 3 and answer.pick.status == router_pb2.PICK_STATUS_OK
+        assert len(plane.fleet.leases) == 1 and plane.fleet.leases.get(answer.pick.lease_id)
+
+
 async def test_a_silent_peer_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(route_socket, "HELLO_TIMEOUT_S", 0.2)
     async with running(_settings()) as plane:
