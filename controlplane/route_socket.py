@@ -102,6 +102,7 @@ class _Connection(asyncio.Protocol):
                 request = router_pb2.RouteRequest.FromString(payload)
                 for call in request.calls:
                     self.servicer.route_call(call, answers.append, self.waiting, self._wait)
+            self.frames.check()
         except (frames.FrameError, DecodeError) as exc:
             # The picks before the bad frame hold leases: their answers go out first.
             self._send(answers)

@@ -101,6 +101,7 @@ class SocketCall(asyncio.Protocol):
                     self.welcome.set_result(router_pb2.RouteWelcome.FromString(payload))
                 else:
                     self.on_message(router_pb2.RouteResponse.FromString(payload))
+            self.frames.check()
         except (frames.FrameError, DecodeError) as exc:
             self._end(f"bad frame: {exc}")
             self.cancel()

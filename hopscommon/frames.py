@@ -29,19 +29,27 @@ class FrameBuffer:
 
     def __init__(self) -> None:
         self.buffer = bytearray()
+        self.error: FrameError | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
-        """The payloads of the frames ``data`` completes; raises FrameError on an oversized
-        frame (nothing after it can be trusted)."""
+        """The payloads of the frames ``data`` completes, up to an oversized frame if one
+        comes (nothing after it can be trusted: ``check`` then raises)."""
+        self.check()
         self.buffer += data
         payloads = []
         while len(self.buffer) >= HEADER.size:
             (size,) = HEADER.unpack_from(self.buffer)
             if size > MAX_FRAME:
-                raise FrameError(f"frame of {size} bytes is over the {MAX_FRAME}-byte limit")
+                self.error = FrameError(f"frame of {size} bytes is over the {MAX_FRAME}-byte limit")
+                break
             end = HEADER.size + size
             if len(self.buffer) < end:
                 break
             payloads.append(bytes(self.buffer[HEADER.size : end]))
             del self.buffer[:end]
         return payloads
+
+    def check(self) -> None:
+        """Raise the FrameError met by ``feed``, once the payloads before it are handled."""
+        if self.error is not None:
+            raise self.error

@@ -235,7 +235,14 @@ async def test_junk_closes_the_socket_and_changes_nothing(
         call.cancel()
 
 
-async def test_picks_before_a_bad_frame_are_answered_before_the_socket_closes() -> None:
+@pytest.mark.parametrize(
+    "junk",
+    [b"\x00\x00\x00\x04\xff\xff\xff\xff", struct.pack("!I", frames.MAX_FRAME + 1)],
+    ids=["undecodable", "oversized"],
+)
+async def test_picks_before_a_bad_frame_are_answered_before_the_socket_closes(
+    junk: bytes,
+) -> None:
     async with running(_settings()) as plane:
         add_node(plane.fleet, "solo")
         reader, writer = await asyncio.open_connection(
@@ -245,7 +252,7 @@ async def test_picks_before_a_bad_frame_are_answered_before_the_socket_closes() 
         writer.write(  # one write: hello, a good pick, then junk
             frames.encode(router_pb2.RouteHello(edge_id="e"))
             + frames.encode(router_pb2.RouteRequest(calls=[pick]))
-            + b"\x00\x00\x00\x04\xff\xff\xff\xff"
+            + junk
         )
         received = bytearray()
         try:
