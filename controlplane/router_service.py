@@ -57,16 +57,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Route(
         self, requests: AsyncIterator[router_pb2.RouteRequest], context: Context
     ) -> AsyncIterator[router_pb2.RouteResponse]:
-        async for response in self.route(requests):
-            yield response
-
-    async def route(
-        self, requests: AsyncIterator[router_pb2.RouteRequest]
-    ) -> AsyncIterator[router_pb2.RouteResponse]:
-        """Picks and reports on one stream (a gRPC Route call or a route socket). A pick is
-        answered at once unless it must wait for a slot; then it waits in a task of its own and
-        the stream goes on. Answers decided while the previous message was being written go out
-        together in the next."""
+        """Picks and reports on one stream. A pick is answered at once unless it must wait for a
+        slot; then it waits in a task of its own and the stream goes on. Answers decided while
+        the previous message was being written go out together in the next. (The route socket
+        handles each call with ``route_call`` too.)"""
         answers: list[router_pb2.RouteAnswer] = []
         ready = asyncio.Event()
         reading = True
