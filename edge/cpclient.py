@@ -40,7 +40,7 @@ CHANNEL_OPTIONS = [
 
 Metadata = tuple[tuple[str, str], ...] | None
 STREAM_RETRY_S = 1.0  # after a Route stream broke, use unary calls this long before a new one
-REPORT_DELAY_S = 0.002  # a report waits at most this long for a pick to travel with
+REPORT_DELAY_S = 0.002  # while picks are in flight, a report waits this long for one to ride
 SOCKET_CONNECT_S = 1.0  # to connect to a route socket and be welcomed
 SOCKET_RETRY_S, SOCKET_RETRY_MAX_S = 1.0, 60.0  # backoff after a route socket failed or broke
 
@@ -86,7 +86,7 @@ class _Stream:
         self.writing: list[router_pb2.RouteCall] = []
         self.pending: dict[int, asyncio.Future[router_pb2.PickResponse]] = {}
         self.outbox: list[router_pb2.RouteCall] = []
-        self.flush: asyncio.TimerHandle | None = None  # sends queued reports if no pick does
+        self.flush: asyncio.Handle | None = None  # sends queued reports if no pick does
         self.ids = itertools.count(1)
         self.broken = False
         self.tasks = self._start()
@@ -114,14 +114,21 @@ class _Stream:
             self.pending.pop(request_id, None)
 
     def report(self, request: router_pb2.ReportRequest) -> None:
-        """Queue a report. It goes out with the next pick, or on its own after REPORT_DELAY_S:
-        under load reports ride with picks instead of costing both sides a message each."""
+        """Queue a report. While picks are in flight (under load) it goes out with the next
+        pick, or on its own after REPORT_DELAY_S, instead of costing both sides a message; else
+        it goes once the event loop's current turn is over, so that the control plane applies
+        it while nothing waits, not while the next pick waits for its answer."""
         if self.broken:  # nothing would send it now
             self.lost_report(request)
             return
         self.outbox.append(router_pb2.RouteCall(report=request))
         if self.flush is None:
-            self.flush = asyncio.get_running_loop().call_later(REPORT_DELAY_S, self._flush)
+            loop = asyncio.get_running_loop()
+            self.flush = (
+                loop.call_later(REPORT_DELAY_S, self._flush)
+                if self.pending
+                else loop.call_soon(self._flush)
+            )
 
     def _send(self, call: router_pb2.RouteCall) -> None:
         self.outbox.append(call)

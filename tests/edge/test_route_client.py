@@ -12,6 +12,7 @@ from hops.v1 import router_pb2, router_pb2_grpc
 
 from controlplane.server import running
 from controlplane.settings import ControlPlaneSettings
+from edge import cpclient
 from edge.cpclient import ControlPlaneClient, RouteStream
 from tests.controlplane.builders import add_node
 from tests.simfixtures import eventually
@@ -133,6 +134,75 @@ async def test_calls_made_while_a_message_is_written_share_the_next_one() -> Non
             late = router_pb2.ReportRequest(lease_id="late", outcome=router_pb2.OUTCOME_OK)
             stream.report(late)  # on a closed stream: handed on, not dropped
             assert lost == [late]
+        finally:
+            stream.close()
+            await channel.close()
+
+
+async def test_a_report_with_no_pick_in_flight_goes_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Waiting for a pick to ride with would make the next request's pick carry the report, and
+    # the control plane would apply it while that pick waits for its answer.
+    monkeypatch.setattr(cpclient, "REPORT_DELAY_S", 60.0)
+    settings = ControlPlaneSettings(listen=("127.0.0.1", 0), metrics_listen=None)
+    async with running(settings) as plane:
+        add_node(plane.fleet, "solo")
+        channel = grpc.aio.insecure_channel(plane.address)
+        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel).Route())
+        try:
+            picked = await stream.pick(router_pb2.PickRequest(edge_id="e", model="llama3.2"), 5.0)
+            assert len(plane.fleet.leases) == 1
+            stream.report(
+                router_pb2.ReportRequest(
+                    lease_id=picked.lease_id, node_id="solo", outcome=router_pb2.OUTCOME_OK
+                )
+            )
+
+            async def closed() -> bool:
+                return len(plane.fleet.leases) == 0
+
+            await eventually(closed, 5.0)
+        finally:
+            stream.close()
+            await channel.close()
+
+
+async def test_a_report_made_while_a_pick_is_in_flight_rides_with_the_next_pick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cpclient, "REPORT_DELAY_S", 60.0)
+    settings = ControlPlaneSettings(
+        listen=("127.0.0.1", 0), metrics_listen=None, admission_wait=5.0
+    )
+    async with running(settings) as plane:
+        add_node(plane.fleet, "solo", max_in_flight=1)
+        channel = grpc.aio.insecure_channel(plane.address)
+        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel).Route())
+        counting = _CountingCall(stream.call)
+        stream.call = counting  # type: ignore[assignment]
+        try:
+            request = router_pb2.PickRequest(edge_id="e", model="llama3.2")
+            first = await stream.pick(request, 5.0)
+            held = asyncio.create_task(stream.pick(request, 5.0))  # the host is full: it waits
+
+            async def held_there() -> bool:
+                return sum(plane.admission.waiting.values()) == 1
+
+            await eventually(held_there, 5.0)
+            stream.report(
+                router_pb2.ReportRequest(
+                    lease_id=first.lease_id, node_id="solo", outcome=router_pb2.OUTCOME_OK
+                )
+            )
+            for _ in range(5):  # turns of the loop in which a report sent alone would go out
+                await asyncio.sleep(0.01)
+            assert counting.messages == [1, 1]  # the report waits for a pick to ride with
+            third = asyncio.create_task(stream.pick(request, 5.0))
+            second = await held  # freed by the report, which went out with the third pick
+            assert second.status == router_pb2.PICK_STATUS_OK
+            assert counting.messages == [1, 1, 2]
+            third.cancel()
         finally:
             stream.close()
             await channel.close()
