@@ -11,7 +11,6 @@ once (that is what stops Ollama generating) and the lease is reported cancelled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -123,19 +122,27 @@ class Proxy:
         """Serve ``call`` (on ``targets`` when given, without a lease; else as picked); the client
         leaving at any point cancels the work, and with it the upstream request."""
         result = Result(route=call.route)
-        work = asyncio.ensure_future(self._serve(call, send, result, targets))
-        watcher = asyncio.ensure_future(wait_disconnect(receive))
+        # The work runs in this task (a task of its own would wait a turn of the event loop
+        # before its pick goes out); a watcher cancels it when the client goes.
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            await wait_disconnect(receive)
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.create_task(watch())
         try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await self._serve(call, send, result, targets)
+        except asyncio.CancelledError:
+            if not gone or task.uncancel() > 0:  # cancelled by someone else (shutdown) too
+                raise
+            result.outcome = "client_cancelled"
         finally:
             watcher.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            result.outcome = "client_cancelled"
-            return result
-        work.result()
         return result
 
     async def _serve(
