@@ -133,7 +133,9 @@ async def test_drop_fault_cuts_a_stream_after_n_chunks(
 
 
 async def test_slow_fault_slows_decoding(sim: SimServer, http: httpx.AsyncClient) -> None:
-    body = {"model": "llama3.2", "prompt": "x", "stream": False, "options": {"num_predict": 8}}
+    # 64 tokens, not 8: at time scale 50 eight tokens decode in half a millisecond, which a
+    # busy machine's scheduling jitter alone can stretch past a fifth of the slowed run.
+    body = {"model": "llama3.2", "prompt": "x", "stream": False, "options": {"num_predict": 64}}
     await http.post("/api/generate", json=body)  # load first
     normal = (await http.post("/api/generate", json=body)).json()
     await _put_fault(sim, mode="slow", factor=20)
