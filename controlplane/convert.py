@@ -28,7 +28,7 @@ from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteR
 from controlplane.router import PickOutcome, PickStatus
 
 
-def route_request(msg: router_pb2.PickRequest) -> RouteRequest:
+def route_request(msg: router_pb2.PickRequest, request_id: int = 0) -> RouteRequest:
     """Raises InvalidRequest for a pick no policy can answer (no model, an unknown API kind)."""
     if not msg.model.strip() and msg.api != router_pb2.API_KIND_PULL:
         raise InvalidRequest("model is required")
@@ -46,6 +46,7 @@ def route_request(msg: router_pb2.PickRequest) -> RouteRequest:
         node_id=msg.node_id,
         prompt_tokens=msg.prompt_tokens,
         max_candidates=msg.max_candidates,
+        request_id=request_id,
     )
 
 

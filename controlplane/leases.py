@@ -24,6 +24,7 @@ class Lease:
     # the first attempt's load_duration measures the load alone: Ollama's figure counts the
     # time the request waited for its turn as well.
     clean_load: bool = False
+    request_id: int = 0  # the edge's id of the pick that opened it (Route calls only)
 
 
 class LeaseTable:
@@ -32,6 +33,7 @@ class LeaseTable:
     def __init__(self) -> None:
         self.on_release: Callable[[str], None] | None = None  # called with the freed node id
         self._leases: dict[str, Lease] = {}
+        self._by_request: dict[tuple[str, int], str] = {}  # (edge id, request id) -> lease id
         # Read-only for others (the router reads them on its hot path); only _count writes.
         self.per_model: Counter[tuple[str, str]] = Counter()  # (node id, model) -> open leases
         self.per_node: Counter[str] = Counter()  # node id -> open leases
@@ -41,16 +43,25 @@ class LeaseTable:
     def __len__(self) -> int:
         return len(self._leases)
 
-    def open(self, edge_id: str, node_id: str, model: str) -> Lease:
+    def open(self, edge_id: str, node_id: str, model: str, request_id: int = 0) -> Lease:
         lease = Lease(
             f"{self._prefix}-{next(self._ids)}", edge_id, node_id, model, time.monotonic()
         )
         self._leases[lease.lease_id] = lease
+        if request_id:
+            # setdefault: two edges misconfigured with one id must not close each other's
+            self._by_request.setdefault((edge_id, request_id), lease.lease_id)
+            lease.request_id = request_id
         self._count(lease, +1)
         return lease
 
     def get(self, lease_id: str) -> Lease | None:
         return self._leases.get(lease_id)
+
+    def by_request(self, edge_id: str, request_id: int) -> Lease | None:
+        """The open lease the edge's pick ``request_id`` opened, if any."""
+        lease_id = self._by_request.get((edge_id, request_id))
+        return self._leases.get(lease_id) if lease_id is not None else None
 
     def move(self, lease_id: str, node_id: str) -> Lease | None:
         lease = self._leases.get(lease_id)
@@ -65,6 +76,10 @@ class LeaseTable:
     def close(self, lease_id: str) -> Lease | None:
         lease = self._leases.pop(lease_id, None)
         if lease is not None:
+            if lease.request_id:
+                key = (lease.edge_id, lease.request_id)
+                if self._by_request.get(key) == lease_id:
+                    del self._by_request[key]
             self._count(lease, -1)
             self._released(lease.node_id)
         return lease

@@ -13,6 +13,7 @@ fleet only a handful of candidate records are built per pick, with the same answ
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import time
 from collections import OrderedDict, deque
@@ -22,7 +23,7 @@ from enum import Enum
 from controlplane.fleet import Fleet, Node, model_key
 from controlplane.leases import Lease
 from controlplane.metrics import ControlPlaneMetrics
-from controlplane.model import ApiKind, Report, RouteRequest
+from controlplane.model import ApiKind, Outcome, Report, RouteRequest
 from controlplane.policies import BoundedPicker, Candidate, Picker, Ranked
 from controlplane.policies.base import (
     KV_HEADROOM,
@@ -32,6 +33,7 @@ from controlplane.policies.base import (
     fits_evicting_idle,
 )
 
+log = logging.getLogger("hops.controlplane")
 EWMA_ALPHA = 0.3
 LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forgotten
 MAX_SESSIONS = 10_000
@@ -149,7 +151,7 @@ class Router:
             return found
         ranked = found
         first = self.fleet.nodes[ranked[0].candidate.node_id]
-        lease = self.fleet.leases.open(request.edge_id, first.node_id, key)
+        lease = self.fleet.leases.open(request.edge_id, first.node_id, key, request.request_id)
         first.breaker.on_dispatch(lease.lease_id)
         if request.api is not ApiKind.PULL:
             self._count_demand(key)
@@ -518,6 +520,15 @@ class Router:
             self.fleet.leases.close(lease.lease_id)
         self.metrics.observe_report(report.outcome.name.lower())
         return True
+
+    def abandon(self, edge_id: str, request_id: int) -> bool:
+        """The edge never got the answer to its pick ``request_id``: close the lease it opened
+        as cancelled; False when there is none (the pick opened none, or it is closed)."""
+        lease = self.fleet.leases.by_request(edge_id, request_id)
+        if lease is None:
+            return False
+        log.info("lease %s closed: edge %s never got its pick's answer", lease.lease_id, edge_id)
+        return self.report(Report(lease.lease_id, lease.node_id, Outcome.CLIENT_CANCELLED))
 
     def _learn(self, node_id: str, model: str, report: Report, clean_load: bool) -> None:
         """Fold one reply's figures in. Its load_duration teaches load speed only when

@@ -115,9 +115,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             [int, RouteRequest, PickOutcome | None], Coroutine[Any, Any, None]
         ],
     ) -> None:
-        """Handle one call of a Route stream or route socket: a report is applied, a pick is
-        answered through ``answer`` now, or later by a ``wait_then_answer`` task kept in
-        ``waiting`` when it must wait for a slot."""
+        """Handle one call of a Route stream or route socket: a report or an abandoned pick is
+        applied, a pick is answered through ``answer`` now, or later by a ``wait_then_answer``
+        task kept in ``waiting`` when it must wait for a slot."""
         kind = call.WhichOneof("kind")
         if kind == "report":
             try:
@@ -125,11 +125,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             except InvalidRequest as exc:  # no answer to send: say it here
                 log.warning("route stream report refused: %s", exc)
             return
+        if kind == "abandon":
+            self.router.abandon(call.abandon.edge_id, call.request_id)
+            return
         if kind is None:
             answer(router_pb2.RouteAnswer(request_id=call.request_id, invalid="empty call"))
             return
         try:
-            request = convert.route_request(call.pick)
+            request = convert.route_request(call.pick, call.request_id)
         except InvalidRequest as exc:
             answer(router_pb2.RouteAnswer(request_id=call.request_id, invalid=str(exc)))
             return

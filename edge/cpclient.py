@@ -19,7 +19,7 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -79,15 +79,21 @@ class _Stream:
         self,
         call: Cancellable,
         lost_report: Callable[[router_pb2.ReportRequest], None] = lambda _: None,
+        ids: Iterator[int] | None = None,
+        abandoned: Callable[[list[int]], None] = lambda _: None,
     ) -> None:
         self.call = call
         self.retired = False  # another stream took over; this one ends once its picks are answered
         self.lost_report = lost_report  # reports the stream could not deliver go this way
+        # When it breaks, the ids of the picks sent without an answer go this way, for the next
+        # stream to tell the control plane (the leases their lost answers opened are closed).
+        self.abandoned = abandoned
         self.writing: list[router_pb2.RouteCall] = []
         self.pending: dict[int, asyncio.Future[router_pb2.PickResponse]] = {}
+        self.unanswered: set[int] = set()  # picks whose callers stopped waiting for the answer
         self.outbox: list[router_pb2.RouteCall] = []
         self.flush: asyncio.Handle | None = None  # sends queued reports if no pick does
-        self.ids = itertools.count(1)
+        self.ids = ids if ids is not None else itertools.count(1)  # the edge's, across streams
         self.broken = False
         self.tasks = self._start()
 
@@ -111,7 +117,8 @@ class _Stream:
             async with asyncio.timeout(timeout):
                 return await answer
         finally:
-            self.pending.pop(request_id, None)
+            if self.pending.pop(request_id, None) is not None:  # gave up before the answer
+                self.unanswered.add(request_id)
 
     def report(self, request: router_pb2.ReportRequest) -> None:
         """Queue a report. While picks are in flight (under load) it goes out with the next
@@ -130,6 +137,14 @@ class _Stream:
                 else loop.call_soon(self._flush)
             )
 
+    def abandon(self, request_ids: Iterable[int], edge_id: str) -> None:
+        """Tell the control plane that the answers to these picks (sent on a stream that broke)
+        never arrived."""
+        abandon = router_pb2.AbandonRequest(edge_id=edge_id)
+        for request_id in request_ids:
+            self.outbox.append(router_pb2.RouteCall(request_id=request_id, abandon=abandon))
+        self._flush()
+
     def _send(self, call: router_pb2.RouteCall) -> None:
         self.outbox.append(call)
         self._flush()
@@ -138,6 +153,7 @@ class _Stream:
         for answer in message.answers:
             waiter = self.pending.pop(answer.request_id, None)
             if waiter is None or waiter.done():
+                self.unanswered.discard(answer.request_id)
                 self._release(answer)
                 continue
             if answer.invalid:
@@ -166,16 +182,22 @@ class _Stream:
             return
         self.broken = True
         log.info("route stream ended: %s", reason)
+        lost = [*self.pending, *self.unanswered]
         for waiter in self.pending.values():
             if not waiter.done():
                 waiter.set_exception(_StreamBroken(reason))
         self.pending.clear()
+        self.unanswered.clear()
         unsent, self.writing, self.outbox = self.writing + self.outbox, [], []
         if self.flush is not None:
             self.flush.cancel()
         for call in unsent:  # a report must not be lost with the stream: leases hang on it
             if call.HasField("report"):
                 self.lost_report(call.report)
+            elif call.HasField("abandon"):
+                lost.append(call.request_id)
+        if lost:
+            self.abandoned(lost)
         for task in self.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -202,9 +224,11 @@ class RouteStream(_Stream):
         self,
         call: Duplex,
         lost_report: Callable[[router_pb2.ReportRequest], None] = lambda _: None,
+        ids: Iterator[int] | None = None,
+        abandoned: Callable[[list[int]], None] = lambda _: None,
     ) -> None:
         self.queued = asyncio.Event()  # wakes the writer
-        super().__init__(call, lost_report)
+        super().__init__(call, lost_report, ids, abandoned)
 
     def _start(self) -> tuple[asyncio.Task[None], ...]:
         return (asyncio.create_task(self._write()), asyncio.create_task(self._read()))
@@ -251,8 +275,10 @@ class SocketRouteStream(_Stream):
         self,
         call: SocketCall,
         lost_report: Callable[[router_pb2.ReportRequest], None] = lambda _: None,
+        ids: Iterator[int] | None = None,
+        abandoned: Callable[[list[int]], None] = lambda _: None,
     ) -> None:
-        super().__init__(call, lost_report)
+        super().__init__(call, lost_report, ids, abandoned)
 
     def _start(self) -> tuple[asyncio.Task[None], ...]:
         self.call.listen(self._answers, self._break)
@@ -284,13 +310,15 @@ class _Plane:
     opening: asyncio.Task[None] | None = None  # a route socket being opened
     socket_failures: int = 0  # in a row, for the backoff
     socket_retry_at: float = 0.0
+    abandoned: list[int] = field(default_factory=list)  # picks whose answers were lost
+    abandoning: asyncio.Task[None] | None = None  # telling the plane about them
 
     @property
     def host(self) -> str:
         return self.address.rpartition(":")[0].strip("[]")
 
     def route_stream(
-        self, metadata: Metadata, lost_report: Callable[[router_pb2.ReportRequest], None]
+        self, open_stream: Callable[[], RouteStream]
     ) -> RouteStream | SocketRouteStream | None:
         """The plane's Route stream, opened now if it is time; None: use the unary calls."""
         if self.stream is not None and self.stream.broken:
@@ -298,7 +326,7 @@ class _Plane:
                 self.socket_failed()
             self.stream, self.stream_broke_at = None, time.monotonic()
         if self.stream is None and time.monotonic() - self.stream_broke_at >= STREAM_RETRY_S:
-            self.stream = RouteStream(self.stub.Route(metadata=metadata), lost_report)
+            self.stream = open_stream()
         return self.stream
 
     def socket_failed(self) -> None:
@@ -361,11 +389,14 @@ class ControlPlaneClient:
         self.last_contact = 0.0
         self._session: asyncio.Task[None] | None = None
         self._reports: set[asyncio.Task[None]] = set()
+        self.ids = itertools.count(1)  # request ids, unique across this edge's streams
+        self._closing = False
 
     def start(self) -> None:
         self._session = asyncio.create_task(self._keep_session())
 
     async def close(self) -> None:
+        self._closing = True
         if self._session is not None:
             self._session.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -377,6 +408,10 @@ class ControlPlaneClient:
                     await plane.opening
             if plane.stream is not None:
                 plane.stream.close()
+            if plane.abandoning is not None:
+                plane.abandoning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await plane.abandoning
             await plane.channel.close()
 
     def _order(self) -> list[_Plane]:
@@ -387,7 +422,7 @@ class ControlPlaneClient:
         request.edge_id = self.edge_id
         for plane in self._order():
             try:
-                stream = plane.route_stream(self.metadata, self._lost_report(plane))
+                stream = plane.route_stream(functools.partial(self._grpc_stream, plane))
                 self._open_socket(plane)
                 response = None
                 if stream is not None:
@@ -424,6 +459,59 @@ class ControlPlaneClient:
     def _lost_report(self, plane: _Plane) -> Callable[[router_pb2.ReportRequest], None]:
         return functools.partial(self._report_later, plane.address)
 
+    def _grpc_stream(self, plane: _Plane) -> RouteStream:
+        stream = RouteStream(
+            plane.stub.Route(metadata=self.metadata),
+            self._lost_report(plane),
+            self.ids,
+            functools.partial(self._abandoned, plane),
+        )
+        self._send_abandoned(plane, stream)
+        return stream
+
+    def _abandoned(self, plane: _Plane, request_ids: list[int]) -> None:
+        """A stream to ``plane`` broke before these picks were answered. An answer lost with it
+        opened a lease that would hold a host's slot until this edge's session ends or the lease
+        outlives its TTL: tell the plane now, on a Route stream of their own (if that fails,
+        the plane's next stream tells it)."""
+        plane.abandoned.extend(request_ids)
+        if not self._closing and plane.abandoning is None:
+            plane.abandoning = asyncio.create_task(self._tell_abandoned(plane))
+
+    async def _tell_abandoned(self, plane: _Plane) -> None:
+        try:
+            while plane.abandoned:
+                lost = list(plane.abandoned)
+                plane.abandoned.clear()
+                abandon = router_pb2.AbandonRequest(edge_id=self.edge_id)
+                calls = [router_pb2.RouteCall(request_id=i, abandon=abandon) for i in lost]
+                call = plane.stub.Route(metadata=self.metadata)
+                try:
+                    async with asyncio.timeout(self.pick_timeout):
+                        await call.write(router_pb2.RouteRequest(calls=calls))
+                        await call.done_writing()
+                        async for _ in call:  # none expected; the end says all was read
+                            pass
+                except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                    call.cancel()
+                    plane.abandoned[:0] = lost
+                    log.warning(
+                        "control plane %s: %d lost answers not told (%s); its next stream will",
+                        plane.address,
+                        len(lost),
+                        type(exc).__name__,
+                    )
+                    return
+        finally:
+            plane.abandoning = None
+
+    def _send_abandoned(self, plane: _Plane, stream: RouteStream | SocketRouteStream) -> None:
+        """A new stream first tells the plane which answers the broken ones never delivered."""
+        if plane.abandoned:
+            lost = list(plane.abandoned)
+            plane.abandoned.clear()  # in place: broken streams hold its extend
+            stream.abandon(lost, self.edge_id)
+
     def _open_socket(self, plane: _Plane) -> None:
         """Start opening the plane's route socket, when it offers one and none is open or being
         opened; picks keep using the gRPC stream until it is ready, so none waits for it."""
@@ -454,8 +542,14 @@ class ControlPlaneClient:
         plane.socket_failures = 0
         old, plane.stream = (
             plane.stream,
-            SocketRouteStream(call, self._lost_report(plane)),
+            SocketRouteStream(
+                call,
+                self._lost_report(plane),
+                self.ids,
+                functools.partial(self._abandoned, plane),
+            ),
         )
+        self._send_abandoned(plane, plane.stream)
         if old is not None and not old.broken:
             old.retire()
         log.info("route socket %s:%d open", plane.host, port)

@@ -28,3 +28,20 @@ def test_ttl_expiry_brings_counts_back_to_zero() -> None:
     lease.opened_at -= 100
     assert [x.lease_id for x in table.expire(ttl=50)] == [lease.lease_id]
     assert table.in_flight("n1") == 0 and table.by_model("n1") == {}
+
+
+def test_a_lease_is_found_by_its_edge_and_request_id_until_it_closes() -> None:
+    table = LeaseTable()
+    lease = table.open("edge-1", "n1", "m", request_id=7)
+    unary = table.open("edge-1", "n1", "m")  # a unary pick has no request id
+    assert table.by_request("edge-1", 7) is lease
+    assert table.by_request("edge-2", 7) is None  # ids are per edge
+    assert table.by_request("edge-1", 0) is None and unary.request_id == 0
+    # Two edges misconfigured with one id: the first lease keeps the key.
+    assert table.open("edge-1", "n2", "m", request_id=7).lease_id != lease.lease_id
+    assert table.by_request("edge-1", 7) is lease
+    table.close(lease.lease_id)
+    assert table.by_request("edge-1", 7) is None
+    table.open("edge-2", "n1", "m", request_id=9)
+    table.release_edge("edge-2")
+    assert table.by_request("edge-2", 9) is None

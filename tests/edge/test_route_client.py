@@ -206,3 +206,44 @@ async def test_a_report_made_while_a_pick_is_in_flight_rides_with_the_next_pick(
         finally:
             stream.close()
             await channel.close()
+
+
+class _SilentCall:
+    """A Route call that takes every message and never answers."""
+
+    def __init__(self) -> None:
+        self.written: list[router_pb2.RouteRequest] = []
+        self.never = asyncio.Event()
+
+    async def write(self, message: router_pb2.RouteRequest) -> None:
+        self.written.append(message)
+
+    def cancel(self) -> bool:
+        return True
+
+    def __aiter__(self) -> _SilentCall:
+        return self
+
+    async def __anext__(self) -> router_pb2.RouteResponse:
+        await self.never.wait()
+        raise StopAsyncIteration
+
+
+async def test_a_broken_stream_names_the_picks_it_has_no_answers_for() -> None:
+    lost: list[int] = []
+    call = _SilentCall()
+    stream = RouteStream(call, abandoned=lost.extend)
+    request = router_pb2.PickRequest(edge_id="e", model="llama3.2")
+    with pytest.raises(TimeoutError):
+        await stream.pick(request, 0.05)  # its caller gave up; the answer may still come
+    waiting = asyncio.create_task(stream.pick(request, 5.0))
+    for _ in range(100):
+        if len(call.written) == 2:
+            break
+        await asyncio.sleep(0.01)
+    sent = [c.request_id for m in call.written for c in m.calls]
+    assert len(sent) == 2
+    stream.close()
+    with pytest.raises(cpclient._StreamBroken):
+        await waiting
+    assert sorted(lost) == sorted(sent)

@@ -317,3 +317,98 @@ async def test_with_tls_the_socket_speaks_tls_and_wants_a_client_certificate(
             await SocketCall.open("127.0.0.1", port, hello)
         with pytest.raises((OSError, frames.FrameError)):  # nor TLS without a certificate
             await SocketCall.open("localhost", port, hello, client_ssl_context(certs.ca))
+
+
+async def _route_socket(plane: ControlPlane) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", plane.router_servicer.route_port)
+    writer.write(frames.encode(router_pb2.RouteHello(edge_id="e")))
+    return reader, writer
+
+
+async def test_a_pick_whose_answer_was_lost_is_abandoned_and_its_lease_closed() -> None:
+    async with running(_settings()) as plane:
+        add_node(plane.fleet, "solo")
+        _, writer = await _route_socket(plane)
+        pick = router_pb2.RouteCall(
+            request_id=7, pick=router_pb2.PickRequest(edge_id="e", model="llama3.2")
+        )
+        writer.write(frames.encode(router_pb2.RouteRequest(calls=[pick])))
+
+        async def opened() -> bool:
+            return len(plane.fleet.leases) == 1
+
+        await eventually(opened, 5.0)
+        writer.close()  # the answer is never read: the connection broke first
+        await _gone(plane)
+        assert len(plane.fleet.leases) == 1  # the control plane cannot know it was lost
+        _, writer = await _route_socket(plane)
+        try:
+            abandon = router_pb2.AbandonRequest(edge_id="e")
+            writer.write(
+                frames.encode(
+                    router_pb2.RouteRequest(
+                        calls=[
+                            router_pb2.RouteCall(request_id=8, abandon=abandon),  # no such pick
+                            router_pb2.RouteCall(
+                                request_id=7, abandon=router_pb2.AbandonRequest(edge_id="other")
+                            ),
+                        ]
+                    )
+                )
+            )
+            await writer.drain()
+            writer.write(
+                frames.encode(
+                    router_pb2.RouteRequest(
+                        calls=[router_pb2.RouteCall(request_id=7, abandon=abandon)]
+                    )
+                )
+            )
+
+            async def closed() -> bool:
+                return len(plane.fleet.leases) == 0
+
+            await eventually(closed, 5.0)
+            assert plane.router.metrics.reports.labels("client_cancelled")._value.get() == 1
+        finally:
+            writer.close()
+
+
+async def test_an_edge_tells_the_control_plane_which_answers_it_never_got() -> None:
+    # A host with one slot. The edge's second pick waits for it; the edge stops reading its
+    # socket, reports the first request, and the control plane gives the waiting pick the slot,
+    # but its answer is lost with the socket. Told so, the control plane closes that lease, and
+    # the edge's pick, retried by gRPC, gets the slot; untold, it would hold the slot until the
+    # edge's session ended, and the retry would wait out the admission wait and be refused.
+    async with running(_settings(admission_wait=3.0)) as plane:
+        add_node(plane.fleet, "solo", max_in_flight=1)
+        cp = ControlPlaneClient((plane.address,), "edge-1", 5.0)
+        cp.start()
+        try:
+            await _on_socket(cp)
+            first, address = await cp.pick(router_pb2.PickRequest(model="llama3.2"))
+            stream = cp.planes[0].stream
+            assert stream is not None and stream.on_socket
+            second = asyncio.create_task(cp.pick(router_pb2.PickRequest(model="llama3.2")))
+
+            async def waits() -> bool:
+                return sum(plane.admission.waiting.values()) == 1
+
+            await eventually(waits, 5.0)
+            socket = stream.call
+            assert isinstance(socket, SocketCall) and socket.transport is not None
+            socket.transport.pause_reading()
+            assert cp.report_on_stream(address, _ok(first))
+
+            async def granted() -> bool:  # the first lease closed, the waiting pick's opened
+                leases = list(plane.fleet.leases._leases.values())
+                return not plane.admission.waiting and len(leases) == 1 and leases[0].request_id
+
+            await eventually(granted, 5.0)
+            socket.cancel()  # the socket breaks with that answer unread
+            picked, _ = await asyncio.wait_for(second, 2.5)
+            assert picked.status == router_pb2.PICK_STATUS_OK
+            assert len(plane.fleet.leases) == 1  # the retry's: the lost answer's lease is closed
+            assert plane.fleet.leases.get(picked.lease_id) is not None
+        finally:
+            await cp.close()

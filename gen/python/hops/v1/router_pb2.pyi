@@ -732,6 +732,7 @@ class RouteCall(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PICK_FIELD_NUMBER: _builtins.int
     REPORT_FIELD_NUMBER: _builtins.int
+    ABANDON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Chosen by the edge, echoed in the answer to a pick."""
     @_builtins.property
@@ -742,22 +743,53 @@ class RouteCall(_message.Message):
     def report(self) -> Global___ReportRequest:
         """Close or move a lease, as RouterService.Report (not answered)."""
 
+    @_builtins.property
+    def abandon(self) -> Global___AbandonRequest:
+        """The answer to the pick with this request_id never reached the edge (the stream or
+        socket it went on broke first): close the lease that pick opened, if any (not answered).
+        """
+
     def __init__(
         self,
         *,
         request_id: _builtins.int = ...,
         pick: Global___PickRequest | None = ...,
         report: Global___ReportRequest | None = ...,
+        abandon: Global___AbandonRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "pick", b"pick", "report", b"report"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "kind", b"kind", "pick", b"pick", "report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "pick", b"pick", "report", b"report", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon", b"abandon", "kind", b"kind", "pick", b"pick", "report", b"report", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["pick", "report"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["pick", "report", "abandon"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___RouteCall: _TypeAlias = RouteCall  # noqa: Y015
+
+@_typing.final
+class AbandonRequest(_message.Message):
+    """A pick an edge gave up on without its answer. Request ids are the edge's own (unique within
+    one edge process, across its streams and sockets), so the edge is named.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EDGE_ID_FIELD_NUMBER: _builtins.int
+    edge_id: _builtins.str
+    """The edge that sent the pick (its PickRequest's edge_id)."""
+    def __init__(
+        self,
+        *,
+        edge_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge_id", b"edge_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonRequest: _TypeAlias = AbandonRequest  # noqa: Y015
 
 @_typing.final
 class RouteResponse(_message.Message):
