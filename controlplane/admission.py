@@ -24,6 +24,7 @@ from controlplane.model import RouteRequest
 from controlplane.router import PickOutcome, PickStatus, Router
 
 TICK_S = 0.1
+QUEUE_FULL = "the wait queue is full"
 
 
 @dataclass(eq=False)
@@ -45,13 +46,30 @@ class Admission:
 
     async def pick(self, request: RouteRequest) -> PickOutcome:
         """Pick now, or wait in line: behind others waiting for the model, or for a slot when
-        every candidate is saturated."""
+        every candidate is saturated; refused at once when the line is full."""
+        refused = self.line_full(request)
+        if refused is not None:
+            return refused
         if self.line_ahead(request):
             return await self.wait(request, None)
         outcome = self.router.pick(request)
         if not self.must_wait(outcome):
             return outcome
         return await self.wait(request, outcome)
+
+    def line_full(self, request: RouteRequest) -> PickOutcome | None:
+        """SATURATED at once when the line for this model is full: those in it have first claim
+        on any slot, and under overload ranking every newcomer against a full fleet only to
+        refuse it cost more than the picks that were served."""
+        if self.max_wait <= 0 or self.waiting[model_key(request.model)] < self.per_model:
+            return None
+        self.router.metrics.picks.labels(self.router.policy.name, "saturated").inc()
+        return PickOutcome(
+            PickStatus.SATURATED,
+            self.router.policy.name,
+            message=f"every host with this model is at its concurrency limit; {QUEUE_FULL}",
+            retry_after_s=self.router.retry_after_s,
+        )
 
     def line_ahead(self, request: RouteRequest) -> bool:
         """Others wait for this model and the line has room: join it (without picking)."""
@@ -65,11 +83,11 @@ class Admission:
         line behind others without picking)."""
         key = model_key(request.model)
         if self.waiting[key] >= self.per_model:
-            if outcome is None:  # the line filled up meanwhile: as if it had not been there
-                outcome = self.router.pick(request)
-                if outcome.status is not PickStatus.SATURATED:
-                    return outcome
-            return replace(outcome, message=f"{outcome.message}; the wait queue is full")
+            if outcome is None:  # the line filled up before this one joined it
+                refused = self.line_full(request)
+                assert refused is not None
+                return refused
+            return replace(outcome, message=f"{outcome.message}; {QUEUE_FULL}")
         waiter = _Waiter(key)
         self.queue.append(waiter)
         self.waiting[key] += 1

@@ -93,3 +93,29 @@ def test_default_cap_is_parallel_slots_times_queue_per_slot() -> None:
     router.queue_per_slot = 2
     statuses = [router.pick(_req("llama3.2")).status for _ in range(5)]
     assert statuses == [PickStatus.OK] * 4 + [PickStatus.SATURATED]
+
+
+async def test_a_full_line_refuses_a_newcomer_without_ranking_hosts() -> None:
+    # Under overload, ranking each newcomer against a full fleet only to refuse it cost more
+    # than the picks that were served (bench/controlplane.py at 1.5x its capacity).
+    admission = _setup(max_wait=5.0, per_model=1)
+    first = await admission.pick(_req())
+    waiting = asyncio.create_task(admission.pick(_req()))
+    for _ in range(100):
+        if admission.waiting["m:latest"] == 1:
+            break
+        await asyncio.sleep(0.01)
+    decided = admission.router.recent  # every pick the router ranks is recorded here
+    before = len(decided)
+    refused = await asyncio.wait_for(admission.pick(_req()), 1.0)
+    assert refused.status is PickStatus.SATURATED and "queue is full" in refused.message
+    assert refused.retry_after_s > 0 and len(decided) == before
+    other = asyncio.create_task(admission.pick(_req("n")))  # another model's line: not full
+    for _ in range(100):
+        if admission.waiting["n:latest"] == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert len(decided) == before + 1 and decided[-1].model == "n"
+    admission.router.fleet.leases.close(first.lease_id)
+    assert (await asyncio.wait_for(waiting, 1.0)).status is PickStatus.OK
+    other.cancel()
