@@ -19,6 +19,7 @@ import itertools
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -91,6 +92,12 @@ class _Stream:
         self.writing: list[router_pb2.RouteCall] = []
         self.pending: dict[int, asyncio.Future[router_pb2.PickResponse]] = {}
         self.unanswered: set[int] = set()  # picks whose callers stopped waiting for the answer
+        # Reports written but maybe not read: the control plane handles a stream's calls in
+        # order, so the answer to a pick written after a report says it was applied. If the
+        # stream breaks first, they go again by the unary call (closing twice changes nothing).
+        self.written = 0  # calls written on this stream
+        self.picks_at: dict[int, int] = {}  # request id -> its place among them
+        self.unconfirmed: deque[tuple[int, router_pb2.ReportRequest]] = deque()
         self.outbox: list[router_pb2.RouteCall] = []
         self.flush: asyncio.Handle | None = None  # sends queued reports if no pick does
         self.ids = ids if ids is not None else itertools.count(1)  # the edge's, across streams
@@ -149,8 +156,20 @@ class _Stream:
         self.outbox.append(call)
         self._flush()
 
+    def _wrote(self, calls: list[router_pb2.RouteCall]) -> None:
+        for call in calls:
+            self.written += 1
+            if call.HasField("pick"):
+                self.picks_at[call.request_id] = self.written
+            elif call.HasField("report") and not call.report.retry_node_id:
+                # (a lost move leaves the lease on the old host until its closing report)
+                self.unconfirmed.append((self.written, call.report))
+
     def _answers(self, message: router_pb2.RouteResponse) -> None:
         for answer in message.answers:
+            at = self.picks_at.pop(answer.request_id, 0)
+            while self.unconfirmed and self.unconfirmed[0][0] < at:
+                self.unconfirmed.popleft()
             waiter = self.pending.pop(answer.request_id, None)
             if waiter is None or waiter.done():
                 self.unanswered.discard(answer.request_id)
@@ -177,7 +196,7 @@ class _Stream:
                 )
             )
 
-    def _break(self, reason: str) -> None:
+    def _break(self, reason: str, closing: bool = False) -> None:
         if self.broken:
             return
         self.broken = True
@@ -191,6 +210,10 @@ class _Stream:
         unsent, self.writing, self.outbox = self.writing + self.outbox, [], []
         if self.flush is not None:
             self.flush.cancel()
+        if not closing:  # (an edge closing ends its session, which releases its leases)
+            for _, report in self.unconfirmed:  # written, but perhaps never read
+                self.lost_report(report)
+        self.unconfirmed.clear()
         for call in unsent:  # a report must not be lost with the stream: leases hang on it
             if call.HasField("report"):
                 self.lost_report(call.report)
@@ -211,7 +234,7 @@ class _Stream:
             self._break("replaced by the route socket")
 
     def close(self) -> None:
-        self._break("edge closing")
+        self._break("edge closing", closing=True)
 
 
 class RouteStream(_Stream):
@@ -246,6 +269,7 @@ class RouteStream(_Stream):
                     self.flush = None
                 self.writing, self.outbox = self.outbox, []
                 await self.call.write(router_pb2.RouteRequest(calls=self.writing))
+                self._wrote(self.writing)
                 self.writing = []
         except Exception as exc:  # noqa: BLE001 - any failure ends the stream, visibly
             self._break(f"write: {type(exc).__name__}: {exc}")
@@ -296,6 +320,7 @@ class SocketRouteStream(_Stream):
         except ConnectionError as exc:
             self._break(f"write: {exc}")  # hands the unsent reports on
             return
+        self._wrote(self.writing)
         self.writing = []
 
 
@@ -555,6 +580,8 @@ class ControlPlaneClient:
         log.info("route socket %s:%d open", plane.host, port)
 
     def _report_later(self, address: str, request: router_pb2.ReportRequest) -> None:
+        if self._closing:  # the session's end releases every lease this edge holds
+            return
         task = asyncio.create_task(self.report(address, request))
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)

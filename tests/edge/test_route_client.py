@@ -247,3 +247,62 @@ async def test_a_broken_stream_names_the_picks_it_has_no_answers_for() -> None:
     with pytest.raises(cpclient._StreamBroken):
         await waiting
     assert sorted(lost) == sorted(sent)
+
+
+class _ScriptedCall(_SilentCall):
+    """A Route call whose answers (or failure) the test hands it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: asyncio.Queue[router_pb2.RouteResponse | Exception] = asyncio.Queue()
+
+    async def __anext__(self) -> router_pb2.RouteResponse:
+        item = await self.answers.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+async def _written(call: _SilentCall, calls: int) -> list[router_pb2.RouteCall]:
+    for _ in range(100):
+        sent = [c for m in call.written for c in m.calls]
+        if len(sent) >= calls:
+            return sent
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{calls} calls not written")
+
+
+async def test_reports_not_known_to_be_read_go_again_when_the_stream_breaks() -> None:
+    # The control plane handles a stream's calls in order: an answer to a pick written after a
+    # report says the report was applied. Reports written after the last such answer may have
+    # been lost with the stream, so they go again by the unary call (a lost one held its lease
+    # until the edge's session ended); moves do not (one applied twice would count twice).
+    lost: list[router_pb2.ReportRequest] = []
+    call = _ScriptedCall()
+    stream = RouteStream(call, lost.append)
+    ok = router_pb2.OUTCOME_OK
+    applied = router_pb2.ReportRequest(lease_id="a", node_id="n1", outcome=ok)
+    stream.report(applied)
+    picking = asyncio.create_task(stream.pick(router_pb2.PickRequest(model="m"), 5.0))
+    sent = await _written(call, 2)
+    assert sent[0].HasField("report") and sent[1].HasField("pick")
+    answer = router_pb2.PickResponse(status=router_pb2.PICK_STATUS_OK, lease_id="b")
+    await call.answers.put(
+        router_pb2.RouteResponse(
+            answers=[router_pb2.RouteAnswer(request_id=sent[1].request_id, pick=answer)]
+        )
+    )
+    assert (await picking).lease_id == "b"
+    unread = router_pb2.ReportRequest(lease_id="b", node_id="n1", outcome=ok)
+    stream.report(unread)
+    move = router_pb2.ReportRequest(
+        lease_id="c", node_id="n1", outcome=router_pb2.OUTCOME_BUSY, retry_node_id="n2"
+    )
+    stream.report(move)
+    await _written(call, 4)
+    await call.answers.put(ConnectionResetError("the control plane went away"))
+    for _ in range(100):
+        if stream.broken:
+            break
+        await asyncio.sleep(0.01)
+    assert stream.broken and lost == [unread]

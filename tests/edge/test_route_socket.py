@@ -15,6 +15,7 @@ from hops.v1 import router_pb2
 from controlplane import route_socket
 from controlplane.server import ControlPlane, running
 from controlplane.settings import ControlPlaneSettings
+from edge import cpclient
 from edge.cpclient import ControlPlaneClient
 from edge.routesocket import SocketCall, SocketRefused
 from hopscommon import frames
@@ -410,5 +411,52 @@ async def test_an_edge_tells_the_control_plane_which_answers_it_never_got() -> N
             assert picked.status == router_pb2.PICK_STATUS_OK
             assert len(plane.fleet.leases) == 1  # the retry's: the lost answer's lease is closed
             assert plane.fleet.leases.get(picked.lease_id) is not None
+        finally:
+            await cp.close()
+
+
+async def test_no_lease_is_left_when_the_route_socket_keeps_breaking_under_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The control plane resets the edge's route socket every few milliseconds while picks and
+    # reports flow: answers in flight are lost with it (a reset discards what the edge had not
+    # read), picks are retried by gRPC, and the socket reopens at once. Every lease must close
+    # while the edge's session stays open: none may wait for the session's end or the TTL.
+    monkeypatch.setattr(cpclient, "SOCKET_RETRY_S", 0.01)
+    monkeypatch.setattr(cpclient, "SOCKET_RETRY_MAX_S", 0.02)
+    async with running(_settings()) as plane:
+        add_node(plane.fleet, "solo", num_parallel=64)
+        cp = ControlPlaneClient((plane.address,), "edge-1", 5.0)
+        cp.start()
+        resets = 0
+        done = asyncio.Event()
+
+        async def chaos() -> None:
+            nonlocal resets
+            while not done.is_set():
+                await asyncio.sleep(0.003)
+                for connection in list(plane.route_socket.connections):
+                    if connection.transport is not None and connection.welcomed:
+                        connection.transport.abort()
+                        resets += 1
+
+        async def request() -> None:
+            picked, address = await cp.pick(router_pb2.PickRequest(model="llama3.2"))
+            cp.send_report(address, _ok(picked))
+
+        try:
+            await _on_socket(cp)
+            breaking = asyncio.create_task(chaos())
+            for _ in range(20):
+                await asyncio.gather(*(request() for _ in range(40)))
+            done.set()
+            await breaking
+            assert resets >= 5
+
+            async def drained() -> bool:
+                return len(plane.fleet.leases) == 0
+
+            await eventually(drained, 5.0)
+            assert cp.connected.is_set()  # the session never ended: nothing was released by it
         finally:
             await cp.close()
