@@ -5,17 +5,32 @@ so no lease is left open."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from hops.v1 import router_pb2, router_pb2_grpc
 
-from controlplane.server import running
+from controlplane.server import ControlPlane, running
 from controlplane.settings import ControlPlaneSettings
 from edge import cpclient
 from edge.cpclient import ControlPlaneClient, RouteStream
 from tests.controlplane.builders import add_node
 from tests.simfixtures import eventually
+
+
+def _ok(lease_id: str) -> router_pb2.ReportRequest:
+    return router_pb2.ReportRequest(
+        lease_id=lease_id, node_id="solo", outcome=router_pb2.OUTCOME_OK
+    )
+
+
+async def _no_leases_left(plane: ControlPlane) -> None:
+    async def none() -> bool:
+        return len(plane.fleet.leases) == 0
+
+    await eventually(none, 5.0)
 
 
 async def test_a_report_queued_on_a_breaking_stream_is_sent_unary() -> None:
@@ -119,16 +134,8 @@ async def test_calls_made_while_a_message_is_written_share_the_next_one() -> Non
             assert sum(counting.messages) == 20
             assert len(counting.messages) < 20  # the picks queued behind a write went together
             for a in answers:
-                stream.report(
-                    router_pb2.ReportRequest(
-                        lease_id=a.lease_id, node_id="solo", outcome=router_pb2.OUTCOME_OK
-                    )
-                )
-
-            async def closed() -> bool:
-                return len(plane.fleet.leases) == 0
-
-            await eventually(closed, 5.0)
+                stream.report(_ok(a.lease_id))
+            await _no_leases_left(plane)
             assert lost == []
             stream.close()
             late = router_pb2.ReportRequest(lease_id="late", outcome=router_pb2.OUTCOME_OK)
@@ -139,6 +146,18 @@ async def test_calls_made_while_a_message_is_written_share_the_next_one() -> Non
             await channel.close()
 
 
+@contextlib.asynccontextmanager
+async def _route_stream(plane: ControlPlane) -> AsyncIterator[RouteStream]:
+    """A Route stream by gRPC to ``plane``, closed with its channel on exit."""
+    channel = grpc.aio.insecure_channel(plane.address)
+    stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel).Route())
+    try:
+        yield stream
+    finally:
+        stream.close()
+        await channel.close()
+
+
 async def test_a_report_with_no_pick_in_flight_goes_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -146,26 +165,12 @@ async def test_a_report_with_no_pick_in_flight_goes_at_once(
     # the control plane would apply it while that pick waits for its answer.
     monkeypatch.setattr(cpclient, "REPORT_DELAY_S", 60.0)
     settings = ControlPlaneSettings(listen=("127.0.0.1", 0), metrics_listen=None)
-    async with running(settings) as plane:
+    async with running(settings) as plane, _route_stream(plane) as stream:
         add_node(plane.fleet, "solo")
-        channel = grpc.aio.insecure_channel(plane.address)
-        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel).Route())
-        try:
-            picked = await stream.pick(router_pb2.PickRequest(edge_id="e", model="llama3.2"), 5.0)
-            assert len(plane.fleet.leases) == 1
-            stream.report(
-                router_pb2.ReportRequest(
-                    lease_id=picked.lease_id, node_id="solo", outcome=router_pb2.OUTCOME_OK
-                )
-            )
-
-            async def closed() -> bool:
-                return len(plane.fleet.leases) == 0
-
-            await eventually(closed, 5.0)
-        finally:
-            stream.close()
-            await channel.close()
+        picked = await stream.pick(router_pb2.PickRequest(edge_id="e", model="llama3.2"), 5.0)
+        assert len(plane.fleet.leases) == 1
+        stream.report(_ok(picked.lease_id))
+        await _no_leases_left(plane)
 
 
 async def test_a_report_made_while_a_pick_is_in_flight_rides_with_the_next_pick(
@@ -175,37 +180,27 @@ async def test_a_report_made_while_a_pick_is_in_flight_rides_with_the_next_pick(
     settings = ControlPlaneSettings(
         listen=("127.0.0.1", 0), metrics_listen=None, admission_wait=5.0
     )
-    async with running(settings) as plane:
+    async with running(settings) as plane, _route_stream(plane) as stream:
         add_node(plane.fleet, "solo", max_in_flight=1)
-        channel = grpc.aio.insecure_channel(plane.address)
-        stream = RouteStream(router_pb2_grpc.RouterServiceStub(channel).Route())
         counting = _CountingCall(stream.call)
         stream.call = counting  # type: ignore[assignment]
-        try:
-            request = router_pb2.PickRequest(edge_id="e", model="llama3.2")
-            first = await stream.pick(request, 5.0)
-            held = asyncio.create_task(stream.pick(request, 5.0))  # the host is full: it waits
+        request = router_pb2.PickRequest(edge_id="e", model="llama3.2")
+        first = await stream.pick(request, 5.0)
+        held = asyncio.create_task(stream.pick(request, 5.0))  # the host is full: it waits
 
-            async def held_there() -> bool:
-                return sum(plane.admission.waiting.values()) == 1
+        async def held_there() -> bool:
+            return sum(plane.admission.waiting.values()) == 1
 
-            await eventually(held_there, 5.0)
-            stream.report(
-                router_pb2.ReportRequest(
-                    lease_id=first.lease_id, node_id="solo", outcome=router_pb2.OUTCOME_OK
-                )
-            )
-            for _ in range(5):  # turns of the loop in which a report sent alone would go out
-                await asyncio.sleep(0.01)
-            assert counting.messages == [1, 1]  # the report waits for a pick to ride with
-            third = asyncio.create_task(stream.pick(request, 5.0))
-            second = await held  # freed by the report, which went out with the third pick
-            assert second.status == router_pb2.PICK_STATUS_OK
-            assert counting.messages == [1, 1, 2]
-            third.cancel()
-        finally:
-            stream.close()
-            await channel.close()
+        await eventually(held_there, 5.0)
+        stream.report(_ok(first.lease_id))
+        for _ in range(5):  # turns of the loop in which a report sent alone would go out
+            await asyncio.sleep(0.01)
+        assert counting.messages == [1, 1]  # the report waits for a pick to ride with
+        third = asyncio.create_task(stream.pick(request, 5.0))
+        second = await held  # freed by the report, which went out with the third pick
+        assert second.status == router_pb2.PICK_STATUS_OK
+        assert counting.messages == [1, 1, 2]
+        third.cancel()
 
 
 class _SilentCall:
