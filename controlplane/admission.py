@@ -8,7 +8,8 @@ for a model others already wait for joins the line behind them instead of taking
 them was woken for (first come, first served). Capacity can also appear without a lease closing
 (a host joins, a cordon lifts), so while anyone waits, the oldest waiter of each model tries again
 every TICK_S. A waiter that is not placed within ``max_wait`` seconds gets SATURATED (the edge
-answers 503 with Retry-After).
+answers 503 with Retry-After), and so, at once and without ranking any host, does a request that
+finds its model's line full.
 """
 
 from __future__ import annotations

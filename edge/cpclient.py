@@ -86,8 +86,8 @@ class _Stream:
         self.call = call
         self.retired = False  # another stream took over; this one ends once its picks are answered
         self.lost_report = lost_report  # reports the stream could not deliver go this way
-        # When it breaks, the ids of the picks sent without an answer go this way, for the next
-        # stream to tell the control plane (the leases their lost answers opened are closed).
+        # When it breaks, the ids of the picks sent without an answer go this way, so that the
+        # control plane is told and closes the leases their lost answers opened.
         self.abandoned = abandoned
         self.writing: list[router_pb2.RouteCall] = []
         self.pending: dict[int, asyncio.Future[router_pb2.PickResponse]] = {}
