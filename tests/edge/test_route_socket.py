@@ -342,9 +342,10 @@ async def test_a_pick_whose_answer_was_lost_is_abandoned_and_its_lease_closed() 
         writer.close()  # the answer is never read: the connection broke first
         await _gone(plane)
         assert len(plane.fleet.leases) == 1  # the control plane cannot know it was lost
-        _, writer = await _route_socket(plane)
+        reader, writer = await _route_socket(plane)
         try:
             abandon = router_pb2.AbandonRequest(edge_id="e")
+            pick.request_id = 9  # answered after the calls before it are applied
             writer.write(
                 frames.encode(
                     router_pb2.RouteRequest(
@@ -353,11 +354,19 @@ async def test_a_pick_whose_answer_was_lost_is_abandoned_and_its_lease_closed() 
                             router_pb2.RouteCall(
                                 request_id=7, abandon=router_pb2.AbandonRequest(edge_id="other")
                             ),
+                            pick,
                         ]
                     )
                 )
             )
-            await writer.drain()
+            received = frames.FrameBuffer()
+            answers: list[bytes] = []
+            async with asyncio.timeout(5.0):
+                while len(answers) < 2:  # the welcome, then the answer
+                    answers += received.feed(await reader.read(65536))
+            answer = router_pb2.RouteResponse.FromString(answers[1]).answers[0]
+            assert answer.request_id == 9 and answer.pick.status == router_pb2.PICK_STATUS_OK
+            assert plane.fleet.leases.by_request("e", 7) is not None  # another edge's id: kept
             writer.write(
                 frames.encode(
                     router_pb2.RouteRequest(
@@ -367,9 +376,10 @@ async def test_a_pick_whose_answer_was_lost_is_abandoned_and_its_lease_closed() 
             )
 
             async def closed() -> bool:
-                return len(plane.fleet.leases) == 0
+                return plane.fleet.leases.by_request("e", 7) is None
 
             await eventually(closed, 5.0)
+            assert len(plane.fleet.leases) == 1  # pick 9's
             assert plane.router.metrics.reports.labels("client_cancelled")._value.get() == 1
         finally:
             writer.close()
