@@ -2,8 +2,8 @@
 
 Starts a control plane, four unlike simulated Ollama hosts (ollamasim profiles gpu-24g, gpu-12g,
 gpu-8g, cpu), one node agent per host, and an edge on 127.0.0.1:11434, then prints how to try it.
-``--ollama URL`` adds a real Ollama (e.g. http://127.0.0.1:11435) as one more node. Ctrl-C stops
-everything.
+``--ollama URL`` adds a real Ollama (e.g. http://127.0.0.1:11435) as one more node. Ctrl-C (or
+SIGTERM, SIGHUP) stops everything.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ def start(children: list[subprocess.Popen[bytes]], *args: str) -> None:
     )
 
 
+def _exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -43,6 +47,10 @@ def main() -> int:
     args = parser.parse_args()
     plane = f"127.0.0.1:{args.grpc_port}"
     children: list[subprocess.Popen[bytes]] = []
+    # Stopped by a signal other than Ctrl-C (kill, a supervisor, a closed terminal), the fleet
+    # goes too: Python's default would end this process and leave its children running.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _exit)
     try:
         start(
             children,
