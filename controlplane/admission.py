@@ -48,15 +48,23 @@ class Admission:
     async def pick(self, request: RouteRequest) -> PickOutcome:
         """Pick now, or wait in line: behind others waiting for the model, or for a slot when
         every candidate is saturated; refused at once when the line is full."""
+        outcome, wait = self.admit(request)
+        if wait:
+            return await self.wait(request, outcome)
+        assert outcome is not None
+        return outcome
+
+    def admit(self, request: RouteRequest) -> tuple[PickOutcome | None, bool]:
+        """What can be decided now, without waiting: (the answer, False), or (what to wait
+        with, True): the saturated outcome of a pick, or None to join the line behind others
+        without picking."""
         refused = self.line_full(request)
         if refused is not None:
-            return refused
+            return refused, False
         if self.line_ahead(request):
-            return await self.wait(request, None)
+            return None, True
         outcome = self.router.pick(request)
-        if not self.must_wait(outcome):
-            return outcome
-        return await self.wait(request, outcome)
+        return outcome, self.must_wait(outcome)
 
     def line_full(self, request: RouteRequest) -> PickOutcome | None:
         """SATURATED at once when the line for this model is full: those in it have first claim

@@ -136,20 +136,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except InvalidRequest as exc:
             answer(router_pb2.RouteAnswer(request_id=call.request_id, invalid=str(exc)))
             return
-        refused = self.admission.line_full(request)
-        if refused is not None:
-            answer(
-                router_pb2.RouteAnswer(
-                    request_id=call.request_id, pick=convert.pick_response(refused)
-                )
-            )
-            return
-        outcome = None if self.admission.line_ahead(request) else self.router.pick(request)
-        if outcome is None or self.admission.must_wait(outcome):
+        outcome, wait = self.admission.admit(request)
+        if wait:
             task = asyncio.create_task(wait_then_answer(call.request_id, request, outcome))
             waiting.add(task)
             task.add_done_callback(waiting.discard)
             return
+        assert outcome is not None
         answer(
             router_pb2.RouteAnswer(request_id=call.request_id, pick=convert.pick_response(outcome))
         )
