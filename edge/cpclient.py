@@ -71,6 +71,11 @@ class Duplex(Cancellable, Protocol):
     def __aiter__(self) -> AsyncIterator[router_pb2.RouteResponse]: ...
 
 
+def abandon_calls(request_ids: Iterable[int], edge_id: str) -> list[router_pb2.RouteCall]:
+    abandon = router_pb2.AbandonRequest(edge_id=edge_id)
+    return [router_pb2.RouteCall(request_id=i, abandon=abandon) for i in request_ids]
+
+
 class _Stream:
     """Picks matched to answers by id, reports sent without an answer, on some transport."""
 
@@ -147,9 +152,7 @@ class _Stream:
     def abandon(self, request_ids: Iterable[int], edge_id: str) -> None:
         """Tell the control plane that the answers to these picks (sent on a stream that broke)
         never arrived."""
-        abandon = router_pb2.AbandonRequest(edge_id=edge_id)
-        for request_id in request_ids:
-            self.outbox.append(router_pb2.RouteCall(request_id=request_id, abandon=abandon))
+        self.outbox += abandon_calls(request_ids, edge_id)
         self._flush()
 
     def _send(self, call: router_pb2.RouteCall) -> None:
@@ -485,14 +488,18 @@ class ControlPlaneClient:
         return functools.partial(self._report_later, plane.address)
 
     def _grpc_stream(self, plane: _Plane) -> RouteStream:
-        stream = RouteStream(
-            plane.stub.Route(metadata=self.metadata),
-            self._lost_report(plane),
-            self.ids,
-            functools.partial(self._abandoned, plane),
-        )
+        stream = RouteStream(plane.stub.Route(metadata=self.metadata), *self._hooks(plane))
         self._send_abandoned(plane, stream)
         return stream
+
+    def _hooks(
+        self, plane: _Plane
+    ) -> tuple[
+        Callable[[router_pb2.ReportRequest], None], Iterator[int], Callable[[list[int]], None]
+    ]:
+        """What a stream to ``plane`` hands on: reports it could not deliver, request ids (the
+        edge's own), and picks whose answers it lost."""
+        return self._lost_report(plane), self.ids, functools.partial(self._abandoned, plane)
 
     def _abandoned(self, plane: _Plane, request_ids: list[int]) -> None:
         """A stream to ``plane`` broke before these picks were answered. An answer lost with it
@@ -508,8 +515,7 @@ class ControlPlaneClient:
             while plane.abandoned:
                 lost = list(plane.abandoned)
                 plane.abandoned.clear()
-                abandon = router_pb2.AbandonRequest(edge_id=self.edge_id)
-                calls = [router_pb2.RouteCall(request_id=i, abandon=abandon) for i in lost]
+                calls = abandon_calls(lost, self.edge_id)
                 call = plane.stub.Route(metadata=self.metadata)
                 try:
                     async with asyncio.timeout(self.pick_timeout):
@@ -567,12 +573,7 @@ class ControlPlaneClient:
         plane.socket_failures = 0
         old, plane.stream = (
             plane.stream,
-            SocketRouteStream(
-                call,
-                self._lost_report(plane),
-                self.ids,
-                functools.partial(self._abandoned, plane),
-            ),
+            SocketRouteStream(call, *self._hooks(plane)),
         )
         self._send_abandoned(plane, plane.stream)
         if old is not None and not old.broken:
