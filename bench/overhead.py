@@ -494,26 +494,18 @@ def summarise(r: dict[str, Any]) -> None:
 
     summary: dict[str, Any] = {}
     for c in (1, 50, 200):
-        d, e, n, g = at("direct", c), at("edge", c), at("nginx", c), at("edge_grpc", c)
-        # Within a round the targets ran seconds apart: the round's difference
-        # leaves out the host's slow drift, and their median leaves out a round's outlier.
-        edge_rounds = _minus(e["ttfb_p50_ms_by_round"], d["ttfb_p50_ms_by_round"])
-        nginx_rounds = _minus(n["ttfb_p50_ms_by_round"], d["ttfb_p50_ms_by_round"])
-        grpc_rounds = _minus(g["ttfb_p50_ms_by_round"], d["ttfb_p50_ms_by_round"])
-        summary[f"added_ttfb_c{c}"] = {
-            "edge_p50_ms": e["ttfb_p50_ms"] - d["ttfb_p50_ms"],
-            "edge_p99_ms": e["ttfb_p99_ms"] - d["ttfb_p99_ms"],
-            "nginx_p50_ms": n["ttfb_p50_ms"] - d["ttfb_p50_ms"],
-            "nginx_p99_ms": n["ttfb_p99_ms"] - d["ttfb_p99_ms"],
-            "edge_p50_by_round_ms": edge_rounds,
-            "nginx_p50_by_round_ms": nginx_rounds,
-            "edge_p50_round_median_ms": statistics.median(edge_rounds),
-            "edge_grpc_p50_ms": g["ttfb_p50_ms"] - d["ttfb_p50_ms"],
-            "edge_grpc_p99_ms": g["ttfb_p99_ms"] - d["ttfb_p99_ms"],
-            "edge_grpc_p50_by_round_ms": grpc_rounds,
-            "edge_grpc_p50_round_median_ms": statistics.median(grpc_rounds),
-            "nginx_p50_round_median_ms": statistics.median(nginx_rounds),
-        }
+        d = at("direct", c)
+        added: dict[str, Any] = {}
+        for name in ("edge", "nginx", "edge_grpc"):
+            t = at(name, c)
+            # Within a round the targets ran seconds apart: the round's difference
+            # leaves out the host's slow drift, and their median leaves out a round's outlier.
+            rounds = _minus(t["ttfb_p50_ms_by_round"], d["ttfb_p50_ms_by_round"])
+            added[f"{name}_p50_ms"] = t["ttfb_p50_ms"] - d["ttfb_p50_ms"]
+            added[f"{name}_p99_ms"] = t["ttfb_p99_ms"] - d["ttfb_p99_ms"]
+            added[f"{name}_p50_by_round_ms"] = rounds
+            added[f"{name}_p50_round_median_ms"] = statistics.median(rounds)
+        summary[f"added_ttfb_c{c}"] = added
     summary["pick_at_c50"] = at("edge", 50)["pick"]
     summary["pick_at_c50_grpc"] = at("edge_grpc", 50)["pick"]
     summary["edge_cpu_s_per_1000_requests"] = r["edge"]["cpu_s_per_1000_requests"]
