@@ -38,7 +38,7 @@ from controlplane.settings import ControlPlaneSettings
 from controlplane.static_hosts import load_hosts
 from hopscommon.http_admin import AdminHttp
 from hopscommon.net import connect_host
-from hopscommon.tls import server_credentials, server_ssl_context
+from hopscommon.tls import server_credentials
 
 log = logging.getLogger("hops.controlplane")
 
@@ -124,14 +124,9 @@ class ControlPlane:
     async def start(self) -> None:
         route = self.settings.route_address()
         if route is not None:  # before gRPC, so every edge session can tell its port
-            tls = (
-                server_ssl_context(
-                    self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca
-                )
-                if self.settings.tls_cert
-                else None
+            self.router_servicer.route_port = await self.route_socket.start(
+                *route, self.settings.ssl_context()
             )
-            self.router_servicer.route_port = await self.route_socket.start(*route, tls)
         await self.grpc.start()
         for service in (*SERVICE_NAMES, ""):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

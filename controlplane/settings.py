@@ -126,6 +126,12 @@ class ControlPlaneSettings:
     )
     log_level: str = option("info", "log level: debug, info, warning, error")
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The route socket's TLS, the same as gRPC's; None = plaintext."""
+        if not self.tls_cert:
+            return None
+        return server_ssl_context(self.tls_cert, self.tls_key, self.tls_client_ca)
+
     def route_address(self) -> tuple[str, int] | None:
         """Where the route socket listens; None = no route socket."""
         if self.route_listen == "off":
@@ -148,7 +154,7 @@ class ControlPlaneSettings:
         if self.tls_cert:
             server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca)
             try:
-                server_ssl_context(self.tls_cert, self.tls_key, self.tls_client_ca)
+                self.ssl_context()
             except ssl.SSLError as exc:
                 raise ValueError(f"control plane: TLS files unusable: {exc}") from None
         if self.static_poll_interval <= 0:
