@@ -57,21 +57,20 @@ class Admission:
     def admit(self, request: RouteRequest) -> tuple[PickOutcome | None, bool]:
         """What can be decided now, without waiting: (the answer, False), or (what to wait
         with, True): the saturated outcome of a pick, or None to join the line behind others
-        without picking."""
-        refused = self.line_full(request)
-        if refused is not None:
-            return refused, False
-        if self.line_ahead(request):
-            return None, True
+        without picking (first come, first served)."""
+        if self.max_wait > 0:
+            ahead = self.waiting[model_key(request.model)]
+            if ahead >= self.per_model:
+                return self._line_full(), False
+            if ahead:
+                return None, True
         outcome = self.router.pick(request)
         return outcome, self.must_wait(outcome)
 
-    def line_full(self, request: RouteRequest) -> PickOutcome | None:
-        """SATURATED at once when the line for this model is full: those in it have first claim
+    def _line_full(self) -> PickOutcome:
+        """SATURATED at once when the line for the model is full: those in it have first claim
         on any slot, and under overload ranking every newcomer against a full fleet only to
         refuse it cost more than the picks that were served."""
-        if self.max_wait <= 0 or self.waiting[model_key(request.model)] < self.per_model:
-            return None
         self.router.metrics.picks.labels(self.router.policy.name, "saturated").inc()
         return PickOutcome(
             PickStatus.SATURATED,
@@ -79,10 +78,6 @@ class Admission:
             message=f"every host with this model is at its concurrency limit; {QUEUE_FULL}",
             retry_after_s=self.router.retry_after_s,
         )
-
-    def line_ahead(self, request: RouteRequest) -> bool:
-        """Others wait for this model and the line has room: join it (without picking)."""
-        return self.max_wait > 0 and 0 < self.waiting[model_key(request.model)] < self.per_model
 
     def must_wait(self, outcome: PickOutcome) -> bool:
         return outcome.status is PickStatus.SATURATED and self.max_wait > 0
@@ -93,9 +88,7 @@ class Admission:
         key = model_key(request.model)
         if self.waiting[key] >= self.per_model:
             if outcome is None:  # the line filled up before this one joined it
-                refused = self.line_full(request)
-                assert refused is not None
-                return refused
+                return self._line_full()
             return replace(outcome, message=f"{outcome.message}; {QUEUE_FULL}")
         waiter = _Waiter(key)
         self.queue.append(waiter)
