@@ -12,21 +12,25 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from ollamasim import control, native, openai_api
+from ollamasim import control, native, newer_api, openai_api
 from ollamasim.errors import SimError
 from ollamasim.host import Host
 from ollamasim.settings import SimSettings
 from ollamasim.wire import ClientGone, error_response
 
 Handler = Callable[[Request, Host], Awaitable[Response]]
+ErrorShape = Callable[[int, str], Response]
 log = logging.getLogger("ollamasim")
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     handler: Handler
-    openai: bool = False
+    error: ErrorShape = error_response  # the API's error shape: Ollama's, OpenAI's, Anthropic's
     control: bool = False
+
+
+OPENAI = openai_api.openai_error
 
 
 def _table() -> dict[str, dict[str, Route]]:
@@ -44,10 +48,13 @@ def _table() -> dict[str, dict[str, Route]]:
         "/api/pull": {"POST": Route(native.pull)},
         "/api/delete": {"DELETE": Route(native.delete)},
         "/api/copy": {"POST": Route(native.copy)},
-        "/v1/chat/completions": {"POST": Route(openai_api.chat_completions, openai=True)},
-        "/v1/completions": {"POST": Route(openai_api.completions, openai=True)},
-        "/v1/embeddings": {"POST": Route(openai_api.embeddings, openai=True)},
-        "/v1/models": {"GET": Route(openai_api.models, openai=True)},
+        "/v1/chat/completions": {"POST": Route(openai_api.chat_completions, OPENAI)},
+        "/v1/completions": {"POST": Route(openai_api.completions, OPENAI)},
+        "/v1/embeddings": {"POST": Route(openai_api.embeddings, OPENAI)},
+        "/v1/models": {"GET": Route(openai_api.models, OPENAI)},
+        "/v1/responses": {"POST": Route(newer_api.responses, OPENAI)},
+        "/v1/audio/transcriptions": {"POST": Route(newer_api.transcriptions, OPENAI)},
+        "/v1/messages": {"POST": Route(newer_api.messages, newer_api.anthropic_error)},
         "/_sim/stats": {"GET": Route(control.stats, control=True)},
         "/_sim/stats/reset": {"POST": Route(control.reset_stats, control=True)},
         "/_sim/config": {"GET": Route(control.config, control=True)},
@@ -61,7 +68,7 @@ def _table() -> dict[str, dict[str, Route]]:
 
 
 _PATTERNS: list[tuple[re.Pattern[str], dict[str, Route]]] = [
-    (re.compile(r"/v1/models/(?P<model>[^/]+)"), {"GET": Route(openai_api.model, openai=True)}),
+    (re.compile(r"/v1/models/(?P<model>[^/]+)"), {"GET": Route(openai_api.model, OPENAI)}),
 ]
 
 
@@ -108,11 +115,7 @@ class SimApp:
         try:
             response = await route.handler(request, self.host)
         except SimError as exc:
-            response = (
-                openai_api.openai_error(exc.status, exc.message)
-                if route.openai
-                else error_response(exc.status, exc.message)
-            )
+            response = route.error(exc.status, exc.message)
         except ClientGone:
             response = Response(b"", status_code=499)  # nobody is listening; Ollama logs 499
         await response(scope, receive, send)
