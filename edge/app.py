@@ -29,19 +29,21 @@ from starlette.types import Receive, Scope, Send
 from edge import inventory as inv
 from edge.cpclient import ControlPlaneClient
 from edge.errors import (
+    OLLAMA,
     BadRequest,
     BodyTimeout,
     BodyTooLarge,
     ControlPlaneDown,
     EdgeError,
     ModelNotFound,
+    dialect_of,
     error_response,
 )
 from edge.metrics import EdgeMetrics
 from edge.proxy import Call, Proxy, Result, Target
 from edge.settings import EdgeSettings
 from edge.upstream import Upstream, request_headers, with_host_headers
-from hopscommon import names
+from hopscommon import bodies, names
 from hopscommon.ollama_json import BodyError, decode_object
 
 log = logging.getLogger("hops.edge")
@@ -51,7 +53,6 @@ JSON_TYPE = "application/json; charset=utf-8"
 @dataclass(frozen=True, slots=True)
 class Routed:
     api: int
-    openai: bool
     go_type: str
     not_found: Callable[[str], str]
 
@@ -69,21 +70,19 @@ def _normalised(model: str) -> str:
 
 
 ROUTED: dict[str, Routed] = {
-    "/api/generate": Routed(router_pb2.API_KIND_GENERATE, False, "GenerateRequest", _quoted),
-    "/api/chat": Routed(router_pb2.API_KIND_CHAT, False, "ChatRequest", _quoted),
-    "/api/embed": Routed(router_pb2.API_KIND_EMBED, False, "EmbedRequest", _pull_first),
-    "/api/embeddings": Routed(
-        router_pb2.API_KIND_EMBEDDINGS, False, "EmbeddingRequest", _pull_first
-    ),
-    "/api/show": Routed(router_pb2.API_KIND_SHOW, False, "ShowRequest", _normalised),
+    "/api/generate": Routed(router_pb2.API_KIND_GENERATE, "GenerateRequest", _quoted),
+    "/api/chat": Routed(router_pb2.API_KIND_CHAT, "ChatRequest", _quoted),
+    "/api/embed": Routed(router_pb2.API_KIND_EMBED, "EmbedRequest", _pull_first),
+    "/api/embeddings": Routed(router_pb2.API_KIND_EMBEDDINGS, "EmbeddingRequest", _pull_first),
+    "/api/show": Routed(router_pb2.API_KIND_SHOW, "ShowRequest", _normalised),
     "/v1/chat/completions": Routed(
-        router_pb2.API_KIND_OPENAI_CHAT, True, "ChatCompletionRequest", _quoted
+        router_pb2.API_KIND_OPENAI_CHAT, "ChatCompletionRequest", _quoted
     ),
-    "/v1/completions": Routed(
-        router_pb2.API_KIND_OPENAI_COMPLETIONS, True, "CompletionRequest", _quoted
-    ),
-    "/v1/embeddings": Routed(router_pb2.API_KIND_OPENAI_EMBEDDINGS, True, "EmbedRequest", _quoted),
+    "/v1/completions": Routed(router_pb2.API_KIND_OPENAI_COMPLETIONS, "CompletionRequest", _quoted),
+    "/v1/embeddings": Routed(router_pb2.API_KIND_OPENAI_EMBEDDINGS, "EmbedRequest", _quoted),
 }
+# Other POST routes whose model is in a multipart form field, not a JSON body.
+FORM_MODEL = frozenset({"model"})
 NODE_ONLY = {"/api/create": "POST", "/api/push": "POST"}
 BLOBS = re.compile(r"/api/blobs/(?P<digest>[^/]+)")
 V1_MODEL = re.compile(r"/v1/models/(?P<model>[^/]+)")
@@ -91,22 +90,26 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[Result | None]]
 
 
 def session_key(headers: Headers, body: dict[str, Any]) -> str:
-    """X-Hops-Session, else Open WebUI's chat id, else a hash of the conversation's start."""
+    """X-Hops-Session, else Open WebUI's chat id, else a hash of the conversation's start: its
+    system prompt (Anthropic's ``system``, the Responses API's ``instructions``) and messages
+    (or Responses ``input`` items) up to the first user turn, or the prompt (or ``input`` text)."""
     explicit = headers.get("x-hops-session") or headers.get("x-openwebui-chat-id")
     if explicit:
         return explicit[:200]
-    messages = body.get("messages")
+    system = body.get("system") or body.get("instructions") or ""
+    messages = body.get("messages") or body.get("input")
+    prompt = body.get("prompt") or body.get("input")
     if isinstance(messages, list) and messages:
         # The conversation's opening (system prompt and first user turn) is the same in every
         # later turn, so all turns of one conversation share the key.
-        opening = []
+        opening = [system] if system else []
         for message in messages:
             opening.append(message)
             if isinstance(message, dict) and message.get("role") == "user":
                 break
         basis = json.dumps(opening, sort_keys=True, default=str)[:4096]
-    elif isinstance(body.get("prompt"), str) and body["prompt"]:
-        basis = str(body.get("system") or "") + body["prompt"][:512]
+    elif isinstance(prompt, str) and prompt:
+        basis = str(system) + prompt[:512]
     else:
         return ""
     return "h:" + hashlib.sha1(basis.encode(), usedforsecurity=False).hexdigest()[:16]
@@ -135,7 +138,6 @@ class EdgeApp:
         method: str = scope["method"]
         model = "-"
         result: Result | None = None
-        openai = path.startswith("/v1/")
         try:
             if self.keys.enabled:
                 headers = Headers(scope=scope)
@@ -145,7 +147,7 @@ class EdgeApp:
             result, model = await self._dispatch(scope, receive, send, path, method)
         except EdgeError as exc:
             result = Result(status=exc.status, outcome="rejected", route=path)
-            await error_response(exc, openai=openai)(scope, receive, send)
+            await error_response(exc, dialect=dialect_of(path))(scope, receive, send)
         finally:
             if result is not None:
                 self._log(method, path, model, result, time.monotonic() - started)
@@ -219,7 +221,6 @@ class EdgeApp:
         body: dict[str, Any],
         model: str,
         api: int,
-        openai: bool,
         not_found: str,
         path: str,
     ) -> Call:
@@ -233,7 +234,7 @@ class EdgeApp:
             model=model,
             api=api,
             route=path,
-            openai=openai,
+            dialect=dialect_of(path),
             not_found=not_found,
             session_key=session_key(headers, body),
             node_id=headers.get("x-hops-node", ""),
@@ -255,9 +256,7 @@ class EdgeApp:
             )
         if not model or not model.strip():
             raise BadRequest("model is required")
-        call = self._call(
-            scope, raw, body, model, routed.api, routed.openai, routed.not_found(model), path
-        )
+        call = self._call(scope, raw, body, model, routed.api, routed.not_found(model), path)
         return await self.proxy.handle(call, receive, send), model
 
     async def _pull(self, scope: Scope, receive: Receive, send: Send) -> tuple[Result, str]:
@@ -270,34 +269,46 @@ class EdgeApp:
         if not isinstance(model, str) or not model.strip():
             raise BadRequest("model is required")
         call = self._call(
-            scope, raw, body, model, router_pb2.API_KIND_PULL, False, _quoted(model), "/api/pull"
+            scope, raw, body, model, router_pb2.API_KIND_PULL, _quoted(model), "/api/pull"
         )
         return await self.proxy.handle(call, receive, send), model
 
     async def _unknown_post(
         self, scope: Scope, receive: Receive, send: Send, path: str
     ) -> tuple[Result | None, str]:
+        """A POST route the edge has no entry for (newer Ollama routes: /v1/responses,
+        /v1/messages, /v1/audio/transcriptions, ...) goes to a host with the model it names;
+        without a model it is an unknown route. The bytes go upstream as they came."""
         raw = await self._body(scope, receive)
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except (ValueError, RecursionError):
-            body = None
-        if not isinstance(body, dict):
-            return await _plain(scope, receive, send, 404), "-"
-        model = body.get("model")
+        body = self._readable(scope, raw)
+        model = body.get("model") if body is not None else None
         if not isinstance(model, str) or not model.strip():
             return await _plain(scope, receive, send, 404), "-"
         call = self._call(
-            scope,
-            raw,
-            body,
-            model,
-            router_pb2.API_KIND_OTHER,
-            path.startswith("/v1/"),
-            _quoted(model),
-            path,
+            scope, raw, body or {}, model, router_pb2.API_KIND_OTHER, _quoted(model), path
         )
         return await self.proxy.handle(call, receive, send), model
+
+    def _readable(self, scope: Scope, raw: bytes) -> dict[str, Any] | None:
+        """What the edge can read of an unknown route's body to route it: a JSON object (after
+        zstd decoding, as Codex compresses /v1/responses), or a multipart form's fields."""
+        headers = Headers(scope=scope)
+        boundary = bodies.boundary_of(headers.get("content-type", ""))
+        try:
+            if boundary is not None:
+                fields = bodies.form_fields(raw, boundary, FORM_MODEL)
+                return {k: v.decode("utf-8", errors="replace") for k, v in fields.items()}
+            if headers.get("content-encoding", "").strip().lower() == "zstd":
+                raw = bodies.unzstd(raw, min(bodies.ZSTD_LIMIT, self.settings.max_body))
+        except bodies.DecodedTooLarge as exc:
+            raise BodyTooLarge(str(exc)) from None
+        except bodies.BodyDecodeError as exc:
+            raise BadRequest(str(exc)) from None
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except (ValueError, RecursionError):
+            return None
+        return body if isinstance(body, dict) else None
 
     async def inventory(self) -> inv.Inventory:
         """The freshest usable inventory, or ControlPlaneDown."""
@@ -420,7 +431,7 @@ class EdgeApp:
             model="-",
             api=0,
             route=path,
-            openai=False,
+            dialect=OLLAMA,
             not_found="",
             node_id=node_id,
         )

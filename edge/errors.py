@@ -8,13 +8,15 @@
     ├── ControlPlaneDown       503  (no control plane answers and no usable inventory)
     └── UpstreamFailed         502/504  (every host tried failed before the first byte)
 
-/api routes answer ``{"error": message}``; /v1 routes answer OpenAI's
-``{"error": {"message", "type", "param", "code"}}``.
+Each route answers in its own API's shape (its dialect): /api routes Ollama's
+``{"error": message}``; /v1 routes OpenAI's ``{"error": {"message", "type", "param", "code"}}``;
+/v1/messages Anthropic's ``{"type": "error", "error": {"type", "message"}, "request_id"}``.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 
 from starlette.responses import Response
 
@@ -62,24 +64,49 @@ class UpstreamTimeout(UpstreamFailed):
     status = 504
 
 
+OLLAMA, OPENAI, ANTHROPIC = "ollama", "openai", "anthropic"
 _OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
-def error_body(status: int, message: str, *, openai: bool) -> bytes:
-    if openai:
+def dialect_of(path: str) -> str:
+    """Which API's error shape a route answers in."""
+    if path == "/v1/messages":
+        return ANTHROPIC
+    return OPENAI if path.startswith("/v1/") else OLLAMA
+
+
+def error_body(status: int, message: str, *, dialect: str) -> bytes:
+    obj: object
+    if dialect == OPENAI:
         kind = _OPENAI_TYPES.get(status, "api_error")
-        obj: object = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        obj = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    elif dialect == ANTHROPIC:
+        obj = {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+            "request_id": "req_" + secrets.token_hex(12),
+        }
     else:
         obj = {"error": message}
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def error_response(error: EdgeError, *, openai: bool) -> Response:
+def error_response(error: EdgeError, *, dialect: str) -> Response:
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return Response(
-        error_body(error.status, error.message, openai=openai),
+        error_body(error.status, error.message, dialect=dialect),
         status_code=error.status,
         media_type=JSON_TYPE,
         headers=headers,

@@ -25,6 +25,8 @@ from starlette.types import Receive, Send
 
 from edge.cpclient import ControlPlaneClient, ControlPlaneUnavailable, PickRefused
 from edge.errors import (
+    ANTHROPIC,
+    OPENAI,
     BadRequest,
     ControlPlaneDown,
     EdgeError,
@@ -67,7 +69,7 @@ class Call:
     model: str
     api: int
     route: str
-    openai: bool
+    dialect: str  # whose error shape: edge.errors.OLLAMA, OPENAI or ANTHROPIC
     not_found: str
     session_key: str = ""
     node_id: str = ""
@@ -152,7 +154,7 @@ class Proxy:
             lease, plane, targets = ("", "", given) if given else await self._route(call)
         except EdgeError as exc:
             result.status, result.outcome = exc.status, "rejected"
-            await error_response(exc, openai=call.openai)({"type": "http"}, _no_receive, send)
+            await error_response(exc, dialect=call.dialect)({"type": "http"}, _no_receive, send)
             return
         await self._attempts(call, send, result, lease, plane, targets)
 
@@ -283,7 +285,7 @@ class Proxy:
             await self._relay(call, send, result, response, target, started, lease, plane)
             return
         result.status, result.outcome = last_error.status, "upstream_failed"
-        await error_response(last_error, openai=call.openai)({"type": "http"}, _no_receive, send)
+        await error_response(last_error, dialect=call.dialect)({"type": "http"}, _no_receive, send)
 
     async def _relay(
         self,
@@ -349,7 +351,7 @@ class Proxy:
                 if isinstance(exc, TimeoutError)
                 else f"upstream host {target.node_id} failed mid-stream: {type(exc).__name__}"
             )
-            await self._end_with_error(send, content_type, message, call.openai, response)
+            await self._end_with_error(send, content_type, message, call.dialect, response)
         except asyncio.CancelledError:
             outcome = router_pb2.OUTCOME_CLIENT_CANCELLED
             raise
@@ -373,13 +375,15 @@ class Proxy:
         send: Send,
         content_type: str,
         message: str,
-        openai: bool,
+        dialect: str,
         response: httpx.Response | HostResponse,
     ) -> None:
         if "ndjson" in content_type:
             line = json.dumps({"error": message}).encode() + b"\n"
+        elif "event-stream" in content_type and dialect == ANTHROPIC:
+            line = b"event: error\ndata: " + error_body(500, message, dialect=dialect) + b"\n\n"
         elif "event-stream" in content_type:
-            line = b"data: " + error_body(500, message, openai=True) + b"\n\n"
+            line = b"data: " + error_body(500, message, dialect=OPENAI) + b"\n\n"
         else:
             # A fixed-length body cannot take an error line: cut the connection so the client
             # sees a failed response, never a silently truncated one.

@@ -67,3 +67,19 @@ def test_session_key_sources() -> None:
     )
     assert session_key(Headers({}), {}) == ""
     assert later == key  # every turn of one conversation shares its key
+
+
+def test_session_key_of_responses_and_anthropic_bodies() -> None:
+    """The Responses API's ``input`` items (and ``instructions``) and Anthropic's ``system``
+    key a conversation as chat messages do; a different system prompt is another one."""
+    opening = [{"role": "user", "content": "plan a trip"}]
+    later = [*opening, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "go"}]
+    first = session_key(Headers({}), {"instructions": "terse", "input": opening})
+    assert first.startswith("h:")
+    assert session_key(Headers({}), {"instructions": "terse", "input": later}) == first
+    assert session_key(Headers({}), {"instructions": "chatty", "input": later}) != first
+    text = session_key(Headers({}), {"input": "plan a trip"})
+    assert text.startswith("h:") and text != session_key(Headers({}), {"input": "other"})
+    claude = session_key(Headers({}), {"system": "be kind", "messages": later})
+    assert claude == session_key(Headers({}), {"system": "be kind", "messages": opening})
+    assert claude != session_key(Headers({}), {"messages": opening})

@@ -8,10 +8,12 @@ import contextlib
 import json
 from collections.abc import Iterator
 
+import anthropic
 import httpx
 import ollama
 import openai
 import pytest
+import zstandard
 from hops.v1 import admin_pb2
 
 from tests import procs
@@ -178,6 +180,55 @@ def test_unknown_route_oversized_body_and_wrong_method(shared: Fleet) -> None:
     assert too_big.status_code == 413 and "larger than" in too_big.json()["error"]
 
 
+def test_newer_routes_through_the_edge(shared: Fleet) -> None:
+    """Routes the edge has no entry for go to a host with the model they name: /v1/responses
+    (also with a zstd body, as Codex sends it), /v1/audio/transcriptions (the model in a form
+    field) and Anthropic's /v1/messages, whose errors from the edge itself come in its shape."""
+    base = shared.edge.url
+    oai = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+    raw = oai.responses.with_raw_response.create(model="llama3.2", input="hi")
+    assert raw.headers["x-hops-node"] and raw.parse().output_text
+    events = [e.type for e in oai.responses.create(model="llama3.2", input="hi", stream=True)]
+    assert events[0] == "response.created" and events[-1] == "response.completed"
+    body = json.dumps({"model": "llama3.2", "input": "hi"}).encode()
+    zstd = {"content-encoding": "zstd", "content-type": "application/json"}
+    packed = httpx.post(
+        base + "/v1/responses",
+        content=zstandard.ZstdCompressor().compress(body),
+        headers=zstd,
+        timeout=30,
+    )
+    assert packed.status_code == 200 and packed.headers["x-hops-node"]
+    assert packed.json()["output"][0]["content"][0]["text"]
+    garbled = httpx.post(base + "/v1/responses", content=b"\x28\xb5\x2f\xfd junk", headers=zstd)
+    assert garbled.status_code == 400
+    assert garbled.json()["error"]["message"].startswith("invalid zstd body")
+    bomb = zstandard.ZstdCompressor().compress(b" " * (21 * 1024**2))
+    too_big = httpx.post(base + "/v1/responses", content=bomb, headers=zstd, timeout=30)
+    assert too_big.status_code == 413 and "larger than" in too_big.json()["error"]["message"]
+
+    audio = ("a.wav", b"RIFF\x00\x00\x00\x00WAVE" + bytes(100), "audio/wav")
+    heard = oai.audio.transcriptions.with_raw_response.create(model="llama3.2", file=audio)
+    assert heard.headers["x-hops-node"] and heard.parse().text
+
+    claude = anthropic.Anthropic(base_url=base, api_key="unused", max_retries=0)
+    turns = [{"role": "user", "content": "hello"}]
+    reply = claude.messages.create(model="llama3.2", max_tokens=50, messages=turns)
+    assert reply.content[0].type == "text" and reply.content[0].text
+    with claude.messages.stream(model="llama3.2", max_tokens=50, messages=turns) as stream:
+        assert "".join(stream.text_stream)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude.messages.create(model="nowhere:1b", max_tokens=5, messages=turns)
+    assert missing.value.body["type"] == "error"  # the edge's answer, in Anthropic's shape
+    assert missing.value.body["error"] == {
+        "type": "not_found_error",
+        "message": "model 'nowhere:1b' not found",
+    }
+    with pytest.raises(openai.NotFoundError):
+        oai.audio.transcriptions.create(model="nowhere:1b", file=audio)
+    wait_until(lambda: shared.open_leases() == 0, 2.0, "leases closed by their reports")
+
+
 def test_client_disconnect_cancels_on_the_host_within_a_second() -> None:
     endless = ["--time-scale", "1", "--response-tokens", "100000-100000"]
     with fleet.whole_fleet({"big": endless}) as running:
@@ -263,6 +314,14 @@ def test_host_dropping_mid_stream_gives_a_clean_error_line() -> None:
         assert len(lines) == 3 and "error" in lines[-1] and "mid-stream" in lines[-1]["error"]
         with pytest.raises(ollama.ResponseError, match="mid-stream"):
             list(ollama.Client(host=running.edge.url).generate("llama3.2", "x", stream=True))
+        # Anthropic's stream gets its own error event, which its client raises.
+        claude = anthropic.Anthropic(base_url=running.edge.url, api_key="unused", max_retries=0)
+        turns = [{"role": "user", "content": "x"}]
+        with (
+            pytest.raises(anthropic.APIStatusError, match="mid-stream"),
+            claude.messages.stream(model="llama3.2", max_tokens=50, messages=turns) as stream,
+        ):
+            list(stream.text_stream)
         wait_until(lambda: running.open_leases() == 0, 1.0, "leases released")
 
 
