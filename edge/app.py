@@ -83,6 +83,24 @@ ROUTED: dict[str, Routed] = {
 }
 # Other POST routes whose model is in a multipart form field, not a JSON body.
 FORM_MODEL = frozenset({"model"})
+KNOWN_ROUTES = frozenset(
+    {
+        *ROUTED,
+        "/",
+        "/api/version",
+        "/api/tags",
+        "/api/ps",
+        "/api/pull",
+        "/api/push",
+        "/api/create",
+        "/api/delete",
+        "/api/copy",
+        "/v1/models",
+        "/v1/responses",  # newer Ollama routes, reached as unknown POSTs naming a model
+        "/v1/messages",
+        "/v1/audio/transcriptions",
+    }
+)
 NODE_ONLY = {"/api/create": "POST", "/api/push": "POST"}
 BLOBS = re.compile(r"/api/blobs/(?P<digest>[^/]+)")
 V1_MODEL = re.compile(r"/v1/models/(?P<model>[^/]+)")
@@ -453,20 +471,25 @@ class EdgeApp:
             result.outcome,
             ";".join(result.reasons) or "-",
         )
-        self.metrics.requests.labels(
-            path if path in ROUTED else _route_label(path), model, result.node, str(result.status)
-        ).inc()
+        route = _route_label(path)
+        # A name no host has is the client's to make up: one label for all of them.
+        shown = model if result.status != 404 else "-"
+        self.metrics.requests.labels(route, shown, result.node, str(result.status)).inc()
         if result.ttfb:
-            self.metrics.ttfb.labels(path).observe(result.ttfb)
-        self.metrics.duration.labels(path).observe(elapsed)
+            self.metrics.ttfb.labels(route).observe(result.ttfb)
+        self.metrics.duration.labels(route).observe(elapsed)
 
 
 def _route_label(path: str) -> str:
+    """The route as a metrics label: a known route, else "other" (a label per path a client
+    makes up would grow the metrics without bound)."""
+    if path in KNOWN_ROUTES:
+        return path
     if BLOBS.fullmatch(path):
         return "/api/blobs/{digest}"
     if V1_MODEL.fullmatch(path):
         return "/v1/models/{model}"
-    return path if path.startswith(("/api/", "/v1/")) or path == "/" else "other"
+    return "other"
 
 
 async def _stream_body(receive: Receive) -> Any:

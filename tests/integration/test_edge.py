@@ -229,6 +229,17 @@ def test_newer_routes_through_the_edge(shared: Fleet) -> None:
     wait_until(lambda: shared.open_leases() == 0, 2.0, "leases closed by their reports")
 
 
+def test_metrics_label_made_up_routes_and_models_as_one(shared: Fleet) -> None:
+    base = shared.edge.url
+    for i in range(3):
+        assert httpx.post(base + f"/api/made-up-{i}", json={"x": 1}).status_code == 404
+        missing = httpx.post(base + "/api/generate", json={"model": f"invented-{i}"})
+        assert missing.status_code == 404
+    text = httpx.get(base + "/metrics").text
+    assert "made-up" not in text and "invented" not in text
+    assert 'route="other"' in text
+
+
 def test_client_disconnect_cancels_on_the_host_within_a_second() -> None:
     endless = ["--time-scale", "1", "--response-tokens", "100000-100000"]
     with fleet.whole_fleet({"big": endless}) as running:
