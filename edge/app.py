@@ -316,8 +316,8 @@ class EdgeApp:
             if boundary is not None:
                 fields = bodies.form_fields(raw, boundary, FORM_MODEL)
                 return {k: v.decode("utf-8", errors="replace") for k, v in fields.items()}
-            if headers.get("content-encoding", "").strip().lower() == "zstd":
-                raw = bodies.unzstd(raw, min(bodies.ZSTD_LIMIT, self.settings.max_body))
+            limit = min(bodies.ZSTD_LIMIT, self.settings.max_body)
+            raw = bodies.decoded(raw, headers.get("content-encoding", ""), limit)
         except bodies.DecodedTooLarge as exc:
             raise BodyTooLarge(str(exc)) from None
         except bodies.BodyDecodeError as exc:

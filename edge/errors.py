@@ -16,9 +16,10 @@ Each route answers in its own API's shape (its dialect): /api routes Ollama's
 from __future__ import annotations
 
 import json
-import secrets
 
 from starlette.responses import Response
+
+from hopscommon import apierrors
 
 JSON_TYPE = "application/json; charset=utf-8"
 
@@ -65,17 +66,6 @@ class UpstreamTimeout(UpstreamFailed):
 
 
 OLLAMA, OPENAI, ANTHROPIC = "ollama", "openai", "anthropic"
-_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error"}
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
 
 
 def dialect_of(path: str) -> str:
@@ -88,14 +78,9 @@ def dialect_of(path: str) -> str:
 def error_body(status: int, message: str, *, dialect: str) -> bytes:
     obj: object
     if dialect == OPENAI:
-        kind = _OPENAI_TYPES.get(status, "api_error")
-        obj = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        obj = apierrors.openai_error(status, message)
     elif dialect == ANTHROPIC:
-        obj = {
-            "type": "error",
-            "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
-            "request_id": "req_" + secrets.token_hex(12),
-        }
+        obj = apierrors.anthropic_error(status, message)
     else:
         obj = {"error": message}
     return json.dumps(obj, separators=(",", ":")).encode()

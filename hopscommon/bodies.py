@@ -21,6 +21,14 @@ class DecodedTooLarge(BodyDecodeError):
     """A compressed body that decodes to more than the limit."""
 
 
+def decoded(raw: bytes, content_encoding: str, limit: int = ZSTD_LIMIT) -> bytes:
+    """``raw`` as sent, or decompressed when its Content-Encoding is zstd (the one Ollama
+    decodes); other encodings are left to whoever reads the body."""
+    if content_encoding.strip().lower() != "zstd":
+        return raw
+    return unzstd(raw, limit)
+
+
 def unzstd(raw: bytes, limit: int = ZSTD_LIMIT) -> bytes:
     """``raw`` decompressed, refusing more than ``limit`` bytes of output (a small body can
     expand without bound); a frame without its size in the header is streamed to the limit."""

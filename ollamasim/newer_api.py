@@ -19,23 +19,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from hopscommon import bodies
-from ollamasim.errors import BadRequest, NotFound, SimError
+from hopscommon import apierrors, bodies
+from ollamasim.errors import BadRequest, SimError
 from ollamasim.host import Host, Metrics, Piece
 from ollamasim.inference import collect, first_piece, request_faults, stream
 from ollamasim.native import chat_request
+from ollamasim.openai_api import lookup
 from ollamasim.wire import SSE_TYPE, dumps, json_response
-
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
 
 
 class TooLarge(SimError):
@@ -43,27 +33,11 @@ class TooLarge(SimError):
 
 
 def anthropic_error(status: int, message: str) -> Response:
-    return json_response(
-        {
-            "type": "error",
-            "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
-            "request_id": "req_" + secrets.token_hex(12),
-        },
-        status,
-    )
+    return json_response(apierrors.anthropic_error(status, message), status)
 
 
 def _sse(event: str, obj: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {dumps({'type': event, **obj})}\n\n".encode()
-
-
-def _spec(host: Host, raw: str) -> Any:
-    if not raw:
-        raise BadRequest("model is required")
-    found = host.find(raw)
-    if found is None:
-        raise NotFound(f"model '{raw}' not found")
-    return found.spec
 
 
 def _model(data: dict[str, Any]) -> str:
@@ -101,6 +75,14 @@ def _native_tools(tools: Any, name_key: str, schema_key: str) -> list[dict[str, 
     ]
 
 
+def _native(options: dict[str, Any], think: bool, tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """A native chat body's settings: these routes think only when asked to."""
+    native: dict[str, Any] = {"options": options, "think": think}
+    if tools:
+        native["tools"] = tools
+    return native
+
+
 def _arguments(call: dict[str, Any]) -> dict[str, Any]:
     args = call.get("function", {}).get("arguments", {})
     return args if isinstance(args, dict) else {}
@@ -110,14 +92,12 @@ def _arguments(call: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _responses_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if request.headers.get("content-encoding", "").strip().lower() == "zstd":
-        try:
-            raw = bodies.unzstd(raw)
-        except bodies.DecodedTooLarge as exc:
-            raise TooLarge(str(exc)) from None
-        except bodies.BodyDecodeError as exc:
-            raise BadRequest(str(exc)) from None
+    try:
+        raw = bodies.decoded(await request.body(), request.headers.get("content-encoding", ""))
+    except bodies.DecodedTooLarge as exc:
+        raise TooLarge(str(exc)) from None
+    except bodies.BodyDecodeError as exc:
+        raise BadRequest(str(exc)) from None
     try:
         data = json.loads(raw) if raw.strip() else None
     except (ValueError, RecursionError):
@@ -156,14 +136,9 @@ def _responses_native(data: dict[str, Any]) -> dict[str, Any]:
     limit = data.get("max_output_tokens")
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         options["num_predict"] = limit
-    native: dict[str, Any] = {"options": options, "think": False}
     reasoning = data.get("reasoning")
-    if isinstance(reasoning, dict) and reasoning.get("effort") not in (None, "none"):
-        native["think"] = True
-    tools = _native_tools(data.get("tools"), "name", "parameters")
-    if tools:
-        native["tools"] = tools
-    return native
+    think = isinstance(reasoning, dict) and reasoning.get("effort") not in (None, "none")
+    return _native(options, think, _native_tools(data.get("tools"), "name", "parameters"))
 
 
 class _ResponseItems:
@@ -304,7 +279,7 @@ class _ResponseItems:
 async def responses(request: Request, host: Host) -> Response:
     data = await _responses_body(request)
     raw = _model(data)
-    spec = _spec(host, raw)
+    spec = lookup(host, raw)
     req = chat_request(host, _responses_native(data), raw, spec, _responses_messages(data))
     streaming = data.get("stream") is True
     drop = await request_faults(request, host)
@@ -375,14 +350,10 @@ def _anthropic_messages(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _anthropic_native(data: dict[str, Any]) -> dict[str, Any]:
-    native: dict[str, Any] = {"options": {"num_predict": data["max_tokens"]}, "think": False}
     thinking = data.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        native["think"] = True
+    think = isinstance(thinking, dict) and thinking.get("type") == "enabled"
     tools = _native_tools(data.get("tools"), "name", "input_schema")
-    if tools:
-        native["tools"] = tools
-    return native
+    return _native({"num_predict": data["max_tokens"]}, think, tools)
 
 
 class _Blocks:
@@ -464,7 +435,7 @@ async def messages(request: Request, host: Host) -> Response:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
         raise BadRequest("max_tokens is required and must be positive")
     turns = _anthropic_messages(data)
-    spec = _spec(host, raw)
+    spec = lookup(host, raw)
     req = chat_request(host, _anthropic_native(data), raw, spec, turns)
     streaming = data.get("stream") is True
     drop = await request_faults(request, host)
@@ -547,7 +518,7 @@ async def transcriptions(request: Request, host: Host) -> Response:
         raise BadRequest("model is required")
     if not fields.get("file"):
         raise BadRequest("file is required")
-    spec = _spec(host, model)
+    spec = lookup(host, model)
     prompt = text.get("prompt") or "Transcribe this audio."
     turns = [{"role": "user", "content": f"{prompt} [audio, {len(fields['file'])} bytes]"}]
     req = chat_request(host, {"think": False}, model, spec, turns)

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from hopscommon import names
+from hopscommon import apierrors, names
 from ollamasim import textgen
 from ollamasim.errors import BadRequest, NotFound
 from ollamasim.host import Host, Metrics, Piece
@@ -29,10 +29,7 @@ FINGERPRINT = "fp_ollama"
 
 
 def openai_error(status: int, message: str) -> Response:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return json_response(
-        {"error": {"message": message, "type": kind, "param": None, "code": None}}, status
-    )
+    return json_response(apierrors.openai_error(status, message), status)
 
 
 def _event(obj: Any) -> bytes:
@@ -86,7 +83,7 @@ def _flatten_content(messages: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _lookup(host: Host, raw: str) -> Any:
+def lookup(host: Host, raw: str) -> Any:
     if not raw:
         raise BadRequest("model is required")
     found = host.find(raw)
@@ -131,7 +128,7 @@ async def chat_completions(request: Request, host: Host) -> Response:
     messages = typed(data, "messages", list, "ChatCompletionRequest") or []
     if not messages:
         raise BadRequest("[] is too short - 'messages'")
-    spec = _lookup(host, raw)
+    spec = lookup(host, raw)
     native = _native_body(data)
     req = chat_request(host, native, raw, spec, _flatten_content(messages))
     streaming = typed(data, "stream", bool, "ChatCompletionRequest") is True
@@ -210,7 +207,7 @@ async def completions(request: Request, host: Host) -> Response:
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
         raise BadRequest("invalid prompt: a string is required")
-    spec = _lookup(host, raw)
+    spec = lookup(host, raw)
     native = _native_body(data)
     native.pop("tools", None)
     req = chat_request(host, native, raw, spec, [{"role": "user", "content": prompt}])
@@ -275,7 +272,7 @@ async def embeddings(request: Request, host: Host) -> Response:
     encoding = data.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise BadRequest(f"invalid encoding format: {encoding!r}")
-    spec = _lookup(host, raw)
+    spec = lookup(host, raw)
     dims = typed(data, "dimensions", int, "EmbedRequest")
     await request_faults(request, host)
     metrics = Metrics()
