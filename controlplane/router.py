@@ -32,6 +32,7 @@ from controlplane.policies.base import (
     evictions_needed,
     fits_evicting_idle,
 )
+from hopscommon import names
 
 log = logging.getLogger("hops.controlplane")
 EWMA_ALPHA = 0.3
@@ -360,7 +361,8 @@ class Router:
         total = node.vram_total if on_gpu else snapshot.system_memory_total_bytes
         free = node.vram_free if on_gpu else snapshot.system_memory_free_bytes
         evicting = node.evicting
-        loaded = key in node.loaded_by_key and key not in evicting
+        # A cloud model runs on ollama.com: always ready, never loaded or evicted here.
+        loaded = (key in node.loaded_by_key and key not in evicting) or names.is_cloud(key)
         idle = idle_count = 0
         idle_models: list[tuple[float, str, int]] = []
         for loaded_key, model in node.loaded_by_key.items():

@@ -1,9 +1,12 @@
 """Ollama model names, parsed and shown the way Ollama does (types/model/name.go).
 
 Grammar: ``[scheme://][host/][namespace/]model[:tag]``. Defaults: host ``registry.ollama.ai``,
-namespace ``library``, tag ``latest``. The display form drops a default host and namespace and
-always keeps the tag (``llama3`` -> ``llama3:latest``). Matching is case-insensitive, so lookups use
-:func:`match_key`; answers echo the caller's spelling.
+namespace ``library``, tag ``latest``. A ``:local`` suffix asks for the local model of that name
+(it is dropped); a ``:cloud`` suffix after a tag names the same cloud model as a ``-cloud`` tag
+(``gpt-oss:20b:cloud`` is ``gpt-oss:20b-cloud``); both suffixes at once are invalid. The display
+form drops a default host and namespace and always keeps the tag (``llama3`` ->
+``llama3:latest``). Matching is case-insensitive, so lookups use :func:`match_key`; answers echo
+the caller's spelling.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def parse(raw: str) -> ModelName | None:
     text = raw.strip()
     if "://" in text:
         text = text.split("://", 1)[1]
+    text = _without_suffix(text)
     if not text or "@" in text:
         return None
     tag = DEFAULT_TAG
@@ -75,6 +79,33 @@ def parse(raw: str) -> ModelName | None:
     ):
         return None
     return ModelName(host=host, namespace=namespace, model=model, tag=tag)
+
+
+def _without_suffix(text: str) -> str:
+    """``text`` with a ``:local`` suffix dropped and a ``:cloud`` one after a tag folded into it
+    (``m:20b:cloud`` -> ``m:20b-cloud``); '' (invalid) when it carries both."""
+    folded = text.casefold()
+    if folded.endswith(":local"):
+        rest = text[: -len(":local")]
+        return "" if _cloud_tag(rest) or rest.casefold().endswith(":cloud") else rest
+    if folded.endswith(":cloud"):
+        rest = text[: -len(":cloud")]
+        if rest.rfind(":") > rest.rfind("/"):  # a tag before the suffix
+            return rest + "-cloud"
+    return text
+
+
+def _cloud_tag(text: str) -> bool:
+    colon = text.rfind(":")
+    return colon > text.rfind("/") and text[colon + 1 :].casefold().endswith("-cloud")
+
+
+@functools.lru_cache(maxsize=1024)
+def is_cloud(key: str) -> bool:
+    """Whether the model named by ``key`` runs on ollama.com, not on its host: its tag is
+    ``cloud`` or ends in ``-cloud``. Such a model takes no memory and never loads."""
+    name = parse(key)
+    return name is not None and (name.tag.casefold() == "cloud" or _cloud_tag(name.display))
 
 
 def normalize(raw: str) -> str | None:

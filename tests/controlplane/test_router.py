@@ -140,3 +140,25 @@ def test_cold_pick_is_marked_loading_and_candidates_know_what_is_loaded() -> Non
     warm_first = router.pick(_req())
     assert warm_first.ranked[0].candidate.node_id == "warm"
     assert "llama3.2:latest" not in fleet.nodes["warm"].loading
+
+
+def test_a_cloud_model_is_always_ready_and_evicts_nothing() -> None:
+    """A -cloud model runs on ollama.com: routing it marks no load and does not count the
+    host's resident models as about to be evicted (with memory_aware they would have been: the
+    host holds its three-model limit)."""
+    fleet = builders.fleet()
+    residents = ["a:latest", "b:latest", "c:latest"]
+    node = builders.add_node(
+        fleet, "h", models=[*residents, "gpt-oss:120b-cloud"], loaded=residents
+    )
+    router = builders.router(fleet, "memory_aware")
+    outcome = router.pick(_req("gpt-oss:120b-cloud"))
+    assert outcome.status is PickStatus.OK
+    chosen = outcome.ranked[0]
+    assert chosen.candidate.loaded and chosen.reason == "warm"
+    assert not node.loading and not node.evicting
+    assert router.pick(_req("gpt-oss:20b:cloud")).status is PickStatus.MODEL_NOT_FOUND
+    local = router.pick(_req("a:local"))  # the local model of that name
+    assert local.status is PickStatus.OK and local.ranked[0].reason == "warm"
+    local_cloud = router.pick(_req("gpt-oss:120b:cloud"))  # the same model as gpt-oss:120b-cloud
+    assert local_cloud.status is PickStatus.OK and local_cloud.ranked[0].candidate.loaded

@@ -35,3 +35,21 @@ def test_full_name_is_fully_qualified() -> None:
     parsed = names.parse("qwen2.5")
     assert parsed is not None
     assert parsed.full == "registry.ollama.ai/library/qwen2.5:latest"
+
+
+@pytest.mark.parametrize(
+    ("raw", "display", "cloud"),
+    [
+        ("qwen3:8b:local", "qwen3:8b", False),  # :local asks for the local model: dropped
+        ("llama3.2:LOCAL", "llama3.2:latest", False),
+        ("gpt-oss:120b-cloud", "gpt-oss:120b-cloud", True),
+        ("gpt-oss:120b:cloud", "gpt-oss:120b-cloud", True),  # the same cloud model
+        ("kimi-k2:cloud", "kimi-k2:cloud", True),
+        ("x:cloud:local", None, False),  # both suffixes: invalid
+        ("x:1b-cloud:local", None, False),
+        ("llama3.2", "llama3.2:latest", False),
+    ],
+)
+def test_local_and_cloud_suffixes(raw: str, display: str | None, cloud: bool) -> None:
+    assert names.normalize(raw) == display
+    assert names.is_cloud(names.match_key(raw) or "") is cloud

@@ -229,6 +229,14 @@ def test_newer_routes_through_the_edge(shared: Fleet) -> None:
     wait_until(lambda: shared.open_leases() == 0, 2.0, "leases closed by their reports")
 
 
+def test_a_local_suffix_reaches_the_local_model(shared: Fleet) -> None:
+    """Ollama drops a ``:local`` suffix (it forces the local model over a cloud one)."""
+    client = ollama.Client(host=shared.edge.url)
+    reply = client.generate("llama3.2:local", "hi")
+    assert reply.response and reply.model == "llama3.2:local"  # echoed as sent
+    wait_until(lambda: shared.open_leases() == 0, 2.0, "lease closed by its report")
+
+
 def test_metrics_label_made_up_routes_and_models_as_one(shared: Fleet) -> None:
     base = shared.edge.url
     for i in range(3):
