@@ -108,12 +108,16 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[Result | None]]
 
 
 def session_key(headers: Headers, body: dict[str, Any]) -> str:
-    """X-Hops-Session, else Open WebUI's chat id, else a hash of the conversation's start: its
+    """X-Hops-Session, else Open WebUI's chat id, else OpenAI's ``prompt_cache_key``, else a hash
+    of the conversation's start: its
     system prompt (Anthropic's ``system``, the Responses API's ``instructions``) and messages
     (or Responses ``input`` items) up to the first user turn, or the prompt (or ``input`` text)."""
     explicit = headers.get("x-hops-session") or headers.get("x-openwebui-chat-id")
     if explicit:
         return explicit[:200]
+    cache_key = body.get("prompt_cache_key")  # OpenAI's own affinity hint (Responses, chat)
+    if isinstance(cache_key, str) and cache_key:
+        return "p:" + cache_key[:200]
     system = body.get("system") or body.get("instructions") or ""
     messages = body.get("messages") or body.get("input")
     prompt = body.get("prompt") or body.get("input")

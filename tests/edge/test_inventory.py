@@ -83,3 +83,12 @@ def test_session_key_of_responses_and_anthropic_bodies() -> None:
     claude = session_key(Headers({}), {"system": "be kind", "messages": later})
     assert claude == session_key(Headers({}), {"system": "be kind", "messages": opening})
     assert claude != session_key(Headers({}), {"messages": opening})
+
+
+def test_session_key_from_openai_prompt_cache_key() -> None:
+    """OpenAI's ``prompt_cache_key`` (a client's key for one conversation) keys the session, so a
+    conversation whose opening changes (compacted history) keeps its host."""
+    one = session_key(Headers({}), {"prompt_cache_key": "conv-1", "input": "a"})
+    assert one == session_key(Headers({}), {"prompt_cache_key": "conv-1", "input": "b"})
+    assert one != session_key(Headers({}), {"prompt_cache_key": "conv-2", "input": "a"})
+    assert session_key(Headers({"x-hops-session": "s"}), {"prompt_cache_key": "conv-1"}) == "s"
