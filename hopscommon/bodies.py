@@ -62,7 +62,7 @@ def boundary_of(content_type: str) -> bytes | None:
 
 def form_fields(body: bytes, boundary: bytes, names: frozenset[str]) -> dict[str, bytes]:
     """The values of the multipart form fields ``names`` in ``body`` (files included, as bytes),
-    found by scanning for the boundary: no copy of a large file part is made."""
+    found by scanning for the boundary, up to the last of them."""
     delimiter = b"--" + boundary
     found: dict[str, bytes] = {}
     start = body.find(delimiter)
@@ -79,6 +79,8 @@ def form_fields(body: bytes, boundary: bytes, names: frozenset[str]) -> dict[str
         name = _part_name(body[start:head_end])
         if name in names and name not in found:
             found[name] = body[head_end + 4 : end]
+            if len(found) == len(names):  # the rest (an audio file, say) need not be scanned
+                return found
         start = end + 2
 
 

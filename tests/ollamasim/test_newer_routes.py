@@ -11,7 +11,9 @@ import openai
 import pytest
 import zstandard
 
+from ollamasim.catalogue import CATALOGUE
 from ollamasim.server import SimServer
+from tests.simfixtures import SimFactory
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
@@ -129,3 +131,32 @@ async def test_anthropic_tool_use(claude: anthropic.AsyncAnthropic) -> None:
     )
     uses = [b for b in reply.content if b.type == "tool_use"]
     assert reply.stop_reason == "tool_use" and uses and uses[0].name == "get_weather"
+
+
+async def test_thinking_comes_first_in_both_apis(start_sim: SimFactory) -> None:
+    """Asked to reason, a thinking model's reply opens with a reasoning item (Responses) or a
+    thinking block (Messages), then the text; the clients' stream helpers rebuild the same."""
+    sim = await start_sim(models=(CATALOGUE["qwen3:8b"],))
+    oai = openai.AsyncOpenAI(base_url=sim.url + "/v1", api_key="unused", max_retries=0)
+    whole = await oai.responses.create(model="qwen3:8b", input="hm", reasoning={"effort": "low"})
+    assert [item.type for item in whole.output] == ["reasoning", "message"]
+    async with oai.responses.stream(
+        model="qwen3:8b", input="hm", reasoning={"effort": "low"}
+    ) as stream:
+        rebuilt = await stream.get_final_response()
+    assert rebuilt.output_text == whole.output_text
+    plain = await oai.responses.create(model="qwen3:8b", input="hm")
+    assert [item.type for item in plain.output] == ["message"]  # no reasoning unless asked
+
+    claude = anthropic.AsyncAnthropic(base_url=sim.url, api_key="unused", max_retries=0)
+    thinking = {"type": "enabled", "budget_tokens": 100}
+    turns = [{"role": "user", "content": "hm"}]
+    reply = await claude.messages.create(
+        model="qwen3:8b", max_tokens=400, messages=turns, thinking=thinking
+    )
+    assert [block.type for block in reply.content] == ["thinking", "text"]
+    async with claude.messages.stream(
+        model="qwen3:8b", max_tokens=400, messages=turns, thinking=thinking
+    ) as stream:
+        final = await stream.get_final_message()
+    assert [block.type for block in final.content] == ["thinking", "text"]
