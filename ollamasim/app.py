@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from ollamasim import control, native, newer_api, openai_api
+from ollamasim import control, create, native, newer_api, openai_api
 from ollamasim.errors import SimError
 from ollamasim.host import Host
 from ollamasim.settings import SimSettings
@@ -48,6 +48,7 @@ def _table() -> dict[str, dict[str, Route]]:
         "/api/pull": {"POST": Route(native.pull)},
         "/api/delete": {"DELETE": Route(native.delete)},
         "/api/copy": {"POST": Route(native.copy)},
+        "/api/create": {"POST": Route(create.create)},
         "/v1/chat/completions": {"POST": Route(openai_api.chat_completions, OPENAI)},
         "/v1/completions": {"POST": Route(openai_api.completions, OPENAI)},
         "/v1/embeddings": {"POST": Route(openai_api.embeddings, OPENAI)},
@@ -69,6 +70,10 @@ def _table() -> dict[str, dict[str, Route]]:
 
 _PATTERNS: list[tuple[re.Pattern[str], dict[str, Route]]] = [
     (re.compile(r"/v1/models/(?P<model>[^/]+)"), {"GET": Route(openai_api.model, OPENAI)}),
+    (
+        re.compile(r"/api/blobs/(?P<digest>[^/]+)"),
+        {"HEAD": Route(create.blob_exists), "POST": Route(create.upload_blob)},
+    ),
 ]
 
 

@@ -105,6 +105,7 @@ class Host:
             else [s for s in (lookup(n) for n in self.profile.models) if s is not None]
         )
         self.installed: dict[str, Installed] = {}
+        self.blobs: dict[str, int] = {}  # uploaded blobs: digest -> size
         for age, spec in enumerate(specs):
             self.installed[names.match_key(spec.name) or spec.name] = Installed(spec, now - age)
         default_ctx = settings.context_length or 4096

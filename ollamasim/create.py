@@ -1,0 +1,95 @@
+"""Making models on a host: blob uploads (``HEAD``/``POST /api/blobs/{digest}``) and
+``POST /api/create`` from an installed model (``from``) or from uploaded blobs (``files``), with
+Ollama's progress lines.
+
+A blob is kept as its digest and size (the bytes are checked, not stored). A model made from
+files is sized by them and otherwise a generic llama-family completion model: the simulator does
+not read GGUF metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import replace
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from hopscommon import names
+from ollamasim.catalogue import parse_model_arg
+from ollamasim.errors import BadRequest, NotFound
+from ollamasim.host import Host
+from ollamasim.wire import NDJSON_TYPE, dumps, json_response, read_json, typed
+
+DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
+LAYERS = ("system", "template", "parameters", "license", "messages", "adapters")
+
+
+def _digest(raw: str) -> str:
+    """``sha256:<hex>`` (lower-case) for a valid blob digest, else BadRequest."""
+    match = DIGEST.fullmatch(raw)
+    if match is None:
+        raise BadRequest("invalid digest format")
+    return "sha256:" + match.group(1).lower()
+
+
+async def blob_exists(request: Request, host: Host) -> Response:
+    found = _digest(request.path_params["digest"]) in host.blobs
+    return Response(b"", status_code=200 if found else 404)
+
+
+async def upload_blob(request: Request, host: Host) -> Response:
+    digest = _digest(request.path_params["digest"])
+    if digest in host.blobs:
+        return Response(b"", status_code=200)
+    hasher, size = hashlib.sha256(), 0
+    async for chunk in request.stream():
+        hasher.update(chunk)
+        size += len(chunk)
+    if "sha256:" + hasher.hexdigest() != digest:
+        raise BadRequest("digest mismatch")
+    host.blobs[digest] = size
+    return Response(b"", status_code=201)
+
+
+async def create(request: Request, host: Host) -> Response:
+    data = await read_json(request, "CreateRequest")
+    raw = typed(data, "model", str, "CreateRequest") or typed(data, "name", str, "CreateRequest")
+    if not raw:
+        raise BadRequest("model is required")
+    shown = names.normalize(raw)
+    if shown is None:
+        raise BadRequest("invalid model name")
+    source = typed(data, "from", str, "CreateRequest") or ""
+    files = typed(data, "files", dict, "CreateRequest") or {}
+    statuses: list[dict[str, Any]] = []
+    if source:
+        base = host.find(source)
+        if base is None:
+            raise NotFound(f"model '{source}' not found")
+        spec = base.spec
+        statuses.append({"status": f"using existing layer sha256:{spec.digest}"})
+    elif files:
+        digests = [_digest(str(d)) for d in files.values()]
+        missing = [d for d in digests if d not in host.blobs]
+        if missing:
+            raise BadRequest(f"blob {missing[0]} not found: upload it first")
+        spec = parse_model_arg(f"{shown}={sum(host.blobs[d] for d in digests)}B")
+        statuses.append({"status": "parsing GGUF"})
+        statuses += [{"status": f"using existing layer {d}"} for d in digests]
+    else:
+        raise BadRequest("neither 'from' nor 'files' was specified")
+    layered = any(data.get(key) for key in LAYERS)
+    digest = hashlib.sha256(f"{spec.digest}/{shown}/{dumps(data)}".encode()).hexdigest()
+    if layered:  # new layers make a new model; a bare rename shares the base's runner
+        spec = replace(spec, digest=digest)
+        statuses.append({"status": f"creating new layer sha256:{digest}"})
+    statuses += [{"status": "writing manifest"}, {"status": "success"}]
+    host.install(spec.renamed(shown))
+    if typed(data, "stream", bool, "CreateRequest") is False:
+        return json_response({"status": "success"})
+    return StreamingResponse(
+        iter([(dumps(line) + "\n").encode() for line in statuses]), media_type=NDJSON_TYPE
+    )

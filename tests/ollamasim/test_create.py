@@ -1,0 +1,49 @@
+"""Making models on the simulator through the real ollama client: blobs, and creates from a
+model or from uploaded files, with Ollama's progress lines and errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from ollamasim.server import SimServer
+
+
+async def test_create_from_a_model_and_from_files(sim: SimServer, tmp_path: Path) -> None:
+    client = ollama.AsyncClient(host=sim.url)
+    lines = [p.status async for p in await client.create("mine", from_="llama3.2", stream=True)]
+    assert lines[0].startswith("using existing layer sha256:")
+    assert lines[-2:] == ["writing manifest", "success"]
+    assert (await client.show("mine")).details.family == "llama"
+    assert (await client.generate("mine", "hi")).response
+
+    weights = tmp_path / "w.gguf"
+    weights.write_bytes(b"GGUF" + bytes(3000))
+    digest = await client.create_blob(weights)
+    assert digest == "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
+    made = await client.create("fromfile", files={"w.gguf": digest})
+    assert made.status == "success"
+    assert "fromfile:latest" in {m.model for m in (await client.list()).models}
+
+
+async def test_blob_and_create_errors(http: httpx.AsyncClient, sim: SimServer) -> None:
+    good = "sha256:" + hashlib.sha256(b"abc").hexdigest()
+    assert (await http.head(f"/api/blobs/{good}")).status_code == 404
+    assert (await http.post(f"/api/blobs/{good}", content=b"abc")).status_code == 201
+    assert (await http.post(f"/api/blobs/{good}", content=b"abc")).status_code == 200  # has it
+    assert (await http.head(f"/api/blobs/{good}")).status_code == 200
+    wrong = "sha256:" + "1" * 64
+    assert (await http.post(f"/api/blobs/{wrong}", content=b"abc")).status_code == 400
+    assert (await http.post("/api/blobs/md5:abc", content=b"abc")).status_code == 400
+    client = ollama.AsyncClient(host=sim.url)
+    with pytest.raises(ollama.ResponseError) as missing:
+        await client.create("x", from_="ghost")
+    assert missing.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as unknown_blob:
+        await client.create("x", files={"a.gguf": wrong})
+    assert unknown_blob.value.status_code == 400
+    assert (await http.post("/api/create", json={"model": "x"})).status_code == 400
