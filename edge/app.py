@@ -40,7 +40,7 @@ from edge.errors import (
     error_response,
 )
 from edge.metrics import EdgeMetrics
-from edge.proxy import Call, Proxy, Result, Target
+from edge.proxy import Call, Proxy, Result, StreamedBody, Target
 from edge.settings import EdgeSettings
 from edge.upstream import Upstream, request_headers, with_host_headers
 from hopscommon import bodies, names
@@ -443,7 +443,7 @@ class EdgeApp:
         if node is None:
             raise ModelNotFound(f"node '{node_id}' is not connected")
         streamed = BLOBS.fullmatch(path) is not None and method == "POST"
-        body: bytes | Any = _stream_body(receive) if streamed else await self._body(scope, receive)
+        body: bytes | Any = StreamedBody(receive) if streamed else await self._body(scope, receive)
         call = Call(
             method=method,
             path=path,
@@ -494,16 +494,6 @@ def _route_label(path: str) -> str:
     if V1_MODEL.fullmatch(path):
         return "/v1/models/{model}"
     return "other"
-
-
-async def _stream_body(receive: Receive) -> Any:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        yield message.get("body", b"")
-        if not message.get("more_body"):
-            return
 
 
 def _json(payload: Any, status: int = 200) -> Response:

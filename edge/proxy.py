@@ -105,6 +105,30 @@ async def wait_disconnect(receive: Receive) -> None:
         pass
 
 
+class StreamedBody:
+    """A request body passed upstream as it arrives (a blob upload), not read first. The
+    client's messages are its chunks until the last one; ``done`` is set then (or when the
+    client leaves), and only after that may anyone else wait on them for a disconnect."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.done = asyncio.Event()
+
+    def __aiter__(self) -> StreamedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.done.is_set():
+            raise StopAsyncIteration
+        message = await self.receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            self.done.set()
+        if message["type"] == "http.disconnect":
+            raise StopAsyncIteration
+        chunk: bytes = message.get("body", b"")
+        return chunk
+
+
 class Proxy:
     def __init__(
         self,
@@ -132,6 +156,8 @@ class Proxy:
 
         async def watch() -> None:
             nonlocal gone
+            if isinstance(call.body, StreamedBody):
+                await call.body.done.wait()  # its messages are the body's until then
             await wait_disconnect(receive)
             gone = True
             task.cancel()

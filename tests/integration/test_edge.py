@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
 
@@ -421,6 +422,22 @@ def test_copy_and_delete_apply_to_every_host_with_the_model() -> None:
             3.0,
             "delete visible fleet-wide",
         )
+
+
+def test_a_blob_upload_streams_to_the_host_named() -> None:
+    """A blob goes to its host as it arrives, and the upload completes (the edge's disconnect
+    watcher used to take the body's messages, and the upload hung)."""
+    with fleet.whole_fleet({"a": []}) as running:
+        data = b"GGUF" + bytes(range(256)) * 40
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        sent = httpx.post(
+            running.edge.url + f"/api/blobs/{digest}",
+            content=iter([data[:5000], data[5000:]]),
+            headers={"X-Hops-Node": "a"},
+            timeout=10,
+        )
+        assert sent.status_code == 201
+        assert httpx.head(running.sim_url("a") + f"/api/blobs/{digest}").status_code == 200
 
 
 def test_a_host_that_never_answers_is_skipped_after_the_first_byte_timeout() -> None:
