@@ -27,6 +27,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from edge import inventory as inv
+from edge import placement
 from edge.cpclient import ControlPlaneClient
 from edge.errors import (
     OLLAMA,
@@ -36,6 +37,7 @@ from edge.errors import (
     ControlPlaneDown,
     EdgeError,
     ModelNotFound,
+    NoHealthyHost,
     dialect_of,
     error_response,
 )
@@ -205,6 +207,9 @@ class EdgeApp:
                 return await _plain(scope, receive, send, 405), "-"
             return await self._fan_out(scope, receive, send, path)
         if path in NODE_ONLY or BLOBS.fullmatch(path):
+            allowed = (NODE_ONLY[path],) if path in NODE_ONLY else ("HEAD", "POST")
+            if method not in allowed:
+                return await _plain(scope, receive, send, 405), "-"
             return await self._node_only(scope, receive, send, path, method), "-"
         if method == "POST":
             return await self._unknown_post(scope, receive, send, path)
@@ -431,34 +436,145 @@ class EdgeApp:
     async def _node_only(
         self, scope: Scope, receive: Receive, send: Send, path: str, method: str
     ) -> Result:
-        """/api/create, /api/push and blobs belong to one host: the one named by X-Hops-Node."""
+        """/api/create, /api/push and blobs belong to one host: the one named by X-Hops-Node, or,
+        when none is named, the one (or, for a create, each one) that has what they need."""
         node_id = Headers(scope=scope).get("x-hops-node", "")
-        if not node_id:
-            raise BadRequest(
-                f"{path} needs an X-Hops-Node header naming the host it is for "
-                "(see /api/ps or the admin ListNodes for host names)"
-            )
         current = await self.inventory()
+        blob = BLOBS.fullmatch(path)
+        if not node_id:
+            if blob is not None:
+                return await self._blob(scope, receive, send, current, blob.group("digest"))
+            return await self._placed(scope, receive, send, path, current)
         node = next((n for n in current.nodes if n.node_id == node_id), None)
         if node is None:
             raise ModelNotFound(f"node '{node_id}' is not connected")
-        streamed = BLOBS.fullmatch(path) is not None and method == "POST"
+        streamed = blob is not None and method == "POST"
         body: bytes | Any = StreamedBody(receive) if streamed else await self._body(scope, receive)
-        call = Call(
-            method=method,
-            path=path,
+        target = Target(node.node_id, node.ollama_url, "x-hops-node", node.headers)
+        return await self.proxy.handle(self._plain_call(scope, body), receive, send, [target])
+
+    def _plain_call(self, scope: Scope, body: bytes | Any) -> Call:
+        """A request for hosts given by the edge, not picked: no lease, Ollama's errors."""
+        return Call(
+            method=scope["method"],
+            path=scope["path"],
             query=scope.get("query_string", b""),
             headers=request_headers(scope["headers"]),
             body=body,
             model="-",
             api=0,
-            route=path,
+            route=scope["path"],
             dialect=OLLAMA,
             not_found="",
-            node_id=node_id,
         )
-        target = Target(node.node_id, node.ollama_url, "x-hops-node", node.headers)
-        return await self.proxy.handle(call, receive, send, targets=[target])
+
+    async def _blob(
+        self, scope: Scope, receive: Receive, send: Send, current: inv.Inventory, digest: str
+    ) -> Result:
+        """HEAD: whether any host has the blob. POST: nothing to do if one has it, else it goes
+        to the blob home, where the create that uses it will find it."""
+        routable = [n for n in current.nodes if n.routable]
+        holders = await placement.blob_holders(
+            self.upstream.client, routable, digest, request_headers(scope["headers"])
+        )
+        method = scope["method"]
+        if method == "HEAD" or holders:
+            status = 200 if holders else 404
+            await Response(b"", status_code=status)(scope, receive, send)
+            return Result(status=status, outcome="ok", route=scope["path"], node=_ids(holders))
+        home = placement.blob_home(current)
+        if home is None:
+            raise NoHealthyHost("no host can take the blob now", retry_after=2.0)
+        target = Target(home.node_id, home.ollama_url, "blob-home", home.headers)
+        call = self._plain_call(scope, StreamedBody(receive))
+        return await self.proxy.handle(call, receive, send, [target])
+
+    async def _placed(
+        self, scope: Scope, receive: Receive, send: Send, path: str, current: inv.Inventory
+    ) -> Result:
+        """A create goes to every routable host that has its ``from`` model and blobs (one
+        streams its progress; several are made one after another and answered together); a
+        push to the first routable host that has the model."""
+        raw = await self._body(scope, receive)
+        go_type = "CreateRequest" if path == "/api/create" else "PushRequest"
+        try:
+            body = decode_object(raw, go_type)
+        except BodyError as exc:
+            raise BadRequest(str(exc)) from None
+        routable = [n for n in current.nodes if n.routable]
+        if path == "/api/push":
+            model = body.get("model") or body.get("name")
+            key = names.match_key(model) if isinstance(model, str) else None
+            targets = [n for n in routable if key and n.has(key)]
+            if not targets:
+                raise ModelNotFound(f"model '{model}' not found")
+        else:
+            targets = await self._create_targets(scope, body, routable)
+        found = [Target(n.node_id, n.ollama_url, "has-model", n.headers) for n in targets]
+        call = self._plain_call(scope, raw)
+        if path == "/api/push" or len(found) == 1:
+            return await self.proxy.handle(call, receive, send, found)
+        return await self._create_on_each(scope, receive, send, raw, targets)
+
+    async def _create_targets(
+        self, scope: Scope, body: dict[str, Any], routable: list[inv.InventoryNode]
+    ) -> list[inv.InventoryNode]:
+        source, digests = placement.create_needs(body)
+        if source:
+            routable = [n for n in routable if n.has(source)]
+            if not routable:
+                raise ModelNotFound(f"model '{body.get('from')}' not found")
+        elif not digests:
+            raise BadRequest("neither 'from' nor 'files' was specified")
+        headers = request_headers(scope["headers"])
+        for digest in digests:
+            routable = await placement.blob_holders(self.upstream.client, routable, digest, headers)
+        if not routable:
+            raise BadRequest(
+                "no host has every blob this model is made from (upload them first, or name "
+                "the host that has them with X-Hops-Node)"
+            )
+        return routable
+
+    async def _create_on_each(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        raw: bytes,
+        nodes: list[inv.InventoryNode],
+    ) -> Result:
+        """The same create on several hosts, one after another; the client gets the first
+        host's answer if every host succeeded, else an error naming those that failed."""
+        headers = request_headers(scope["headers"])
+        answers, failures = [], []
+        for node in nodes:
+            try:
+                response = await self.upstream.client.post(
+                    node.ollama_url.rstrip("/") + "/api/create",
+                    content=raw,
+                    headers=with_host_headers(headers, node.headers),
+                    timeout=None,
+                )
+            except httpx.HTTPError as exc:
+                failures.append(f"{node.node_id}: {type(exc).__name__}")
+                continue
+            error = placement.progress_error(response)
+            if error:
+                failures.append(f"{node.node_id}: {error}")
+            else:
+                answers.append(response)
+        if failures:
+            raise EdgeError(
+                f"create failed on {len(failures)} of {len(nodes)} hosts: " + "; ".join(failures)
+            )
+        first = answers[0]
+        await Response(
+            first.content,
+            status_code=first.status_code,
+            media_type=first.headers.get("content-type"),
+        )(scope, receive, send)
+        return Result(status=first.status_code, outcome="ok", route="/api/create", node=_ids(nodes))
 
     def _log(self, method: str, path: str, model: str, result: Result, elapsed: float) -> None:
         log.info(
@@ -482,6 +598,10 @@ class EdgeApp:
         if result.ttfb:
             self.metrics.ttfb.labels(route).observe(result.ttfb)
         self.metrics.duration.labels(route).observe(elapsed)
+
+
+def _ids(nodes: list[inv.InventoryNode]) -> str:
+    return ",".join(n.node_id for n in nodes) or "-"
 
 
 def _route_label(path: str) -> str:

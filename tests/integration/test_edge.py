@@ -156,7 +156,21 @@ def test_fleet_wide_reads(shared: Fleet) -> None:
             },
         ),
         ("DELETE", "/api/delete", b'{"model": "ghost"}', 404, {"error": "model 'ghost' not found"}),
-        ("POST", "/api/create", b'{"model": "x"}', 400, None),
+        (
+            "POST",
+            "/api/create",
+            b'{"model": "x"}',
+            400,
+            {"error": "neither 'from' nor 'files' was specified"},
+        ),
+        ("POST", "/api/create", b'{"model": "x", "from": "ghost"}', 404, None),
+        (
+            "POST",
+            "/api/create",
+            b'{"model": "x", "files": {"a.gguf": "sha256:' + b"0" * 64 + b'"}}',
+            400,
+            None,
+        ),
     ],
 )
 def test_bad_input_gets_its_exact_answer_and_leaves_no_lease(
@@ -166,8 +180,10 @@ def test_bad_input_gets_its_exact_answer_and_leaves_no_lease(
     assert response.status_code == status
     if expected is not None:
         assert response.json() == expected
+    elif status == 404:
+        assert response.json() == {"error": "model 'ghost' not found"}
     else:
-        assert "X-Hops-Node" in response.json()["error"]
+        assert "X-Hops-Node" in response.json()["error"]  # how to say where the blobs are
     wait_until(lambda: shared.open_leases() == 0, 2.0, "leases closed by their reports")
 
 
@@ -422,6 +438,44 @@ def test_copy_and_delete_apply_to_every_host_with_the_model() -> None:
             3.0,
             "delete visible fleet-wide",
         )
+
+
+def test_ollama_create_works_without_naming_a_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The ollama client cannot send X-Hops-Node: a create from a model is made on every host
+    that has the model; uploaded blobs go to one host, the create made of them goes there; both
+    new models then serve through the edge. Blob lookups and pushes need no host named either."""
+    with fleet.whole_fleet({"a": [], "b": ["--profile", "gpu-8g"]}) as running:
+        client = ollama.Client(host=running.edge.url, timeout=30)
+        statuses = [
+            p.status for p in client.create("mine", from_="llama3.2", system="terse", stream=True)
+        ]
+        assert statuses[-2:] == ["writing manifest", "success"]
+        for node in ("a", "b"):
+            tags = httpx.get(running.sim_url(node) + "/api/tags").json()["models"]
+            assert "mine:latest" in {m["name"] for m in tags}
+        weights = tmp_path / "m.gguf"
+        weights.write_bytes(b"GGUF" + bytes(range(256)) * 40)
+        digest = client.create_blob(weights)  # HEAD (404), then POST to the blob home
+        placed = [n for n in ("a", "b") if _has_blob(running.sim_url(n), digest)]
+        assert placed == ["a"]  # the host holding the largest model
+        again = httpx.post(running.edge.url + f"/api/blobs/{digest}", content=weights.read_bytes())
+        assert again.status_code == 200  # already in the fleet: not uploaded twice
+        assert _has_blob(running.sim_url("b"), digest) is False
+        assert client.create("fromfile", files={"m.gguf": digest}).status == "success"
+        wait_until(
+            lambda: {"mine:latest", "fromfile:latest"} <= {m.model for m in client.list().models},
+            3.0,
+            "created models listed",
+        )
+        assert client.generate("mine", "hi").response
+        assert client.generate("fromfile", "hi").response
+        pushed = httpx.post(running.edge.url + "/api/push", json={"model": "ghost"})
+        assert pushed.status_code == 404
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases closed by their reports")
+
+
+def _has_blob(url: str, digest: str) -> bool:
+    return httpx.head(url + f"/api/blobs/{digest}").status_code == 200
 
 
 def test_a_blob_upload_streams_to_the_host_named() -> None:
