@@ -111,9 +111,9 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[Result | None]]
 
 def session_key(headers: Headers, body: dict[str, Any]) -> str:
     """X-Hops-Session, else Open WebUI's chat id, else OpenAI's ``prompt_cache_key``, else a hash
-    of the conversation's start: its
-    system prompt (Anthropic's ``system``, the Responses API's ``instructions``) and messages
-    (or Responses ``input`` items) up to the first user turn, or the prompt (or ``input`` text)."""
+    of the conversation's start: its system prompt (Anthropic's ``system``, the Responses API's
+    ``instructions``) and messages (or Responses ``input`` items) up to the first user turn, or
+    the prompt (or ``input`` text)."""
     explicit = headers.get("x-hops-session") or headers.get("x-openwebui-chat-id")
     if explicit:
         return explicit[:200]
@@ -554,7 +554,6 @@ class EdgeApp:
                     node.ollama_url.rstrip("/") + "/api/create",
                     content=raw,
                     headers=with_host_headers(headers, node.headers),
-                    timeout=None,
                 )
             except httpx.HTTPError as exc:
                 failures.append(f"{node.node_id}: {type(exc).__name__}")

@@ -19,6 +19,8 @@ from edge.inventory import Inventory, InventoryNode
 from edge.upstream import with_host_headers
 from hopscommon import names
 
+LOOKUP_TIMEOUT_S = 10.0  # a blob lookup is a file check on the host: no answer by then is a no
+
 
 async def blob_holders(
     client: httpx.AsyncClient,
@@ -26,13 +28,15 @@ async def blob_holders(
     digest: str,
     headers: list[tuple[bytes, bytes]],
 ) -> list[InventoryNode]:
-    """The hosts among ``nodes`` that have the blob (a host that cannot be asked has not)."""
+    """The hosts among ``nodes`` that have the blob (a host that cannot be asked, or does not
+    answer within LOOKUP_TIMEOUT_S, has not)."""
 
     async def has(node: InventoryNode) -> bool:
         try:
             response = await client.head(
                 node.ollama_url.rstrip("/") + f"/api/blobs/{digest}",
                 headers=with_host_headers(headers, node.headers),
+                timeout=LOOKUP_TIMEOUT_S,
             )
         except httpx.HTTPError:
             return False
