@@ -241,6 +241,16 @@ class EdgeApp:
                 f"request body not received within {self.settings.body_timeout:g}s"
             ) from None
 
+    async def _json_body(
+        self, scope: Scope, receive: Receive, go_type: str
+    ) -> tuple[bytes, dict[str, Any]]:
+        """The body as sent and as a JSON object, or BadRequest in the words Ollama would use."""
+        raw = await self._body(scope, receive)
+        try:
+            return raw, decode_object(raw, go_type)
+        except BodyError as exc:
+            raise BadRequest(str(exc)) from None
+
     def _call(
         self,
         scope: Scope,
@@ -270,11 +280,7 @@ class EdgeApp:
     async def _routed(
         self, scope: Scope, receive: Receive, send: Send, routed: Routed, path: str
     ) -> tuple[Result, str]:
-        raw = await self._body(scope, receive)
-        try:
-            body = decode_object(raw, routed.go_type)
-        except BodyError as exc:
-            raise BadRequest(str(exc)) from None
+        raw, body = await self._json_body(scope, receive, routed.go_type)
         model = body.get("model") if "model" in body else body.get("name")
         if model is not None and not isinstance(model, str):
             raise BadRequest(
@@ -287,11 +293,7 @@ class EdgeApp:
         return await self.proxy.handle(call, receive, send), model
 
     async def _pull(self, scope: Scope, receive: Receive, send: Send) -> tuple[Result, str]:
-        raw = await self._body(scope, receive)
-        try:
-            body = decode_object(raw, "PullRequest")
-        except BodyError as exc:
-            raise BadRequest(str(exc)) from None
+        raw, body = await self._json_body(scope, receive, "PullRequest")
         model = body.get("model") or body.get("name")
         if not isinstance(model, str) or not model.strip():
             raise BadRequest("model is required")
@@ -390,12 +392,8 @@ class EdgeApp:
         Every connected host is asked (the inventory may lag a just-made copy by a poll); a 404
         from a host only means it had no such model. 404 overall when no host had it.
         """
-        raw = await self._body(scope, receive)
         go_type = "DeleteRequest" if path == "/api/delete" else "CopyRequest"
-        try:
-            body = decode_object(raw, go_type)
-        except BodyError as exc:
-            raise BadRequest(str(exc)) from None
+        raw, body = await self._json_body(scope, receive, go_type)
         if path == "/api/delete":
             model = body.get("model") or body.get("name")
             if not isinstance(model, str) or not model:
@@ -495,12 +493,8 @@ class EdgeApp:
         """A create goes to every routable host that has its ``from`` model and blobs (one
         streams its progress; several are made one after another and answered together); a
         push to the first routable host that has the model."""
-        raw = await self._body(scope, receive)
         go_type = "CreateRequest" if path == "/api/create" else "PushRequest"
-        try:
-            body = decode_object(raw, go_type)
-        except BodyError as exc:
-            raise BadRequest(str(exc)) from None
+        raw, body = await self._json_body(scope, receive, go_type)
         routable = [n for n in current.nodes if n.routable]
         if path == "/api/push":
             model = body.get("model") or body.get("name")
