@@ -91,7 +91,8 @@ def _arguments(call: dict[str, Any]) -> dict[str, Any]:
 # --- /v1/responses ---------------------------------------------------------------------------
 
 
-async def _responses_body(request: Request) -> dict[str, Any]:
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object (decompressed first when zstd, as Codex sends Responses)."""
     try:
         raw = bodies.decoded(await request.body(), request.headers.get("content-encoding", ""))
     except bodies.DecodedTooLarge as exc:
@@ -277,7 +278,7 @@ class _ResponseItems:
 
 
 async def responses(request: Request, host: Host) -> Response:
-    data = await _responses_body(request)
+    data = await _json_body(request)
     raw = _model(data)
     spec = lookup(host, raw)
     req = chat_request(host, _responses_native(data), raw, spec, _responses_messages(data))
@@ -427,7 +428,7 @@ class _Blocks:
 
 
 async def messages(request: Request, host: Host) -> Response:
-    data = await _responses_body(request)
+    data = await _json_body(request)
     raw = _model(data)
     if not raw:
         raise BadRequest("model is required")
