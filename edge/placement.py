@@ -53,14 +53,9 @@ def blob_home(inventory: Inventory) -> InventoryNode | None:
     routable = [n for n in inventory.nodes if n.routable]
     if not routable:
         return None
-    return max(
-        routable,
-        key=lambda n: (max((m.size_bytes for m in n.installed), default=0), _reverse(n.node_id)),
+    return min(
+        routable, key=lambda n: (-max((m.size_bytes for m in n.installed), default=0), n.node_id)
     )
-
-
-def _reverse(text: str) -> tuple[int, ...]:
-    return tuple(-ord(ch) for ch in text)  # max() then prefers the smallest id
 
 
 def create_needs(body: dict[str, Any]) -> tuple[str, list[str]]:

@@ -87,17 +87,23 @@ def _without_suffix(text: str) -> str:
     folded = text.casefold()
     if folded.endswith(":local"):
         rest = text[: -len(":local")]
-        return "" if _cloud_tag(rest) or rest.casefold().endswith(":cloud") else rest
+        return "" if _cloud(_tag_of(rest)) else rest
     if folded.endswith(":cloud"):
         rest = text[: -len(":cloud")]
-        if rest.rfind(":") > rest.rfind("/"):  # a tag before the suffix
+        if _tag_of(rest):
             return rest + "-cloud"
     return text
 
 
-def _cloud_tag(text: str) -> bool:
+def _tag_of(text: str) -> str:
+    """The tag written in ``text`` ('' when there is none)."""
     colon = text.rfind(":")
-    return colon > text.rfind("/") and text[colon + 1 :].casefold().endswith("-cloud")
+    return text[colon + 1 :] if colon > text.rfind("/") else ""
+
+
+def _cloud(tag: str) -> bool:
+    folded = tag.casefold()
+    return folded == "cloud" or folded.endswith("-cloud")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -105,7 +111,7 @@ def is_cloud(key: str) -> bool:
     """Whether the model named by ``key`` runs on ollama.com, not on its host: its tag is
     ``cloud`` or ends in ``-cloud``. Such a model takes no memory and never loads."""
     name = parse(key)
-    return name is not None and (name.tag.casefold() == "cloud" or _cloud_tag(name.display))
+    return name is not None and _cloud(name.tag)
 
 
 def normalize(raw: str) -> str | None:

@@ -81,9 +81,9 @@ async def create(request: Request, host: Host) -> Response:
         statuses += [{"status": f"using existing layer {d}"} for d in digests]
     else:
         raise BadRequest("neither 'from' nor 'files' was specified")
-    layered = any(data.get(key) for key in LAYERS)
-    digest = hashlib.sha256(f"{spec.digest}/{shown}/{dumps(data)}".encode()).hexdigest()
-    if layered:  # new layers make a new model; a bare rename shares the base's runner
+    # New layers make a new model; a bare rename shares the base's runner.
+    if any(data.get(key) for key in LAYERS):
+        digest = hashlib.sha256(f"{spec.digest}/{shown}/{dumps(data)}".encode()).hexdigest()
         spec = replace(spec, digest=digest)
         statuses.append({"status": f"creating new layer sha256:{digest}"})
     statuses += [{"status": "writing manifest"}, {"status": "success"}]
