@@ -47,6 +47,7 @@ from edge.settings import EdgeSettings
 from edge.upstream import Upstream, request_headers, with_host_headers
 from hopscommon import bodies, names
 from hopscommon.ollama_json import BodyError, decode_object
+from hopscommon.units import parse_go_duration
 
 log = logging.getLogger("hops.edge")
 JSON_TYPE = "application/json; charset=utf-8"
@@ -107,6 +108,27 @@ NODE_ONLY = {"/api/create": "POST", "/api/push": "POST"}
 BLOBS = re.compile(r"/api/blobs/(?P<digest>[^/]+)")
 V1_MODEL = re.compile(r"/v1/models/(?P<model>[^/]+)")
 Handler = Callable[[Scope, Receive, Send], Awaitable[Result | None]]
+
+
+def unloads(path: str, body: dict[str, Any]) -> bool:
+    """Whether this is Ollama's unload request: a generate without a prompt, or a chat without
+    messages, with ``keep_alive`` 0 (what `ollama stop` and Open WebUI's unload send). The model
+    may be loaded on several hosts, so every one of them must hear it, not one picked host."""
+    if path == "/api/generate":
+        empty = body.get("prompt") in (None, "")
+    elif path == "/api/chat":
+        empty = body.get("messages") in (None, [])
+    else:
+        return False
+    value = body.get("keep_alive")
+    if not empty or isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value == 0
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # a bad value is the host's 400 to give
+            return parse_go_duration(value) == 0
+    return False
 
 
 def session_key(headers: Headers, body: dict[str, Any]) -> str:
@@ -289,8 +311,27 @@ class EdgeApp:
             )
         if not model or not model.strip():
             raise BadRequest("model is required")
+        if unloads(path, body) and names.match_key(model) is not None:
+            return await self._unload(scope, receive, send, raw, model, path), model
         call = self._call(scope, raw, body, model, routed.api, routed.not_found(model), path)
         return await self.proxy.handle(call, receive, send), model
+
+    async def _unload(
+        self, scope: Scope, receive: Receive, send: Send, raw: bytes, model: str, path: str
+    ) -> Result:
+        """Unload ``model`` everywhere: every connected host is asked, as the inventory may lag a
+        load by a poll (where the model is not loaded Ollama answers the same and does nothing;
+        a host without it answers 404). The reply is one host's own."""
+        current = await self.inventory()
+        node_id = Headers(scope=scope).get("x-hops-node", "")
+        targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
+        done = await self._on_each(scope, targets, path, raw)
+        if not done:
+            raise ModelNotFound(_quoted(model))
+        reply = done[0][1]
+        content_type = reply.headers.get("content-type", JSON_TYPE)
+        await Response(reply.content, media_type=content_type)(scope, receive, send)
+        return Result(status=200, outcome="ok", route=path, node=_ids([n for n, _ in done]))
 
     async def _pull(self, scope: Scope, receive: Receive, send: Send) -> tuple[Result, str]:
         raw, body = await self._json_body(scope, receive, "PullRequest")
@@ -407,29 +448,45 @@ class EdgeApp:
         current = await self.inventory()
         node_id = Headers(scope=scope).get("x-hops-node", "")
         targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
-        headers = request_headers(scope["headers"])
-        done, failures = [], []
-        for node in targets:
-            try:
-                response = await self.upstream.client.request(
-                    scope["method"],
-                    node.ollama_url.rstrip("/") + path,
-                    content=raw,
-                    headers=with_host_headers(headers, node.headers),
-                )
-            except httpx.HTTPError as exc:
-                failures.append(f"{node.node_id}: {type(exc).__name__}")
-                continue
-            if response.status_code == 200:
-                done.append(node.node_id)
-            elif response.status_code != 404:
-                failures.append(f"{node.node_id}: {response.status_code} {response.text[:200]}")
-        if failures:
-            raise EdgeError(f"{path} failed on {len(failures)} hosts: " + "; ".join(failures))
+        done = await self._on_each(scope, targets, path, raw)
         if not done:
             raise ModelNotFound(missing)
         await Response(b"", status_code=200)(scope, receive, send)
-        return Result(status=200, outcome="ok", route=path, node=",".join(done)), model
+        return Result(status=200, outcome="ok", route=path, node=_ids([n for n, _ in done])), model
+
+    async def _on_each(
+        self, scope: Scope, nodes: list[inv.InventoryNode], path: str, raw: bytes
+    ) -> list[tuple[inv.InventoryNode, httpx.Response]]:
+        """Send the request to every node at once; the nodes that answered 200, with their
+        replies. A 404 only means that host has no such model; any other answer, or a host not
+        reached, fails the whole request, naming each host that failed."""
+        headers = request_headers(scope["headers"])
+        query = scope.get("query_string", b"").decode("latin-1")
+        replies = await asyncio.gather(
+            *(
+                self.upstream.client.request(
+                    scope["method"],
+                    node.ollama_url.rstrip("/") + path + ("?" + query if query else ""),
+                    content=raw,
+                    headers=with_host_headers(headers, node.headers),
+                )
+                for node in nodes
+            ),
+            return_exceptions=True,
+        )
+        done, failures = [], []
+        for node, reply in zip(nodes, replies, strict=True):
+            if isinstance(reply, httpx.HTTPError):
+                failures.append(f"{node.node_id}: {type(reply).__name__}")
+            elif isinstance(reply, BaseException):
+                raise reply
+            elif reply.status_code == 200:
+                done.append((node, reply))
+            elif reply.status_code != 404:
+                failures.append(f"{node.node_id}: {reply.status_code} {reply.text[:200]}")
+        if failures:
+            raise EdgeError(f"{path} failed on {len(failures)} hosts: " + "; ".join(failures))
+        return done
 
     async def _node_only(
         self, scope: Scope, receive: Receive, send: Send, path: str, method: str

@@ -440,6 +440,41 @@ def test_copy_and_delete_apply_to_every_host_with_the_model() -> None:
         )
 
 
+def test_ollama_stop_unloads_the_model_on_every_host() -> None:
+    with fleet.whole_fleet({"a": [], "b": [], "c": ["--profile", "gpu-8g"]}) as running:
+        for node in ("a", "b"):  # loaded on two hosts; c has it installed, not loaded
+            loaded = httpx.post(
+                running.sim_url(node) + "/api/generate",
+                json={"model": "llama3.2", "prompt": ""},
+                timeout=30,
+            )
+            assert loaded.json()["done_reason"] == "load"
+        client = ollama.Client(host=running.edge.url)
+        wait_until(lambda: len(client.ps().models) == 2, 3.0, "both loads in the inventory")
+
+        def resident(node: str) -> list[str]:
+            ps = httpx.get(running.sim_url(node) + "/api/ps").json()
+            return [m["name"] for m in ps["models"]]
+
+        stopped = client.generate("llama3.2", keep_alive=0)  # what `ollama stop` sends
+        assert (stopped.done_reason, stopped.model, stopped.response) == ("unload", "llama3.2", "")
+        assert resident("a") == resident("b") == []
+        httpx.post(running.sim_url("c") + "/api/generate", json={"model": "llama3.2"}, timeout=30)
+        unloaded = client.chat("llama3.2", messages=[], keep_alive="0s")
+        assert (unloaded.done_reason, unloaded.message.content) == ("unload", "")
+        assert resident("c") == []
+        with pytest.raises(ollama.ResponseError) as missing:
+            client.generate("no-such-model", keep_alive=0)
+        assert (missing.value.status_code, missing.value.error) == (
+            404,
+            "model 'no-such-model' not found",
+        )
+        # A prompt with keep_alive 0 is an ordinary request: one host runs it, then unloads.
+        ran = client.generate("llama3.2", "Why?", keep_alive=0)
+        assert ran.done_reason in ("stop", "length") and ran.response
+        wait_until(lambda: running.open_leases() == 0, 2.0, "no lease left open")
+
+
 def test_ollama_create_works_without_naming_a_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The ollama client cannot send X-Hops-Node: a create from a model is made on every host
     that has the model; uploaded blobs go to one host, the create made of them goes there; both

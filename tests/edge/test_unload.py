@@ -1,0 +1,42 @@
+"""Which requests are Ollama's unload (sent to every host) and which are ordinary ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from edge.app import unloads
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"model": "m", "keep_alive": 0}),
+        ("/api/generate", {"model": "m", "prompt": "", "keep_alive": 0.0}),
+        ("/api/generate", {"model": "m", "keep_alive": "0s"}),  # the Go CLI's `ollama stop`
+        ("/api/generate", {"model": "m", "keep_alive": "0"}),
+        ("/api/chat", {"model": "m", "messages": [], "keep_alive": "0m"}),
+        ("/api/chat", {"model": "m", "keep_alive": 0}),
+    ],
+)
+def test_an_empty_request_with_keep_alive_zero_unloads(path: str, body: dict[str, Any]) -> None:
+    assert unloads(path, body)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"model": "m", "prompt": "hi", "keep_alive": 0}),
+        ("/api/generate", {"model": "m", "prompt": ""}),  # a load (`ollama run`'s preload)
+        ("/api/generate", {"model": "m", "keep_alive": "5m"}),
+        ("/api/generate", {"model": "m", "keep_alive": -1}),
+        ("/api/generate", {"model": "m", "keep_alive": False}),  # the host's 400
+        ("/api/generate", {"model": "m", "keep_alive": "300"}),  # no unit: the host's 400
+        ("/api/generate", {"model": "m", "prompt": 5, "keep_alive": 0}),
+        ("/api/chat", {"model": "m", "messages": [{"role": "user"}], "keep_alive": 0}),
+        ("/api/embed", {"model": "m", "keep_alive": 0}),
+    ],
+)
+def test_anything_else_is_an_ordinary_request(path: str, body: dict[str, Any]) -> None:
+    assert not unloads(path, body)
