@@ -237,10 +237,13 @@ def hist(samples: dict[str, float], name: str) -> tuple[float, float, float]:
 def nginx(upstream: str, workdir: Path) -> Iterator[str]:
     """nginx as a plain streaming reverse proxy in front of ``upstream``."""
     port = nginxrun.free_port()
+    address = upstream.removeprefix("http://")
     conf = (
-        f"upstream host {{ server {upstream.removeprefix('http://')}; keepalive 256; }}\n"
+        f"upstream host {{ server {address}; keepalive 256; }}\n"
         f"server {{\n  listen 127.0.0.1:{port};\n  location / {{\n"
         "    proxy_pass http://host;\n    proxy_http_version 1.1;\n"
+        # Ollama on loopback answers a Host it does not know (here "host") with 403.
+        f"    proxy_set_header Host {address};\n"
         '    proxy_set_header Connection "";\n    proxy_buffering off;\n'
         "    proxy_read_timeout 600s;\n  }\n}\n"
     )

@@ -3,6 +3,7 @@ mapping in one place, and the /_sim control routes."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from hopscommon import cors
 from ollamasim import control, create, native, newer_api, openai_api
 from ollamasim.errors import SimError
 from ollamasim.host import Host
@@ -84,6 +86,8 @@ class SimApp:
         self.host = Host(settings)
         self.routes = _table()
         self.control_port: int | None = None
+        self.origins = cors.Origins.with_extra(settings.origins)
+        self.check_host = _loopback(settings.listen[0])
 
     def _resolve(self, path: str) -> tuple[dict[str, Route] | None, dict[str, str]]:
         methods = self.routes.get(path)
@@ -99,6 +103,11 @@ class SimApp:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
+        if not path.startswith("/_sim/"):
+            checked = await self._browser_checks(scope, receive, send)
+            if checked is None:
+                return
+            send = checked
         methods, params = self._resolve(path)
         on_control_port = (
             self.control_port is not None
@@ -124,6 +133,48 @@ class SimApp:
         except ClientGone:
             response = Response(b"", status_code=499)  # nobody is listening; Ollama logs 499
         await response(scope, receive, send)
+
+    async def _browser_checks(self, scope: Scope, receive: Receive, send: Send) -> Send | None:
+        """Ollama's CORS and Host checks, in its order: None when they answered the request,
+        else the ``send`` to answer it with (adding the allowed origin to the headers)."""
+        origin = host = ""
+        for key, value in scope["headers"]:
+            if key == b"origin":
+                origin = value.decode("latin-1")
+            elif key == b"host":
+                host = value.decode("latin-1")
+        origin = cors.cross_origin(origin, host)
+        if origin and not self.origins.allows(origin):
+            await Response(b"", status_code=403)(scope, receive, send)
+            return None
+        if origin and scope["method"] == "OPTIONS":
+            preflight = Response(b"", status_code=204)
+            preflight.raw_headers.extend(cors.preflight_headers(origin))
+            await preflight(scope, receive, send)
+            return None
+        if self.check_host and not cors.local_host(host):
+            await Response(b"", status_code=403)(scope, receive, send)
+            return None
+        if not origin:
+            return send
+        extra = cors.allowed_origin_headers(origin)
+
+        async def with_origin(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return with_origin
+
+
+def _loopback(host: str) -> bool:
+    """Whether the API listens on loopback only, where Ollama checks the Host header."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def create_app(settings: SimSettings) -> SimApp:

@@ -54,6 +54,13 @@ class SimSettings:
         "can be lifted while the API port refuses connections",
         parse=parse_host_port,
     )
+    origins: tuple[str, ...] = option(
+        (),
+        "OLLAMA_ORIGINS: origins browsers may call from besides Ollama's defaults (localhost, "
+        "app://, file://, tauri://, vscode-webview://); '*' wildcards",
+        repeated=True,
+        metavar="ORIGIN",
+    )
     profile: str = option(
         "gpu-24g", f"host profile: {', '.join(PROFILES)}", parse=_profile, metavar="NAME"
     )
