@@ -24,10 +24,11 @@ from hops.v1 import router_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from edge import inventory as inv
 from edge import placement
+from edge.auth import Forbidden
 from edge.cpclient import ControlPlaneClient
 from edge.errors import (
     OLLAMA,
@@ -45,12 +46,13 @@ from edge.metrics import EdgeMetrics
 from edge.proxy import Call, Proxy, Result, StreamedBody, Target
 from edge.settings import EdgeSettings
 from edge.upstream import Upstream, request_headers, with_host_headers
-from hopscommon import bodies, names
+from hopscommon import bodies, cors, names
 from hopscommon.ollama_json import BodyError, decode_object
 from hopscommon.units import parse_go_duration
 
 log = logging.getLogger("hops.edge")
 JSON_TYPE = "application/json; charset=utf-8"
+EXPOSE_HEADERS = (b"access-control-expose-headers", b"X-Hops-Node, X-Hops-Route")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,7 @@ class EdgeApp:
         self.metrics = metrics
         self.proxy = Proxy(settings, cp, upstream, metrics)
         self.keys = settings.key_check()
+        self.origins = cors.Origins.with_extra(settings.origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -185,6 +188,12 @@ class EdgeApp:
         model = "-"
         result: Result | None = None
         try:
+            origin = self._cross_origin(scope)
+            if origin:
+                if method == "OPTIONS":  # a preflight: no credentials, answered here
+                    result = await _preflight(scope, receive, send, origin)
+                    return
+                send = _with_origin(send, origin)
             if self.keys.enabled:
                 headers = Headers(scope=scope)
                 self.keys.check(path, headers.get("authorization", ""))
@@ -197,6 +206,19 @@ class EdgeApp:
         finally:
             if result is not None:
                 self._log(method, path, model, result, time.monotonic() - started)
+
+    def _cross_origin(self, scope: Scope) -> str:
+        """The Origin of a browser's cross-origin request ("" for none), once it is allowed."""
+        origin = host = ""
+        for key, value in scope["headers"]:
+            if key == b"origin":
+                origin = value.decode("latin-1")
+            elif key == b"host":
+                host = value.decode("latin-1")
+        origin = cors.cross_origin(origin, host)
+        if origin and not self.origins.allows(origin):
+            raise Forbidden(f"origin {origin} is not allowed here (the edge's --origins adds it)")
+        return origin
 
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, path: str, method: str
@@ -672,6 +694,26 @@ def _json(payload: Any, status: int = 200) -> Response:
         status_code=status,
         media_type=JSON_TYPE,
     )
+
+
+async def _preflight(scope: Scope, receive: Receive, send: Send, origin: str) -> Result:
+    response = Response(b"", status_code=204)
+    response.raw_headers.extend(cors.preflight_headers(origin))
+    await response(scope, receive, send)
+    return Result(status=204, outcome="ok", route=scope["path"])
+
+
+def _with_origin(send: Send, origin: str) -> Send:
+    """``send`` adding the allowed origin to the response headers, and letting the page's script
+    read X-Hops-Node and X-Hops-Route."""
+    extra = [*cors.allowed_origin_headers(origin), EXPOSE_HEADERS]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return sending
 
 
 async def _plain(scope: Scope, receive: Receive, send: Send, status: int) -> Result:

@@ -93,6 +93,14 @@ class EdgeSettings:
         metavar="KEY",
     )
     admin_keys_file: str = option("", "file with one admin key per line, added to --admin-keys")
+    origins: tuple[str, ...] = option(
+        (),
+        "origins browsers may call the edge from, besides Ollama's defaults (localhost and "
+        "127.0.0.1 on any port, app://, file://, tauri://, vscode-webview://), as "
+        "OLLAMA_ORIGINS: repeatable, '*' wildcards ('*' alone: any); others get 403",
+        repeated=True,
+        metavar="ORIGIN",
+    )
     controlplane_token: str = option(
         "", "the control planes' edge token (sent as authorization: Bearer T)", shown="none"
     )

@@ -265,6 +265,32 @@ def test_metrics_label_made_up_routes_and_models_as_one(shared: Fleet) -> None:
     assert 'route="other"' in text
 
 
+def test_a_browser_page_reaches_hosts_that_would_refuse_its_origin_and_host(
+    shared: Fleet,
+) -> None:
+    """Hosts (as Ollama on loopback) refuse a foreign Origin or Host with an empty 403; the edge
+    checks the Origin itself, then sends neither to the host."""
+    origin = "https://chat.example.com"
+    browser = {"Origin": origin, "Host": "hops.example.com"}
+    body = {"model": "llama3.2", "prompt": "hi", "stream": False}
+    refused = httpx.post(shared.sim_url("big") + "/api/generate", json=body, headers=browser)
+    assert (refused.status_code, refused.content) == (403, b"")
+    assert (
+        httpx.post(shared.edge.url + "/api/generate", json=body, headers=browser).status_code == 403
+    )
+    with fleet.edge([shared.plane.url], ["--origins", origin]) as front:
+        for path in ("/api/generate", "/api/tags"):
+            answer = httpx.request(
+                "POST" if path == "/api/generate" else "GET",
+                front.url + path,
+                json=body,
+                headers=browser,
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["access-control-allow-origin"] == origin
+
+
 def test_client_disconnect_cancels_on_the_host_within_a_second() -> None:
     endless = ["--time-scale", "1", "--response-tokens", "100000-100000"]
     with fleet.whole_fleet({"big": endless}) as running:
