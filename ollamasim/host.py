@@ -258,7 +258,13 @@ class Host:
         return itertools.chain(thinking, content), reason
 
     async def embed(
-        self, spec: ModelSpec, texts: list[str], *, keep_alive: float | None, metrics: Metrics
+        self,
+        spec: ModelSpec,
+        texts: list[str],
+        *,
+        keep_alive: float | None,
+        metrics: Metrics,
+        num_ctx: int | None = None,
     ) -> None:
         """Pay the load and prompt time of embedding ``texts``; the vectors come from textgen."""
         metrics.scale = self.settings.time_scale
@@ -266,7 +272,7 @@ class Host:
         self.stats.in_flight += 1
         completed = False
         try:
-            grant = await self.scheduler.acquire(spec, keep_alive=keep_alive, num_ctx=None)
+            grant = await self.scheduler.acquire(spec, keep_alive=keep_alive, num_ctx=num_ctx)
             metrics.load_ns = max(int(grant.load_seconds * 1e9), 1)
             try:
                 async with grant.runner.slots:
@@ -286,9 +292,12 @@ class Host:
                 self.stats.completed += 1
             metrics.finish()
 
-    async def load_only(self, spec: ModelSpec, keep_alive: float | None) -> float:
-        """An empty prompt: load (or keep) the model; returns load seconds."""
-        grant = await self.scheduler.acquire(spec, keep_alive=keep_alive, num_ctx=None)
+    async def load_only(
+        self, spec: ModelSpec, keep_alive: float | None, num_ctx: int | None = None
+    ) -> float:
+        """An empty prompt: load (or keep) the model, with ``num_ctx`` if asked (a model loaded
+        with another reloads); returns load seconds."""
+        grant = await self.scheduler.acquire(spec, keep_alive=keep_alive, num_ctx=num_ctx)
         self.scheduler.release(grant.runner)
         return grant.load_seconds
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.requests import Request
@@ -19,6 +20,7 @@ from ollamasim.inference import (
     format_of,
     gen_request,
     keep_alive,
+    option_int,
     options_of,
     request_faults,
     stream,
@@ -87,7 +89,12 @@ async def tags(request: Request, host: Host) -> Response:
             "modified_at": rfc3339(m.modified_at, utc=False),
             "size": m.spec.size_bytes,
             "digest": m.spec.digest,
-            "details": _details(m.spec),
+            # Newer Ollama lists the trained context and embedding lengths here only.
+            "details": {
+                **_details(m.spec),
+                "context_length": m.spec.context_length,
+                "embedding_length": m.spec.embedding_length,
+            },
         }
         for m in entries
     ]
@@ -142,6 +149,12 @@ async def show(request: Request, host: Host) -> Response:
     )
 
 
+def _load_only(host: Host, spec: ModelSpec, data: dict[str, Any]) -> Awaitable[float]:
+    """An empty request that loads: with the keep-alive and context length it asks for."""
+    num_ctx = option_int(options_of(data), "num_ctx")
+    return host.load_only(spec, keep_alive(data.get("keep_alive")), num_ctx)
+
+
 def _empty_reply(host: Host, spec: ModelSpec, data: dict[str, Any]) -> bool:
     """An empty prompt or message list: unload with keep_alive 0, else load. True = unloaded."""
     if keep_alive(data.get("keep_alive")) == 0:
@@ -169,9 +182,7 @@ async def generate(request: Request, host: Host) -> Response:
     if not prompt:
         reason = "unload" if _empty_reply(host, spec, data) else "load"
         if reason == "load":
-            await until_disconnect(
-                request, host.load_only(spec, keep_alive(data.get("keep_alive")))
-            )
+            await until_disconnect(request, _load_only(host, spec, data))
         return json_response(
             {
                 "model": raw,
@@ -295,9 +306,7 @@ async def chat(request: Request, host: Host) -> Response:
     if not messages:
         reason = "unload" if _empty_reply(host, spec, data) else "load"
         if reason == "load":
-            await until_disconnect(
-                request, host.load_only(spec, keep_alive(data.get("keep_alive")))
-            )
+            await until_disconnect(request, _load_only(host, spec, data))
         return json_response(
             {
                 "model": raw,
@@ -382,9 +391,12 @@ async def embed(request: Request, host: Host) -> Response:
     metrics = Metrics()
     ka = keep_alive(data.get("keep_alive"))
     if not texts:
-        await until_disconnect(request, host.load_only(spec, ka))
+        await until_disconnect(request, _load_only(host, spec, data))
         return json_response({"model": raw, "embeddings": []})
-    await until_disconnect(request, host.embed(spec, texts, keep_alive=ka, metrics=metrics))
+    num_ctx = option_int(options_of(data), "num_ctx")
+    await until_disconnect(
+        request, host.embed(spec, texts, keep_alive=ka, metrics=metrics, num_ctx=num_ctx)
+    )
     size = dims or spec.embedding_length
     vectors = [
         textgen.embedding(host.settings.seed, spec.name, t[:limit_chars], size, normalize=True)
@@ -413,7 +425,7 @@ async def embeddings(request: Request, host: Host) -> Response:
     await request_faults(request, host)
     ka = keep_alive(data.get("keep_alive"))
     if not prompt:
-        await until_disconnect(request, host.load_only(spec, ka))
+        await until_disconnect(request, _load_only(host, spec, data))
         return json_response({"embedding": []})
     metrics = Metrics()
     await until_disconnect(request, host.embed(spec, [prompt], keep_alive=ka, metrics=metrics))

@@ -135,6 +135,25 @@ async def test_empty_prompt_loads_and_keep_alive_zero_unloads(start_sim: SimFact
         assert await _loaded(client) == []
 
 
+async def test_another_context_length_reloads_even_from_an_empty_request(
+    start_sim: SimFactory,
+) -> None:
+    sim = await start_sim()
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+
+        async def context_and_loads() -> tuple[int, int]:
+            ps = (await client.get("/api/ps")).json()["models"]
+            return ps[0]["context_length"], (await sim_stats(sim))["loads"]
+
+        await client.post("/api/chat", json={"model": "llama3.2", "options": {"num_ctx": 8192}})
+        assert await context_and_loads() == (8192, 1)
+        await _generate(client, "llama3.2", options={"num_ctx": 8192})
+        await _generate(client, "llama3.2")  # no num_ctx asked: whatever is loaded
+        assert await context_and_loads() == (8192, 1)
+        await _generate(client, "llama3.2", options={"num_ctx": 4096})
+        assert await context_and_loads() == (4096, 2)
+
+
 async def test_keep_alive_expiry_unloads_idle_model(start_sim: SimFactory) -> None:
     sim = await start_sim(time_scale=100.0)
     async with httpx.AsyncClient(base_url=sim.url) as client:
