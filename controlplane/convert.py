@@ -46,6 +46,7 @@ def route_request(msg: router_pb2.PickRequest, request_id: int = 0) -> RouteRequ
         node_id=msg.node_id,
         prompt_tokens=msg.prompt_tokens,
         max_candidates=msg.max_candidates,
+        num_ctx=msg.num_ctx,
         request_id=request_id,
     )
 

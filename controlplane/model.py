@@ -64,6 +64,7 @@ class RouteRequest:
     node_id: str = ""
     prompt_tokens: int = 0
     max_candidates: int = 0
+    num_ctx: int = 0  # the context length asked for; 0 = none
     request_id: int = 0  # the edge's id for a pick on a Route stream or socket; 0 = unary
 
 

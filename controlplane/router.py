@@ -182,7 +182,7 @@ class Router:
         busy = sorted(
             (m.expires_at, loaded_key, m.size_vram_bytes if on_gpu else m.size_bytes)
             for loaded_key, m in node.loaded_by_key.items()
-            if loaded_key not in node.evicting and loaded_key not in idle
+            if loaded_key not in node.evicting and loaded_key not in idle and loaded_key != key
         )
         order += [(busy_key, held) for _, busy_key, held in busy]
         order += [
@@ -218,7 +218,7 @@ class Router:
             if self._full(node):
                 saturated += 1
                 continue
-            eligible.append(self._candidate(node, key, affinity))
+            eligible.append(self._candidate(node, key, affinity, request.num_ctx))
         if not eligible:
             return self._none_eligible(saturated)
         return tuple(self.policy.pick(request, eligible, limit))
@@ -244,7 +244,7 @@ class Router:
             if self._full(node):
                 saturated += 1
                 return
-            candidate = self._candidate(node, key, affinity)
+            candidate = self._candidate(node, key, affinity, request.num_ctx)
             evaluated.append(candidate)
             bisect.insort(best, (policy.cost(candidate), node.node_id))
             del best[limit:]
@@ -350,7 +350,7 @@ class Router:
                 return False
         return node.breaker.allows()
 
-    def _candidate(self, node: Node, key: str, affinity_node: str) -> Candidate:
+    def _candidate(self, node: Node, key: str, affinity_node: str, num_ctx: int = 0) -> Candidate:
         # The hot path of every pick, once per eligible host: locals and plain dict lookups.
         node_id = node.hello.node_id
         per_model = self.fleet.leases.per_model
@@ -361,14 +361,18 @@ class Router:
         total = node.vram_total if on_gpu else snapshot.system_memory_total_bytes
         free = node.vram_free if on_gpu else snapshot.system_memory_free_bytes
         evicting = node.evicting
+        # Loaded with another context length than asked for: Ollama reloads it for this request.
+        reload = bool(num_ctx) and _other_context(node, key, num_ctx)
         # A cloud model runs on ollama.com: always ready, never loaded or evicted here.
-        loaded = (key in node.loaded_by_key and key not in evicting) or names.is_cloud(key)
+        loaded = (
+            key in node.loaded_by_key and key not in evicting and not reload
+        ) or names.is_cloud(key)
         idle = idle_count = 0
         idle_models: list[tuple[float, str, int]] = []
         for loaded_key, model in node.loaded_by_key.items():
             held = model.size_vram_bytes if on_gpu else model.size_bytes
-            if loaded_key in evicting:
-                free += held  # a routed load is about to evict it
+            if loaded_key in evicting or (reload and loaded_key == key):
+                free += held  # a routed load is about to evict it, or this one replaces it
             elif not per_model.get((node_id, loaded_key)):
                 idle += held
                 idle_count += 1
@@ -406,12 +410,14 @@ class Router:
             loaded_count=len(node.loaded_by_key)
             - len(evicting)
             + len(node.loading)
-            - (key in node.loading),
+            - (key in node.loading)
+            - reload,
             max_loaded=capacity.max_loaded_models or 3 * max(len(snapshot.gpus), 1),
             idle_loaded_count=idle_count,
             idle_loaded=self._residents(node, sorted(idle_models)) if idle_models else (),
             expected_tokens=self._tokens[key][1] if key in self._tokens else 0.0,
             loading_ahead=ahead,
+            reload=reload,
         )
         if not loaded and not c.loading and not fits_evicting_idle(c):
             c.busy_victims = self._busy(node, key, c)
@@ -611,6 +617,19 @@ class Router:
             if node is not None:
                 node.breaker.abandon(lease.lease_id)
         return len(leases)
+
+
+def _other_context(node: Node, key: str, num_ctx: int) -> bool:
+    """Whether ``key`` is loaded on ``node`` with another context length than a request asking
+    for ``num_ctx`` would run with (capped at the model's trained length, when reported), so
+    Ollama would reload it. A loaded length not reported (0) is taken to match."""
+    model = node.loaded_by_key.get(key)
+    if model is None or not model.context_length:
+        return False
+    installed = node.installed_by_key.get(key)
+    trained = installed.details.context_length if installed is not None else 0
+    wanted = min(num_ctx, trained) if trained else num_ctx
+    return model.context_length != wanted
 
 
 def _wholly_in_memory(node: Node, key: str) -> bool:

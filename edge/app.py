@@ -133,6 +133,16 @@ def unloads(path: str, body: dict[str, Any]) -> bool:
     return False
 
 
+def num_ctx(body: dict[str, Any]) -> int:
+    """The context length a native request asks for (``options.num_ctx``), 0 for none: a host
+    with the model loaded at another length reloads it. (Ollama's /v1 routes take no options.)"""
+    options = body.get("options")
+    value = options.get("num_ctx") if isinstance(options, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return 0
+    return int(min(max(value, 0), 2**32 - 1))
+
+
 def session_key(headers: Headers, body: dict[str, Any]) -> str:
     """X-Hops-Session, else Open WebUI's chat id, else OpenAI's ``prompt_cache_key``, else a hash
     of the conversation's start: its system prompt (Anthropic's ``system``, the Responses API's
@@ -319,6 +329,7 @@ class EdgeApp:
             not_found=not_found,
             session_key=session_key(headers, body),
             node_id=headers.get("x-hops-node", ""),
+            num_ctx=num_ctx(body) if path.startswith("/api/") else 0,
         )
 
     async def _routed(

@@ -55,7 +55,7 @@ def rfc3339(epoch: float) -> str:
 
 
 def _details(d: Details) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "parent_model": d.parent_model,
         "format": d.format or "gguf",
         "family": d.family,
@@ -63,6 +63,9 @@ def _details(d: Details) -> dict[str, Any]:
         "parameter_size": d.parameter_size,
         "quantization_level": d.quantization_level,
     }
+    if d.context_length:  # omitempty, as Ollama writes it
+        out["context_length"] = d.context_length
+    return out
 
 
 def tags(inventory: Inventory) -> dict[str, Any]:

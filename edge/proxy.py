@@ -73,6 +73,7 @@ class Call:
     not_found: str
     session_key: str = ""
     node_id: str = ""
+    num_ctx: int = 0  # the context length asked for (options.num_ctx); 0 = none
 
 
 @dataclass(slots=True)
@@ -191,6 +192,7 @@ class Proxy:
             session_key=call.session_key,
             node_id=call.node_id,
             max_candidates=self.settings.max_attempts,
+            num_ctx=call.num_ctx,
         )
         started = time.monotonic()
         try:

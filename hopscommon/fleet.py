@@ -15,6 +15,7 @@ class Details:
     format: str = ""
     families: tuple[str, ...] = ()
     parent_model: str = ""
+    context_length: int = 0  # trained; 0 = not reported
 
 
 @dataclass(frozen=True, slots=True)

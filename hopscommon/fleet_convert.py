@@ -44,6 +44,7 @@ def details(d: fleet_pb2.ModelDetails) -> Details:
         format=d.format,
         families=tuple(d.families),
         parent_model=d.parent_model,
+        context_length=d.context_length,
     )
 
 
@@ -55,6 +56,7 @@ def details_pb(d: Details) -> fleet_pb2.ModelDetails:
         format=d.format,
         families=list(d.families),
         parent_model=d.parent_model,
+        context_length=d.context_length,
     )
 
 

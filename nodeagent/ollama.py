@@ -47,7 +47,15 @@ def _details(raw: Any) -> Details:
         format=str(d.get("format") or ""),
         families=tuple(str(f) for f in families) if isinstance(families, list) else (),
         parent_model=str(d.get("parent_model") or ""),
+        context_length=_count(d.get("context_length")),
     )
+
+
+def _count(value: Any) -> int:
+    """A non-negative integer field, 0 when absent or not one (a uint32 on the wire)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return min(max(int(value), 0), 2**32 - 1)
 
 
 def _name(entry: dict[str, Any]) -> str:

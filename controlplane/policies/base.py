@@ -76,6 +76,9 @@ class Candidate:
     # When evicting idle models cannot make room: the busy (or loading) models Ollama would
     # evict, each after its requests finish, in its order.
     busy_victims: tuple[Busy, ...] = ()
+    # Loaded here with another context length than the request asks for: Ollama reloads it
+    # once its ``in_flight_model`` requests are done (not ``loaded``; its memory counts as free).
+    reload: bool = False
 
 
 def fits_evicting_idle(c: Candidate) -> bool:

@@ -5,6 +5,8 @@ Each candidate gets an expected cost in seconds before its reply can start strea
   warm, free slot                0 (the model is loaded and a parallel slot is free)
   warm, queued                   requests ahead / parallel slots x measured time per request
   already loading here           about half a load (a load was routed here moments ago)
+  loaded with another context    as cold (Ollama reloads a model whose num_ctx differs), after
+  length than asked for          the requests on the loaded instance, whose memory it reuses
   (cold, any of the below)       + the loads routed here before it (Ollama loads one at a time)
                                  + COLD_LOAD_PENALTY_S: a load is made only where it saves more
                                  than that (its memory is memory a later load may need, and a
@@ -129,6 +131,8 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
             return _total(wait, per_request, c), tier, wait
         load += loads_ahead(c)  # Ollama loads one model at a time
         load += COLD_LOAD_PENALTY_S
+        if c.reload:  # Ollama reloads once the requests on the loaded instance are done
+            load += c.in_flight_model * per_request / max(c.num_parallel, 1)
         if c.model_size * KV_HEADROOM <= c.memory_free and c.loaded_count < c.max_loaded:
             wait, tier = load, "cold-fit"
         elif fits_evicting_idle(c):
@@ -149,6 +153,8 @@ def _total(wait: float, per_request: float, c: Candidate) -> float:
 
 
 def _reason(c: Candidate, tier: str, wait: float) -> str:
+    if c.reload:  # e.g. "reload-fit": loaded with another context length
+        tier = tier.replace("cold", "reload", 1)
     reason = f"queued {wait * 1000:.0f}ms" if tier == "queued" else tier
     return f"affinity {reason}" if c.affinity and c.loaded else reason
 

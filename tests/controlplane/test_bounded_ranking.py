@@ -183,9 +183,9 @@ def test_a_big_fleet_builds_candidates_only_for_the_hosts_that_could_win(
     built: list[str] = []
     build = Router._candidate
 
-    def counting(self: Router, node: Node, key: str, affinity: str) -> Candidate:
+    def counting(self: Router, node: Node, key: str, affinity: str, num_ctx: int = 0) -> Candidate:
         built.append(node.node_id)
-        return build(self, node, key, affinity)
+        return build(self, node, key, affinity, num_ctx)
 
     monkeypatch.setattr(Router, "_candidate", counting)
     router.pick(RouteRequest(model="model-5", edge_id="e"))  # builds the floor index

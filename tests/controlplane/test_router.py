@@ -1,5 +1,9 @@
+from dataclasses import replace
+
+from controlplane.fleet import Fleet
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.router import PickStatus
+from hopscommon.fleet import Details, Gpu, InstalledModel, LoadedModel
 from tests.controlplane import builders
 
 
@@ -162,3 +166,58 @@ def test_a_cloud_model_is_always_ready_and_evicts_nothing() -> None:
     assert local.status is PickStatus.OK and local.ranked[0].reason == "warm"
     local_cloud = router.pick(_req("gpt-oss:120b:cloud"))  # the same model as gpt-oss:120b-cloud
     assert local_cloud.status is PickStatus.OK and local_cloud.ranked[0].candidate.loaded
+
+
+def _loaded_with_context(
+    fleet: Fleet, node_id: str, context: int, *, trained: int = 0, others: int = 0
+) -> None:
+    """``node_id`` with llama3.2 loaded at ``context`` and ``others`` 2 GB models idle beside
+    it, its 6.5 GiB of GPU memory too full for a second copy of llama3.2 with two others."""
+    names_ = ["llama3.2:latest", *(f"other{i}:latest" for i in range(others))]
+    node = builders.add_node(fleet, node_id, models=names_, vram_gb=6.5)
+    details = Details(context_length=trained)
+    total = int(6.5 * 1024**3)
+    snap = replace(
+        node.snapshot,
+        sequence=2,
+        gpus=(Gpu(0, "GPU", "", total, total - len(names_) * 2 * builders.GB),),
+        installed=tuple(
+            InstalledModel(name=n, size_bytes=2 * builders.GB, details=details) for n in names_
+        ),
+        loaded=(
+            LoadedModel(name=names_[0], size_vram_bytes=2 * builders.GB, context_length=context),
+            *(LoadedModel(name=n, size_vram_bytes=2 * builders.GB) for n in names_[1:]),
+        ),
+    )
+    fleet.update(node_id, node.session, snap)
+
+
+def test_a_model_loaded_with_another_context_length_is_not_warm() -> None:
+    """Ollama reloads a model for a request whose num_ctx differs from the loaded instance's,
+    so the host with the asked-for length loaded is the warm one."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 8192)
+    _loaded_with_context(fleet, "b", 4096, others=2)
+    router = builders.router(fleet, "memory_aware")
+
+    def first(num_ctx: int) -> tuple[str, str]:
+        ranked = router.pick(_req(num_ctx=num_ctx)).ranked
+        by_node = {r.candidate.node_id: r.reason for r in ranked}
+        return ranked[0].candidate.node_id, by_node[
+            "a" if ranked[0].candidate.node_id == "b" else "b"
+        ]
+
+    # The instance on b is replaced, so its memory is reused: no eviction of b's other models.
+    assert first(8192) == ("a", "reload-fit")
+    assert first(4096) == ("b", "reload-fit")
+    assert not fleet.nodes["a"].loading and not fleet.nodes["b"].loading
+    plain = router.pick(_req())  # no num_ctx asked: whatever is loaded serves
+    assert all(r.candidate.loaded for r in plain.ranked)
+
+
+def test_a_context_beyond_the_trained_length_matches_the_capped_instance() -> None:
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 131072, trained=131072)
+    router = builders.router(fleet, "memory_aware")
+    assert router.pick(_req(num_ctx=262144)).ranked[0].reason == "warm"
+    assert router.pick(_req(num_ctx=8192)).ranked[0].reason == "reload-fit"

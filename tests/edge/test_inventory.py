@@ -2,7 +2,7 @@ from starlette.datastructures import Headers
 
 from edge import inventory as inv
 from edge.app import session_key
-from hopscommon.fleet import InstalledModel, LoadedModel
+from hopscommon.fleet import Details, InstalledModel, LoadedModel
 
 
 def _node(
@@ -38,6 +38,16 @@ def test_tags_are_a_union_and_ps_lists_every_loaded_copy() -> None:
     assert [m["name"] for m in inv.tags(fleet)["models"]] == ["x:latest", "m:latest"]
     assert [m["name"] for m in inv.ps(fleet)["models"]] == ["m:latest", "m:latest"]
     assert inv.openai_models(inv.Inventory())["data"] is None
+
+
+def test_tags_carry_the_trained_context_length_when_a_host_reports_it() -> None:
+    known = InstalledModel(name="m:latest", details=Details(context_length=131072))
+    node = inv.InventoryNode(
+        "a", "http://a", True, "1", (known, InstalledModel(name="x:latest")), ()
+    )
+    details = {m["name"]: m["details"] for m in inv.tags(inv.Inventory(nodes=(node,)))["models"]}
+    assert details["m:latest"]["context_length"] == 131072
+    assert "context_length" not in details["x:latest"]  # omitted when unknown, as Ollama does
 
 
 def test_fail_open_prefers_hosts_with_the_model_loaded() -> None:

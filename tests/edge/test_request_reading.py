@@ -1,4 +1,5 @@
-"""Which requests are Ollama's unload (sent to every host) and which are ordinary ones."""
+"""What the edge reads from a request body besides the model: whether it is Ollama's unload
+(sent to every host) or an ordinary request, and the context length it asks for."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edge.app import unloads
+from edge.app import num_ctx, unloads
 
 
 @pytest.mark.parametrize(
@@ -40,3 +41,21 @@ def test_an_empty_request_with_keep_alive_zero_unloads(path: str, body: dict[str
 )
 def test_anything_else_is_an_ordinary_request(path: str, body: dict[str, Any]) -> None:
     assert not unloads(path, body)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"options": {"num_ctx": 8192}}, 8192),
+        ({"options": {"num_ctx": 8192.0}}, 8192),
+        ({"options": {"num_ctx": 2**40}}, 2**32 - 1),  # a uint32 on the wire
+        ({"options": {"num_ctx": -5}}, 0),
+        ({"options": {"num_ctx": "8192"}}, 0),  # the host's 500 to give
+        ({"options": {"num_ctx": True}}, 0),
+        ({"options": {"temperature": 0}}, 0),
+        ({"options": None}, 0),
+        ({}, 0),
+    ],
+)
+def test_the_context_length_asked_for(body: dict[str, Any], expected: int) -> None:
+    assert num_ctx(body) == expected

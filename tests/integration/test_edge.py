@@ -501,6 +501,44 @@ def test_ollama_stop_unloads_the_model_on_every_host() -> None:
         wait_until(lambda: running.open_leases() == 0, 2.0, "no lease left open")
 
 
+def test_a_request_goes_where_its_context_length_is_loaded() -> None:
+    """Ollama reloads a model for a request with another num_ctx than the loaded instance's:
+    with the model loaded at 8192 on one host and at the default on the other, each request
+    goes to the host loaded as it asks, and neither host reloads."""
+    with fleet.whole_fleet({"a": [], "b": []}) as running:
+        for node, options in (("a", {"num_ctx": 8192}), ("b", {})):
+            httpx.post(
+                running.sim_url(node) + "/api/generate",
+                json={"model": "llama3.2", "options": options, "keep_alive": "1h"},
+                timeout=30,
+            ).raise_for_status()
+        contexts = {8192, 4096}
+        wait_until(
+            lambda: (
+                {
+                    m["context_length"]
+                    for m in httpx.get(running.edge.url + "/api/ps").json()["models"]
+                }
+                == contexts
+            ),
+            3.0,
+            "both loads in the inventory",
+        )
+        for i, (num_ctx, node) in enumerate(((4096, "b"), (8192, "a"), (4096, "b"))):
+            answer = httpx.post(
+                running.edge.url + "/api/generate",
+                json={
+                    "model": "llama3.2",
+                    "prompt": f"{i} at {num_ctx}",
+                    "options": {"num_ctx": num_ctx},
+                },
+                timeout=30,
+            )
+            assert answer.headers["x-hops-node"] == node, num_ctx
+            assert answer.headers["x-hops-route"] == "warm"
+        assert [_sim_stats(running.sim_url(n))["loads"] for n in ("a", "b")] == [1, 1]
+
+
 def test_ollama_create_works_without_naming_a_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The ollama client cannot send X-Hops-Node: a create from a model is made on every host
     that has the model; uploaded blobs go to one host, the create made of them goes there; both

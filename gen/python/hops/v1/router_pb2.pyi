@@ -193,6 +193,7 @@ class PickRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
+    NUM_CTX_FIELD_NUMBER: _builtins.int
     edge_id: _builtins.str
     """The edge asking; its leases are released when its session closes."""
     model: _builtins.str
@@ -207,6 +208,10 @@ class PickRequest(_message.Message):
     """Rough prompt size in tokens, for cost estimates; 0 when unknown."""
     max_candidates: _builtins.int
     """Most candidates wanted (0 = the control plane's default)."""
+    num_ctx: _builtins.int
+    """The context length asked for (options.num_ctx on Ollama's native routes); 0 = none asked.
+    Ollama reloads a model loaded with another one, so a host where it is loaded so is not warm.
+    """
     @_builtins.property
     def exclude_node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Nodes not to return (e.g. already tried)."""
@@ -227,10 +232,11 @@ class PickRequest(_message.Message):
         node_id: _builtins.str = ...,
         prompt_tokens: _builtins.int = ...,
         max_candidates: _builtins.int = ...,
+        num_ctx: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "edge_id", b"edge_id", "exclude_node_ids", b"exclude_node_ids", "label_selector", b"label_selector", "max_candidates", b"max_candidates", "model", b"model", "node_id", b"node_id", "prompt_tokens", b"prompt_tokens", "session_key", b"session_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "edge_id", b"edge_id", "exclude_node_ids", b"exclude_node_ids", "label_selector", b"label_selector", "max_candidates", b"max_candidates", "model", b"model", "node_id", b"node_id", "num_ctx", b"num_ctx", "prompt_tokens", b"prompt_tokens", "session_key", b"session_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
