@@ -66,6 +66,11 @@ def _quoted(model: str) -> str:
     return f"model '{model}' not found"
 
 
+def _embed_not_found(model: str) -> str:
+    # Ollama's embed handler answers a name it cannot parse before it looks the model up.
+    return _quoted(model) if names.parse(model) is None else _pull_first(model)
+
+
 def _pull_first(model: str) -> str:
     return f'model "{model}" not found, try pulling it first'
 
@@ -77,7 +82,7 @@ def _normalised(model: str) -> str:
 ROUTED: dict[str, Routed] = {
     "/api/generate": Routed(router_pb2.API_KIND_GENERATE, "GenerateRequest", _quoted),
     "/api/chat": Routed(router_pb2.API_KIND_CHAT, "ChatRequest", _quoted),
-    "/api/embed": Routed(router_pb2.API_KIND_EMBED, "EmbedRequest", _pull_first),
+    "/api/embed": Routed(router_pb2.API_KIND_EMBED, "EmbedRequest", _embed_not_found),
     "/api/embeddings": Routed(router_pb2.API_KIND_EMBEDDINGS, "EmbeddingRequest", _pull_first),
     "/api/show": Routed(router_pb2.API_KIND_SHOW, "ShowRequest", _normalised),
     "/v1/chat/completions": Routed(
@@ -343,6 +348,8 @@ class EdgeApp:
                 f"field {routed.go_type}.model of type string"
             )
         if not model or not model.strip():
+            if path in ("/api/generate", "/api/embed"):  # Ollama's answer there
+                raise ModelNotFound(_quoted(model or ""))
             raise BadRequest("model is required")
         if unloads(path, body) and names.match_key(model) is not None:
             return await self._unload(scope, receive, send, raw, model, path), model

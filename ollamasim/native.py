@@ -369,7 +369,10 @@ async def embed(request: Request, host: Host) -> Response:
     spec = _installed(
         host,
         raw,
-        f"model '{raw}' not found" if not raw else f'model "{raw}" not found, try pulling it first',
+        # A name that does not parse is answered before the model is looked up.
+        f"model '{raw}' not found"
+        if names.parse(raw) is None
+        else f'model "{raw}" not found, try pulling it first',
     ).spec
     value = data.get("input")
     if value is None or value == "":

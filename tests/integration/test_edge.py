@@ -120,6 +120,15 @@ def test_fleet_wide_reads(shared: Fleet) -> None:
         ),
         ("POST", "/api/chat", b"", 400, {"error": "missing request body"}),
         ("POST", "/api/chat", b'{"messages": []}', 400, {"error": "model is required"}),
+        ("POST", "/api/generate", b'{"prompt": "x"}', 404, {"error": "model '' not found"}),
+        (
+            "POST",
+            "/api/embed",
+            b'{"model": " ", "input": "x"}',
+            404,
+            {"error": "model ' ' not found"},
+        ),
+        ("POST", "/api/embed", b'{"model": "a b"}', 404, {"error": "model 'a b' not found"}),
         (
             "POST",
             "/api/generate",

@@ -92,6 +92,8 @@ async def test_sse_stream_ends_with_done(http: httpx.AsyncClient) -> None:
             404,
             'model "ghost" not found, try pulling it first',
         ),
+        ("/api/embed", {"input": "x"}, 404, "model '' not found"),
+        ("/api/embed", {"model": "a b", "input": "x"}, 404, "model 'a b' not found"),
         ("/api/embeddings", {"prompt": "x"}, 400, "model is required"),
         ("/api/show", {"model": "ghost"}, 404, "model 'ghost:latest' not found"),
         ("/api/copy", {"source": "ghost", "destination": "x"}, 404, 'model "ghost" not found'),
