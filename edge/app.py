@@ -24,7 +24,7 @@ from hops.v1 import router_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from edge import inventory as inv
 from edge import placement
@@ -224,13 +224,7 @@ class EdgeApp:
 
     def _cross_origin(self, scope: Scope) -> str:
         """The Origin of a browser's cross-origin request ("" for none), once it is allowed."""
-        origin = host = ""
-        for key, value in scope["headers"]:
-            if key == b"origin":
-                origin = value.decode("latin-1")
-            elif key == b"host":
-                host = value.decode("latin-1")
-        origin = cors.cross_origin(origin, host)
+        origin, _ = cors.origin_and_host(scope["headers"])
         if origin and not self.origins.allows(origin):
             raise Forbidden(f"origin {origin} is not allowed here (the edge's --origins adds it)")
         return origin
@@ -715,23 +709,14 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 async def _preflight(scope: Scope, receive: Receive, send: Send, origin: str) -> Result:
-    response = Response(b"", status_code=204)
-    response.raw_headers.extend(cors.preflight_headers(origin))
-    await response(scope, receive, send)
+    await cors.preflight(origin)(scope, receive, send)
     return Result(status=204, outcome="ok", route=scope["path"])
 
 
 def _with_origin(send: Send, origin: str) -> Send:
     """``send`` adding the allowed origin to the response headers, and letting the page's script
     read X-Hops-Node and X-Hops-Route."""
-    extra = [*cors.allowed_origin_headers(origin), EXPOSE_HEADERS]
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), *extra]}
-        await send(message)
-
-    return sending
+    return cors.adding(send, [*cors.allowed_origin_headers(origin), EXPOSE_HEADERS])
 
 
 async def _plain(scope: Scope, receive: Receive, send: Send, status: int) -> Result:

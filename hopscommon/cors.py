@@ -19,6 +19,9 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from starlette.responses import Response
+from starlette.types import Message, Send
+
 DEFAULT_ORIGINS: tuple[str, ...] = (
     *(
         f"{scheme}://{host}{port}"
@@ -76,12 +79,29 @@ class Origins:
         return any(_matches(pattern, origin) for pattern in self.patterns)
 
 
-def cross_origin(origin: str, host: str) -> str:
-    """The origin of a cross-origin request, or "" when there is none: no ``Origin``, or the
-    server's own (``host`` is the Host header it was reached by)."""
+def origin_and_host(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, str]:
+    """From a request's (ASGI) headers: the origin of a cross-origin request, "" when there is
+    none (no ``Origin``, or the server's own page), and the ``Host`` it was sent to."""
+    origin = host = ""
+    for key, value in headers:
+        if key == b"origin":
+            origin = value.decode("latin-1")
+        elif key == b"host":
+            host = value.decode("latin-1")
     if origin.lower() in (f"http://{host.lower()}", f"https://{host.lower()}"):
-        return ""
-    return origin
+        origin = ""
+    return origin, host
+
+
+def adding(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` with ``headers`` added to the response's."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+        await send(message)
+
+    return sending
 
 
 def _matches(pattern: str, origin: str) -> bool:
@@ -93,7 +113,14 @@ def _matches(pattern: str, origin: str) -> bool:
     return long_enough and origin.startswith(head) and origin.endswith(tail)
 
 
-def preflight_headers(origin: str) -> list[tuple[bytes, bytes]]:
+def preflight(origin: str) -> Response:
+    """The answer to an allowed origin's preflight: 204 with what it may send."""
+    response = Response(b"", status_code=204)
+    response.raw_headers.extend(_preflight_headers(origin))
+    return response
+
+
+def _preflight_headers(origin: str) -> list[tuple[bytes, bytes]]:
     return [
         (b"access-control-allow-origin", origin.encode("latin-1")),
         (b"access-control-allow-methods", ALLOW_METHODS.encode()),

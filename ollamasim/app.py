@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from hopscommon import cors
 from ollamasim import control, create, native, newer_api, openai_api
@@ -137,34 +137,17 @@ class SimApp:
     async def _browser_checks(self, scope: Scope, receive: Receive, send: Send) -> Send | None:
         """Ollama's CORS and Host checks, in its order: None when they answered the request,
         else the ``send`` to answer it with (adding the allowed origin to the headers)."""
-        origin = host = ""
-        for key, value in scope["headers"]:
-            if key == b"origin":
-                origin = value.decode("latin-1")
-            elif key == b"host":
-                host = value.decode("latin-1")
-        origin = cors.cross_origin(origin, host)
+        origin, host = cors.origin_and_host(scope["headers"])
         if origin and not self.origins.allows(origin):
             await Response(b"", status_code=403)(scope, receive, send)
             return None
         if origin and scope["method"] == "OPTIONS":
-            preflight = Response(b"", status_code=204)
-            preflight.raw_headers.extend(cors.preflight_headers(origin))
-            await preflight(scope, receive, send)
+            await cors.preflight(origin)(scope, receive, send)
             return None
         if self.check_host and not cors.local_host(host):
             await Response(b"", status_code=403)(scope, receive, send)
             return None
-        if not origin:
-            return send
-        extra = cors.allowed_origin_headers(origin)
-
-        async def with_origin(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        return with_origin
+        return cors.adding(send, cors.allowed_origin_headers(origin)) if origin else send
 
 
 def _loopback(host: str) -> bool:

@@ -8,30 +8,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from edge.app import EdgeApp
-from edge.cpclient import ControlPlaneClient
-from edge.metrics import EdgeMetrics
-from edge.settings import EdgeSettings
-from edge.upstream import Upstream
+from tests.edge.planeless import edge_client
 
 
 @pytest.fixture
 async def edge() -> AsyncIterator[httpx.AsyncClient]:
-    config = EdgeSettings(
-        controlplane=("127.0.0.1:1",),
-        pick_timeout=0.2,
-        fail_open_for=0,
-        origins=("https://*.example.com",),
-        api_keys=("k",),
-    )
-    cp = ControlPlaneClient(config.controlplane, "cors", config.pick_timeout)
-    upstream = Upstream(config)
-    app = EdgeApp(config, cp, upstream, EdgeMetrics())
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://hops:11434") as client:
+    settings = {"origins": ("https://*.example.com",), "api_keys": ("k",)}
+    async with edge_client("http://hops:11434", **settings) as client:
         yield client
-    await cp.close()
-    await upstream.close()
 
 
 async def test_a_preflight_from_an_allowed_origin_needs_no_key(edge: httpx.AsyncClient) -> None:

@@ -16,11 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.app import EdgeApp
-from edge.cpclient import ControlPlaneClient
-from edge.metrics import EdgeMetrics
-from edge.settings import EdgeSettings
-from edge.upstream import Upstream
+from tests.edge.planeless import edge_client
 
 ROUTES = [
     "/api/generate",
@@ -41,17 +37,8 @@ ALLOWED = {400, 401, 403, 404, 405, 413, 503}
 
 @pytest.fixture
 async def edge() -> AsyncIterator[httpx.AsyncClient]:
-    config = EdgeSettings(
-        controlplane=("127.0.0.1:1",), pick_timeout=0.2, max_body=64 * 1024, fail_open_for=0
-    )
-    cp = ControlPlaneClient(config.controlplane, "fuzz", config.pick_timeout)
-    upstream = Upstream(config)
-    app = EdgeApp(config, cp, upstream, EdgeMetrics())
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+    async with edge_client("http://edge", max_body=64 * 1024) as client:
         yield client
-    await cp.close()
-    await upstream.close()
 
 
 def _check(response: httpx.Response) -> None:
