@@ -111,6 +111,7 @@ KNOWN_ROUTES = frozenset(
         "/v1/audio/transcriptions",
     }
 )
+NATIVE_INFERENCE = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 NODE_ONLY = {"/api/create": "POST", "/api/push": "POST"}
 BLOBS = re.compile(r"/api/blobs/(?P<digest>[^/]+)")
 V1_MODEL = re.compile(r"/v1/models/(?P<model>[^/]+)")
@@ -328,7 +329,7 @@ class EdgeApp:
             not_found=not_found,
             session_key=session_key(headers, body),
             node_id=headers.get("x-hops-node", ""),
-            num_ctx=num_ctx(body) if path.startswith("/api/") else 0,
+            num_ctx=num_ctx(body) if path in NATIVE_INFERENCE else 0,
         )
 
     async def _routed(
@@ -709,7 +710,7 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 async def _preflight(scope: Scope, receive: Receive, send: Send, origin: str) -> Result:
-    await cors.preflight(origin)(scope, receive, send)
+    await cors.preflight(origin, "X-Hops-Session,X-Hops-Node")(scope, receive, send)
     return Result(status=204, outcome="ok", route=scope["path"])
 
 

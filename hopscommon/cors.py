@@ -113,21 +113,21 @@ def _matches(pattern: str, origin: str) -> bool:
     return long_enough and origin.startswith(head) and origin.endswith(tail)
 
 
-def preflight(origin: str) -> Response:
-    """The answer to an allowed origin's preflight: 204 with what it may send."""
+def preflight(origin: str, more_headers: str = "") -> Response:
+    """The answer to an allowed origin's preflight: 204 with what it may send (Ollama's request
+    headers, and ``more_headers``, comma-separated)."""
+    allowed = f"{ALLOW_HEADERS},{more_headers}" if more_headers else ALLOW_HEADERS
     response = Response(b"", status_code=204)
-    response.raw_headers.extend(_preflight_headers(origin))
+    response.raw_headers.extend(
+        [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"access-control-allow-methods", ALLOW_METHODS.encode()),
+            (b"access-control-allow-headers", allowed.encode()),
+            (b"access-control-max-age", str(MAX_AGE_S).encode()),
+            (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+        ]
+    )
     return response
-
-
-def _preflight_headers(origin: str) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"access-control-allow-origin", origin.encode("latin-1")),
-        (b"access-control-allow-methods", ALLOW_METHODS.encode()),
-        (b"access-control-allow-headers", ALLOW_HEADERS.encode()),
-        (b"access-control-max-age", str(MAX_AGE_S).encode()),
-        (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
-    ]
 
 
 def allowed_origin_headers(origin: str) -> list[tuple[bytes, bytes]]:
