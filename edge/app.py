@@ -52,6 +52,7 @@ from hopscommon.units import parse_go_duration
 
 log = logging.getLogger("hops.edge")
 JSON_TYPE = "application/json; charset=utf-8"
+FAN_OUT_TIMEOUT_S = 30.0  # an unload, delete or copy on a host: no answer by then is a failure
 EXPOSE_HEADERS = (b"access-control-expose-headers", b"X-Hops-Node, X-Hops-Route")
 
 
@@ -494,7 +495,8 @@ class EdgeApp:
     ) -> list[tuple[inv.InventoryNode, httpx.Response]]:
         """Send the request to every node at once; the nodes that answered 200, with their
         replies. A 404 only means that host has no such model; any other answer, or a host not
-        reached, fails the whole request, naming each host that failed."""
+        reached or silent for FAN_OUT_TIMEOUT_S (these are bookkeeping on the host, not
+        inference), fails the whole request, naming each host that failed."""
         headers = request_headers(scope["headers"])
         query = scope.get("query_string", b"").decode("latin-1")
         replies = await asyncio.gather(
@@ -504,6 +506,7 @@ class EdgeApp:
                     node.ollama_url.rstrip("/") + path + ("?" + query if query else ""),
                     content=raw,
                     headers=with_host_headers(headers, node.headers),
+                    timeout=httpx.Timeout(FAN_OUT_TIMEOUT_S, connect=self.settings.connect_timeout),
                 )
                 for node in nodes
             ),

@@ -17,17 +17,22 @@ from edge.upstream import Upstream
 
 
 @contextlib.asynccontextmanager
-async def edge_client(base_url: str, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def edge_app(**settings: Any) -> AsyncIterator[EdgeApp]:
     config = EdgeSettings(
         controlplane=("127.0.0.1:1",), pick_timeout=0.2, fail_open_for=0, **settings
     )
     cp = ControlPlaneClient(config.controlplane, "planeless", config.pick_timeout)
     upstream = Upstream(config)
-    app = EdgeApp(config, cp, upstream, EdgeMetrics())
     try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
-            yield client
+        yield EdgeApp(config, cp, upstream, EdgeMetrics())
     finally:
         await cp.close()
         await upstream.close()
+
+
+@contextlib.asynccontextmanager
+async def edge_client(base_url: str, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with edge_app(**settings) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            yield client
