@@ -8,12 +8,16 @@
 //   {"op": "texts", "selector": S}                    -> {"ok": true, "texts": [...]}
 //   {"op": "screenshot", "path": P}                   -> {"ok": true}
 //   {"op": "errors"}                                  -> {"ok": true, "errors": [...page errors]}
+//   {"op": "eval", "js": EXPR}                        -> {"ok": true, "value": V}, V = what the
+//                                                        page's EXPR gives (awaited)
+// Names under .test resolve to 127.0.0.1, so a test can serve a page from a second origin
+// without leaving loopback.
 import { chromium } from "playwright-core";
 import readline from "node:readline";
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
+  args: ["--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP *.test 127.0.0.1"],
 });
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 const errors = [];
@@ -39,6 +43,8 @@ async function run(c) {
       return {};
     case "errors":
       return { errors };
+    case "eval":
+      return { value: await page.evaluate(c.js) };
     default:
       throw new Error(`unknown op ${c.op}`);
   }
