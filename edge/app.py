@@ -43,7 +43,7 @@ from edge.errors import (
     error_response,
 )
 from edge.metrics import EdgeMetrics
-from edge.proxy import Call, Proxy, Result, StreamedBody, Target
+from edge.proxy import Call, Proxy, Result, StreamedBody, Target, wait_disconnect
 from edge.settings import EdgeSettings
 from edge.upstream import Upstream, request_headers, with_host_headers
 from hopscommon import bodies, cors, names
@@ -634,24 +634,43 @@ class EdgeApp:
         nodes: list[inv.InventoryNode],
     ) -> Result:
         """The same create on several hosts, one after another; the client gets the first
-        host's answer if every host succeeded, else an error naming those that failed."""
+        host's answer if every host succeeded, else an error naming those that failed. A client
+        that leaves stops it: the host creating now sees its request closed, the rest are not
+        asked."""
         headers = request_headers(scope["headers"])
-        answers, failures = [], []
-        for node in nodes:
-            try:
-                response = await self.upstream.client.post(
-                    node.ollama_url.rstrip("/") + "/api/create",
-                    content=raw,
-                    headers=with_host_headers(headers, node.headers),
-                )
-            except httpx.HTTPError as exc:
-                failures.append(f"{node.node_id}: {type(exc).__name__}")
-                continue
-            error = placement.progress_error(response)
-            if error:
-                failures.append(f"{node.node_id}: {error}")
-            else:
-                answers.append(response)
+
+        async def make_each() -> tuple[list[httpx.Response], list[str]]:
+            answers, failures = [], []
+            for node in nodes:
+                try:
+                    response = await self.upstream.client.post(
+                        node.ollama_url.rstrip("/") + "/api/create",
+                        content=raw,
+                        headers=with_host_headers(headers, node.headers),
+                    )
+                except httpx.HTTPError as exc:
+                    failures.append(f"{node.node_id}: {type(exc).__name__}")
+                    continue
+                error = placement.progress_error(response)
+                if error:
+                    failures.append(f"{node.node_id}: {error}")
+                else:
+                    answers.append(response)
+            return answers, failures
+
+        work = asyncio.ensure_future(make_each())
+        gone = asyncio.ensure_future(wait_disconnect(receive))  # the body is read: only a leave
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if work.cancelled():
+            return Result(outcome="client_cancelled", route="/api/create", node=_ids(nodes))
+        answers, failures = work.result()
         if failures:
             raise EdgeError(
                 f"create failed on {len(failures)} of {len(nodes)} hosts: " + "; ".join(failures)

@@ -1,15 +1,18 @@
-"""Requests the edge sends to every host itself (unload, delete, copy) end even when a host never
-answers: that host is named as failed, nobody waits past the fan-out timeout."""
+"""Requests the edge sends to several hosts itself: an unload (also delete, copy) ends even when
+a host never answers, naming it; a create made on several hosts stops when its client leaves."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
 from edge import app as edge_app_module
 from edge import inventory as inv
+from hopscommon.fleet import InstalledModel
 from tests.edge.planeless import edge_app
 
 
@@ -42,3 +45,61 @@ async def test_a_silent_host_fails_an_unload_after_the_timeout_naming_it(
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_client_that_leaves_stops_a_create_on_several_hosts() -> None:
+    """A create from a model goes to every host with that model, one after another: when the
+    client leaves during the first, that host's request is closed and the next is never asked."""
+    creating: dict[str, asyncio.Event] = {"first": asyncio.Event(), "second": asyncio.Event()}
+    closed = asyncio.Event()
+
+    def host(name: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def creating_forever(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+            while await reader.read(65536):  # the request came: creating, never answering
+                creating[name].set()
+            closed.set()  # the edge closed its request: Ollama stops the create
+
+        return creating_forever
+
+    servers = [await asyncio.start_server(host(n), "127.0.0.1", 0) for n in creating]
+    base = InstalledModel(name="base:latest")
+    nodes = tuple(
+        inv.InventoryNode(
+            n, f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}", True, "1", (base,), ()
+        )
+        for n, s in zip(creating, servers, strict=True)
+    )
+    body = json.dumps({"model": "mine", "from": "base", "system": "be brief"}).encode()
+    messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+    async def receive() -> dict[str, object]:
+        message = next(messages, None)
+        if message is not None:
+            return message
+        await creating["first"].wait()  # the client leaves while the first host creates
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/create",
+        "query_string": b"",
+        "headers": [(b"host", b"edge"), (b"content-type", b"application/json")],
+    }
+    try:
+        async with edge_app() as app:
+            app.cp.inventory = inv.Inventory(nodes=nodes)
+            app.cp.connected.set()
+            await asyncio.wait_for(app(scope, receive, send), 10)  # type: ignore[arg-type]
+            await asyncio.wait_for(closed.wait(), 10)
+        assert not creating["second"].is_set()
+        assert sent == []  # nobody to answer
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
