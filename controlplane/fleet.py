@@ -60,6 +60,9 @@ class Node:
     # loaded (or loading) model key -> the routed load that will evict it (no longer warm, or
     # soon warm, for routing)
     evicting: dict[str, str] = field(default_factory=dict)
+    # model key -> the context length a routed reload of it asked for (a load in ``loading``
+    # taking no new memory: Ollama replaces the instance loaded with another length)
+    reloading: dict[str, int] = field(default_factory=dict)
     counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
     vram_total: int = 0
     vram_free: int = 0
@@ -89,14 +92,29 @@ class Node:
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
-        self.forget_loads(lambda key, _since: key in self.loaded_by_key)
+        self.forget_loads(self._loaded_as_asked)
 
-    def mark_loading(self, key: str, memory: int, victims: Iterable[str] = ()) -> None:
+    def _loaded_as_asked(self, key: str, _since: float) -> bool:
+        """Whether a routed load of ``key`` shows in the snapshot: loaded, and for a reload,
+        with the context length it asked for (the old instance is listed until it goes)."""
+        model = self.loaded_by_key.get(key)
+        if model is None:
+            return False
+        wanted = self.reloading.get(key)
+        return wanted is None or not model.context_length or model.context_length == wanted
+
+    def mark_loading(
+        self, key: str, memory: int, victims: Iterable[str] = (), context: int = 0
+    ) -> None:
         """A load of ``key`` was just routed here: it will take ``memory`` bytes before any
-        snapshot says, and Ollama will evict ``victims`` (loaded, idle models) to make room."""
+        snapshot says, and Ollama will evict ``victims`` (loaded, idle models) to make room.
+        ``context``: it reloads ``key``, loaded here with another context length, at this one
+        (in the old instance's memory)."""
         if key not in self.loading:
             self.loading[key] = (time.monotonic(), memory)
             self.loading_bytes += memory
+            if context:
+                self.reloading[key] = context
         for victim in victims:
             self.evicting[victim] = key
 
@@ -111,6 +129,7 @@ class Node:
             if done(key, since):
                 del self.loading[key]
                 self.loading_bytes -= size
+                self.reloading.pop(key, None)
         stale = [
             victim
             for victim, cause in self.evicting.items()

@@ -160,11 +160,16 @@ class Router:
             if not chosen.loaded:
                 # Ollama will evict these for it: no longer warm here. Their floors stay as low
                 # as when they were warm, still a bound; the next snapshot tightens them.
-                memory = int(chosen.model_size * KV_HEADROOM)
-                first.mark_loading(key, memory, self._victims(first, key, chosen))
+                # A reload takes the memory of the instance it replaces.
+                memory = 0 if chosen.reload else int(chosen.model_size * KV_HEADROOM)
+                context = _wanted_context(first, key, request.num_ctx) if chosen.reload else 0
+                first.mark_loading(key, memory, self._victims(first, key, chosen), context)
                 self.fleet.count_warm(first)
                 lease.clean_load = not (
-                    chosen.loading or chosen.loading_ahead or chosen.busy_victims
+                    chosen.loading
+                    or chosen.loading_ahead
+                    or chosen.busy_victims
+                    or (chosen.reload and chosen.in_flight_model)  # it waits for those
                 )
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
@@ -407,10 +412,12 @@ class Router:
             decode_tps=self._decode_tps(learned, node_id, size),
             load_seconds=self._load_seconds(learned, node_id, size),
             affinity=node_id == affinity_node,
+            # Resident once the routed loads are done: a reload replaces an instance listed.
             loaded_count=len(node.loaded_by_key)
             - len(evicting)
             + len(node.loading)
-            - (key in node.loading)
+            - len(node.reloading)
+            - (key in node.loading and key not in node.reloading)
             - reload,
             max_loaded=capacity.max_loaded_models or 3 * max(len(snapshot.gpus), 1),
             idle_loaded_count=idle_count,
@@ -621,15 +628,24 @@ class Router:
 
 def _other_context(node: Node, key: str, num_ctx: int) -> bool:
     """Whether ``key`` is loaded on ``node`` with another context length than a request asking
-    for ``num_ctx`` would run with (capped at the model's trained length, when reported), so
-    Ollama would reload it. A loaded length not reported (0) is taken to match."""
+    for ``num_ctx`` would run with, so Ollama would reload it; or is being reloaded (the
+    instance listed is going away). A loaded length not reported (0) is taken to match."""
     model = node.loaded_by_key.get(key)
-    if model is None or not model.context_length:
+    if model is None:
         return False
+    if key in node.reloading:
+        return True
+    return bool(model.context_length) and model.context_length != _wanted_context(
+        node, key, num_ctx
+    )
+
+
+def _wanted_context(node: Node, key: str, num_ctx: int) -> int:
+    """The context length a request asking for ``num_ctx`` runs with: capped at the model's
+    trained length, when its host reports it."""
     installed = node.installed_by_key.get(key)
     trained = installed.details.context_length if installed is not None else 0
-    wanted = min(num_ctx, trained) if trained else num_ctx
-    return model.context_length != wanted
+    return min(num_ctx, trained) if trained else num_ctx
 
 
 def _wholly_in_memory(node: Node, key: str) -> bool:

@@ -221,3 +221,29 @@ def test_a_context_beyond_the_trained_length_matches_the_capped_instance() -> No
     router = builders.router(fleet, "memory_aware")
     assert router.pick(_req(num_ctx=262144)).ranked[0].reason == "warm"
     assert router.pick(_req(num_ctx=8192)).ranked[0].reason == "reload-fit"
+
+
+def test_a_reload_counts_as_loading_until_the_new_length_shows() -> None:
+    """The old instance stays listed while Ollama waits for its requests and reloads: the next
+    request asking for the new length joins the reload instead of starting another."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 4096)
+    node = fleet.nodes["a"]
+    router = builders.router(fleet, "memory_aware")
+    held = node.loading_bytes
+    assert router.pick(_req(num_ctx=8192)).ranked[0].reason == "reload-fit"
+    assert (node.reloading, node.loading_bytes) == ({"llama3.2:latest": 8192}, held)
+
+    def listed_at(context: int, sequence: int) -> None:
+        (model,) = node.snapshot.loaded
+        snap = replace(
+            node.snapshot, sequence=sequence, loaded=(replace(model, context_length=context),)
+        )
+        fleet.update("a", node.session, snap)
+
+    listed_at(4096, 3)  # still the old instance
+    assert router.pick(_req(num_ctx=8192)).ranked[0].reason == "loading"
+    listed_at(8192, 4)
+    assert not node.loading and not node.reloading
+    ready = router.pick(_req(num_ctx=8192)).ranked[0]  # behind the two requests sent before
+    assert ready.candidate.loaded and ready.reason.startswith("queued")
