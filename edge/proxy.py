@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -448,7 +449,9 @@ class Proxy:
 
 
 def _final_stats(tail: bytes) -> router_pb2.GenerationStats | None:
-    """Counters from Ollama's final chunk (the last line with "done":true), if it is in ``tail``."""
+    """Counters from Ollama's final chunk (the last line with "done":true), if it is in ``tail``;
+    else the token counts of the last ``usage`` object there (the OpenAI, Responses and
+    Anthropic routes: no durations, but the reply's length)."""
     for line in reversed(tail.strip().split(b"\n")):
         if b'"done":true' not in line.replace(b" ", b""):
             continue
@@ -464,7 +467,30 @@ def _final_stats(tail: bytes) -> router_pb2.GenerationStats | None:
             eval_count=int(final.get("eval_count") or 0),
             eval_duration_ns=int(final.get("eval_duration") or 0),
         )
-    return None
+    return _usage_stats(tail)
+
+
+USAGE = re.compile(rb'"usage"\s*:\s*')
+
+
+def _usage_stats(tail: bytes) -> router_pb2.GenerationStats | None:
+    """The token counts of the last ``usage`` object in ``tail``: OpenAI's prompt_tokens and
+    completion_tokens, or input_tokens and output_tokens (Responses, Anthropic)."""
+    starts = [m.end() for m in USAGE.finditer(tail)]
+    if not starts:
+        return None
+    try:
+        usage, _ = json.JSONDecoder().raw_decode(tail[starts[-1] :].decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    output = usage.get("completion_tokens", usage.get("output_tokens"))
+    if not isinstance(output, int) or isinstance(output, bool) or output <= 0:
+        return None
+    prompt = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else 0
+    return router_pb2.GenerationStats(prompt_eval_count=max(prompt, 0), eval_count=output)
 
 
 async def _no_receive() -> dict[str, object]:

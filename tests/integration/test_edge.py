@@ -97,6 +97,29 @@ def test_openai_and_langchain_clients_through_the_edge(shared: Fleet) -> None:
     wait_until(lambda: shared.open_leases() == 0, 2.0, "leases closed by their reports")
 
 
+def test_openai_anthropic_and_responses_replies_teach_their_length(shared: Fleet) -> None:
+    """Replies on the /v1 routes carry no durations, but their usage gives the reply's token
+    count, which the control plane learns from (one sample per reply)."""
+    state_url = fleet.metrics_url(shared.plane).removesuffix("/metrics") + "/api/state"
+
+    def samples() -> int:
+        nodes = httpx.get(state_url).json()["nodes"]
+        return sum(s["samples"] for n in nodes for s in n["speeds"] if s["model"] == "qwen2.5:7b")
+
+    before = samples()
+    oai = openai.OpenAI(base_url=shared.edge.url + "/v1", api_key="unused", max_retries=0)
+    question = [{"role": "user", "content": "how long?"}]
+    assert oai.chat.completions.create(model="qwen2.5:7b", messages=question).usage
+    streamed = oai.chat.completions.create(
+        model="qwen2.5:7b", messages=question, stream=True, stream_options={"include_usage": True}
+    )
+    assert any(chunk.usage for chunk in streamed)
+    claude = anthropic.Anthropic(base_url=shared.edge.url, api_key="unused", max_retries=0)
+    assert claude.messages.create(model="qwen2.5:7b", max_tokens=50, messages=question).usage
+    assert oai.responses.create(model="qwen2.5:7b", input="how long?").usage
+    wait_until(lambda: samples() == before + 4, 3.0, "four replies learned from")
+
+
 def test_fleet_wide_reads(shared: Fleet) -> None:
     base = shared.edge.url
     root = httpx.get(base + "/")

@@ -1,0 +1,70 @@
+"""What the edge reports of a reply's size from its last bytes: Ollama's final chunk, else the
+``usage`` the OpenAI, Responses and Anthropic routes end with (token counts, no durations)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge.proxy import _final_stats
+
+
+def _sse(*events: dict[str, object]) -> bytes:
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+
+
+@pytest.mark.parametrize(
+    ("tail", "counts"),
+    [
+        (  # native: the final chunk, with its durations
+            b'{"response":"x","done":false}\n{"done":true,"eval_count":7,"eval_duration":'
+            b'1000000,"prompt_eval_count":3}\n',
+            (3, 7),
+        ),
+        (  # OpenAI, not streamed: the body ends with usage
+            json.dumps(
+                {
+                    "choices": [{"message": {"content": 'say "usage": 99'}}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52},
+                }
+            ).encode(),
+            (12, 40),
+        ),
+        (  # OpenAI streamed with include_usage
+            _sse({"choices": [{"delta": {"content": "hi"}}]})
+            + _sse({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}})
+            + b"data: [DONE]\n\n",
+            (5, 9),
+        ),
+        (  # Anthropic: message_start's usage, then message_delta's final output_tokens
+            b"event: message_start\n"
+            + _sse({"message": {"usage": {"input_tokens": 4, "output_tokens": 1}}})
+            + b"event: message_delta\n"
+            + _sse({"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 21}}),
+            (0, 21),
+        ),
+        (  # Responses: response.completed carries the whole response, usage last
+            b"event: response.completed\n"
+            + _sse({"response": {"output": [], "usage": {"input_tokens": 8, "output_tokens": 30}}}),
+            (8, 30),
+        ),
+    ],
+)
+def test_reply_counts_from_the_tail(tail: bytes, counts: tuple[int, int]) -> None:
+    stats = _final_stats(tail)
+    assert stats is not None
+    assert (stats.prompt_eval_count, stats.eval_count) == counts
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        _sse({"choices": [{"delta": {"content": "no usage asked"}}]}) + b"data: [DONE]\n\n",
+        b'{"usage": {"prompt_tokens": 3, "completion_tokens": 0}}',  # nothing generated
+        b'"usage": {"completion_tokens": 4',  # cut off
+        json.dumps({"text": 'a reply that says "usage": {"completion_tokens": 5}'}).encode(),
+    ],
+)
+def test_no_counts_without_a_whole_usage(tail: bytes) -> None:
+    assert _final_stats(tail) is None
