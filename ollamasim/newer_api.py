@@ -195,21 +195,18 @@ class _ResponseItems:
         current = self.open
         assert current is not None
         index = len(self.output) - 1
-        if wanted == "reasoning":
-            current["summary"][0]["text"] += value
-            return out + self.event(
-                "response.reasoning_summary_text.delta",
-                item_id=current["id"],
-                output_index=index,
-                summary_index=0,
-                delta=value,
-            )
-        current["content"][0]["text"] += value
+        # A reasoning item's text is its summary's; a message's, its content's.
+        part, event = (
+            ("summary", "response.reasoning_summary_text.delta")
+            if wanted == "reasoning"
+            else ("content", "response.output_text.delta")
+        )
+        current[part][0]["text"] += value
         return out + self.event(
-            "response.output_text.delta",
+            event,
             item_id=current["id"],
             output_index=index,
-            content_index=0,
+            **{f"{part}_index": 0},
             delta=value,
         )
 
