@@ -8,7 +8,10 @@ It follows server/sched.go where a load balancer can see the difference:
   runner is never evicted: the load waits until one goes idle;
 - a model too big for free memory on an empty GPU is split between GPU and CPU;
 - each runner has OLLAMA_NUM_PARALLEL slots; extra requests wait for a slot without limit;
-- keep-alive starts when a runner goes idle; 0 unloads at once, negative never.
+- keep-alive starts when a runner goes idle; 0 unloads at once, negative never;
+- a load belongs to the request that started it: if that request goes away first, the load
+  stops and nothing stays loaded (Ollama loads with the request's context); the next request
+  waiting for the model starts its own.
 
 All methods run on the event loop. Durations given to it are simulated seconds; real sleeps are
 divided by the time scale.
@@ -155,8 +158,9 @@ class Scheduler:
         """Hand a ready runner for ``spec`` to one request, loading it first when needed.
 
         Raises ServerBusy when the pending queue is full. The caller must call :meth:`release`
-        exactly once for every grant. If the caller is cancelled while a load is under way, the
-        load goes on (as in Ollama) and the reference it would have held is dropped.
+        exactly once for every grant. A caller cancelled while it waits leaves the queue, and
+        one cancelled during the load it started stops that load (sched.go loads with the
+        request's context): the model is not left loaded for nobody.
         """
         start = time.monotonic()
         runner = self.runners.get(spec.digest)
@@ -167,17 +171,8 @@ class Scheduler:
             self.stats.busy_rejections += 1
             raise ServerBusy()
         self.pending += 1
-        task = asyncio.create_task(self._load_for(spec, keep_alive, num_ctx))
-        try:
-            runner = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._drop_orphan)
-            raise
+        runner = await self._load_for(spec, keep_alive, num_ctx)
         return Grant(runner, time.monotonic() - start)
-
-    def _drop_orphan(self, task: asyncio.Task[Runner]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            self.release(task.result())
 
     def release(self, runner: Runner) -> None:
         """Return a grant; an idle runner starts its keep-alive clock (or unloads at 0)."""
@@ -217,9 +212,13 @@ class Scheduler:
             async with self._load_lock:
                 runner = self.runners.get(spec.digest)
                 if runner is not None and self._needs_reload(runner, num_ctx):
+                    # Set to expire at once, as sched.go does: it goes when idle even if this
+                    # request leaves before its reload starts.
+                    runner.keep_alive = 0
                     await self._wait_until_idle(runner)
-                    self._remove(runner)
-                    self.stats.unloads += 1
+                    if self.runners.get(spec.digest) is runner:
+                        self._remove(runner)
+                        self.stats.unloads += 1
                     runner = None
                 if runner is not None:
                     self._hold(runner, keep_alive)
@@ -238,7 +237,11 @@ class Scheduler:
                 )
                 self.runners[spec.digest] = runner
                 self._hold(runner, None)
-                await self.sleep(self.load_seconds(spec.size_bytes))
+                try:
+                    await self.sleep(self.load_seconds(spec.size_bytes))
+                except asyncio.CancelledError:
+                    self._remove(runner)  # its request left: the load stops, half done
+                    raise
                 runner.ready.set()
                 self.stats.loads += 1
                 return runner

@@ -68,6 +68,51 @@ async def test_openai_stream_disconnect_cancels(start_sim: SimFactory) -> None:
     await _idle_after_cancel(sim)
 
 
+async def _loading(sim: SimServer, waiting: int = 1) -> bool:
+    stats = await sim_stats(sim)
+    runners = stats["runners"]
+    return bool(runners) and not runners[0]["ready"] and stats["pending_loads"] == waiting
+
+
+async def test_leaving_during_the_load_it_started_stops_the_load(start_sim: SimFactory) -> None:
+    sim = await start_sim(time_scale=2.0)  # llama3.1:8b takes about a second to load
+    body = {"model": "llama3.1:8b", "prompt": "hi", "stream": False}
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        task = asyncio.create_task(client.post("/api/generate", json=body))
+        await eventually(lambda: _loading(sim), within=5.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def unloaded() -> bool:
+            stats = await sim_stats(sim)
+            return (stats["runners"], stats["pending_loads"]) == ([], 0)
+
+        await eventually(unloaded, within=2.0)
+        assert (await client.get("/api/ps")).json()["models"] == []
+    assert (await sim_stats(sim))["loads"] == 0
+
+
+async def test_a_request_waiting_for_an_abandoned_load_loads_the_model_itself(
+    start_sim: SimFactory,
+) -> None:
+    sim = await start_sim(time_scale=2.0)
+    body = {"model": "llama3.1:8b", "prompt": "hi", "stream": False}
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        first = asyncio.create_task(client.post("/api/generate", json=body))
+        await eventually(lambda: _loading(sim), within=5.0)
+        second = asyncio.create_task(client.post("/api/generate", json=body))
+        await eventually(lambda: _loading(sim, waiting=2), within=5.0)
+        first.cancel()
+        reply = await second
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["done"] is True
+        assert [m["name"] for m in (await client.get("/api/ps")).json()["models"]] == [
+            "llama3.1:8b"
+        ]
+    assert (await sim_stats(sim))["loads"] == 1
+
+
 async def _tokens_flowing(sim: SimServer) -> bool:
     return bool((await sim_stats(sim))["tokens_generated"] > 0)
 
