@@ -11,7 +11,10 @@ It follows server/sched.go where a load balancer can see the difference:
 - keep-alive starts when a runner goes idle; 0 unloads at once, negative never;
 - a load belongs to the request that started it: if that request goes away first, the load
   stops and nothing stays loaded (Ollama loads with the request's context); the next request
-  waiting for the model starts its own.
+  waiting for the model starts its own;
+- a request asking for another context length than the loaded instance's reloads it, and so does
+  one asking for none (the automatic length) when the instance was loaded with an explicit one
+  that differs; two automatic ones never do.
 
 All methods run on the event loop. Durations given to it are simulated seconds; real sleeps are
 divided by the time scale.
@@ -46,11 +49,13 @@ class Runner:
         context_length: int,
         num_parallel: int,
         keep_alive: float,
+        context_auto: bool = True,
     ) -> None:
         self.spec = spec
         self.size = size
         self.size_vram = size_vram
         self.context_length = context_length
+        self.context_auto = context_auto  # loaded by a request that named no num_ctx
         self.keep_alive = keep_alive
         self.refs = 0
         self.ready = asyncio.Event()
@@ -203,7 +208,12 @@ class Scheduler:
             runner.expiry = None
 
     def _needs_reload(self, runner: Runner, num_ctx: int | None) -> bool:
-        return bool(num_ctx) and self.context_for(runner.spec, num_ctx) != runner.context_length
+        """sched.go needsReload for the context length: an explicit one must match the loaded
+        instance's; an automatic one matches an automatic instance whatever its length, and an
+        explicit instance only at the same length."""
+        if not num_ctx and runner.context_auto:
+            return False
+        return self.context_for(runner.spec, num_ctx) != runner.context_length
 
     async def _load_for(
         self, spec: ModelSpec, keep_alive: float | None, num_ctx: int | None
@@ -234,6 +244,7 @@ class Scheduler:
                     context_length=context,
                     num_parallel=self.num_parallel,
                     keep_alive=self.default_keep_alive if keep_alive is None else keep_alive,
+                    context_auto=not num_ctx or num_ctx <= 0,
                 )
                 self.runners[spec.digest] = runner
                 self._hold(runner, None)

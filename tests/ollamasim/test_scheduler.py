@@ -148,10 +148,15 @@ async def test_another_context_length_reloads_even_from_an_empty_request(
         await client.post("/api/chat", json={"model": "llama3.2", "options": {"num_ctx": 8192}})
         assert await context_and_loads() == (8192, 1)
         await _generate(client, "llama3.2", options={"num_ctx": 8192})
-        await _generate(client, "llama3.2")  # no num_ctx asked: whatever is loaded
         assert await context_and_loads() == (8192, 1)
-        await _generate(client, "llama3.2", options={"num_ctx": 4096})
+        # None asked runs at the automatic length (4096), so an explicit 8192 instance reloads.
+        await _generate(client, "llama3.2")
         assert await context_and_loads() == (4096, 2)
+        await _generate(client, "llama3.2", options={"num_ctx": 2048})
+        assert await context_and_loads() == (2048, 3)
+        await _generate(client, "llama3.2", options={"num_ctx": 4096})
+        await _generate(client, "llama3.2")  # an explicit 4096 is the automatic length: kept
+        assert await context_and_loads() == (4096, 4)
 
 
 async def test_keep_alive_expiry_unloads_idle_model(start_sim: SimFactory) -> None:
