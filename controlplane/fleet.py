@@ -63,6 +63,8 @@ class Node:
     # model key -> the context length a routed reload of it asked for (a load in ``loading``
     # taking no new memory: Ollama replaces the instance loaded with another length)
     reloading: dict[str, int] = field(default_factory=dict)
+    # models in ``loading`` a reply has shown loaded (an answer came), not yet in a snapshot
+    answered: set[str] = field(default_factory=set)
     counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
     vram_total: int = 0
     vram_free: int = 0
@@ -130,6 +132,7 @@ class Node:
                 del self.loading[key]
                 self.loading_bytes -= size
                 self.reloading.pop(key, None)
+                self.answered.discard(key)
         stale = [
             victim
             for victim, cause in self.evicting.items()

@@ -533,8 +533,27 @@ class Router:
             self.fleet.nodes[report.retry_node_id].breaker.on_dispatch(lease.lease_id)
         else:
             self.fleet.leases.close(lease.lease_id)
+        if node is not None and lease.model in node.loading:
+            if 200 <= report.http_status < 300:
+                node.answered.add(lease.model)
+            else:
+                self._forget_load_unless_awaited(node, lease.model)
         self.metrics.observe_report(report.outcome.name.lower())
         return True
+
+    def _forget_load_unless_awaited(self, node: Node, key: str) -> None:
+        """A request for ``key`` on ``node`` ended without a reply (never sent, refused, timed
+        out, or its client left before the first byte). Ollama loads a model for the request
+        that asked and stops when it goes, so once no request there waits for ``key``, a load
+        routed for it will not happen: stop counting it as loading, and its victims as evicted,
+        rather than for LOADING_TTL_S; unless a reply already showed it done."""
+        if (
+            key in node.loading
+            and key not in node.answered
+            and not self.fleet.leases.in_flight(node.node_id, key)
+        ):
+            self.fleet.warm_changed(node.node_id, node.forget_loads(lambda k, _: k == key))
+            self.fleet.count_warm(node)
 
     def abandon(self, edge_id: str, request_id: int) -> bool:
         """The edge never got the answer to its pick ``request_id``: close the lease it opened
@@ -615,8 +634,14 @@ class Router:
         return expired
 
     def release_edge(self, edge_id: str) -> int:
-        """The edge's session closed: its leases end without an outcome."""
-        return self._abandon(self.fleet.leases.release_edge(edge_id))
+        """The edge's session closed: its leases end without an outcome (and the connections
+        it held to hosts with it, so the loads they waited for stop)."""
+        leases = self.fleet.leases.release_edge(edge_id)
+        for lease in leases:
+            node = self.fleet.nodes.get(lease.node_id)
+            if node is not None:
+                self._forget_load_unless_awaited(node, lease.model)
+        return self._abandon(leases)
 
     def _abandon(self, leases: list[Lease]) -> int:
         for lease in leases:

@@ -2,7 +2,7 @@ from dataclasses import replace
 
 from controlplane.fleet import Fleet
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
-from controlplane.router import PickStatus
+from controlplane.router import PickStatus, Router
 from hopscommon.fleet import Details, Gpu, InstalledModel, LoadedModel
 from tests.controlplane import builders
 
@@ -247,3 +247,77 @@ def test_a_reload_counts_as_loading_until_the_new_length_shows() -> None:
     assert not node.loading and not node.reloading
     ready = router.pick(_req(num_ctx=8192)).ranked[0]  # behind the two requests sent before
     assert ready.candidate.loaded and ready.reason.startswith("queued")
+
+
+def _cold_load_evicting_an_idle_model() -> tuple[Fleet, Router, str]:
+    """Node "a" with ``other`` loaded and idle and no room beside it: routing llama3.2 there
+    marks a load that evicts ``other``. Returns the fleet, its router and that pick's lease."""
+    fleet = builders.fleet()
+    node = builders.add_node(
+        fleet, "a", models=["llama3.2:latest", "other:latest"], loaded=["other:latest"]
+    )
+    total = 3 * 1024**3
+    full = (Gpu(0, "GPU", "", total, total - 2 * builders.GB),)
+    fleet.update("a", node.session, replace(node.snapshot, sequence=2, gpus=full))
+    router = builders.router(fleet, "memory_aware")
+    outcome = router.pick(_req())
+    assert outcome.ranked[0].reason == "cold-evict-idle"
+    assert (set(node.loading), node.evicting) == (
+        {"llama3.2:latest"},
+        {"other:latest": "llama3.2:latest"},
+    )
+    return fleet, router, outcome.lease_id
+
+
+def _still_loading(fleet: Fleet) -> bool:
+    node = fleet.nodes["a"]
+    loading = "llama3.2:latest" in node.loading
+    assert loading == ("other:latest" in node.evicting)
+    assert fleet.warm.get("other:latest", 0) == (0 if loading else 1)
+    return loading
+
+
+def test_a_load_whose_requests_all_left_unanswered_is_no_longer_counted() -> None:
+    """Ollama stops a load when the request it loads for goes away. Once no request routed
+    there still waits, the load is forgotten at once, not after LOADING_TTL_S: the memory it
+    held is free again for routing and the model it was to evict is warm."""
+    fleet, router, first = _cold_load_evicting_an_idle_model()
+    second = router.pick(_req())  # joins the load
+    assert second.ranked[0].reason == "loading"
+    router.report(Report(first, "a", Outcome.CLIENT_CANCELLED))
+    assert _still_loading(fleet)  # the second request still waits: Ollama loads for it
+    router.report(Report(second.lease_id, "a", Outcome.TIMEOUT))
+    assert not _still_loading(fleet)
+    assert router.pick(_req()).ranked[0].reason == "cold-evict-idle"
+
+
+def test_a_load_is_kept_once_its_reply_began_or_while_a_host_error_is_retried_elsewhere() -> None:
+    fleet, router, lease = _cold_load_evicting_an_idle_model()
+    router.report(Report(lease, "a", Outcome.CLIENT_CANCELLED, http_status=200))
+    assert _still_loading(fleet)  # loaded: the reply had begun; the next snapshot shows it
+
+    fleet, router, lease = _cold_load_evicting_an_idle_model()
+    builders.add_node(fleet, "b", models=["llama3.2:latest"])
+    router.report(Report(lease, "a", Outcome.UPSTREAM_ERROR, http_status=500, retry_node_id="b"))
+    assert not _still_loading(fleet)  # the load failed on "a"; the lease moved on to "b"
+
+
+def test_a_load_is_forgotten_when_its_pick_was_abandoned_or_its_edge_left() -> None:
+    fleet, router, _ = _cold_load_evicting_an_idle_model()
+    router.release_edge("edge-2")  # another edge's leaving changes nothing here
+    assert _still_loading(fleet)
+    router.release_edge("edge-1")  # its connections to the hosts closed with it
+    assert not _still_loading(fleet)
+
+    fleet, router, first = _cold_load_evicting_an_idle_model()
+    assert router.pick(_req(request_id=7)).ranked[0].reason == "loading"
+    assert router.abandon("edge-1", 7) is True  # the edge never got this pick's answer
+    assert _still_loading(fleet)  # the first request still waits
+    router.report(Report(first, "a", Outcome.CONNECT_ERROR))
+    assert not _still_loading(fleet)
+
+    fleet, router, first = _cold_load_evicting_an_idle_model()
+    second = router.pick(_req()).lease_id
+    router.report(Report(first, "a", Outcome.OK, http_status=200))
+    router.report(Report(second, "a", Outcome.CLIENT_CANCELLED))
+    assert _still_loading(fleet)  # a reply showed it loaded: kept until a snapshot lists it

@@ -343,6 +343,31 @@ def test_client_disconnect_cancels_on_the_host_within_a_second() -> None:
         wait_until(lambda: running.open_leases() == 0, 1.0, "lease released")
 
 
+def test_a_request_that_leaves_before_its_load_starts_is_not_counted_as_loading() -> None:
+    """A cold request waiting for a busy model to make room, whose client gives up: Ollama
+    never loads for it. The control plane used to count that load as under way, and the busy
+    model as evicted, for LOADING_TTL_S (300 s): the next request for it was routed to join a
+    load nobody was doing ("loading"); now it is the cold load it is, evicting the idle 8b."""
+    slow = ["--profile", "gpu-8g", "--time-scale", "1", "--response-tokens", "100000-100000"]
+    with fleet.whole_fleet({"laptop": slow}) as running:
+        node_url = running.sim_url("laptop")
+        busy = {"model": "llama3.1:8b", "prompt": "long"}
+        cold = {"model": "qwen2.5:7b", "prompt": "hi", "stream": False}
+        with httpx.Client(base_url=running.edge.url, timeout=30) as client:
+            with client.stream("POST", "/api/generate", json=busy) as stream:
+                lines = stream.iter_lines()  # held: a dropped iterator closes the response
+                next(lines)  # llama3.1:8b is loaded and busy: no room for another
+                with pytest.raises(httpx.ReadTimeout):  # waits for it, gives up and closes
+                    client.post("/api/generate", json=cold, timeout=httpx.Timeout(30, read=0.5))
+                wait_until(lambda: running.open_leases() == 1, 1.0, "its lease closed")
+                assert _sim_stats(node_url)["pending_loads"] == 0
+            wait_until(lambda: running.open_leases() == 0, 1.0, "the busy stream's lease closed")
+            assert [r["name"] for r in _sim_stats(node_url)["runners"]] == ["llama3.1:8b"]
+            answer = client.post("/api/generate", json={**cold, "options": {"num_predict": 1}})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-hops-route"] == "cold-evict-idle"
+
+
 def test_bytes_pass_through_unchanged_both_ways() -> None:
     with contextlib.ExitStack() as stack:
         plane = stack.enter_context(fleet.controlplane())
