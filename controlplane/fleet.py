@@ -65,6 +65,13 @@ class Node:
     reloading: dict[str, int] = field(default_factory=dict)
     # models in ``loading`` a reply has shown loaded (an answer came), not yet in a snapshot
     answered: set[str] = field(default_factory=set)
+    # model key -> the context length Ollama here gives it when a request names none
+    # (OLLAMA_CONTEXT_LENGTH or its memory tier, capped at the trained length), learned from
+    # replies: no API reports it
+    auto_context: dict[str, int] = field(default_factory=dict)
+    # model key -> the length listed before a request naming none (re)loaded it: the first
+    # snapshot listing another one shows its automatic length
+    context_probe: dict[str, int] = field(default_factory=dict)
     counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
     vram_total: int = 0
     vram_free: int = 0
@@ -95,6 +102,12 @@ class Node:
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
         self.forget_loads(self._loaded_as_asked)
+        for key, before in list(self.context_probe.items()):
+            listed = self.loaded_by_key.get(key)
+            if listed is None or listed.context_length != before:
+                del self.context_probe[key]
+                if listed is not None and listed.context_length:
+                    self.auto_context[key] = listed.context_length
 
     def _loaded_as_asked(self, key: str, _since: float) -> bool:
         """Whether a routed load of ``key`` shows in the snapshot: loaded, and for a reload,

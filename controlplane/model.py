@@ -67,6 +67,14 @@ class RouteRequest:
     num_ctx: int = 0  # the context length asked for; 0 = none
     request_id: int = 0  # the edge's id for a pick on a Route stream or socket; 0 = unary
 
+    @property
+    def context(self) -> int | None:
+        """The context length the request runs its model with: ``num_ctx`` when asked, 0 for
+        the host's automatic one; None for a request that runs none (show, pull)."""
+        if self.num_ctx > 0:
+            return self.num_ctx
+        return None if self.api in (ApiKind.SHOW, ApiKind.PULL) else 0
+
 
 @dataclass(frozen=True, slots=True)
 class Report:

@@ -23,7 +23,7 @@ from enum import Enum
 from controlplane.fleet import Fleet, Node, model_key
 from controlplane.leases import Lease
 from controlplane.metrics import ControlPlaneMetrics
-from controlplane.model import ApiKind, Outcome, Report, RouteRequest
+from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import BoundedPicker, Candidate, Picker, Ranked
 from controlplane.policies.base import (
     KV_HEADROOM,
@@ -37,6 +37,8 @@ from hopscommon import names
 log = logging.getLogger("hops.controlplane")
 EWMA_ALPHA = 0.3
 LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forgotten
+# A load_duration up to this is Ollama handing over a loaded model (tens of ms), not a load.
+WARM_HANDOVER_NS = 100_000_000
 MAX_SESSIONS = 10_000
 DEMAND_WINDOW = 50  # picks: a model's demand is its expected share of about this many
 DEMAND_DECAY = 1.0 - 1.0 / DEMAND_WINDOW
@@ -154,6 +156,9 @@ class Router:
         first = self.fleet.nodes[ranked[0].candidate.node_id]
         lease = self.fleet.leases.open(request.edge_id, first.node_id, key, request.request_id)
         first.breaker.on_dispatch(lease.lease_id)
+        if request.context == 0:
+            listed = first.loaded_by_key.get(key)
+            lease.auto_from = listed.context_length if listed is not None else 0
         if request.api is not ApiKind.PULL:
             self._count_demand(key)
             chosen = ranked[0].candidate
@@ -217,13 +222,14 @@ class Router:
         eligible: list[Candidate] = []
         saturated = 0
         affinity = self._affinity(request.session_key, key)
+        context = request.context
         for node in holders:
             if not self._passes(node, request):
                 continue
             if self._full(node):
                 saturated += 1
                 continue
-            eligible.append(self._candidate(node, key, affinity, request.num_ctx))
+            eligible.append(self._candidate(node, key, affinity, context))
         if not eligible:
             return self._none_eligible(saturated)
         return tuple(self.policy.pick(request, eligible, limit))
@@ -238,6 +244,7 @@ class Router:
         self._refresh_floors(policy)
         nodes = self.fleet.nodes
         affinity = self._affinity(request.session_key, key)
+        context = request.context
         evaluated: list[Candidate] = []
         best: list[tuple[float, str]] = []  # the ``limit`` lowest (cost, node id), sorted
         saturated = 0
@@ -249,7 +256,7 @@ class Router:
             if self._full(node):
                 saturated += 1
                 return
-            candidate = self._candidate(node, key, affinity, request.num_ctx)
+            candidate = self._candidate(node, key, affinity, context)
             evaluated.append(candidate)
             bisect.insort(best, (policy.cost(candidate), node.node_id))
             del best[limit:]
@@ -355,7 +362,9 @@ class Router:
                 return False
         return node.breaker.allows()
 
-    def _candidate(self, node: Node, key: str, affinity_node: str, num_ctx: int = 0) -> Candidate:
+    def _candidate(
+        self, node: Node, key: str, affinity_node: str, context: int | None = None
+    ) -> Candidate:
         # The hot path of every pick, once per eligible host: locals and plain dict lookups.
         node_id = node.hello.node_id
         per_model = self.fleet.leases.per_model
@@ -366,8 +375,9 @@ class Router:
         total = node.vram_total if on_gpu else snapshot.system_memory_total_bytes
         free = node.vram_free if on_gpu else snapshot.system_memory_free_bytes
         evicting = node.evicting
-        # Loaded with another context length than asked for: Ollama reloads it for this request.
-        reload = bool(num_ctx) and _other_context(node, key, num_ctx)
+        # Loaded with another context length than asked for (or, asked for none, than this
+        # host's automatic one): Ollama reloads it for this request.
+        reload = context is not None and _other_context(node, key, context)
         # A cloud model runs on ollama.com: always ready, never loaded or evicted here.
         loaded = (
             key in node.loaded_by_key and key not in evicting and not reload
@@ -526,8 +536,10 @@ class Router:
         if node is not None:
             detail = f"http {report.http_status}" if report.http_status else ""
             node.breaker.record(report.outcome, lease.lease_id, detail)
-            clean_load = lease.clean_load and lease.attempts == 1 and node.node_id == lease.node_id
-            self._learn(node.node_id, lease.model, report, clean_load)
+            first_try = lease.attempts == 1 and node.node_id == lease.node_id
+            self._learn(node.node_id, lease.model, report, lease.clean_load and first_try)
+            if first_try and lease.auto_from is not None and report.stats is not None:
+                self._learn_auto_context(node, lease.model, lease.auto_from, report.stats)
         if report.retry_node_id and report.retry_node_id in self.fleet.nodes:
             self.fleet.leases.move(lease.lease_id, report.retry_node_id)
             self.fleet.nodes[report.retry_node_id].breaker.on_dispatch(lease.lease_id)
@@ -580,7 +592,7 @@ class Router:
             learned.decode_tps = _ewma(learned.decode_tps, tps)
             if node is not None and size and _wholly_in_memory(node, model):
                 self._learn_rate(self._decode_rates, node, tps * size, DECODE_RATE_STEP)
-        if clean_load and stats.load_duration_ns > 100_000_000:  # not the warm hand-over
+        if clean_load and stats.load_duration_ns > WARM_HANDOVER_NS:
             seconds = stats.load_duration_ns / 1e9
             learned.load_seconds = _ewma(learned.load_seconds, seconds)
             if node is not None and size:
@@ -590,6 +602,31 @@ class Router:
             self._refresh_floor(node, model)
         if stats.eval_count:
             self._learn_tokens(model, stats.eval_count)
+
+    def _learn_auto_context(
+        self, node: Node, key: str, listed: int, stats: GenerationStats
+    ) -> None:
+        """Learn the context length ``node`` gives ``key`` when a request names none, from the
+        reply to such a request that found it ``listed`` with that length (0: not loaded).
+        Ollama reloads for such a request only when the instance was loaded with an explicit,
+        other length (sched.go needsReload), so a reply that waited for no load ran at the
+        automatic length; one that loaded shows it in the next listing that differs."""
+        if stats.load_duration_ns > WARM_HANDOVER_NS:
+            now = node.loaded_by_key.get(key)
+            if now is not None and now.context_length and now.context_length != listed:
+                node.auto_context[key] = now.context_length
+            else:
+                node.context_probe[key] = listed
+            return
+        if not listed:
+            return
+        was = node.auto_context.get(key)
+        node.auto_context[key] = listed
+        if was is not None and was != listed and node.reloading.get(key) == was:
+            # A reload routed at the length learned before, which Ollama did not make (its
+            # automatic length changed, say on a restart): the mark would wait for it in vain.
+            self.fleet.warm_changed(node.node_id, node.forget_loads(lambda k, _: k == key))
+            self.fleet.count_warm(node)
 
     def _learn_tokens(self, model: str, count: int) -> None:
         self._tokens[model], moved = _stepped(self._tokens.get(model), count, TOKENS_STEP)
@@ -653,21 +690,26 @@ class Router:
 
 def _other_context(node: Node, key: str, num_ctx: int) -> bool:
     """Whether ``key`` is loaded on ``node`` with another context length than a request asking
-    for ``num_ctx`` would run with, so Ollama would reload it; or is being reloaded (the
-    instance listed is going away). A loaded length not reported (0) is taken to match."""
+    for ``num_ctx`` (0: none) would run with, so Ollama would reload it; or is being reloaded
+    (the instance listed is going away). A loaded length not reported (0) is taken to match,
+    and so is any for a request asking none while the host's automatic length is unknown."""
     model = node.loaded_by_key.get(key)
     if model is None:
         return False
+    wanted = _wanted_context(node, key, num_ctx)
+    if not wanted:
+        return False
     if key in node.reloading:
         return True
-    return bool(model.context_length) and model.context_length != _wanted_context(
-        node, key, num_ctx
-    )
+    return bool(model.context_length) and model.context_length != wanted
 
 
 def _wanted_context(node: Node, key: str, num_ctx: int) -> int:
     """The context length a request asking for ``num_ctx`` runs with: capped at the model's
-    trained length, when its host reports it."""
+    trained length, when its host reports it; for 0 (none asked), the host's automatic
+    length for the model, 0 while not learned."""
+    if not num_ctx:
+        return node.auto_context.get(key, 0)
     installed = node.installed_by_key.get(key)
     trained = installed.details.context_length if installed is not None else 0
     return min(num_ctx, trained) if trained else num_ctx

@@ -6,7 +6,9 @@ Each candidate gets an expected cost in seconds before its reply can start strea
   warm, queued                   requests ahead / parallel slots x measured time per request
   already loading here           about half a load (a load was routed here moments ago)
   loaded with another context    as cold (Ollama reloads a model whose num_ctx differs), after
-  length than asked for          the requests on the loaded instance, whose memory it reuses
+  length than asked for (or      the requests on the loaded instance, whose memory it reuses
+  than the host's automatic one,
+  learned, when none is asked)
   (cold, any of the below)       + the loads routed here before it (Ollama loads one at a time)
                                  + COLD_LOAD_PENALTY_S: a load is made only where it saves more
                                  than that (its memory is memory a later load may need, and a

@@ -321,3 +321,79 @@ def test_a_load_is_forgotten_when_its_pick_was_abandoned_or_its_edge_left() -> N
     router.report(Report(first, "a", Outcome.OK, http_status=200))
     router.report(Report(second, "a", Outcome.CLIENT_CANCELLED))
     assert _still_loading(fleet)  # a reply showed it loaded: kept until a snapshot lists it
+
+
+def _served(router: Router, node_id: str, *, load_s: float, **kw: object) -> str:
+    """Pick for ``node_id`` and report its reply, whose load_duration is ``load_s``."""
+    outcome = router.pick(_req(node_id=node_id, **kw))
+    stats = GenerationStats(
+        load_duration_ns=int(load_s * 1e9), eval_count=5, eval_duration_ns=10**8
+    )
+    router.report(Report(outcome.lease_id, node_id, Outcome.OK, http_status=200, stats=stats))
+    return outcome.ranked[0].reason
+
+
+def _relisted(fleet: Fleet, node_id: str, context: int) -> None:
+    node = fleet.nodes[node_id]
+    first, *others = node.snapshot.loaded
+    snap = replace(
+        node.snapshot,
+        sequence=node.snapshot.sequence + 1,
+        loaded=(replace(first, context_length=context), *others),
+    )
+    fleet.update(node_id, node.session, snap)
+
+
+def test_a_request_naming_no_context_is_not_sent_warm_to_an_instance_loaded_with_another() -> None:
+    """Ollama gives a request naming no num_ctx the host's automatic length, and reloads an
+    instance an explicit num_ctx loaded at another one. Once a reply shows a host's automatic
+    length, such requests go where the model is loaded with it, so Open WebUI's num_ctx and
+    plain API calls stop reloading one host in turn."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 4096)
+    _loaded_with_context(fleet, "b", 4096, others=2)
+    router = builders.router(fleet, "memory_aware")
+    assert _served(router, "a", load_s=0.04) == "warm"  # ran at 4096 with no load
+    assert fleet.nodes["a"].auto_context == {"llama3.2:latest": 4096}
+    _relisted(fleet, "a", 8192)  # a client asking 8192 reloaded it
+    ranked = {r.candidate.node_id: r for r in router.pick(_req()).ranked}
+    assert ranked["a"].candidate.reload and not ranked["a"].candidate.loaded
+    assert ranked["b"].candidate.loaded  # b's automatic length is unknown: taken to match
+    assert router.pick(_req()).ranked[0].candidate.node_id == "b"
+    show = router.pick(_req(api=ApiKind.SHOW, node_id="a")).ranked[0]  # runs no model
+    assert show.candidate.loaded and not show.candidate.reload
+
+
+def test_the_automatic_length_is_learned_from_a_reload_or_a_cold_load() -> None:
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 8192)  # loaded with an explicit length
+    node = fleet.nodes["a"]
+    router = builders.router(fleet, "memory_aware")
+    assert _served(router, "a", load_s=2.5) == "warm"  # Ollama reloaded it at 4096
+    assert (node.auto_context, node.context_probe) == ({}, {"llama3.2:latest": 8192})
+    _relisted(fleet, "a", 4096)  # the listing catches up
+    assert (node.auto_context, node.context_probe) == ({"llama3.2:latest": 4096}, {})
+
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 8192)
+    node = fleet.nodes["a"]
+    router = builders.router(fleet, "memory_aware")
+    outcome = router.pick(_req())
+    _relisted(fleet, "a", 2048)  # listed at the new length before the reply ends
+    stats = GenerationStats(load_duration_ns=3 * 10**9)
+    router.report(Report(outcome.lease_id, "a", Outcome.OK, http_status=200, stats=stats))
+    assert node.auto_context == {"llama3.2:latest": 2048}
+
+
+def test_a_changed_automatic_length_is_relearned_and_its_reload_mark_dropped() -> None:
+    """Ollama restarted with another OLLAMA_CONTEXT_LENGTH: the reload routed at the old one
+    does not happen (both automatic), and the mark must not wait for it until its TTL."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 4096)
+    node = fleet.nodes["a"]
+    node.auto_context["llama3.2:latest"] = 2048  # learned before the restart
+    router = builders.router(fleet, "memory_aware")
+    assert _served(router, "a", load_s=0.05) == "reload-fit"
+    assert node.auto_context == {"llama3.2:latest": 4096}
+    assert not node.loading and not node.reloading
+    assert router.pick(_req()).ranked[0].reason == "warm"

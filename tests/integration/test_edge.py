@@ -596,6 +596,45 @@ def test_a_request_goes_where_its_context_length_is_loaded() -> None:
         assert [_sim_stats(running.sim_url(n))["loads"] for n in ("a", "b")] == [1, 1]
 
 
+def test_a_request_naming_no_context_avoids_an_instance_another_client_reloaded() -> None:
+    """Ollama runs a request naming no num_ctx at the host's automatic length and reloads an
+    instance loaded with an explicit other one. Once a reply has shown a host's automatic
+    length, plain requests go to the host whose instance runs at it, not to the one a client
+    asking num_ctx 8192 just reloaded (which would reload it again, and then again for that
+    client: the thrash mixed clients cause on one Ollama)."""
+    with fleet.whole_fleet({"a": [], "b": []}) as running:
+        plain = {"model": "llama3.2", "keep_alive": "1h"}
+        for node in ("a", "b"):
+            httpx.post(running.sim_url(node) + "/api/generate", json=plain, timeout=30)
+        wait_until(
+            lambda: len(httpx.get(running.edge.url + "/api/ps").json()["models"]) == 2,
+            3.0,
+            "both loaded",
+        )
+        with httpx.Client(base_url=running.edge.url, timeout=30) as client:
+            learn = client.post(
+                "/api/generate", json={**plain, "prompt": "hi"}, headers={"X-Hops-Node": "a"}
+            )
+            assert learn.headers["x-hops-route"] == "warm"  # ran at a's automatic length
+            httpx.post(
+                running.sim_url("a") + "/api/generate",
+                json={**plain, "options": {"num_ctx": 8192}},
+                timeout=30,
+            ).raise_for_status()
+            wait_until(
+                lambda: (
+                    8192 in {m["context_length"] for m in client.get("/api/ps").json()["models"]}
+                ),
+                3.0,
+                "a listed at 8192",
+            )
+            for i in range(3):
+                answer = client.post("/api/generate", json={**plain, "prompt": f"turn {i}"})
+                assert answer.headers["x-hops-node"] == "b", i
+                assert answer.headers["x-hops-route"] == "warm"
+        assert [_sim_stats(running.sim_url(n))["loads"] for n in ("a", "b")] == [2, 1]
+
+
 def test_ollama_create_works_without_naming_a_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The ollama client cannot send X-Hops-Node: a create from a model is made on every host
     that has the model; uploaded blobs go to one host, the create made of them goes there; both
