@@ -28,6 +28,24 @@ class InstalledModel:
     capabilities: tuple[str, ...] = ()
 
 
+# Architectures Ollama runs with one parallel slot whatever OLLAMA_NUM_PARALLEL says (sched.go
+# load(); nemotron_h* too, by prefix).
+ONE_SLOT_FAMILIES = frozenset(
+    {"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "qwen3next", "lfm2", "lfm2moe"}
+)
+
+
+def runs_one_at_a_time(capabilities: tuple[str, ...], family: str) -> bool:
+    """Whether Ollama gives a model one parallel slot: embedding-only models (by their
+    capabilities, listed since Ollama 0.30; before that, a BERT family says so) and the
+    architectures above. Its requests beyond the first wait inside Ollama."""
+    if capabilities:
+        embedding_only = "embedding" in capabilities and "completion" not in capabilities
+    else:
+        embedding_only = family.endswith("bert")
+    return embedding_only or family in ONE_SLOT_FAMILIES or family.startswith("nemotron_h")
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
     name: str

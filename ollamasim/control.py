@@ -24,6 +24,7 @@ def _runner_view(host: Host) -> list[dict[str, Any]]:
             "ready": r.ready.is_set(),
             "refs": r.refs,
             "active": r.active,
+            "num_parallel": r.num_parallel,
             "size": r.size,
             "size_vram": r.size_vram,
             "keep_alive_s": r.keep_alive,

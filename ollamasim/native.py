@@ -95,6 +95,7 @@ async def tags(request: Request, host: Host) -> Response:
                 "context_length": m.spec.context_length,
                 "embedding_length": m.spec.embedding_length,
             },
+            "capabilities": list(m.spec.capabilities),  # since Ollama 0.30
         }
         for m in entries
     ]

@@ -7,7 +7,8 @@ It follows server/sched.go where a load balancer can see the difference:
 - room is made by evicting idle runners (shortest keep-alive, then least recently used); a busy
   runner is never evicted: the load waits until one goes idle;
 - a model too big for free memory on an empty GPU is split between GPU and CPU;
-- each runner has OLLAMA_NUM_PARALLEL slots; extra requests wait for a slot without limit;
+- each runner has OLLAMA_NUM_PARALLEL slots (one for embedding-only models and a few
+  architectures); extra requests wait for a slot without limit;
 - keep-alive starts when a runner goes idle; 0 unloads at once, negative never;
 - a load belongs to the request that started it: if that request goes away first, the load
   stops and nothing stays loaded (Ollama loads with the request's context); the next request
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hopscommon.fleet import runs_one_at_a_time
 from ollamasim.catalogue import ModelSpec
 from ollamasim.errors import ServerBusy
 from ollamasim.stats import Stats
@@ -146,8 +148,13 @@ class Scheduler:
         wanted = num_ctx if num_ctx and num_ctx > 0 else self.default_context
         return max(min(wanted, spec.context_length), 1)
 
+    def parallel_for(self, spec: ModelSpec) -> int:
+        """Slots a runner of ``spec`` gets: sched.go load() forces one for some models."""
+        return 1 if runs_one_at_a_time(spec.capabilities, spec.family) else self.num_parallel
+
     def memory_needed(self, spec: ModelSpec, context: int) -> int:
-        kv = context * self.num_parallel * KV_BYTES_PER_TOKEN_PER_BILLION * spec.params_billions
+        slots = self.parallel_for(spec)
+        kv = context * slots * KV_BYTES_PER_TOKEN_PER_BILLION * spec.params_billions
         return spec.size_bytes + int(kv)
 
     def memory_used(self) -> int:
@@ -242,7 +249,7 @@ class Scheduler:
                     size=size,
                     size_vram=min(size, max(free, 0)) if self.on_gpu else 0,
                     context_length=context,
-                    num_parallel=self.num_parallel,
+                    num_parallel=self.parallel_for(spec),
                     keep_alive=self.default_keep_alive if keep_alive is None else keep_alive,
                     context_auto=not num_ctx or num_ctx <= 0,
                 )

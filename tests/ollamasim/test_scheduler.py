@@ -210,3 +210,21 @@ async def test_prompt_cache_makes_follow_up_turn_cheaper(start_sim: SimFactory) 
         )
     assert follow["prompt_eval_count"] > first["prompt_eval_count"]
     assert follow["prompt_eval_duration"] * 5 < first["prompt_eval_duration"]
+
+
+async def test_an_embedding_model_gets_one_slot_whatever_num_parallel_says(
+    start_sim: SimFactory,
+) -> None:
+    """sched.go load() runs embedding-only models with one parallel slot (and so one slot's KV
+    cache); /api/tags lists capabilities, which is how a balancer can tell."""
+    sim = await start_sim(num_parallel=4)
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        embedded = await client.post("/api/embed", json={"model": "nomic-embed-text", "input": "x"})
+        assert embedded.status_code == 200, embedded.text
+        await _generate(client, "llama3.2")
+        listed = (await client.get("/api/tags")).json()["models"]
+    slots = {r["name"]: r["num_parallel"] for r in (await sim_stats(sim))["runners"]}
+    assert slots == {"nomic-embed-text:latest": 1, "llama3.2:latest": 4}
+    capabilities = {m["name"]: m["capabilities"] for m in listed}
+    assert capabilities["nomic-embed-text:latest"] == ["embedding"]
+    assert "completion" in capabilities["llama3.2:latest"]

@@ -1,0 +1,12 @@
+from hopscommon.fleet import runs_one_at_a_time
+
+
+def test_which_models_ollama_runs_with_one_slot() -> None:
+    assert runs_one_at_a_time(("embedding",), "nomic-bert")
+    assert not runs_one_at_a_time(("completion", "tools"), "llama")
+    assert not runs_one_at_a_time(("embedding", "completion"), "bert")  # it can also generate
+    assert runs_one_at_a_time(("completion", "vision"), "mllama")  # by architecture
+    assert runs_one_at_a_time(("completion",), "nemotron_h_moe")
+    # Ollama before 0.30 lists no capabilities: a BERT family is an embedding model.
+    assert runs_one_at_a_time((), "bert") and runs_one_at_a_time((), "nomic-bert")
+    assert not runs_one_at_a_time((), "llama")
