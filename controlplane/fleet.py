@@ -17,7 +17,7 @@ from controlplane.breaker import Breaker
 from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
 from hopscommon import names
-from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot
+from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot, runs_one_at_a_time
 
 
 class NodeState(Enum):
@@ -54,6 +54,9 @@ class Node:
     conflicts: list[IdConflict] = field(default_factory=list)
     installed_by_key: dict[str, InstalledModel] = field(default_factory=dict)
     loaded_by_key: dict[str, LoadedModel] = field(default_factory=dict)
+    # installed models Ollama runs with one parallel slot (embedding-only ones, a few
+    # architectures), whatever the host's OLLAMA_NUM_PARALLEL
+    one_slot: frozenset[str] = frozenset()
     # model key -> (when a load was routed here, the memory it will take)
     loading: dict[str, tuple[float, int]] = field(default_factory=dict)
     loading_bytes: int = 0  # size of the models in ``loading``, kept in step with it
@@ -97,6 +100,11 @@ class Node:
     def set_snapshot(self, snapshot: Snapshot) -> None:
         if snapshot.installed is not self.snapshot.installed:  # often the very same tuple
             self.installed_by_key = {model_key(m.name): m for m in snapshot.installed}
+            self.one_slot = frozenset(
+                key
+                for key, m in self.installed_by_key.items()
+                if runs_one_at_a_time(m.capabilities, m.details.family)
+            )
         self.snapshot = snapshot
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
         self.vram_total = snapshot.vram_total

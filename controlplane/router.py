@@ -409,7 +409,7 @@ class Router:
             loaded=loaded,
             in_flight_model=per_model.get((node_id, key), 0),
             in_flight_node=self.fleet.leases.per_node.get(node_id, 0),
-            num_parallel=capacity.num_parallel,
+            num_parallel=1 if key in node.one_slot else capacity.num_parallel,
             weight=node.hello.weight,
             vram_total=node.vram_total,
             vram_free=node.vram_free,

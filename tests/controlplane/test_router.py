@@ -397,3 +397,26 @@ def test_a_changed_automatic_length_is_relearned_and_its_reload_mark_dropped() -
     assert node.auto_context == {"llama3.2:latest": 4096}
     assert not node.loading and not node.reloading
     assert router.pick(_req()).ranked[0].reason == "warm"
+
+
+def test_an_embedding_model_has_one_slot_so_a_second_request_goes_to_another_copy() -> None:
+    """Ollama runs embedding-only models with one parallel slot whatever OLLAMA_NUM_PARALLEL
+    says: the second of two concurrent embeds would wait behind the first on its host, so it
+    goes to the other host that has the model loaded (a RAG burst spreads over the fleet)."""
+    fleet = builders.fleet()
+    names_ = ["nomic-embed-text:latest", "llama3.2:latest"]
+    for node_id in ("a", "b"):
+        node = builders.add_node(fleet, node_id, models=names_, loaded=names_, num_parallel=4)
+        capabilities = (("embedding",), ("completion", "tools"))
+        installed = tuple(
+            replace(m, capabilities=c)
+            for m, c in zip(node.snapshot.installed, capabilities, strict=True)
+        )
+        fleet.update(node_id, node.session, replace(node.snapshot, sequence=2, installed=installed))
+    router = builders.router(fleet, "memory_aware")
+    embeds = [router.pick(_req("nomic-embed-text", api=ApiKind.EMBED)) for _ in range(2)]
+    assert [o.ranked[0].candidate.node_id for o in embeds] == ["a", "b"]
+    assert embeds[0].ranked[0].candidate.num_parallel == 1
+    chats = [router.pick(_req(api=ApiKind.CHAT)) for _ in range(2)]
+    assert {o.ranked[0].candidate.num_parallel for o in chats} == {4}
+    assert fleet.nodes["a"].one_slot == {"nomic-embed-text:latest"}

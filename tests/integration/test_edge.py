@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 import httpx
@@ -633,6 +634,32 @@ def test_a_request_naming_no_context_avoids_an_instance_another_client_reloaded(
                 assert answer.headers["x-hops-node"] == "b", i
                 assert answer.headers["x-hops-route"] == "warm"
         assert [_sim_stats(running.sim_url(n))["loads"] for n in ("a", "b")] == [2, 1]
+
+
+def test_concurrent_embeds_spread_over_hosts_as_ollama_runs_one_at_a_time() -> None:
+    """Hosts with OLLAMA_NUM_PARALLEL=4 still run an embedding model one request at a time;
+    their /api/tags capabilities say which models those are. Two embeds at once go to the two
+    hosts that have it loaded, not both to one (where the second would wait)."""
+    four = ["--num-parallel", "4", "--time-scale", "1"]
+    with fleet.whole_fleet({"a": four, "b": four}, agent_args=["--num-parallel", "4"]) as running:
+        embed = {"model": "nomic-embed-text", "input": ["chunk"] * 200, "keep_alive": "1h"}
+        for node in ("a", "b"):
+            httpx.post(
+                running.sim_url(node) + "/api/embed", json={**embed, "input": ""}, timeout=30
+            ).raise_for_status()
+        wait_until(
+            lambda: len(httpx.get(running.edge.url + "/api/ps").json()["models"]) == 2,
+            3.0,
+            "both loaded",
+        )
+
+        def send(_: int) -> str:
+            answer = httpx.post(running.edge.url + "/api/embed", json=embed, timeout=30)
+            assert answer.status_code == 200, answer.text
+            return answer.headers["x-hops-node"]
+
+        with ThreadPoolExecutor(2) as pool:
+            assert sorted(pool.map(send, range(2))) == ["a", "b"]
 
 
 def test_ollama_create_works_without_naming_a_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
