@@ -377,7 +377,11 @@ class Router:
         evicting = node.evicting
         # Loaded with another context length than asked for (or, asked for none, than this
         # host's automatic one): Ollama reloads it for this request.
-        reload = context is not None and _other_context(node, key, context)
+        reload = (
+            context is not None
+            and (context > 0 or key in node.auto_context)  # none asked, none learned: match
+            and _other_context(node, key, context)
+        )
         # A cloud model runs on ollama.com: always ready, never loaded or evicted here.
         loaded = (
             key in node.loaded_by_key and key not in evicting and not reload
