@@ -63,8 +63,10 @@ def _details(d: Details) -> dict[str, Any]:
         "parameter_size": d.parameter_size,
         "quantization_level": d.quantization_level,
     }
-    if d.context_length:  # omitempty, as Ollama writes it
+    if d.context_length:  # omitempty, as Ollama writes them
         out["context_length"] = d.context_length
+    if d.embedding_length:
+        out["embedding_length"] = d.embedding_length
     return out
 
 
@@ -86,6 +88,7 @@ def tags(inventory: Inventory) -> dict[str, Any]:
                 "size": m.size_bytes,
                 "digest": m.digest,
                 "details": _details(m.details),
+                **({"capabilities": list(m.capabilities)} if m.capabilities else {}),
             }
             for m in ordered
         ]

@@ -16,6 +16,7 @@ class Details:
     families: tuple[str, ...] = ()
     parent_model: str = ""
     context_length: int = 0  # trained; 0 = not reported
+    embedding_length: int = 0  # 0 = not reported
 
 
 @dataclass(frozen=True, slots=True)

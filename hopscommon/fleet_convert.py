@@ -45,6 +45,7 @@ def details(d: fleet_pb2.ModelDetails) -> Details:
         families=tuple(d.families),
         parent_model=d.parent_model,
         context_length=d.context_length,
+        embedding_length=d.embedding_length,
     )
 
 
@@ -57,6 +58,7 @@ def details_pb(d: Details) -> fleet_pb2.ModelDetails:
         families=list(d.families),
         parent_model=d.parent_model,
         context_length=d.context_length,
+        embedding_length=d.embedding_length,
     )
 
 

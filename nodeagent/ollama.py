@@ -48,6 +48,7 @@ def _details(raw: Any) -> Details:
         families=tuple(str(f) for f in families) if isinstance(families, list) else (),
         parent_model=str(d.get("parent_model") or ""),
         context_length=_count(d.get("context_length")),
+        embedding_length=_count(d.get("embedding_length")),
     )
 
 

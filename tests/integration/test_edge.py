@@ -130,6 +130,14 @@ def test_fleet_wide_reads(shared: Fleet) -> None:
     assert httpx.head(base + "/api/ps").status_code == 405
     tags = httpx.get(base + "/api/tags").json()["models"]
     assert len({m["name"] for m in tags}) == len(tags)
+    # An entry reads as the host's own: details with the trained context and embedding
+    # lengths, and the capabilities clients use to tell embedding, vision or tool models.
+    own = {m["name"]: m for m in httpx.get(shared.sim_url("laptop") + "/api/tags").json()["models"]}
+    for entry in tags:
+        if entry["name"] in own:
+            for field in ("details", "capabilities", "size", "digest"):
+                assert entry[field] == own[entry["name"]][field], (entry["name"], field)
+    assert {m["name"]: m["capabilities"] for m in tags}["nomic-embed-text:latest"] == ["embedding"]
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,13 @@ def test_ollama_listings_are_parsed() -> None:
                     "size": 5,
                     "digest": "d",
                     "modified_at": "2025-05-04T17:37:44.706015396-07:00",
-                    "details": {"family": "llama", "families": None, "context_length": 8192},
+                    "details": {
+                        "family": "llama",
+                        "families": None,
+                        "context_length": 8192,
+                        "embedding_length": 4096,
+                    },
+                    "capabilities": ["completion", "tools"],
                 },
                 {"name": "old:latest", "details": {"context_length": "n/a"}},  # older: none
             ]
@@ -49,6 +55,11 @@ def test_ollama_listings_are_parsed() -> None:
     )
     assert tags[0].name == "llama3:latest" and tags[0].details.family == "llama"
     assert [t.details.context_length for t in tags] == [8192, 0]
+    assert (tags[0].details.embedding_length, tags[0].capabilities) == (
+        4096,
+        ("completion", "tools"),
+    )
+    assert (tags[1].details.embedding_length, tags[1].capabilities) == (0, ())
     assert tags[0].modified_at == pytest.approx(1746405464.706, abs=0.01)
     ps = parse_ps(
         {

@@ -70,6 +70,7 @@ class ModelDetails(_message.Message):
     QUANTIZATION_LEVEL_FIELD_NUMBER: _builtins.int
     PARENT_MODEL_FIELD_NUMBER: _builtins.int
     CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    EMBEDDING_LENGTH_FIELD_NUMBER: _builtins.int
     format: _builtins.str
     """File format, normally "gguf"."""
     family: _builtins.str
@@ -82,6 +83,8 @@ class ModelDetails(_message.Message):
     """The model this one was derived from, empty for a base model."""
     context_length: _builtins.int
     """The context length the model was trained for (newer Ollama's /api/tags); 0 = not reported."""
+    embedding_length: _builtins.int
+    """The length of its embedding vectors (newer Ollama's /api/tags); 0 = not reported."""
     @_builtins.property
     def families(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every family the model belongs to."""
@@ -96,10 +99,11 @@ class ModelDetails(_message.Message):
         quantization_level: _builtins.str = ...,
         parent_model: _builtins.str = ...,
         context_length: _builtins.int = ...,
+        embedding_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "families", b"families", "family", b"family", "format", b"format", "parameter_size", b"parameter_size", "parent_model", b"parent_model", "quantization_level", b"quantization_level"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "embedding_length", b"embedding_length", "families", b"families", "family", b"family", "format", b"format", "parameter_size", b"parameter_size", "parent_model", b"parent_model", "quantization_level", b"quantization_level"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
