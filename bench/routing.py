@@ -275,8 +275,10 @@ def main() -> None:
         "each run's own are kept under 'runs' (one run of a seed varies: see bench/README.md)",
     )
     parser.add_argument("--json", default="bench/results/routing.json")
-    parser.add_argument("--png", default="bench/results/routing.png")
+    parser.add_argument("--png", help="the plot; default: --json's path with .png")
     args = parser.parse_args()
+    if args.png is None:  # a run written elsewhere must not replace the committed plot
+        args.png = str(Path(args.json).with_suffix(".png"))
     levels = ["middle"] if args.quick else args.levels.split(",")
     if args.quick:
         args.requests = 40
