@@ -167,6 +167,7 @@ def node_pb(node: Node, fleet: Fleet) -> admin_pb2.Node:
             admin_pb2.ModelInFlight(model=m, in_flight=c) for m, c in sorted(in_flight.items())
         ],
         in_flight_total=sum(in_flight.values()),
+        automatic_context_length=node.auto_context,
         capacity=capacity_pb(node.hello.capacity),
         connected_since=ts(node.connected_since) if node.session is not None else None,
         last_seen=ts(node.last_seen),

@@ -25,6 +25,7 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 from hops.v1 import admin_pb2, admin_pb2_grpc
 
+from hopscommon import names
 from hopscommon.tls import client_credentials
 from hopscommon.units import parse_seconds
 
@@ -94,15 +95,19 @@ def node_detail(n: admin_pb2.Node) -> str:
         )
     for c in n.conflicts:
         lines.append(f"conflict:  {c.hostname} ({c.ollama_url}) claimed this id")
+    automatic = n.automatic_context_length
     loaded = [
         [
             m.name,
             gib(m.size_vram_bytes),
             _when(m.expires_at.seconds) if m.HasField("expires_at") else "-",
+            str(m.context_length or "-"),
+            str(automatic.get(names.match_key(m.name) or m.name.casefold()) or "?"),
         ]
         for m in snap.loaded
     ]
-    lines += ["", "loaded:", table(["MODEL", "VRAM", "EXPIRES"], loaded)]
+    headers = ["MODEL", "VRAM", "EXPIRES", "CONTEXT", "AUTOMATIC"]
+    lines += ["", "loaded:", table(headers, loaded)]
     installed = [
         [m.name, gib(m.size_bytes), m.details.parameter_size, m.details.quantization_level]
         for m in snap.installed

@@ -625,6 +625,9 @@ def test_a_request_naming_no_context_avoids_an_instance_another_client_reloaded(
                 "/api/generate", json={**plain, "prompt": "hi"}, headers={"X-Hops-Node": "a"}
             )
             assert learn.headers["x-hops-route"] == "warm"  # ran at a's automatic length
+            admin = fleet.admin(running.plane.url)
+            learned = admin.GetNode(admin_pb2.GetNodeRequest(node_id="a")).node
+            assert dict(learned.automatic_context_length) == {"llama3.2:latest": 4096}
             httpx.post(
                 running.sim_url("a") + "/api/generate",
                 json={**plain, "options": {"num_ctx": 8192}},

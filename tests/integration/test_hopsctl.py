@@ -53,7 +53,9 @@ def test_hopsctl_reads_and_changes_the_fleet() -> None:
         )
 
         ok(plane, "preload", "laptop", "llama3.2")
-        assert "llama3.2:latest" in ok(plane, "node", "laptop").split("installed:")[0]
+        loaded = ok(plane, "node", "laptop").split("loaded:")[1].split("installed:")[0]
+        row = next(line.split() for line in loaded.splitlines() if "llama3.2:latest" in line)
+        assert row[-2:] == ["4096", "?"]  # its context length; the automatic one not yet learned
         ok(plane, "unload", "laptop", "llama3.2")
 
         assert ok(plane, "cordon", "big").strip() == "big cordoned"

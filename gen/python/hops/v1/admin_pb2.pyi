@@ -202,6 +202,26 @@ class Node(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class AutomaticContextLengthEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODE_ID_FIELD_NUMBER: _builtins.int
     OLLAMA_URL_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
@@ -219,6 +239,7 @@ class Node(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    AUTOMATIC_CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     ollama_url: _builtins.str
@@ -269,6 +290,12 @@ class Node(_message.Message):
     def conflicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___IdConflict]:
         """Other hosts that claimed this node's id while it was connected."""
 
+    @_builtins.property
+    def automatic_context_length(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per model, the context length this node's Ollama gives a request naming no num_ctx, as
+        learned from replies (Ollama reports it nowhere); absent until a reply showed it.
+        """
+
     def __init__(
         self,
         *,
@@ -289,10 +316,11 @@ class Node(_message.Message):
         hostname: _builtins.str = ...,
         instance_id: _builtins.str = ...,
         weight: _builtins.float = ...,
+        automatic_context_length: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "capacity", b"capacity", "connected_since", b"connected_since", "last_seen", b"last_seen", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "capacity", b"capacity", "conflicts", b"conflicts", "connected_since", b"connected_since", "cordoned", b"cordoned", "draining", b"draining", "hostname", b"hostname", "in_flight", b"in_flight", "in_flight_total", b"in_flight_total", "instance_id", b"instance_id", "labels", b"labels", "last_seen", b"last_seen", "node_id", b"node_id", "ollama_url", b"ollama_url", "snapshot", b"snapshot", "state", b"state", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic_context_length", b"automatic_context_length", "breaker", b"breaker", "capacity", b"capacity", "conflicts", b"conflicts", "connected_since", b"connected_since", "cordoned", b"cordoned", "draining", b"draining", "hostname", b"hostname", "in_flight", b"in_flight", "in_flight_total", b"in_flight_total", "instance_id", b"instance_id", "labels", b"labels", "last_seen", b"last_seen", "node_id", b"node_id", "ollama_url", b"ollama_url", "snapshot", b"snapshot", "state", b"state", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
