@@ -42,6 +42,7 @@ WARM_HANDOVER_NS = 100_000_000
 MAX_SESSIONS = 10_000
 DEMAND_WINDOW = 50  # picks: a model's demand is its expected share of about this many
 DEMAND_DECAY = 1.0 - 1.0 / DEMAND_WINDOW
+DEMAND_FORGOTTEN = 0.01  # decayed below this (about 230 picks of other keys), a key is dropped
 TOKENS_STEP = 0.2
 LOAD_RATE_STEP = 0.2
 DECODE_RATE_STEP = 0.2
@@ -161,6 +162,8 @@ class Router:
             lease.auto_from = listed.context_length if listed is not None else 0
         if request.api is not ApiKind.PULL:
             self._count_demand(key)
+            if request.context is not None:
+                self._count_demand(_at_length(key, request.context), counted=False)
             chosen = ranked[0].candidate
             if not chosen.loaded:
                 # Ollama will evict these for it: no longer warm here. Their floors stay as low
@@ -439,10 +442,28 @@ class Router:
             expected_tokens=self._tokens[key][1] if key in self._tokens else 0.0,
             loading_ahead=ahead,
             reload=reload,
+            replaced=self._replaced(node, key, context) if reload and context is not None else None,
         )
         if not loaded and not c.loading and not fits_evicting_idle(c):
             c.busy_victims = self._busy(node, key, c)
         return c
+
+    def _replaced(self, node: Node, key: str, context: int) -> Resident:
+        """The instance a reload of ``key`` replaces, priced as an idle model evicted: its
+        reload here, times the chance a request for it comes soon. Its clients are those asking
+        other lengths than this request (asking ``context``, 0 for none), so the demand is the
+        model's less this length's."""
+        held = node.loaded_by_key[key]
+        installed = node.installed_by_key.get(key)
+        size = installed.size_bytes if installed else held.size_bytes
+        other = self.demand(key) - self.demand(_at_length(key, context))
+        return Resident(
+            key,
+            held.size_vram_bytes if node.vram_total > 0 else held.size_bytes,
+            size,
+            self._load_seconds(self.learned.get((node.node_id, key)), node.node_id, size),
+            max(other, 0.0),
+        )
 
     def _busy(self, node: Node, key: str, c: Candidate) -> tuple[Busy, ...]:
         """The busy and loading models Ollama would evict for ``c``'s load, with what it takes
@@ -491,8 +512,11 @@ class Router:
             )
         return tuple(out)
 
-    def _count_demand(self, key: str) -> None:
-        self._picks += 1
+    def _count_demand(self, key: str, *, counted: bool = True) -> None:
+        """One more pick of ``key``; ``counted`` False for a second key of the same pick (a
+        model at one context length), which must not advance the window twice."""
+        if counted:
+            self._picks += 1
         self._demand[key] = (self._decayed(key) + 1.0, self._picks)
 
     def _decayed(self, key: str) -> float:
@@ -672,6 +696,13 @@ class Router:
             self.fleet.warm_changed(node.node_id, node.forget_loads(lambda _, t: t < stale))
             self.fleet.count_warm(node)
         self.fleet.forget_offline()
+        # Demand long decayed is forgotten: the keys per context length are as many as the
+        # lengths clients send, which they choose.
+        self._demand = {
+            key: seen
+            for key, seen in self._demand.items()
+            if seen[0] * DEMAND_DECAY ** (self._picks - seen[1]) >= DEMAND_FORGOTTEN
+        }
         return expired
 
     def release_edge(self, edge_id: str) -> int:
@@ -690,6 +721,11 @@ class Router:
             if node is not None:
                 node.breaker.abandon(lease.lease_id)
         return len(leases)
+
+
+def _at_length(key: str, context: int) -> str:
+    """The demand key of ``key`` asked at context length ``context`` (0: none named)."""
+    return f"{key}\x00{context}"
 
 
 def _other_context(node: Node, key: str, num_ctx: int) -> bool:

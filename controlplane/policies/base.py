@@ -79,6 +79,9 @@ class Candidate:
     # Loaded here with another context length than the request asks for: Ollama reloads it
     # once its ``in_flight_model`` requests are done (not ``loaded``; its memory counts as free).
     reload: bool = False
+    # For a reload: the instance it replaces, as a resident whose demand is the model's from
+    # requests asking other lengths (they pay a reload in turn when they come back).
+    replaced: Resident | None = None
 
 
 def fits_evicting_idle(c: Candidate) -> bool:

@@ -6,9 +6,10 @@ Each candidate gets an expected cost in seconds before its reply can start strea
   warm, queued                   requests ahead / parallel slots x measured time per request
   already loading here           about half a load (a load was routed here moments ago)
   loaded with another context    as cold (Ollama reloads a model whose num_ctx differs), after
-  length than asked for (or      the requests on the loaded instance, whose memory it reuses
-  than the host's automatic one,
-  learned, when none is asked)
+  length than asked for (or      the requests on the loaded instance, whose memory it reuses,
+  than the host's automatic one, plus the reload that instance's clients (those asking other
+  learned, when none is asked)   lengths) then pay, weighted by how often they ask, as for an
+                                 evicted idle model
   (cold, any of the below)       + the loads routed here before it (Ollama loads one at a time)
                                  + COLD_LOAD_PENALTY_S: a load is made only where it saves more
                                  than that (its memory is memory a later load may need, and a
@@ -42,6 +43,7 @@ from controlplane.policies.base import (
     KV_HEADROOM,
     Candidate,
     Ranked,
+    Resident,
     fits_evicting_idle,
     predicted_victims,
 )
@@ -82,11 +84,16 @@ def eviction_cost(c: Candidate) -> float:
     """What the models Ollama would evict for this load are expected to cost later: each one's
     reload time on this host, times the chance it is asked for among the next picks (less when
     another host has it loaded too and can take those requests)."""
-    return sum(
+    return sum(victim_cost(r) for r in predicted_victims(c))
+
+
+def victim_cost(r: Resident) -> float:
+    """One evicted model's expected cost: its reload time on this host times the chance it is
+    asked for soon (less when another host has it loaded too)."""
+    return (
         _load_time(r.reload_seconds, r.size_bytes)
         * (1.0 - math.exp(-r.demand))
         * (ELSEWHERE_SHARE if r.elsewhere else 1.0)
-        for r in predicted_victims(c)
     )
 
 
@@ -133,8 +140,10 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
             return _total(wait, per_request, c), tier, wait
         load += loads_ahead(c)  # Ollama loads one model at a time
         load += COLD_LOAD_PENALTY_S
-        if c.reload:  # Ollama reloads once the requests on the loaded instance are done
+        if c.reload:  # Ollama reloads once the requests on the loaded instance are done,
             load += c.in_flight_model * per_request / max(c.num_parallel, 1)
+            if c.replaced is not None:  # and that instance's clients then reload it back
+                load += victim_cost(c.replaced)
         if c.model_size * KV_HEADROOM <= c.memory_free and c.loaded_count < c.max_loaded:
             wait, tier = load, "cold-fit"
         elif fits_evicting_idle(c):

@@ -1,5 +1,7 @@
 from dataclasses import replace
 
+import pytest
+
 from controlplane.fleet import Fleet
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.router import PickStatus, Router
@@ -420,3 +422,39 @@ def test_an_embedding_model_has_one_slot_so_a_second_request_goes_to_another_cop
     chats = [router.pick(_req(api=ApiKind.CHAT)) for _ in range(2)]
     assert {o.ranked[0].candidate.num_parallel for o in chats} == {4}
     assert fleet.nodes["a"].one_slot == {"nomic-embed-text:latest"}
+
+
+def test_a_reload_pays_for_the_reload_it_causes_the_instances_own_clients() -> None:
+    """Replacing an instance other clients use (asking another length) costs them a reload
+    when they come back, so a plain request goes to a free host rather than reload theirs; two
+    kinds of client alternating on one host was measured as 36 loads in 80 requests."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 8192)
+    builders.add_node(fleet, "b", models=["llama3.2:latest"], vram_gb=6.5)  # room, nothing loaded
+    fleet.nodes["a"].auto_context["llama3.2:latest"] = 4096
+    router = builders.router(fleet, "memory_aware")
+    for _ in range(5):  # clients asking 8192 use a's instance
+        outcome = router.pick(_req(num_ctx=8192))
+        assert outcome.ranked[0].candidate.node_id == "a"
+        router.report(Report(outcome.lease_id, "a", Outcome.OK, http_status=200))
+    plain = router.pick(_req())
+    by_node = {r.candidate.node_id: r for r in plain.ranked}
+    assert by_node["a"].reason == "reload-fit"
+    replaced = by_node["a"].candidate.replaced
+    assert replaced is not None and replaced.demand > 3  # the 8192 picks, not this one's
+    assert plain.ranked[0].candidate.node_id == "b"
+
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 8192)  # a leftover: nobody asks 8192 any more
+    _loaded_with_context(fleet, "c", 4096)
+    for node_id in ("a", "c"):
+        fleet.nodes[node_id].auto_context["llama3.2:latest"] = 4096
+    router = builders.router(fleet, "memory_aware")
+    for _ in range(5):  # plain requests, served warm on c
+        outcome = router.pick(_req())
+        assert outcome.ranked[0].candidate.node_id == "c"
+        router.report(Report(outcome.lease_id, "c", Outcome.OK, http_status=200))
+    by_node = {r.candidate.node_id: r.candidate for r in router.pick(_req()).ranked}
+    replaced = by_node["a"].replaced
+    assert by_node["a"].reload and replaced is not None
+    assert replaced.demand == pytest.approx(0.0, abs=1e-9)

@@ -647,6 +647,39 @@ def test_a_request_naming_no_context_avoids_an_instance_another_client_reloaded(
         assert [_sim_stats(running.sim_url(n))["loads"] for n in ("a", "b")] == [2, 1]
 
 
+def test_clients_asking_two_context_lengths_settle_on_two_hosts() -> None:
+    """Open WebUI asking num_ctx 8192 beside plain API calls, on two hosts: after the first
+    plain request shows host a's automatic length (by reloading a, as Ollama does), each kind
+    keeps to its own host; a reload of the other kind's instance is priced with the reload it
+    would cause them. (It used to reload one host in turn on every switch.)"""
+    with fleet.whole_fleet({"a": [], "b": []}) as running:
+        with httpx.Client(base_url=running.edge.url, timeout=30) as client:
+
+            def ask(num_ctx: int | None, i: int) -> str:
+                options = {"num_predict": 3, **({"num_ctx": num_ctx} if num_ctx else {})}
+                body = {"model": "llama3.1:8b", "prompt": f"{i}", "options": options}
+                answer = client.post("/api/generate", json={**body, "stream": False})
+                assert answer.status_code == 200, answer.text
+                return str(answer.headers["x-hops-node"])
+
+            first = ask(8192, 0)
+            assert ask(None, 1) == first  # its automatic length unknown: taken to match
+            admin = fleet.admin(running.plane.url)
+            wait_until(  # learned once the agent lists the reload (it polls every second)
+                lambda: admin.GetNode(
+                    admin_pb2.GetNodeRequest(node_id=first)
+                ).node.automatic_context_length.get("llama3.1:8b"),
+                3.0,
+                "the automatic length learned",
+            )
+            homes = {ask(8192, 2), ask(None, 3)}
+            assert len(homes) == 2  # the 8192 clients moved to the other host
+            for i in range(4, 10):
+                assert ask(8192 if i % 2 else None, i) in homes
+        loads = {n: _sim_stats(running.sim_url(n))["loads"] for n in ("a", "b")}
+        assert loads == {first: 2, ({"a", "b"} - {first}).pop(): 1}
+
+
 def test_concurrent_embeds_spread_over_hosts_as_ollama_runs_one_at_a_time() -> None:
     """Hosts with OLLAMA_NUM_PARALLEL=4 still run an embedding model one request at a time;
     their /api/tags capabilities say which models those are. Two embeds at once go to the two
