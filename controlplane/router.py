@@ -106,6 +106,7 @@ class Router:
     # Per model key, (picks of it, decayed by DEMAND_DECAY per pick of any model; pick number).
     _demand: dict[str, tuple[float, int]] = field(default_factory=dict)
     _picks: int = 0
+    _asked_lengths: set[str] = field(default_factory=set)  # models ever asked an explicit num_ctx
     # Per model key, reply length in tokens: (running average, the figure policies see). The
     # second moves only when the first drifts by TOKENS_STEP, since every host's floor uses it.
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -147,23 +148,28 @@ class Router:
         key = model_key(request.model)
         limit = request.max_candidates or self.max_candidates
         policy = self._as_bounded(self.policy)
+        asked = request.context
         if policy is not None and not request.node_id and request.api is not ApiKind.PULL:
-            found = self._rank_bounded(request, key, limit, policy)
+            found = self._rank_bounded(request, key, limit, policy, asked)
         else:
-            found = self._rank_all(request, key, limit)
+            found = self._rank_all(request, key, limit, asked)
         if isinstance(found, PickOutcome):
             return found
         ranked = found
         first = self.fleet.nodes[ranked[0].candidate.node_id]
         lease = self.fleet.leases.open(request.edge_id, first.node_id, key, request.request_id)
         first.breaker.on_dispatch(lease.lease_id)
-        if request.context == 0:
+        if asked == 0:
             listed = first.loaded_by_key.get(key)
             lease.auto_from = listed.context_length if listed is not None else 0
         if request.api is not ApiKind.PULL:
             self._count_demand(key)
-            if request.context is not None:
-                self._count_demand(_at_length(key, request.context), counted=False)
+            # Per length too, once the model was ever asked at an explicit one: what a reload
+            # would cost the clients of the instance it replaces (see _replaced).
+            if asked and key not in self._asked_lengths:
+                self._asked_lengths.add(key)
+            if asked is not None and key in self._asked_lengths:
+                self._count_demand(_at_length(key, asked), counted=False)
             chosen = ranked[0].candidate
             if not chosen.loaded:
                 # Ollama will evict these for it: no longer warm here. Their floors stay as low
@@ -206,7 +212,7 @@ class Router:
         return [k for k, _ in order[: evictions_needed(chosen, (held for _, held in order))]]
 
     def _rank_all(
-        self, request: RouteRequest, key: str, limit: int
+        self, request: RouteRequest, key: str, limit: int, context: int | None
     ) -> tuple[Ranked, ...] | PickOutcome:
         """Build a candidate for every host that passes the filters; the policy ranks them."""
         pool = self.fleet.nodes if request.api is ApiKind.PULL else self.fleet.holders.get(key, {})
@@ -225,7 +231,6 @@ class Router:
         eligible: list[Candidate] = []
         saturated = 0
         affinity = self._affinity(request.session_key, key)
-        context = request.context
         for node in holders:
             if not self._passes(node, request):
                 continue
@@ -238,7 +243,12 @@ class Router:
         return tuple(self.policy.pick(request, eligible, limit))
 
     def _rank_bounded(
-        self, request: RouteRequest, key: str, limit: int, policy: BoundedPicker
+        self,
+        request: RouteRequest,
+        key: str,
+        limit: int,
+        policy: BoundedPicker,
+        context: int | None,
     ) -> tuple[Ranked, ...] | PickOutcome:
         """As _rank_all, visiting hosts in floor order and stopping once no host left could
         rank in the top ``limit``: every host not visited has a floor, so a cost, above the
@@ -247,7 +257,6 @@ class Router:
         self._refresh_floors(policy)
         nodes = self.fleet.nodes
         affinity = self._affinity(request.session_key, key)
-        context = request.context
         evaluated: list[Candidate] = []
         best: list[tuple[float, str]] = []  # the ``limit`` lowest (cost, node id), sorted
         saturated = 0
@@ -452,7 +461,9 @@ class Router:
         """The instance a reload of ``key`` replaces, priced as an idle model evicted: its
         reload here, times the chance a request for it comes soon. Its clients are those asking
         other lengths than this request (asking ``context``, 0 for none), so the demand is the
-        model's less this length's."""
+        model's less this length's. Lengths are counted once the model was ever asked an
+        explicit one; before that, the instance was loaded outside HOPS by clients it does not
+        see, and it is taken to be in use as much as the model is."""
         held = node.loaded_by_key[key]
         installed = node.installed_by_key.get(key)
         size = installed.size_bytes if installed else held.size_bytes
@@ -564,7 +575,7 @@ class Router:
         if node is not None:
             detail = f"http {report.http_status}" if report.http_status else ""
             node.breaker.record(report.outcome, lease.lease_id, detail)
-            first_try = lease.attempts == 1 and node.node_id == lease.node_id
+            first_try = lease.attempts == 1 and node.hello.node_id == lease.node_id
             self._learn(node.node_id, lease.model, report, lease.clean_load and first_try)
             if first_try and lease.auto_from is not None and report.stats is not None:
                 self._learn_auto_context(node, lease.model, lease.auto_from, report.stats)

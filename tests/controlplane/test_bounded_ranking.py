@@ -98,8 +98,8 @@ def _same(router: Router, request: RouteRequest) -> None:
     key = model_key(request.model)
     limit = request.max_candidates or router.max_candidates
     policy = router.policy
-    full = router._rank_all(request, key, limit)
-    bounded = router._rank_bounded(request, key, limit, policy)  # type: ignore[arg-type]
+    full = router._rank_all(request, key, limit, request.context)
+    bounded = router._rank_bounded(request, key, limit, policy, request.context)  # type: ignore[arg-type]
     if isinstance(full, PickOutcome):
         assert isinstance(bounded, PickOutcome), (full, bounded)
         assert (bounded.status, bounded.message) == (full.status, full.message)

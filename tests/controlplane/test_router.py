@@ -444,17 +444,29 @@ def test_a_reload_pays_for_the_reload_it_causes_the_instances_own_clients() -> N
     assert replaced is not None and replaced.demand > 3  # the 8192 picks, not this one's
     assert plain.ranked[0].candidate.node_id == "b"
 
-    fleet = builders.fleet()
-    _loaded_with_context(fleet, "a", 8192)  # a leftover: nobody asks 8192 any more
-    _loaded_with_context(fleet, "c", 4096)
-    for node_id in ("a", "c"):
-        fleet.nodes[node_id].auto_context["llama3.2:latest"] = 4096
-    router = builders.router(fleet, "memory_aware")
-    for _ in range(5):  # plain requests, served warm on c
-        outcome = router.pick(_req())
-        assert outcome.ranked[0].candidate.node_id == "c"
-        router.report(Report(outcome.lease_id, "c", Outcome.OK, http_status=200))
-    by_node = {r.candidate.node_id: r.candidate for r in router.pick(_req()).ranked}
-    replaced = by_node["a"].replaced
-    assert by_node["a"].reload and replaced is not None
-    assert replaced.demand == pytest.approx(0.0, abs=1e-9)
+    def plain_picks_on_c(asked_8192_first: bool) -> float:
+        """a holds an 8192 instance, c one at the automatic length; after plain requests
+        on c, the demand of a's instance's clients as a share of the model's."""
+        fleet = builders.fleet()
+        _loaded_with_context(fleet, "a", 8192)
+        _loaded_with_context(fleet, "c", 4096)
+        for node_id in ("a", "c"):
+            fleet.nodes[node_id].auto_context["llama3.2:latest"] = 4096
+        router = builders.router(fleet, "memory_aware")
+        if asked_8192_first:
+            router.report(
+                Report(router.pick(_req(num_ctx=8192)).lease_id, "a", Outcome.OK, http_status=200)
+            )
+        for _ in range(5):
+            outcome = router.pick(_req())
+            assert outcome.ranked[0].candidate.node_id == "c"
+            router.report(Report(outcome.lease_id, "c", Outcome.OK, http_status=200))
+        by_node = {r.candidate.node_id: r.candidate for r in router.pick(_req()).ranked}
+        assert by_node["a"].reload and by_node["a"].replaced is not None
+        return by_node["a"].replaced.demand / router.demand("llama3.2:latest")
+
+    # Its clients asked once in six picks: their share of the model's demand is about that.
+    assert 0.1 < plain_picks_on_c(True) < 0.2
+    # Loaded outside HOPS (no request ever asked a length here): its clients are not seen, so
+    # it is taken to be in use as much as the model is, and kept rather than reloaded.
+    assert plain_picks_on_c(False) == pytest.approx(1.0)
