@@ -34,8 +34,7 @@ class IdConflict:
     seen_at: float
 
 
-def model_key(name: str) -> str:
-    return names.match_key(name) or name.casefold()
+model_key = names.model_key
 
 
 @dataclass(slots=True)

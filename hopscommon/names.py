@@ -125,3 +125,9 @@ def match_key(raw: str) -> str | None:
     """The case-insensitive lookup key of ``raw``, None when invalid."""
     name = parse(raw)
     return name.key if name else None
+
+
+def model_key(raw: str) -> str:
+    """The key the control plane files a model under (and admin answers use): ``match_key``,
+    else the name folded to lower case."""
+    return match_key(raw) or raw.casefold()

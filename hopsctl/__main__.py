@@ -102,7 +102,7 @@ def node_detail(n: admin_pb2.Node) -> str:
             gib(m.size_vram_bytes),
             _when(m.expires_at.seconds) if m.HasField("expires_at") else "-",
             str(m.context_length or "-"),
-            str(automatic.get(names.match_key(m.name) or m.name.casefold()) or "?"),
+            str(automatic.get(names.model_key(m.name)) or "?"),
         ]
         for m in snap.loaded
     ]
