@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -603,8 +604,7 @@ class Router:
             and key not in node.answered
             and not self.fleet.leases.in_flight(node.node_id, key)
         ):
-            self.fleet.warm_changed(node.node_id, node.forget_loads(lambda k, _: k == key))
-            self.fleet.count_warm(node)
+            self._forget_loads(node, lambda k, _: k == key)
 
     def abandon(self, edge_id: str, request_id: int) -> bool:
         """The edge never got the answer to its pick ``request_id``: close the lease it opened
@@ -664,8 +664,7 @@ class Router:
         if was is not None and was != listed and node.reloading.get(key) == was:
             # A reload routed at the length learned before, which Ollama did not make (its
             # automatic length changed, say on a restart): the mark would wait for it in vain.
-            self.fleet.warm_changed(node.node_id, node.forget_loads(lambda k, _: k == key))
-            self.fleet.count_warm(node)
+            self._forget_loads(node, lambda k, _: k == key)
 
     def _learn_tokens(self, model: str, count: int) -> None:
         self._tokens[model], moved = _stepped(self._tokens.get(model), count, TOKENS_STEP)
@@ -703,9 +702,7 @@ class Router:
         expired = self._abandon(self.fleet.leases.expire(lease_ttl))
         stale = time.monotonic() - LOADING_TTL_S
         for node in self.fleet.nodes.values():
-            # A model marked for eviction and still loaded is warm again.
-            self.fleet.warm_changed(node.node_id, node.forget_loads(lambda _, t: t < stale))
-            self.fleet.count_warm(node)
+            self._forget_loads(node, lambda _, t: t < stale)
         self.fleet.forget_offline()
         # Demand long decayed is forgotten: the keys per context length are as many as the
         # lengths clients send, which they choose.
@@ -715,6 +712,12 @@ class Router:
             if seen[0] * DEMAND_DECAY ** (self._picks - seen[1]) >= DEMAND_FORGOTTEN
         }
         return expired
+
+    def _forget_loads(self, node: Node, done: Callable[[str, float], bool]) -> None:
+        """Drop ``node``'s routed loads for which ``done(key, since)`` holds; the models they
+        were to evict and still loaded are warm again, for ranking and for the warm counts."""
+        self.fleet.warm_changed(node.node_id, node.forget_loads(done))
+        self.fleet.count_warm(node)
 
     def release_edge(self, edge_id: str) -> int:
         """The edge's session closed: its leases end without an outcome (and the connections
