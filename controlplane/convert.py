@@ -100,6 +100,7 @@ def report(msg: router_pb2.ReportRequest) -> Report:
             s.prompt_eval_duration_ns,
             s.eval_count,
             s.eval_duration_ns,
+            s.first_token_ns,
         )
     return Report(
         lease_id=msg.lease_id,

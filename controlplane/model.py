@@ -49,6 +49,13 @@ class GenerationStats:
     prompt_eval_duration_ns: int = 0
     eval_count: int = 0
     eval_duration_ns: int = 0
+    first_token_ns: int = 0  # timed by the edge: a stream without Ollama's durations
+
+    @property
+    def load_wait_ns(self) -> int:
+        """Time spent before the model could start on the prompt: Ollama's load_duration; for a
+        reply timed by the edge, its time to the first token (prompt evaluation included)."""
+        return self.load_duration_ns or self.first_token_ns
 
 
 @dataclass(frozen=True, slots=True)

@@ -578,8 +578,10 @@ class Router:
             node.breaker.record(report.outcome, lease.lease_id, detail)
             first_try = lease.attempts == 1 and node.hello.node_id == lease.node_id
             self._learn(node.node_id, lease.model, report, lease.clean_load and first_try)
-            if first_try and lease.auto_from is not None and report.stats is not None:
-                self._learn_auto_context(node, lease.model, lease.auto_from, report.stats)
+            stats = report.stats
+            # An edge-timed reply cannot tell a load from a slow prompt: it teaches no length.
+            if first_try and lease.auto_from is not None and stats and not stats.first_token_ns:
+                self._learn_auto_context(node, lease.model, lease.auto_from, stats)
         if report.retry_node_id and report.retry_node_id in self.fleet.nodes:
             self.fleet.leases.move(lease.lease_id, report.retry_node_id)
             self.fleet.nodes[report.retry_node_id].breaker.on_dispatch(lease.lease_id)
@@ -616,9 +618,10 @@ class Router:
         return self.report(Report(lease.lease_id, lease.node_id, Outcome.CLIENT_CANCELLED))
 
     def _learn(self, node_id: str, model: str, report: Report, clean_load: bool) -> None:
-        """Fold one reply's figures in. Its load_duration teaches load speed only when
-        ``clean_load``: a request that waited for other loads or for a busy model to finish, or
-        that came while its model was already loading, reports the wait (or the rest of a load)."""
+        """Fold one reply's figures in. Its load_duration (for a reply timed by the edge, its
+        time to the first token) teaches load speed only when ``clean_load``: a request that
+        waited for other loads or for a busy model to finish, or that came while its model was
+        already loading, reports the wait (or the rest of a load)."""
         stats = report.stats
         if stats is None:
             return
@@ -631,8 +634,8 @@ class Router:
             learned.decode_tps = _ewma(learned.decode_tps, tps)
             if node is not None and size and _wholly_in_memory(node, model):
                 self._learn_rate(self._decode_rates, node, tps * size, DECODE_RATE_STEP)
-        if clean_load and stats.load_duration_ns > WARM_HANDOVER_NS:
-            seconds = stats.load_duration_ns / 1e9
+        if clean_load and stats.load_wait_ns > WARM_HANDOVER_NS:
+            seconds = stats.load_wait_ns / 1e9
             learned.load_seconds = _ewma(learned.load_seconds, seconds)
             if node is not None and size:
                 self._learn_rate(self._load_rates, node, size / seconds, LOAD_RATE_STEP)

@@ -97,6 +97,31 @@ def test_only_a_load_that_started_at_once_teaches_the_load_time() -> None:
     assert router.learned[("n", "a:latest")].load_seconds == 2.0
 
 
+def test_a_reply_timed_by_the_edge_teaches_speeds_but_no_context_length() -> None:
+    """OpenAI-compatible streams carry none of Ollama's durations: the edge's time to the first
+    token stands for the load (when the pick started one at once), its time from there to the
+    last for decoding. It cannot tell a load from a slow prompt, so no automatic length."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["a:latest"])
+    router = builders.router(fleet, "memory_aware")
+    loads = router.pick(_req("a"))
+    joins = router.pick(_req("a"))  # came while a loads: its first token waited for the rest
+    timed = GenerationStats(eval_count=80, eval_duration_ns=2 * 10**9, first_token_ns=3 * 10**9)
+    assert router.report(Report(joins.lease_id, "n", Outcome.OK, http_status=200, stats=timed))
+    assert router.learned[("n", "a:latest")].load_seconds == 0.0
+    assert router.report(Report(loads.lease_id, "n", Outcome.OK, http_status=200, stats=timed))
+    learned = router.learned[("n", "a:latest")]
+    assert (learned.load_seconds, learned.decode_tps) == (3.0, 40.0)
+
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 4096)
+    router = builders.router(fleet, "memory_aware")
+    warm = router.pick(_req(node_id="a"))
+    quick = GenerationStats(eval_count=5, eval_duration_ns=10**8, first_token_ns=4 * 10**7)
+    router.report(Report(warm.lease_id, "a", Outcome.OK, http_status=200, stats=quick))
+    assert fleet.nodes["a"].auto_context == {}  # Ollama's own durations would have taught 4096
+
+
 def test_failures_from_traffic_open_the_breaker() -> None:
     fleet = builders.fleet()
     builders.add_node(fleet, "a")

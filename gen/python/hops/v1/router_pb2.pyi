@@ -396,6 +396,7 @@ class GenerationStats(_message.Message):
     PROMPT_EVAL_DURATION_NS_FIELD_NUMBER: _builtins.int
     EVAL_COUNT_FIELD_NUMBER: _builtins.int
     EVAL_DURATION_NS_FIELD_NUMBER: _builtins.int
+    FIRST_TOKEN_NS_FIELD_NUMBER: _builtins.int
     total_duration_ns: _builtins.int
     """total_duration."""
     load_duration_ns: _builtins.int
@@ -408,6 +409,13 @@ class GenerationStats(_message.Message):
     """eval_count: generated tokens."""
     eval_duration_ns: _builtins.int
     """eval_duration."""
+    first_token_ns: _builtins.int
+    """Set by the edge for a streamed reply that carries none of Ollama's durations (the
+    OpenAI-compatible routes): the time from the request to its first token by the edge's
+    clock (its model's load, prompt evaluation and any wait). eval_duration_ns is then the time
+    from the first token to the last, and eval_count the reply's tokens (usage's, else its
+    events counted).
+    """
     def __init__(
         self,
         *,
@@ -417,10 +425,11 @@ class GenerationStats(_message.Message):
         prompt_eval_duration_ns: _builtins.int = ...,
         eval_count: _builtins.int = ...,
         eval_duration_ns: _builtins.int = ...,
+        first_token_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_count", b"eval_count", "eval_duration_ns", b"eval_duration_ns", "load_duration_ns", b"load_duration_ns", "prompt_eval_count", b"prompt_eval_count", "prompt_eval_duration_ns", b"prompt_eval_duration_ns", "total_duration_ns", b"total_duration_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_count", b"eval_count", "eval_duration_ns", b"eval_duration_ns", "first_token_ns", b"first_token_ns", "load_duration_ns", b"load_duration_ns", "prompt_eval_count", b"prompt_eval_count", "prompt_eval_duration_ns", b"prompt_eval_duration_ns", "total_duration_ns", b"total_duration_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
