@@ -344,6 +344,11 @@ class Proxy:
                 else router_pb2.OUTCOME_UPSTREAM_ERROR
             )
         ttfb = 0.0
+        # An OpenAI-compatible stream carries no durations and, unless its client asked, no
+        # usage: its events are counted so its length and decode speed can still be learned.
+        count_events = call.dialect == OPENAI and "event-stream" in content_type
+        events = 0
+        finished = 0.0  # when the last byte went out, for a stream that ended well
         self.metrics.open_streams.inc()
         try:
             await send(
@@ -359,6 +364,8 @@ class Proxy:
                 except StopAsyncIteration:
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if count_events:
+                    events += chunk.count(b"data: {")
                 tail.append(chunk)
                 tail_size += len(chunk)
                 while tail_size - len(tail[0]) >= TAIL_BYTES:
@@ -367,6 +374,8 @@ class Proxy:
             result.outcome = (
                 "ok" if outcome == router_pb2.OUTCOME_OK else f"http_{response.status_code}"
             )
+            if outcome == router_pb2.OUTCOME_OK and "event-stream" in content_type:
+                finished = time.monotonic() - started
         except (TimeoutError, httpx.HTTPError) as exc:
             outcome = (
                 router_pb2.OUTCOME_TIMEOUT
@@ -396,7 +405,9 @@ class Proxy:
                 started,
                 "",
                 ttfb=ttfb,
-                stats=_final_stats(b"".join(tail)),
+                stats=_final_stats(
+                    b"".join(tail), ttfb, finished, events - 1 if count_events else 0
+                ),
             )
 
     async def _end_with_error(
@@ -448,10 +459,14 @@ class Proxy:
         self.cp.send_report(plane, request)
 
 
-def _final_stats(tail: bytes) -> router_pb2.GenerationStats | None:
+def _final_stats(
+    tail: bytes, ttfb: float = 0.0, finished: float = 0.0, events: int = 0
+) -> router_pb2.GenerationStats | None:
     """Counters from Ollama's final chunk (the last line with "done":true), if it is in ``tail``;
-    else the token counts of the last ``usage`` object there (the OpenAI, Responses and
-    Anthropic routes: no durations, but the reply's length)."""
+    else those the edge measures (the OpenAI, Responses and Anthropic routes: no durations).
+    They are the tokens of the last ``usage`` object there, else ``events`` (a stream's token
+    events counted); and for a stream that ended well ``finished`` seconds after it began, the
+    times to its first token (``ttfb``) and from there to the last."""
     for line in reversed(tail.strip().split(b"\n")):
         if b'"done":true' not in line.replace(b" ", b""):
             continue
@@ -467,7 +482,13 @@ def _final_stats(tail: bytes) -> router_pb2.GenerationStats | None:
             eval_count=int(final.get("eval_count") or 0),
             eval_duration_ns=int(final.get("eval_duration") or 0),
         )
-    return _usage_stats(tail)
+    stats = _usage_stats(tail)
+    if stats is None and events > 0 and finished:  # a cut stream's events are not its length
+        stats = router_pb2.GenerationStats(eval_count=events)
+    if stats is not None and finished > ttfb > 0:
+        stats.first_token_ns = int(ttfb * 1e9)
+        stats.eval_duration_ns = int((finished - ttfb) * 1e9)
+    return stats
 
 
 USAGE = re.compile(rb'"usage"\s*:\s*')

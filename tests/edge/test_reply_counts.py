@@ -68,3 +68,38 @@ def test_reply_counts_from_the_tail(tail: bytes, counts: tuple[int, int]) -> Non
 )
 def test_no_counts_without_a_whole_usage(tail: bytes) -> None:
     assert _final_stats(tail) is None
+
+
+def test_a_stream_without_durations_is_timed_by_the_edge() -> None:
+    """An OpenAI-compatible stream (no durations, no usage unless asked): its events counted,
+    and the edge's own times to the first token and from there to the last."""
+    tail = _sse({"choices": [{"delta": {"content": "x"}}]}) + b"data: [DONE]\n\n"
+    stats = _final_stats(tail, 1.5, 4.0, 50)
+    assert stats is not None
+    assert (stats.eval_count, stats.first_token_ns, stats.eval_duration_ns) == (
+        50,
+        1_500_000_000,
+        2_500_000_000,
+    )
+    # With usage asked for, its count wins over the events, and the times are the same.
+    with_usage = _final_stats(
+        tail + _sse({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}),
+        1.5,
+        4.0,
+        51,
+    )
+    assert with_usage is not None
+    assert (with_usage.eval_count, with_usage.first_token_ns) == (9, 1_500_000_000)
+
+
+def test_ollamas_own_durations_are_never_replaced_by_the_edges() -> None:
+    tail = b'{"done":true,"eval_count":7,"eval_duration":1000000,"load_duration":5}\n'
+    stats = _final_stats(tail, 1.5, 4.0, 0)
+    assert stats is not None
+    assert (stats.eval_duration_ns, stats.load_duration_ns, stats.first_token_ns) == (10**6, 5, 0)
+
+
+def test_a_stream_that_did_not_end_well_teaches_nothing() -> None:
+    # Cut, cancelled or failed (finished 0): its events so far are not the reply's length.
+    tail = _sse({"choices": [{"delta": {"content": "x"}}]})
+    assert _final_stats(tail, 1.5, 0.0, 30) is None

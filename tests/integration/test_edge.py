@@ -121,6 +121,29 @@ def test_openai_anthropic_and_responses_replies_teach_their_length(shared: Fleet
     wait_until(lambda: samples() == before + 4, 3.0, "four replies learned from")
 
 
+def test_an_openai_stream_teaches_load_time_and_decode_speed() -> None:
+    """The OpenAI SDK streams with neither Ollama's durations nor usage: the edge times the
+    stream itself, so the control plane learns a fleet's speeds from OpenAI clients alone."""
+    # Time scale 5: the 14b's load (9 GB at 3.5 GB/s) takes 0.51 s, its decoding 333 tokens/s.
+    with fleet.whole_fleet({"big": ["--time-scale", "5"]}) as running:
+        state_url = fleet.metrics_url(running.plane).removesuffix("/metrics") + "/api/state"
+
+        def learned() -> list[dict[str, float]]:
+            nodes = httpx.get(state_url).json()["nodes"]
+            return [s for n in nodes for s in n["speeds"] if s["model"] == "qwen2.5:14b"]
+
+        oai = openai.OpenAI(base_url=running.edge.url + "/v1", api_key="unused", max_retries=0)
+        question = [{"role": "user", "content": "how fast?"}]
+        chunks = list(
+            oai.chat.completions.create(model="qwen2.5:14b", messages=question, stream=True)
+        )
+        assert not any(c.usage for c in chunks)  # nothing but the stream's own timing to go by
+        (speeds,) = wait_until(learned, 3.0, "the stream learned from")
+        assert speeds["samples"] == 1
+        assert 0.5 <= speeds["loadSeconds"] < 5.0  # the load, and the prompt, before token one
+        assert 0 < speeds["decodeTps"] < 2 * 333
+
+
 def test_fleet_wide_reads(shared: Fleet) -> None:
     base = shared.edge.url
     root = httpx.get(base + "/")
