@@ -8,8 +8,11 @@ faster than real time; all times below are converted back to simulated (real-har
 Reported per policy and level: completed and failed requests, time to first token and end-to-end
 latency p50/p95/p99, model loads and evictions (the simulators' own counters), goodput tokens/s.
 
+With --api openai the clients stream /v1/chat/completions as the OpenAI SDK does, whose replies
+carry none of Ollama's durations: the fleet learns its speeds from the edge's own timing.
+
 Usage: python bench/routing.py [--quick] [--seed 7] [--repeat N] [--trace] [--json PATH]
-                               [--png PATH]
+                               [--png PATH] [--api ollama|openai]
 """
 
 from __future__ import annotations
@@ -95,7 +98,10 @@ async def one_request(
     messages: list[dict[str, str]],
     session: str,
     scale: float,
+    api: str = "ollama",
 ) -> Sample:
+    if api == "openai":
+        return await one_openai_request(client, model, messages, session, scale)
     body = {"model": model, "messages": messages, "stream": True}
     started = time.perf_counter()
     first = 0.0
@@ -129,7 +135,55 @@ async def one_request(
         return Sample(False, error=type(exc).__name__)
 
 
-async def drive(edge_url: str, workload: Workload, scale: float) -> tuple[list[Sample], float]:
+async def one_openai_request(
+    client: httpx.AsyncClient,
+    model: str,
+    messages: list[dict[str, str]],
+    session: str,
+    scale: float,
+) -> Sample:
+    """The same chat turn as the OpenAI SDK streams it by default: /v1/chat/completions, no
+    stream_options, so the reply carries neither Ollama's durations nor a usage object."""
+    body = {"model": model, "messages": messages, "stream": True}
+    started = time.perf_counter()
+    first, tokens, done = 0.0, 0, False
+    try:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=body, headers={"X-Hops-Session": session}
+        ) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return Sample(False, error=f"http {response.status_code}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if not first:
+                    first = time.perf_counter()
+                if line == "data: [DONE]":
+                    done = True
+                    break
+                chunk = json.loads(line[len("data: ") :])
+                if "error" in chunk:
+                    return Sample(False, error=str(chunk["error"]))
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    tokens += 1
+            if not done:
+                return Sample(False, error="no [DONE]")
+            return Sample(
+                True,
+                (first - started) * scale,
+                (time.perf_counter() - started) * scale,
+                tokens,
+                response.headers.get("x-hops-node", ""),
+                route=response.headers.get("x-hops-route", ""),
+            )
+    except httpx.HTTPError as exc:
+        return Sample(False, error=type(exc).__name__)
+
+
+async def drive(
+    edge_url: str, workload: Workload, scale: float, api: str = "ollama"
+) -> tuple[list[Sample], float]:
     plan = workload.plan()
     histories: dict[tuple[str, int], list[dict[str, str]]] = {}
     samples: list[Sample] = []
@@ -143,7 +197,9 @@ async def drive(edge_url: str, workload: Workload, scale: float) -> tuple[list[S
             async with locks.setdefault(key, asyncio.Lock()):  # turns of one chat are sequential
                 history = histories.setdefault(key, [])
                 history.append({"role": "user", "content": f"turn {len(history)} of chat {index}"})
-                sample = await one_request(client, model, list(history), f"{model}/{index}", scale)
+                sample = await one_request(
+                    client, model, list(history), f"{model}/{index}", scale, api
+                )
                 sample.model, sample.at = model, at
                 if sample.ok:
                     history.append({"role": "assistant", "content": "..."})
@@ -172,7 +228,7 @@ def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]
         edge_args=["--log-level", "warning"],
     ) as running:
         workload = Workload(args.seed, args.requests, LEVELS[level])
-        samples, elapsed = asyncio.run(drive(running.edge.url, workload, scale))
+        samples, elapsed = asyncio.run(drive(running.edge.url, workload, scale, args.api))
         stats = {
             node: httpx.get(running.sim_url(node) + "/_sim/stats").json() for node in running.hosts
         }
@@ -260,10 +316,23 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--requests", type=int, default=120, help="requests per run")
-    parser.add_argument("--time-scale", type=float, default=10.0)
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        help="how much faster than real time the simulators run (default 10; 1 with --api "
+        "openai, whose replies the edge times by its own clock: at any other scale the fleet "
+        "would learn loads and decoding that many times faster than the simulated hardware)",
+    )
     parser.add_argument("--levels", default=",".join(LEVELS))
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--quick", action="store_true", help="middle level, 40 requests")
+    parser.add_argument(
+        "--api",
+        choices=("ollama", "openai"),
+        default="ollama",
+        help="the clients' API: Ollama's /api/chat, or /v1/chat/completions as the OpenAI SDK "
+        "streams it (no durations, no usage in the reply)",
+    )
     parser.add_argument(
         "--trace", action="store_true", help="add each request's host, route reason and TTFT"
     )
@@ -277,6 +346,8 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results/routing.json")
     parser.add_argument("--png", help="the plot; default: --json's path with .png")
     args = parser.parse_args()
+    if args.time_scale is None:
+        args.time_scale = 1.0 if args.api == "openai" else 10.0
     if args.png is None:  # a run written elsewhere must not replace the committed plot
         args.png = str(Path(args.json).with_suffix(".png"))
     levels = ["middle"] if args.quick else args.levels.split(",")
@@ -297,6 +368,7 @@ def main() -> None:
         "runs_per_result": args.repeat,
         "requests_per_run": args.requests,
         "time_scale": args.time_scale,
+        "api": args.api,
         "results": results,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
