@@ -73,7 +73,11 @@ class SimSettings:
     )
     seed: int = option(0, "seed for generated text, embeddings and fault draws", parse=int)
     time_scale: float = option(
-        1.0, "run this many times faster than real time (loads, decoding, keep-alive)", parse=float
+        1.0,
+        "run this many times faster than real time (loads, decoding, keep-alive); replies report "
+        "durations in simulated time, but a clock outside (the edge timing an OpenAI stream) "
+        "sees real time, so keep 1 where speeds are learned from both",
+        parse=float,
     )
     vram: int | None = option(
         None, "GPU memory, e.g. 8GiB (0 = no GPU); default: the profile's", parse=parse_bytes
