@@ -483,7 +483,9 @@ def _final_stats(
             eval_duration_ns=int(final.get("eval_duration") or 0),
         )
     stats = _usage_stats(tail)
-    if stats is None and events > 0 and finished:  # a cut stream's events are not its length
+    # Only a stream that ended with OpenAI's success marker: a cut stream's events, or those
+    # before an error event, are not the reply's length.
+    if stats is None and events > 0 and finished and tail.rstrip().endswith(b"data: [DONE]"):
         stats = router_pb2.GenerationStats(eval_count=events)
     if stats is not None and finished > ttfb > 0:
         stats.first_token_ns = int(ttfb * 1e9)

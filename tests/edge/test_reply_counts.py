@@ -103,3 +103,5 @@ def test_a_stream_that_did_not_end_well_teaches_nothing() -> None:
     # Cut, cancelled or failed (finished 0): its events so far are not the reply's length.
     tail = _sse({"choices": [{"delta": {"content": "x"}}]})
     assert _final_stats(tail, 1.5, 0.0, 30) is None
+    # Ended, but with an error event where OpenAI's [DONE] should be.
+    assert _final_stats(tail + _sse({"error": {"message": "model crashed"}}), 1.5, 4.0, 30) is None
