@@ -100,75 +100,41 @@ async def one_request(
     scale: float,
     api: str = "ollama",
 ) -> Sample:
-    if api == "openai":
-        return await one_openai_request(client, model, messages, session, scale)
+    """One chat turn, streamed: on Ollama's /api/chat, or (``api`` "openai") on
+    /v1/chat/completions as the OpenAI SDK sends it by default, with no stream_options, so the
+    reply carries neither Ollama's durations nor a usage object."""
+    openai = api == "openai"
     body = {"model": model, "messages": messages, "stream": True}
     started = time.perf_counter()
-    first = 0.0
+    first, tokens, ended = 0.0, 0, False
     try:
         async with client.stream(
-            "POST", "/api/chat", json=body, headers={"X-Hops-Session": session}
-        ) as response:
-            if response.status_code != 200:
-                await response.aread()
-                return Sample(False, error=f"http {response.status_code}")
-            final: dict[str, Any] = {}
-            async for line in response.aiter_lines():
-                if not first:
-                    first = time.perf_counter()
-                chunk = json.loads(line)
-                if "error" in chunk:
-                    return Sample(False, error=chunk["error"])
-                if chunk.get("done"):
-                    final = chunk
-            if not final:
-                return Sample(False, error="no final chunk")
-            return Sample(
-                True,
-                (first - started) * scale,
-                (time.perf_counter() - started) * scale,
-                int(final.get("eval_count", 0)),
-                response.headers.get("x-hops-node", ""),
-                route=response.headers.get("x-hops-route", ""),
-            )
-    except httpx.HTTPError as exc:
-        return Sample(False, error=type(exc).__name__)
-
-
-async def one_openai_request(
-    client: httpx.AsyncClient,
-    model: str,
-    messages: list[dict[str, str]],
-    session: str,
-    scale: float,
-) -> Sample:
-    """The same chat turn as the OpenAI SDK streams it by default: /v1/chat/completions, no
-    stream_options, so the reply carries neither Ollama's durations nor a usage object."""
-    body = {"model": model, "messages": messages, "stream": True}
-    started = time.perf_counter()
-    first, tokens, done = 0.0, 0, False
-    try:
-        async with client.stream(
-            "POST", "/v1/chat/completions", json=body, headers={"X-Hops-Session": session}
+            "POST",
+            "/v1/chat/completions" if openai else "/api/chat",
+            json=body,
+            headers={"X-Hops-Session": session},
         ) as response:
             if response.status_code != 200:
                 await response.aread()
                 return Sample(False, error=f"http {response.status_code}")
             async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
+                if openai and not line.startswith("data: "):
+                    continue  # the blank line between events
                 if not first:
                     first = time.perf_counter()
-                if line == "data: [DONE]":
-                    done = True
+                if openai and line == "data: [DONE]":
+                    ended = True
                     break
-                chunk = json.loads(line[len("data: ") :])
+                chunk = json.loads(line.removeprefix("data: ") if openai else line)
                 if "error" in chunk:
                     return Sample(False, error=str(chunk["error"]))
-                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    tokens += 1
-            if not done:
-                return Sample(False, error="no [DONE]")
+                if openai:  # one event per token; the last one, finish_reason, has none
+                    choices = chunk["choices"]
+                    tokens += bool(choices and choices[0]["delta"].get("content"))
+                elif chunk.get("done"):
+                    ended, tokens = True, int(chunk.get("eval_count", 0))
+            if not ended:
+                return Sample(False, error="no final chunk")
             return Sample(
                 True,
                 (first - started) * scale,
