@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 from hops.v1 import admin_pb2, admin_pb2_grpc, agent_pb2
@@ -39,14 +39,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return node
 
     def _view(self, node: Node) -> admin_pb2.Node:
-        return convert.node_pb(node, self.fleet)
+        return self._views([node])[0]
+
+    def _views(self, nodes: Iterable[Node]) -> list[admin_pb2.Node]:
+        learned = convert.learned_by_node(self.router.learned)
+        return [convert.node_pb(n, self.fleet, learned.get(n.node_id, ())) for n in nodes]
 
     @grpc_errors
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: Context
     ) -> admin_pb2.ListNodesResponse:
         nodes = sorted(self.fleet.nodes.values(), key=lambda n: n.node_id)
-        return admin_pb2.ListNodesResponse(nodes=[self._view(n) for n in nodes])
+        return admin_pb2.ListNodesResponse(nodes=self._views(nodes))
 
     @grpc_errors
     async def GetNode(

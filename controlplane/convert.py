@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from hops.v1 import admin_pb2, router_pb2
 
@@ -25,7 +25,7 @@ from controlplane.breaker import BreakerState
 from controlplane.errors import InvalidRequest
 from controlplane.fleet import Fleet, Node, NodeState, model_key
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
-from controlplane.router import PickOutcome, PickStatus
+from controlplane.router import Learned, PickOutcome, PickStatus
 
 
 def route_request(msg: router_pb2.PickRequest, request_id: int = 0) -> RouteRequest:
@@ -146,7 +146,9 @@ _BREAKER = {
 }
 
 
-def node_pb(node: Node, fleet: Fleet) -> admin_pb2.Node:
+def node_pb(
+    node: Node, fleet: Fleet, learned: Sequence[admin_pb2.LearnedSpeed] = ()
+) -> admin_pb2.Node:
     in_flight = fleet.leases.by_model(node.node_id)
     breaker = node.breaker
     wall_open_until = time.time() + max(breaker.open_until - breaker.clock(), 0.0)
@@ -184,7 +186,25 @@ def node_pb(node: Node, fleet: Fleet) -> admin_pb2.Node:
         hostname=node.hello.hostname,
         instance_id=node.hello.instance_id,
         weight=node.hello.weight,
+        learned=learned,
     )
+
+
+def learned_by_node(
+    learned: Mapping[tuple[str, str], Learned],
+) -> dict[str, list[admin_pb2.LearnedSpeed]]:
+    """Routing's learned speeds, grouped by node id, each node's by model name."""
+    out: dict[str, list[admin_pb2.LearnedSpeed]] = {}
+    for (node_id, model), speed in sorted(learned.items()):
+        out.setdefault(node_id, []).append(
+            admin_pb2.LearnedSpeed(
+                model=model,
+                decode_tokens_per_second=speed.decode_tps,
+                load_seconds=speed.load_seconds,
+                samples=speed.samples,
+            )
+        )
+    return out
 
 
 def fleet_models(fleet: Fleet) -> Iterable[admin_pb2.FleetModel]:

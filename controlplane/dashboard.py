@@ -1,6 +1,6 @@
 """The read-only dashboard on the control plane's HTTP port: ``/`` serves one page, which polls
-``/api/state`` (the admin view of every node, as AdminService.ListNodes gives it, plus learned
-speeds and recent routing decisions) and redraws."""
+``/api/state`` (the admin view of every node, as AdminService.ListNodes gives it, learned
+speeds included, plus recent routing decisions) and redraws."""
 
 from __future__ import annotations
 
@@ -25,19 +25,13 @@ def state(router: Router) -> dict[str, Any]:
     """Everything the page shows, JSON-ready. Node ids and model names are data, never markup:
     the page inserts them as text."""
     fleet = router.fleet
-    speeds: dict[str, list[dict[str, Any]]] = {}
-    for (node_id, model), learned in sorted(router.learned.items()):
-        speeds.setdefault(node_id, []).append(
-            {
-                "model": model,
-                "decodeTps": round(learned.decode_tps, 1),
-                "loadSeconds": round(learned.load_seconds, 2),
-                "samples": learned.samples,
-            }
-        )
+    learned = convert.learned_by_node(router.learned)
     nodes = []
     for n in sorted(fleet.nodes.values(), key=lambda n: n.node_id):
-        view = MessageToDict(convert.node_pb(n, fleet), always_print_fields_with_no_presence=True)
+        view = MessageToDict(
+            convert.node_pb(n, fleet, learned.get(n.node_id, ())),
+            always_print_fields_with_no_presence=True,
+        )
         in_flight = fleet.leases.by_model(n.node_id)
         view["loadedView"] = [
             {
@@ -48,7 +42,6 @@ def state(router: Router) -> dict[str, Any]:
             }
             for m in n.snapshot.loaded
         ]
-        view["speeds"] = speeds.get(n.node_id, [])
         nodes.append(view)
     return {
         "generatedAt": time.time(),

@@ -105,7 +105,7 @@ def test_openai_anthropic_and_responses_replies_teach_their_length(shared: Fleet
 
     def samples() -> int:
         nodes = httpx.get(state_url).json()["nodes"]
-        return sum(s["samples"] for n in nodes for s in n["speeds"] if s["model"] == "qwen2.5:7b")
+        return sum(s["samples"] for n in nodes for s in n["learned"] if s["model"] == "qwen2.5:7b")
 
     before = samples()
     oai = openai.OpenAI(base_url=shared.edge.url + "/v1", api_key="unused", max_retries=0)
@@ -126,11 +126,11 @@ def test_an_openai_stream_teaches_load_time_and_decode_speed() -> None:
     stream itself, so the control plane learns a fleet's speeds from OpenAI clients alone."""
     # Time scale 5: the 14b's load (9 GB at 3.5 GB/s) takes 0.51 s, its decoding 333 tokens/s.
     with fleet.whole_fleet({"big": ["--time-scale", "5"]}) as running:
-        state_url = fleet.metrics_url(running.plane).removesuffix("/metrics") + "/api/state"
+        admin = fleet.admin(running.plane.url)
 
-        def learned() -> list[dict[str, float]]:
-            nodes = httpx.get(state_url).json()["nodes"]
-            return [s for n in nodes for s in n["speeds"] if s["model"] == "qwen2.5:14b"]
+        def learned() -> list[admin_pb2.LearnedSpeed]:
+            node = admin.GetNode(admin_pb2.GetNodeRequest(node_id="big")).node
+            return [s for s in node.learned if s.model == "qwen2.5:14b"]
 
         oai = openai.OpenAI(base_url=running.edge.url + "/v1", api_key="unused", max_retries=0)
         question = [{"role": "user", "content": "how fast?"}]
@@ -138,10 +138,10 @@ def test_an_openai_stream_teaches_load_time_and_decode_speed() -> None:
             oai.chat.completions.create(model="qwen2.5:14b", messages=question, stream=True)
         )
         assert not any(c.usage for c in chunks)  # nothing but the stream's own timing to go by
-        (speeds,) = wait_until(learned, 3.0, "the stream learned from")
-        assert speeds["samples"] == 1
-        assert 0.5 <= speeds["loadSeconds"] < 5.0  # the load, and the prompt, before token one
-        assert 0 < speeds["decodeTps"] < 2 * 333
+        (speed,) = wait_until(learned, 3.0, "the stream learned from")
+        assert speed.samples == 1
+        assert 0.5 <= speed.load_seconds < 5.0  # the load, and the prompt, before token one
+        assert 0 < speed.decode_tokens_per_second < 2 * 333
 
 
 def test_fleet_wide_reads(shared: Fleet) -> None:

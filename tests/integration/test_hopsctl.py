@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from hops.v1 import admin_pb2
 
@@ -56,6 +57,26 @@ def test_hopsctl_reads_and_changes_the_fleet() -> None:
         loaded = ok(plane, "node", "laptop").split("loaded:")[1].split("installed:")[0]
         row = next(line.split() for line in loaded.splitlines() if "llama3.2:latest" in line)
         assert row[-2:] == ["4096", "?"]  # its context length; the automatic one not yet learned
+        assert "learned:" not in ok(plane, "node", "laptop")  # no reply yet
+        answered = httpx.post(
+            running.edge.url + "/api/generate",
+            json={"model": "llama3.2", "prompt": "hi", "stream": False},
+            timeout=10,
+        )
+        reply, host = answered.json(), answered.headers["x-hops-node"]
+        assert reply["done"] and host == "laptop"  # warm there
+
+        def learned_row() -> list[str] | None:
+            shown = ok(plane, "node", host).split("learned:")
+            if len(shown) < 2:
+                return None
+            lines = shown[1].split("installed:")[0].strip().splitlines()
+            return next((line.split() for line in lines if "llama3.2:latest" in line), None)
+
+        learned = fleet.wait_until(learned_row, 3.0, "the reply learned from")
+        # MODEL, DECODE TOK/S, LOAD S, SAMPLES: Ollama's eval speed from the reply.
+        expected = reply["eval_count"] / reply["eval_duration"] * 1e9
+        assert float(learned[1]) == pytest.approx(expected, rel=0.01) and learned[3] == "1"
         ok(plane, "unload", "laptop", "llama3.2")
 
         assert ok(plane, "cordon", "big").strip() == "big cordoned"

@@ -141,6 +141,40 @@ class ModelInFlight(_message.Message):
 Global___ModelInFlight: _TypeAlias = ModelInFlight  # noqa: Y015
 
 @_typing.final
+class LearnedSpeed(_message.Message):
+    """What routing learned from the replies of one model on one node (exponentially weighted)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DECODE_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    LOAD_SECONDS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Normalised model name."""
+    decode_tokens_per_second: _builtins.float
+    """Decoding speed, tokens per second; 0 until a reply showed it."""
+    load_seconds: _builtins.float
+    """Load time in seconds, from loads that started at once; 0 until one did."""
+    samples: _builtins.int
+    """Replies learned from."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        decode_tokens_per_second: _builtins.float = ...,
+        load_seconds: _builtins.float = ...,
+        samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_tokens_per_second", b"decode_tokens_per_second", "load_seconds", b"load_seconds", "model", b"model", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnedSpeed: _TypeAlias = LearnedSpeed  # noqa: Y015
+
+@_typing.final
 class IdConflict(_message.Message):
     """A second agent that claimed a node id already held by another host."""
 
@@ -240,6 +274,7 @@ class Node(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     AUTOMATIC_CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    LEARNED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     ollama_url: _builtins.str
@@ -296,6 +331,10 @@ class Node(_message.Message):
         learned from replies (Ollama reports it nowhere); absent until a reply showed it.
         """
 
+    @_builtins.property
+    def learned(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnedSpeed]:
+        """Per model, what routing learned from replies here, by model name."""
+
     def __init__(
         self,
         *,
@@ -317,10 +356,11 @@ class Node(_message.Message):
         instance_id: _builtins.str = ...,
         weight: _builtins.float = ...,
         automatic_context_length: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        learned: _abc.Iterable[Global___LearnedSpeed] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "capacity", b"capacity", "connected_since", b"connected_since", "last_seen", b"last_seen", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic_context_length", b"automatic_context_length", "breaker", b"breaker", "capacity", b"capacity", "conflicts", b"conflicts", "connected_since", b"connected_since", "cordoned", b"cordoned", "draining", b"draining", "hostname", b"hostname", "in_flight", b"in_flight", "in_flight_total", b"in_flight_total", "instance_id", b"instance_id", "labels", b"labels", "last_seen", b"last_seen", "node_id", b"node_id", "ollama_url", b"ollama_url", "snapshot", b"snapshot", "state", b"state", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic_context_length", b"automatic_context_length", "breaker", b"breaker", "capacity", b"capacity", "conflicts", b"conflicts", "connected_since", b"connected_since", "cordoned", b"cordoned", "draining", b"draining", "hostname", b"hostname", "in_flight", b"in_flight", "in_flight_total", b"in_flight_total", "instance_id", b"instance_id", "labels", b"labels", "last_seen", b"last_seen", "learned", b"learned", "node_id", b"node_id", "ollama_url", b"ollama_url", "snapshot", b"snapshot", "state", b"state", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
