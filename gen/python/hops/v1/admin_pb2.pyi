@@ -333,7 +333,7 @@ class Node(_message.Message):
 
     @_builtins.property
     def learned(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnedSpeed]:
-        """Per model, what routing learned from replies here, by model name."""
+        """What routing learned from the replies here, one entry per model, by name."""
 
     def __init__(
         self,
