@@ -7,6 +7,10 @@ Modes:
 - ``drop``: the connection is cut after ``after_chunks`` chunks of a response.
 - ``slow``: decoding and loading run ``factor`` times slower.
 - ``error``: inference requests get a 500 with a runner error.
+- ``stream_error``: a streamed reply fails after ``after_chunks`` chunks as Ollama's do when the
+  runner dies mid-generation: status 200 already sent, an ``{"error": ...}`` line ends an NDJSON
+  stream, an OpenAI stream ends with an empty delta and no ``data: [DONE]``; a reply not streamed
+  gets the 500.
 
 ``rate`` is the chance a request is hit; ``count`` bounds how many are; ``duration_s`` (in real
 seconds) clears the fault by itself.
@@ -19,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MODES = ("refuse", "busy", "hang", "drop", "slow", "error")
+MODES = ("refuse", "busy", "hang", "drop", "slow", "error", "stream_error")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

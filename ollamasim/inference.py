@@ -99,17 +99,23 @@ def gen_request(
     )
 
 
-async def request_faults(request: Request, host: Host) -> FaultSpec | None:
-    """Apply busy/error/hang faults to an inference request; returns a ``drop`` fault to apply
-    while responding, if one hits."""
-    spec = host.faults.draw("busy", "error", "hang", "drop")
+RUNNER_DIED = "llama runner process has terminated: exit status 2 (fault injected)"
+
+
+async def request_faults(
+    request: Request, host: Host, *, streaming: bool = False
+) -> FaultSpec | None:
+    """Apply busy/error/hang faults to an inference request; returns a ``drop`` or
+    ``stream_error`` fault to apply while responding, if one hits (a reply not streamed fails
+    at once with ``stream_error``, as a runner dying mid-reply shows there)."""
+    spec = host.faults.draw("busy", "error", "hang", "drop", "stream_error")
     if spec is None:
         return None
     if spec.mode == "busy":
         host.stats.busy_rejections += 1
         raise ServerBusy()
-    if spec.mode == "error":
-        raise RunnerError("llama runner process has terminated: exit status 2 (fault injected)")
+    if spec.mode == "error" or (spec.mode == "stream_error" and not streaming):
+        raise RunnerError(RUNNER_DIED)
     if spec.mode == "hang":
         await hang_until_disconnect(request)
         raise SimError("client went away during an injected hang")
@@ -148,8 +154,11 @@ def stream(
     final: Callable[[], bytes],
     media_type: str,
     drop: FaultSpec | None,
+    failed: Callable[[str], bytes] | None = None,
 ) -> Response:
-    """A streamed reply; ``encode`` turns a piece into one framed chunk (None to skip it)."""
+    """A streamed reply; ``encode`` turns a piece into one framed chunk (None to skip it).
+    ``drop`` is a fault to show mid-stream: ``drop`` cuts the connection; ``stream_error`` ends
+    the stream with ``failed(message)`` (nothing when None) in place of the final chunk."""
 
     async def body() -> AsyncIterator[bytes]:
         sent = 0
@@ -158,6 +167,10 @@ def stream(
             while True:
                 for piece in pieces:
                     if drop is not None and sent >= drop.after_chunks:
+                        if drop.mode == "stream_error":
+                            if failed is not None:
+                                yield failed(RUNNER_DIED)
+                            return
                         raise DropConnection("fault: connection dropped mid-stream")
                     chunk = encode(piece)
                     if chunk is not None:
@@ -167,6 +180,10 @@ def stream(
                     pieces = [await anext(rest)]
                 except StopAsyncIteration:
                     break
+        if drop is not None and drop.mode == "stream_error":
+            if failed is not None:
+                yield failed(RUNNER_DIED)
+            return
         if drop is not None:
             raise DropConnection("fault: connection dropped before the final chunk")
         yield final()

@@ -205,7 +205,7 @@ async def generate(request: Request, host: Host) -> Response:
         json_mode=json_mode,
         json_schema=schema,
     )
-    drop = await request_faults(request, host)
+    drop = await request_faults(request, host, streaming=streaming)
     metrics = Metrics()
     rng = textgen.rng_for(host.settings.seed, "context", req.prompt)
 
@@ -244,8 +244,19 @@ async def generate(request: Request, host: Host) -> Response:
 
     first, rest = await first_piece(request, host, req, metrics)
     return stream(
-        first, rest, encode=encode, final=lambda: _line(final()), media_type=NDJSON_TYPE, drop=drop
+        first,
+        rest,
+        encode=encode,
+        final=lambda: _line(final()),
+        media_type=NDJSON_TYPE,
+        drop=drop,
+        failed=_error_line,
     )
+
+
+def _error_line(message: str) -> bytes:
+    """How Ollama ends an NDJSON stream that failed after it began (the status was 200)."""
+    return _line({"error": message})
 
 
 def _maybe_truncated(body: dict[str, Any], drop: Any) -> Response:
@@ -318,7 +329,7 @@ async def chat(request: Request, host: Host) -> Response:
             }
         )
     req = chat_request(host, data, raw, spec, messages)
-    drop = await request_faults(request, host)
+    drop = await request_faults(request, host, streaming=streaming)
     metrics = Metrics()
 
     def final() -> dict[str, Any]:
@@ -360,7 +371,13 @@ async def chat(request: Request, host: Host) -> Response:
 
     first, rest = await first_piece(request, host, req, metrics)
     return stream(
-        first, rest, encode=encode, final=lambda: _line(final()), media_type=NDJSON_TYPE, drop=drop
+        first,
+        rest,
+        encode=encode,
+        final=lambda: _line(final()),
+        media_type=NDJSON_TYPE,
+        drop=drop,
+        failed=_error_line,
     )
 
 

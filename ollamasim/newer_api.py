@@ -280,7 +280,7 @@ async def responses(request: Request, host: Host) -> Response:
     spec = lookup(host, raw)
     req = chat_request(host, _responses_native(data), raw, spec, _responses_messages(data))
     streaming = data.get("stream") is True
-    drop = await request_faults(request, host)
+    drop = await request_faults(request, host, streaming=streaming)
     metrics = Metrics()
     base = {
         "id": f"resp_{random.Random(time.monotonic_ns()).randrange(999)}",
@@ -436,7 +436,7 @@ async def messages(request: Request, host: Host) -> Response:
     spec = lookup(host, raw)
     req = chat_request(host, _anthropic_native(data), raw, spec, turns)
     streaming = data.get("stream") is True
-    drop = await request_faults(request, host)
+    drop = await request_faults(request, host, streaming=streaming)
     metrics = Metrics()
     ident = f"msg_{secrets.token_hex(12)}"
     blocks = _Blocks()

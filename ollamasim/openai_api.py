@@ -132,7 +132,7 @@ async def chat_completions(request: Request, host: Host) -> Response:
     native = _native_body(data)
     req = chat_request(host, native, raw, spec, _flatten_content(messages))
     streaming = typed(data, "stream", bool, "ChatCompletionRequest") is True
-    drop = await request_faults(request, host)
+    drop = await request_faults(request, host, streaming=streaming)
     metrics = Metrics()
     rng = random.Random(time.monotonic_ns())
     ident = f"chatcmpl-{rng.randrange(999)}"
@@ -197,8 +197,13 @@ async def chat_completions(request: Request, host: Host) -> Response:
             out += _event({**base, "choices": [], "usage": _usage(metrics)})
         return out + b"data: [DONE]\n\n"
 
+    def failed(_: str) -> bytes:  # Ollama swallows the error: an empty delta, and no [DONE]
+        return _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": None}]})
+
     first, rest = await first_piece(request, host, req, metrics)
-    return stream(first, rest, encode=encode, final=final, media_type=SSE_TYPE, drop=drop)
+    return stream(
+        first, rest, encode=encode, final=final, media_type=SSE_TYPE, drop=drop, failed=failed
+    )
 
 
 async def completions(request: Request, host: Host) -> Response:
@@ -212,7 +217,7 @@ async def completions(request: Request, host: Host) -> Response:
     native.pop("tools", None)
     req = chat_request(host, native, raw, spec, [{"role": "user", "content": prompt}])
     streaming = typed(data, "stream", bool, "CompletionRequest") is True
-    drop = await request_faults(request, host)
+    drop = await request_faults(request, host, streaming=streaming)
     metrics = Metrics()
     ident = f"cmpl-{random.Random(time.monotonic_ns()).randrange(999)}"
     base = {
@@ -250,8 +255,13 @@ async def completions(request: Request, host: Host) -> Response:
             out += _event({**base, "choices": [], "usage": _usage(metrics)})
         return out + b"data: [DONE]\n\n"
 
+    def failed(_: str) -> bytes:  # as on chat: an empty piece, and no [DONE]
+        return _event({**base, "choices": [{"text": "", "index": 0, "finish_reason": None}]})
+
     first, rest = await first_piece(request, host, req, metrics)
-    return stream(first, rest, encode=encode, final=final, media_type=SSE_TYPE, drop=drop)
+    return stream(
+        first, rest, encode=encode, final=final, media_type=SSE_TYPE, drop=drop, failed=failed
+    )
 
 
 async def embeddings(request: Request, host: Host) -> Response:

@@ -107,7 +107,7 @@ class SimSettings:
     fault: FaultSpec | None = option(
         None,
         "fault active at start: MODE[:key=value,...], MODE one of refuse, busy, hang, drop, "
-        "slow, error (e.g. drop:after_chunks=3,rate=0.5)",
+        "slow, error, stream_error (e.g. drop:after_chunks=3,rate=0.5)",
         parse=FaultSpec.parse,
         metavar="FAULT",
     )

@@ -177,6 +177,31 @@ async def test_drop_fault_cuts_a_stream_after_n_chunks(
         await http.post("/api/generate", json={"model": "llama3.2", "prompt": "x", "stream": False})
 
 
+async def test_stream_error_fault_fails_in_band_as_ollama_does(
+    sim: SimServer, http: httpx.AsyncClient
+) -> None:
+    """A runner dying mid-reply: the 200 is already out, so Ollama says so inside the stream."""
+    await _put_fault(sim, mode="stream_error", after_chunks=2)
+    async with http.stream(
+        "POST", "/api/generate", json={"model": "llama3.2", "prompt": "x"}
+    ) as response:
+        lines = [json.loads(line) async for line in response.aiter_lines()]
+    assert response.status_code == 200 and len(lines) == 3
+    assert not any(line.get("done") for line in lines)
+    assert "runner process has terminated" in lines[-1]["error"]
+    # OpenAI's stream swallows it: an empty delta, then the end, with no [DONE].
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        events = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert response.status_code == 200 and len(events) == 3 and "data: [DONE]" not in events
+    assert json.loads(events[-1].removeprefix("data: "))["choices"][0]["delta"] == {}
+    # A reply not streamed gets the runner's 500.
+    whole = await http.post(
+        "/api/generate", json={"model": "llama3.2", "prompt": "x", "stream": False}
+    )
+    assert whole.status_code == 500 and "runner" in whole.json()["error"]
+
+
 async def test_slow_fault_slows_decoding(sim: SimServer, http: httpx.AsyncClient) -> None:
     # 64 tokens, not 8: at time scale 50 eight tokens decode in half a millisecond, which a
     # busy machine's scheduling jitter alone can stretch past a fifth of the slowed run.
