@@ -575,6 +575,8 @@ class Router:
         node = self.fleet.nodes.get(report.node_id or lease.node_id)
         if node is not None:
             detail = f"http {report.http_status}" if report.http_status else ""
+            if report.outcome.is_host_failure and 200 <= report.http_status < 300:
+                detail = f"failed mid-stream (http {report.http_status})"
             node.breaker.record(report.outcome, lease.lease_id, detail)
             first_try = lease.attempts == 1 and node.hello.node_id == lease.node_id
             self._learn(node.node_id, lease.model, report, lease.clean_load and first_try)

@@ -42,6 +42,12 @@ class EdgeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.stream_errors = Counter(
+            "hops_edge_stream_errors",
+            "Streams a host began with a 2xx and ended saying it failed (Ollama's in-band error)",
+            ["node"],
+            registry=self.registry,
+        )
         self.open_streams = Gauge(
             "hops_edge_open_streams", "Responses being relayed now", registry=self.registry
         )

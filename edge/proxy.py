@@ -374,6 +374,14 @@ class Proxy:
             result.outcome = (
                 "ok" if outcome == router_pb2.OUTCOME_OK else f"http_{response.status_code}"
             )
+            if outcome == router_pb2.OUTCOME_OK and _failed_in_band(
+                b"".join(tail), content_type, call.path
+            ):
+                # The host's runner failed after its 200 went out: the client has Ollama's
+                # word for it; the host's breaker must hear it too.
+                outcome = router_pb2.OUTCOME_UPSTREAM_ERROR
+                result.outcome = "stream_error"
+                self.metrics.stream_errors.labels(target.node_id).inc()
             if outcome == router_pb2.OUTCOME_OK and "event-stream" in content_type:
                 finished = time.monotonic() - started
         except (TimeoutError, httpx.HTTPError) as exc:
@@ -491,6 +499,28 @@ def _final_stats(
         stats.first_token_ns = int(ttfb * 1e9)
         stats.eval_duration_ns = int((finished - ttfb) * 1e9)
     return stats
+
+
+OPENAI_STREAMS = ("/v1/chat/completions", "/v1/completions")  # these end with data: [DONE]
+
+
+def _failed_in_band(tail: bytes, content_type: str, path: str) -> bool:
+    """Whether a stream that began with a 2xx ended with Ollama's word that it failed: an
+    ``{"error": ...}`` line closing an NDJSON stream, or an OpenAI chat or completions stream
+    ending without its ``data: [DONE]`` (Ollama swallows the error there)."""
+    end = tail.rstrip()
+    if "ndjson" in content_type:
+        last = end.rsplit(b"\n", 1)[-1]
+        if b'"error"' not in last:
+            return False
+        try:
+            line = json.loads(last)
+        except ValueError:
+            return False
+        return isinstance(line, dict) and "error" in line and "done" not in line
+    if "event-stream" in content_type and path in OPENAI_STREAMS:
+        return not end.endswith(b"data: [DONE]")
+    return False
 
 
 USAGE = re.compile(rb'"usage"\s*:\s*')

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edge.proxy import _final_stats
+from edge.proxy import _failed_in_band, _final_stats
 
 
 def _sse(*events: dict[str, object]) -> bytes:
@@ -105,3 +105,44 @@ def test_a_stream_that_did_not_end_well_teaches_nothing() -> None:
     assert _final_stats(tail, 1.5, 0.0, 30) is None
     # Ended, but with an error event where OpenAI's [DONE] should be.
     assert _final_stats(tail + _sse({"error": {"message": "model crashed"}}), 1.5, 4.0, 30) is None
+
+
+@pytest.mark.parametrize(
+    ("tail", "content_type", "path", "failed"),
+    [
+        (
+            b'{"response":"a","done":false}\n{"error":"runner died"}\n',
+            "x-ndjson",
+            "/api/chat",
+            True,
+        ),
+        (
+            b'{"response":"a","done":false}\n{"done":true,"eval_count":1}\n',
+            "x-ndjson",
+            "/api/chat",
+            False,
+        ),
+        # a reply whose words mention "error" is not one
+        (
+            b'{"response":"\\"error\\"","done":false}\n{"done":true}\n',
+            "x-ndjson",
+            "/api/chat",
+            False,
+        ),
+        # Ollama swallows an OpenAI stream's error: no [DONE]
+        (_sse({"choices": [{"delta": {}}]}), "text/event-stream", "/v1/chat/completions", True),
+        (
+            _sse({"choices": []}) + b"data: [DONE]\n\n",
+            "text/event-stream",
+            "/v1/completions",
+            False,
+        ),
+        # other event streams end in their own way
+        (_sse({"type": "message_stop"}), "text/event-stream", "/v1/messages", False),
+        (b'{"error":"bad request"}', "application/json", "/api/chat", False),  # not a stream
+    ],
+)
+def test_a_stream_ended_by_ollamas_in_band_error(
+    tail: bytes, content_type: str, path: str, failed: bool
+) -> None:
+    assert _failed_in_band(tail, content_type, path) is failed

@@ -476,6 +476,33 @@ def test_host_dropping_mid_stream_gives_a_clean_error_line() -> None:
         wait_until(lambda: running.open_leases() == 0, 1.0, "leases released")
 
 
+def test_a_runner_failing_mid_stream_reaches_the_client_and_the_breaker() -> None:
+    """Ollama reports a runner that dies after its 200 inside the stream. The client gets
+    Ollama's own word; the control plane hears a host failure, not a success."""
+    with fleet.whole_fleet({"only": []}) as running:
+        httpx.put(
+            running.sim_url("only") + "/_sim/fault",
+            json={"mode": "stream_error", "after_chunks": 2},
+            timeout=5,
+        )
+        with pytest.raises(ollama.ResponseError, match="runner process has terminated"):
+            list(ollama.Client(host=running.edge.url).generate("llama3.2", "x", stream=True))
+        body = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": True}
+        with httpx.stream("POST", running.edge.url + "/v1/chat/completions", json=body) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert response.status_code == 200 and "data: [DONE]" not in events  # Ollama's way
+        admin = fleet.admin(running.plane.url)
+
+        def breaker() -> admin_pb2.Breaker:
+            return admin.GetNode(admin_pb2.GetNodeRequest(node_id="only")).node.breaker
+
+        wait_until(lambda: breaker().consecutive_failures == 2, 2.0, "two failures heard")
+        assert breaker().last_failure == "failed mid-stream (http 200)"
+        metrics = httpx.get(running.edge.url + "/metrics").text
+        assert 'hops_edge_stream_errors_total{node="only"} 2.0' in metrics
+        wait_until(lambda: running.open_leases() == 0, 1.0, "leases closed by their reports")
+
+
 def test_no_healthy_host_is_503_with_retry_after() -> None:
     with fleet.whole_fleet({"only": []}) as running:
         fleet.admin(running.plane.url).CordonNode(admin_pb2.CordonNodeRequest(node_id="only"))
