@@ -501,15 +501,17 @@ def _final_stats(
     return stats
 
 
+GENERATING = ("/api/generate", "/api/chat")
 OPENAI_STREAMS = ("/v1/chat/completions", "/v1/completions")  # these end with data: [DONE]
 
 
 def _failed_in_band(tail: bytes, content_type: str, path: str) -> bool:
-    """Whether a stream that began with a 2xx ended with Ollama's word that it failed: an
-    ``{"error": ...}`` line closing an NDJSON stream, or an OpenAI chat or completions stream
-    ending without its ``data: [DONE]`` (Ollama swallows the error there)."""
+    """Whether a generation stream that began with a 2xx ended with Ollama's word that its
+    runner failed: an ``{"error": ...}`` line closing an NDJSON stream, or an OpenAI chat or
+    completions stream ending without its ``data: [DONE]`` (Ollama swallows the error there).
+    Other streams' errors (a pull of a name the registry lacks) are not the host's fault."""
     end = tail.rstrip()
-    if "ndjson" in content_type:
+    if "ndjson" in content_type and path in GENERATING:
         last = end.rsplit(b"\n", 1)[-1]
         if b'"error"' not in last:
             return False

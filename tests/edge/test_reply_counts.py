@@ -140,6 +140,13 @@ def test_a_stream_that_did_not_end_well_teaches_nothing() -> None:
         # other event streams end in their own way
         (_sse({"type": "message_stop"}), "text/event-stream", "/v1/messages", False),
         (b'{"error":"bad request"}', "application/json", "/api/chat", False),  # not a stream
+        # a pull's error is about the name asked for, not the host
+        (
+            b'{"status":"pulling manifest"}\n{"error":"file does not exist"}\n',
+            "x-ndjson",
+            "/api/pull",
+            False,
+        ),
     ],
 )
 def test_a_stream_ended_by_ollamas_in_band_error(
