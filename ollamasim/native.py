@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -13,6 +13,7 @@ from hopscommon import names
 from ollamasim import textgen
 from ollamasim.catalogue import COMPLETION, INSERT, TOOLS, ModelSpec
 from ollamasim.errors import BadRequest, NotFound, SimError
+from ollamasim.faults import FaultSpec
 from ollamasim.host import GenRequest, Host, Installed, Metrics, Piece
 from ollamasim.inference import (
     collect,
@@ -243,6 +244,18 @@ async def generate(request: Request, host: Host) -> Response:
         return _line(chunk)
 
     first, rest = await first_piece(request, host, req, metrics)
+    return _ndjson_stream(first, rest, encode, final, drop)
+
+
+def _ndjson_stream(
+    first: Piece | None,
+    rest: AsyncGenerator[Piece, None],
+    encode: Callable[[Piece], bytes],
+    final: Callable[[], dict[str, Any]],
+    drop: FaultSpec | None,
+) -> Response:
+    """A native reply's stream: one NDJSON line per piece, then the final object; failing after
+    it began (the status was 200), Ollama's ``{"error": ...}`` line in place of the final."""
     return stream(
         first,
         rest,
@@ -250,13 +263,8 @@ async def generate(request: Request, host: Host) -> Response:
         final=lambda: _line(final()),
         media_type=NDJSON_TYPE,
         drop=drop,
-        failed=_error_line,
+        failed=lambda message: _line({"error": message}),
     )
-
-
-def _error_line(message: str) -> bytes:
-    """How Ollama ends an NDJSON stream that failed after it began (the status was 200)."""
-    return _line({"error": message})
 
 
 def _maybe_truncated(body: dict[str, Any], drop: Any) -> Response:
@@ -370,15 +378,7 @@ async def chat(request: Request, host: Host) -> Response:
         return _line({"model": raw, "created_at": now_utc(), "message": message, "done": False})
 
     first, rest = await first_piece(request, host, req, metrics)
-    return stream(
-        first,
-        rest,
-        encode=encode,
-        final=lambda: _line(final()),
-        media_type=NDJSON_TYPE,
-        drop=drop,
-        failed=_error_line,
-    )
+    return _ndjson_stream(first, rest, encode, final, drop)
 
 
 async def embed(request: Request, host: Host) -> Response:
