@@ -370,18 +370,17 @@ class Proxy:
                 tail_size += len(chunk)
                 while tail_size - len(tail[0]) >= TAIL_BYTES:
                     tail_size -= len(tail.popleft())
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            result.outcome = (
-                "ok" if outcome == router_pb2.OUTCOME_OK else f"http_{response.status_code}"
-            )
+            # Judged before the last send: a client that leaves on reading the error line
+            # may cancel it.
             if outcome == router_pb2.OUTCOME_OK and _failed_in_band(
                 b"".join(tail), content_type, call.path
             ):
-                # The host's runner failed after its 200 went out: the client has Ollama's
-                # word for it; the host's breaker must hear it too.
-                outcome = router_pb2.OUTCOME_UPSTREAM_ERROR
-                result.outcome = "stream_error"
-                self.metrics.stream_errors.labels(target.node_id).inc()
+                outcome = self._failed_mid_stream(target, result)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if result.outcome != STREAM_ERROR:
+                result.outcome = (
+                    "ok" if outcome == router_pb2.OUTCOME_OK else f"http_{response.status_code}"
+                )
             if outcome == router_pb2.OUTCOME_OK and "event-stream" in content_type:
                 finished = time.monotonic() - started
         except (TimeoutError, httpx.HTTPError) as exc:
@@ -399,7 +398,16 @@ class Proxy:
             )
             await self._end_with_error(send, content_type, message, call.dialect, response)
         except asyncio.CancelledError:
-            outcome = router_pb2.OUTCOME_CLIENT_CANCELLED
+            if result.outcome == STREAM_ERROR:
+                pass  # the host failed first
+            elif (
+                outcome == router_pb2.OUTCOME_OK
+                and "ndjson" in content_type
+                and _failed_in_band(b"".join(tail), content_type, call.path)
+            ):  # Ollama's error line ends its stream: the client left after the host failed
+                outcome = self._failed_mid_stream(target, result)
+            else:
+                outcome = router_pb2.OUTCOME_CLIENT_CANCELLED
             raise
         finally:
             self.metrics.open_streams.dec()
@@ -417,6 +425,13 @@ class Proxy:
                     b"".join(tail), ttfb, finished, events - 1 if count_events else 0
                 ),
             )
+
+    def _failed_mid_stream(self, target: Target, result: Result) -> router_pb2.Outcome.ValueType:
+        """The host's runner failed after its 2xx went out: the client has Ollama's word for
+        it; the host's breaker must hear it too. Returns the outcome to report."""
+        result.outcome = STREAM_ERROR
+        self.metrics.stream_errors.labels(target.node_id).inc()
+        return router_pb2.OUTCOME_UPSTREAM_ERROR
 
     async def _end_with_error(
         self,
@@ -501,6 +516,7 @@ def _final_stats(
     return stats
 
 
+STREAM_ERROR = "stream_error"  # the access log's outcome for Ollama's in-band failure
 GENERATING = ("/api/generate", "/api/chat")
 OPENAI_STREAMS = ("/v1/chat/completions", "/v1/completions")  # these end with data: [DONE]
 
