@@ -161,31 +161,30 @@ def stream(
     the stream with ``failed(message)`` (nothing when None) in place of the final chunk."""
 
     async def body() -> AsyncIterator[bytes]:
-        sent = 0
+        sent, cut = 0, False
         async with contextlib.aclosing(rest):
             pieces: list[Piece] = [first] if first is not None else []
-            while True:
+            while not cut:
                 for piece in pieces:
                     if drop is not None and sent >= drop.after_chunks:
-                        if drop.mode == "stream_error":
-                            if failed is not None:
-                                yield failed(RUNNER_DIED)
-                            return
-                        raise DropConnection("fault: connection dropped mid-stream")
+                        cut = True
+                        break
                     chunk = encode(piece)
                     if chunk is not None:
                         sent += 1
                         yield chunk
-                try:
-                    pieces = [await anext(rest)]
-                except StopAsyncIteration:
-                    break
-        if drop is not None and drop.mode == "stream_error":
+                else:
+                    try:
+                        pieces = [await anext(rest)]
+                    except StopAsyncIteration:
+                        break
+        if drop is None:
+            yield final()
+        elif drop.mode == "stream_error":
             if failed is not None:
                 yield failed(RUNNER_DIED)
-            return
-        if drop is not None:
-            raise DropConnection("fault: connection dropped before the final chunk")
-        yield final()
+        else:
+            where = "mid-stream" if cut else "before the final chunk"
+            raise DropConnection(f"fault: connection dropped {where}")
 
     return StreamingResponse(body(), media_type=media_type)
