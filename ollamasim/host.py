@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hopscommon import names
+from hopscommon.runner_options import RunnerOptions
 from ollamasim import textgen
 from ollamasim.catalogue import ModelSpec, lookup
 from ollamasim.errors import ServerBusy, SimError
@@ -44,6 +45,7 @@ class GenRequest:
     num_predict: int | None = None
     keep_alive: float | None = None
     num_ctx: int | None = None
+    options: RunnerOptions = ()  # runner options other than num_ctx; others reload the model
     seed: int | None = None
     think: bool = False
     json_schema: Any = None
@@ -153,7 +155,7 @@ class Host:
         completed = False
         try:
             grant = await self.scheduler.acquire(
-                req.spec, keep_alive=req.keep_alive, num_ctx=req.num_ctx
+                req.spec, keep_alive=req.keep_alive, num_ctx=req.num_ctx, options=req.options
             )
             runner = grant.runner
             try:
@@ -265,6 +267,7 @@ class Host:
         keep_alive: float | None,
         metrics: Metrics,
         num_ctx: int | None = None,
+        options: RunnerOptions = (),
     ) -> None:
         """Pay the load and prompt time of embedding ``texts``; the vectors come from textgen."""
         metrics.scale = self.settings.time_scale
@@ -272,7 +275,9 @@ class Host:
         self.stats.in_flight += 1
         completed = False
         try:
-            grant = await self.scheduler.acquire(spec, keep_alive=keep_alive, num_ctx=num_ctx)
+            grant = await self.scheduler.acquire(
+                spec, keep_alive=keep_alive, num_ctx=num_ctx, options=options
+            )
             metrics.load_ns = max(int(grant.load_seconds * 1e9), 1)
             try:
                 async with grant.runner.slots:
@@ -293,11 +298,17 @@ class Host:
             metrics.finish()
 
     async def load_only(
-        self, spec: ModelSpec, keep_alive: float | None, num_ctx: int | None = None
+        self,
+        spec: ModelSpec,
+        keep_alive: float | None,
+        num_ctx: int | None = None,
+        options: RunnerOptions = (),
     ) -> float:
-        """An empty prompt: load (or keep) the model, with ``num_ctx`` if asked (a model loaded
-        with another reloads); returns load seconds."""
-        grant = await self.scheduler.acquire(spec, keep_alive=keep_alive, num_ctx=num_ctx)
+        """An empty prompt: load (or keep) the model, with ``num_ctx`` and runner options if
+        asked (a model loaded with others reloads); returns load seconds."""
+        grant = await self.scheduler.acquire(
+            spec, keep_alive=keep_alive, num_ctx=num_ctx, options=options
+        )
         self.scheduler.release(grant.runner)
         return grant.load_seconds
 

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from hopscommon.runner_options import BOOL_OPTIONS, INT_DEFAULTS, RunnerOptions, runner_options
 from hopscommon.units import parse_go_duration
 from ollamasim.catalogue import THINKING, ModelSpec
 from ollamasim.errors import BadRequest, RunnerError, ServerBusy, SimError
@@ -65,6 +66,17 @@ def option_int(options: dict[str, Any], key: str) -> int | None:
     return int(value)
 
 
+def runner_options_of(options: dict[str, Any]) -> RunnerOptions:
+    """The runner options a request names (hopscommon.runner_options), checked as Ollama checks
+    them: a wrong type is the runner's error."""
+    for name in INT_DEFAULTS:
+        option_int(options, name)
+    for name in BOOL_OPTIONS:
+        if options.get(name) is not None and not isinstance(options[name], bool):
+            raise RunnerError(f'option "{name}" must be of type boolean')
+    return runner_options(options)
+
+
 def options_of(data: dict[str, Any]) -> dict[str, Any]:
     options = data.get("options")
     if options is None:
@@ -93,6 +105,7 @@ def gen_request(
         prompt=prompt,
         num_predict=option_int(options, "num_predict"),
         num_ctx=option_int(options, "num_ctx"),
+        options=runner_options_of(options),
         seed=option_int(options, "seed"),
         keep_alive=keep_alive(data.get("keep_alive")),
         **extra,

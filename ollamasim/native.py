@@ -24,6 +24,7 @@ from ollamasim.inference import (
     option_int,
     options_of,
     request_faults,
+    runner_options_of,
     stream,
     think,
 )
@@ -152,9 +153,13 @@ async def show(request: Request, host: Host) -> Response:
 
 
 def _load_only(host: Host, spec: ModelSpec, data: dict[str, Any]) -> Awaitable[float]:
-    """An empty request that loads: with the keep-alive and context length it asks for."""
-    num_ctx = option_int(options_of(data), "num_ctx")
-    return host.load_only(spec, keep_alive(data.get("keep_alive")), num_ctx)
+    """An empty request that loads: with the keep-alive, context length and runner options it
+    asks for."""
+    options = options_of(data)
+    num_ctx = option_int(options, "num_ctx")
+    return host.load_only(
+        spec, keep_alive(data.get("keep_alive")), num_ctx, runner_options_of(options)
+    )
 
 
 def _empty_reply(host: Host, spec: ModelSpec, data: dict[str, Any]) -> bool:
@@ -414,10 +419,16 @@ async def embed(request: Request, host: Host) -> Response:
     if not texts:
         await until_disconnect(request, _load_only(host, spec, data))
         return json_response({"model": raw, "embeddings": []})
-    num_ctx = option_int(options_of(data), "num_ctx")
-    await until_disconnect(
-        request, host.embed(spec, texts, keep_alive=ka, metrics=metrics, num_ctx=num_ctx)
+    options = options_of(data)
+    embedding = host.embed(
+        spec,
+        texts,
+        keep_alive=ka,
+        metrics=metrics,
+        num_ctx=option_int(options, "num_ctx"),
+        options=runner_options_of(options),
     )
+    await until_disconnect(request, embedding)
     size = dims or spec.embedding_length
     vectors = [
         textgen.embedding(host.settings.seed, spec.name, t[:limit_chars], size, normalize=True)

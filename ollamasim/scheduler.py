@@ -15,7 +15,8 @@ It follows server/sched.go where a load balancer can see the difference:
   waiting for the model starts its own;
 - a request asking for another context length than the loaded instance's reloads it, and so does
   one asking for none (the automatic length) when the instance was loaded with an explicit one
-  that differs; two automatic ones never do.
+  that differs; two automatic ones never do; so does one asking other runner options (num_gpu,
+  num_batch, num_thread, use_mmap, main_gpu: hopscommon.runner_options).
 
 All methods run on the event loop. Durations given to it are simulated seconds; real sleeps are
 divided by the time scale.
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hopscommon.fleet import runs_one_at_a_time
+from hopscommon.runner_options import RunnerOptions, needs_reload
 from ollamasim.catalogue import ModelSpec
 from ollamasim.errors import ServerBusy
 from ollamasim.stats import Stats
@@ -52,12 +54,14 @@ class Runner:
         num_parallel: int,
         keep_alive: float,
         context_auto: bool = True,
+        options: RunnerOptions = (),
     ) -> None:
         self.spec = spec
         self.size = size
         self.size_vram = size_vram
         self.context_length = context_length
         self.context_auto = context_auto  # loaded by a request that named no num_ctx
+        self.options = options  # the runner options of the request that loaded it
         self.keep_alive = keep_alive
         self.refs = 0
         self.ready = asyncio.Event()
@@ -165,7 +169,12 @@ class Scheduler:
         return runner if runner is not None and runner.ready.is_set() else None
 
     async def acquire(
-        self, spec: ModelSpec, *, keep_alive: float | None, num_ctx: int | None
+        self,
+        spec: ModelSpec,
+        *,
+        keep_alive: float | None,
+        num_ctx: int | None,
+        options: RunnerOptions = (),
     ) -> Grant:
         """Hand a ready runner for ``spec`` to one request, loading it first when needed.
 
@@ -176,14 +185,18 @@ class Scheduler:
         """
         start = time.monotonic()
         runner = self.runners.get(spec.digest)
-        if runner is not None and runner.ready.is_set() and not self._needs_reload(runner, num_ctx):
+        if (
+            runner is not None
+            and runner.ready.is_set()
+            and not self._needs_reload(runner, num_ctx, options)
+        ):
             self._hold(runner, keep_alive)
             return Grant(runner, time.monotonic() - start)
         if self.pending >= self.max_queue:
             self.stats.busy_rejections += 1
             raise ServerBusy()
         self.pending += 1
-        runner = await self._load_for(spec, keep_alive, num_ctx)
+        runner = await self._load_for(spec, keep_alive, num_ctx, options)
         return Grant(runner, time.monotonic() - start)
 
     def release(self, runner: Runner) -> None:
@@ -214,21 +227,27 @@ class Scheduler:
             runner.expiry.cancel()
             runner.expiry = None
 
-    def _needs_reload(self, runner: Runner, num_ctx: int | None) -> bool:
-        """sched.go needsReload for the context length: an explicit one must match the loaded
-        instance's; an automatic one matches an automatic instance whatever its length, and an
-        explicit instance only at the same length."""
+    def _needs_reload(self, runner: Runner, num_ctx: int | None, options: RunnerOptions) -> bool:
+        """sched.go needsReload: other runner options than the loaded instance's; or for the
+        context length, an explicit one must match the instance's, and an automatic one matches
+        an automatic instance whatever its length, an explicit one only at the same length."""
+        if needs_reload(runner.options, options):
+            return True
         if not num_ctx and runner.context_auto:
             return False
         return self.context_for(runner.spec, num_ctx) != runner.context_length
 
     async def _load_for(
-        self, spec: ModelSpec, keep_alive: float | None, num_ctx: int | None
+        self,
+        spec: ModelSpec,
+        keep_alive: float | None,
+        num_ctx: int | None,
+        options: RunnerOptions,
     ) -> Runner:
         try:
             async with self._load_lock:
                 runner = self.runners.get(spec.digest)
-                if runner is not None and self._needs_reload(runner, num_ctx):
+                if runner is not None and self._needs_reload(runner, num_ctx, options):
                     # Set to expire at once, as sched.go does: it goes when idle even if this
                     # request leaves before its reload starts.
                     runner.keep_alive = 0
@@ -252,6 +271,7 @@ class Scheduler:
                     num_parallel=self.parallel_for(spec),
                     keep_alive=self.default_keep_alive if keep_alive is None else keep_alive,
                     context_auto=not num_ctx or num_ctx <= 0,
+                    options=options,
                 )
                 self.runners[spec.digest] = runner
                 self._hold(runner, None)

@@ -159,6 +159,39 @@ async def test_another_context_length_reloads_even_from_an_empty_request(
         assert await context_and_loads() == (4096, 4)
 
 
+async def test_other_runner_options_reload_and_automatic_num_gpu_matches_any(
+    start_sim: SimFactory,
+) -> None:
+    sim = await start_sim()
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+
+        async def loads_after(**extra: Any) -> int:
+            await _generate(client, "llama3.2", **extra)
+            return int((await sim_stats(sim))["loads"])
+
+        assert await loads_after() == 1
+        assert await loads_after(options={"num_batch": 512, "main_gpu": 0}) == 1  # defaults
+        assert await loads_after(options={"num_thread": 4}) == 2
+        assert await loads_after(options={"num_thread": 4.0}) == 2  # a JSON number, same value
+        assert await loads_after() == 3  # the default again
+        assert await loads_after(options={"num_gpu": 20}) == 4
+        assert await loads_after(options={"num_gpu": -1}) == 4  # Ollama's choice matches any
+        assert await loads_after() == 4
+        assert await loads_after(options={"num_gpu": 10}) == 5
+        assert await loads_after(options={"use_mmap": False}) == 6  # and num_gpu back to auto
+        assert await loads_after(options={"use_mmap": False, "num_batch": 256}) == 7
+        # The empty request that only loads reloads too.
+        load = await client.post("/api/generate", json={"model": "llama3.2"})
+        assert load.json()["done_reason"] == "load"
+        assert (await sim_stats(sim))["loads"] == 8
+        wrong = await client.post(
+            "/api/generate", json={"model": "llama3.2", "prompt": "x", "options": {"use_mmap": 1}}
+        )
+        assert wrong.status_code == 500
+        assert wrong.json() == {"error": 'option "use_mmap" must be of type boolean'}
+    assert (await sim_stats(sim))["loads"] == 8
+
+
 async def test_keep_alive_expiry_unloads_idle_model(start_sim: SimFactory) -> None:
     sim = await start_sim(time_scale=100.0)
     async with httpx.AsyncClient(base_url=sim.url) as client:

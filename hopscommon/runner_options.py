@@ -1,0 +1,61 @@
+"""Ollama's load-time (runner) options other than ``num_ctx``: a request whose values differ from
+those its model was loaded with makes Ollama reload the model (server/sched.go needsReload
+compares api.Runner), which also drops the prompt cache. Shared by the simulator, which reloads
+as Ollama does, and by the edge and control plane, which route around such reloads.
+
+A request's options are kept as the values it names that differ from Ollama's defaults, sorted
+by name: ``num_batch`` (default 512), ``num_gpu`` (layers on the GPU; negative, the default,
+lets Ollama choose), ``main_gpu`` (0), ``num_thread`` (0, Ollama chooses) and ``use_mmap``
+(unset, Ollama chooses; kept as 1 or 0 when named). ``num_gpu`` left to Ollama matches an
+instance loaded with any value (sched.go sets both to -1 before comparing); every other option
+must match, a default matching only a default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RunnerOptions = tuple[tuple[str, int], ...]
+
+INT_DEFAULTS = {"num_batch": 512, "num_gpu": -1, "main_gpu": 0, "num_thread": 0}
+BOOL_OPTIONS = frozenset({"use_mmap"})
+NAMES = frozenset(INT_DEFAULTS) | BOOL_OPTIONS
+
+
+def runner_options(options: Any) -> RunnerOptions:
+    """The runner options a request's ``options`` object names, other than the defaults. Values
+    of the wrong type are left out (the host answers them with its own error)."""
+    if not isinstance(options, dict):
+        return ()
+    found = []
+    for name, default in INT_DEFAULTS.items():
+        value = options.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            continue
+        if abs(value) >= 2**31:  # Go's int options; such a value is the host's error to give
+            continue
+        number = int(value)
+        if number != default and not (name == "num_gpu" and number < 0):
+            found.append((name, number))
+    for name in BOOL_OPTIONS:
+        flag = options.get(name)
+        if isinstance(flag, bool):
+            found.append((name, int(flag)))
+    return tuple(sorted(found))
+
+
+def needs_reload(loaded: RunnerOptions, asked: RunnerOptions) -> bool:
+    """Whether Ollama reloads an instance loaded with ``loaded`` for a request asking ``asked``."""
+    if loaded == asked:
+        return False
+    held = dict(loaded)
+    wanted = dict(asked)
+    if "num_gpu" not in wanted:
+        held.pop("num_gpu", None)
+    return held != wanted
+
+
+def from_map(values: dict[str, int]) -> RunnerOptions:
+    """Options from a map (the wire form), keeping known names only, normalised as above."""
+    known = {name: v for name, v in values.items() if name in NAMES}
+    return runner_options({n: bool(v) if n in BOOL_OPTIONS else v for n, v in known.items()})

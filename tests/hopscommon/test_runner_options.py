@@ -1,0 +1,42 @@
+"""Which runner options a request names, and when Ollama reloads for them."""
+
+from __future__ import annotations
+
+from hopscommon.runner_options import from_map, needs_reload, runner_options
+
+
+def test_only_named_values_other_than_the_defaults_are_kept_sorted() -> None:
+    assert runner_options(None) == ()
+    assert runner_options({"num_ctx": 8192, "temperature": 0.2}) == ()
+    assert runner_options({"num_batch": 512, "main_gpu": 0, "num_thread": 0, "num_gpu": -1}) == ()
+    assert runner_options({"num_thread": 8.0, "num_gpu": 0, "use_mmap": False}) == (
+        ("num_gpu", 0),  # 0 is no layers on the GPU, not "unset"
+        ("num_thread", 8),
+        ("use_mmap", 0),
+    )
+    assert runner_options({"use_mmap": True}) == (("use_mmap", 1),)
+    assert runner_options({"num_gpu": -5}) == ()  # any negative: Ollama chooses
+
+
+def test_values_of_the_wrong_type_are_left_to_the_host() -> None:
+    bad = {"num_batch": True, "num_thread": "8", "num_gpu": float("nan"), "main_gpu": 2**40}
+    assert runner_options({**bad, "use_mmap": 1}) == ()
+    assert runner_options([("num_gpu", 3)]) == ()
+
+
+def test_automatic_num_gpu_matches_any_instance_and_every_other_option_must_match() -> None:
+    loaded = runner_options({"num_gpu": 20, "num_thread": 4})
+    assert not needs_reload(loaded, runner_options({"num_thread": 4}))
+    assert needs_reload(loaded, runner_options({"num_thread": 4, "num_gpu": 10}))
+    assert needs_reload(loaded, ())  # num_thread back to the default
+    assert needs_reload((), runner_options({"num_gpu": 20}))
+    assert needs_reload((), runner_options({"use_mmap": True}))  # unset is not true
+    assert not needs_reload((), ())
+
+
+def test_the_wire_map_keeps_known_names_and_reads_use_mmap_as_a_flag() -> None:
+    assert from_map({"num_gpu": 3, "use_mmap": 0, "num_ctx": 4096, "bogus": 1}) == (
+        ("num_gpu", 3),
+        ("use_mmap", 0),
+    )
+    assert from_map({"num_batch": 512}) == ()
