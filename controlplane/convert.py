@@ -18,6 +18,7 @@ from hopscommon.fleet_convert import (
     snapshot_pb,
     ts,
 )
+from hopscommon.runner_options import from_map
 
 __all__ = ["duration", "hello", "snapshot"]
 
@@ -47,6 +48,7 @@ def route_request(msg: router_pb2.PickRequest, request_id: int = 0) -> RouteRequ
         prompt_tokens=msg.prompt_tokens,
         max_candidates=msg.max_candidates,
         num_ctx=msg.num_ctx,
+        runner_options=from_map(dict(msg.runner_options)) if msg.runner_options else (),
         request_id=request_id,
     )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from hopscommon.runner_options import RunnerOptions
+
 
 class Outcome(Enum):
     UNSPECIFIED = 0
@@ -72,6 +74,7 @@ class RouteRequest:
     prompt_tokens: int = 0
     max_candidates: int = 0
     num_ctx: int = 0  # the context length asked for; 0 = none
+    runner_options: RunnerOptions = ()  # the other load-time options asked for
     request_id: int = 0  # the edge's id for a pick on a Route stream or socket; 0 = unary
 
     @property

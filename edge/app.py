@@ -48,6 +48,7 @@ from edge.settings import EdgeSettings
 from edge.upstream import Upstream, request_headers, with_host_headers
 from hopscommon import bodies, cors, names
 from hopscommon.ollama_json import BodyError, decode_object
+from hopscommon.runner_options import runner_options
 from hopscommon.units import parse_go_duration
 
 log = logging.getLogger("hops.edge")
@@ -317,6 +318,7 @@ class EdgeApp:
         path: str,
     ) -> Call:
         headers = Headers(scope=scope)
+        native = path in NATIVE_INFERENCE  # Ollama's /v1 routes take no options
         return Call(
             method=scope["method"],
             path=path,
@@ -330,7 +332,8 @@ class EdgeApp:
             not_found=not_found,
             session_key=session_key(headers, body),
             node_id=headers.get("x-hops-node", ""),
-            num_ctx=num_ctx(body) if path in NATIVE_INFERENCE else 0,
+            num_ctx=num_ctx(body) if native else 0,
+            runner_options=runner_options(body.get("options")) if native else (),
         )
 
     async def _routed(

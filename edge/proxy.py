@@ -44,6 +44,7 @@ from edge.settings import EdgeSettings
 from edge.upstream import Upstream, response_headers, with_host_headers
 from hopscommon import names
 from hopscommon.fleet_convert import duration
+from hopscommon.runner_options import RunnerOptions
 
 log = logging.getLogger("hops.edge")
 TAIL_BYTES = 16 * 1024
@@ -75,6 +76,7 @@ class Call:
     session_key: str = ""
     node_id: str = ""
     num_ctx: int = 0  # the context length asked for (options.num_ctx); 0 = none
+    runner_options: RunnerOptions = ()  # the other load-time options asked for
 
 
 @dataclass(slots=True)
@@ -195,6 +197,8 @@ class Proxy:
             max_candidates=self.settings.max_attempts,
             num_ctx=call.num_ctx,
         )
+        if call.runner_options:
+            request.runner_options.update(call.runner_options)
         started = time.monotonic()
         try:
             picked, plane = await self.cp.pick(request)

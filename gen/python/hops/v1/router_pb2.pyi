@@ -184,6 +184,26 @@ class PickRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RunnerOptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EDGE_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     API_FIELD_NUMBER: _builtins.int
@@ -194,6 +214,7 @@ class PickRequest(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
     NUM_CTX_FIELD_NUMBER: _builtins.int
+    RUNNER_OPTIONS_FIELD_NUMBER: _builtins.int
     edge_id: _builtins.str
     """The edge asking; its leases are released when its session closes."""
     model: _builtins.str
@@ -220,6 +241,14 @@ class PickRequest(_message.Message):
     def label_selector(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Only nodes carrying all these labels with exactly these values."""
 
+    @_builtins.property
+    def runner_options(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The other load-time (runner) options asked for, on Ollama's native routes: num_batch,
+        num_gpu, main_gpu, num_thread, use_mmap (1 or 0), only those not at Ollama's default (and
+        num_gpu only when not negative, which leaves the choice to Ollama). Ollama reloads a model
+        loaded with other values. Other names are ignored.
+        """
+
     def __init__(
         self,
         *,
@@ -233,10 +262,11 @@ class PickRequest(_message.Message):
         prompt_tokens: _builtins.int = ...,
         max_candidates: _builtins.int = ...,
         num_ctx: _builtins.int = ...,
+        runner_options: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "edge_id", b"edge_id", "exclude_node_ids", b"exclude_node_ids", "label_selector", b"label_selector", "max_candidates", b"max_candidates", "model", b"model", "node_id", b"node_id", "num_ctx", b"num_ctx", "prompt_tokens", b"prompt_tokens", "session_key", b"session_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "edge_id", b"edge_id", "exclude_node_ids", b"exclude_node_ids", "label_selector", b"label_selector", "max_candidates", b"max_candidates", "model", b"model", "node_id", b"node_id", "num_ctx", b"num_ctx", "prompt_tokens", b"prompt_tokens", "runner_options", b"runner_options", "session_key", b"session_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
