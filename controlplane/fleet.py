@@ -18,6 +18,7 @@ from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
 from hopscommon import names
 from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot, runs_one_at_a_time
+from hopscommon.runner_options import RunnerOptions
 
 
 class NodeState(Enum):
@@ -71,6 +72,9 @@ class Node:
     # (OLLAMA_CONTEXT_LENGTH or its memory tier, capped at the trained length), learned from
     # replies: no API reports it
     auto_context: dict[str, int] = field(default_factory=dict)
+    # model key -> the runner options (num_gpu, num_thread, ...) its instance here was loaded
+    # with, where HOPS routed that load and they were not Ollama's defaults; no API reports them
+    runner_options: dict[str, RunnerOptions] = field(default_factory=dict)
     # model key -> the length listed before a request naming none (re)loaded it: the first
     # snapshot listing another one shows its automatic length
     context_probe: dict[str, int] = field(default_factory=dict)
@@ -109,6 +113,10 @@ class Node:
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
         self.forget_loads(self._loaded_as_asked)
+        if self.runner_options:  # an instance gone takes its options with it
+            for key in [k for k in self.runner_options if k not in self.loaded_by_key]:
+                if key not in self.loading:
+                    del self.runner_options[key]
         for key, before in list(self.context_probe.items()):
             listed = self.loaded_by_key.get(key)
             if listed is None or listed.context_length != before:

@@ -34,6 +34,7 @@ from controlplane.policies.base import (
     fits_evicting_idle,
 )
 from hopscommon import names
+from hopscommon.runner_options import RunnerOptions, needs_reload
 
 log = logging.getLogger("hops.controlplane")
 EWMA_ALPHA = 0.3
@@ -179,6 +180,11 @@ class Router:
                 memory = 0 if chosen.reload else int(chosen.model_size * KV_HEADROOM)
                 context = _wanted_context(first, key, request.num_ctx) if chosen.reload else 0
                 first.mark_loading(key, memory, self._victims(first, key, chosen), context)
+                if not chosen.loading:  # its own load: the instance gets its runner options
+                    if request.runner_options:
+                        first.runner_options[key] = request.runner_options
+                    else:
+                        first.runner_options.pop(key, None)
                 self.fleet.count_warm(first)
                 lease.clean_load = not (
                     chosen.loading
@@ -238,7 +244,7 @@ class Router:
             if self._full(node):
                 saturated += 1
                 continue
-            eligible.append(self._candidate(node, key, affinity, context))
+            eligible.append(self._candidate(node, key, affinity, context, request.runner_options))
         if not eligible:
             return self._none_eligible(saturated)
         return tuple(self.policy.pick(request, eligible, limit))
@@ -269,7 +275,7 @@ class Router:
             if self._full(node):
                 saturated += 1
                 return
-            candidate = self._candidate(node, key, affinity, context)
+            candidate = self._candidate(node, key, affinity, context, request.runner_options)
             evaluated.append(candidate)
             bisect.insort(best, (policy.cost(candidate), node.node_id))
             del best[limit:]
@@ -376,7 +382,12 @@ class Router:
         return node.breaker.allows()
 
     def _candidate(
-        self, node: Node, key: str, affinity_node: str, context: int | None = None
+        self,
+        node: Node,
+        key: str,
+        affinity_node: str,
+        context: int | None = None,
+        options: RunnerOptions = (),
     ) -> Candidate:
         # The hot path of every pick, once per eligible host: locals and plain dict lookups.
         node_id = node.hello.node_id
@@ -395,6 +406,16 @@ class Router:
             and (context > 0 or key in node.auto_context)  # none asked, none learned: match
             and _other_context(node, key, context)
         )
+        # Or with other runner options (num_gpu, num_thread, ...), as far as HOPS routed its
+        # load: an instance loaded outside HOPS is taken to have Ollama's defaults.
+        options_reload = (
+            not reload
+            and context is not None
+            and bool(options or node.runner_options)
+            and key in node.loaded_by_key
+            and needs_reload(node.runner_options.get(key, ()), options)
+        )
+        reload = reload or options_reload
         # A cloud model runs on ollama.com: always ready, never loaded or evicted here.
         loaded = (
             key in node.loaded_by_key and key not in evicting and not reload
@@ -452,23 +473,31 @@ class Router:
             expected_tokens=self._tokens[key][1] if key in self._tokens else 0.0,
             loading_ahead=ahead,
             reload=reload,
-            replaced=self._replaced(node, key, context) if reload and context is not None else None,
+            replaced=(
+                self._replaced(node, key, context, options_reload)
+                if reload and context is not None
+                else None
+            ),
         )
         if not loaded and not c.loading and not fits_evicting_idle(c):
             c.busy_victims = self._busy(node, key, c)
         return c
 
-    def _replaced(self, node: Node, key: str, context: int) -> Resident:
+    def _replaced(self, node: Node, key: str, context: int, for_options: bool) -> Resident:
         """The instance a reload of ``key`` replaces, priced as an idle model evicted: its
         reload here, times the chance a request for it comes soon. Its clients are those asking
         other lengths than this request (asking ``context``, 0 for none), so the demand is the
         model's less this length's. Lengths are counted once the model was ever asked an
         explicit one; before that, the instance was loaded outside HOPS by clients it does not
-        see, and it is taken to be in use as much as the model is."""
+        see, and it is taken to be in use as much as the model is. A reload ``for_options``
+        (other runner options) counts the model's whole demand: options are not counted apart,
+        and a request asking unusual ones is better sent where it replaces nobody's instance."""
         held = node.loaded_by_key[key]
         installed = node.installed_by_key.get(key)
         size = installed.size_bytes if installed else held.size_bytes
-        other = self.demand(key) - self.demand(_at_length(key, context))
+        other = self.demand(key)
+        if not for_options:
+            other -= self.demand(_at_length(key, context))
         return Resident(
             key,
             held.size_vram_bytes if node.vram_total > 0 else held.size_bytes,

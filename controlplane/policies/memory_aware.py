@@ -8,8 +8,9 @@ Each candidate gets an expected cost in seconds before its reply can start strea
   loaded with another context    as cold (Ollama reloads a model whose num_ctx differs), after
   length than asked for (or      the requests on the loaded instance, whose memory it reuses,
   than the host's automatic one, plus the reload that instance's clients (those asking other
-  learned, when none is asked)   lengths) then pay, weighted by how often they ask, as for an
-                                 evicted idle model
+  learned, when none is asked),  lengths; for options, all the model's clients) then pay,
+  or other runner options        weighted by how often they ask, as for an evicted idle model
+  (num_gpu, num_thread, ...)
   (cold, any of the below)       + the loads routed here before it (Ollama loads one at a time)
                                  + COLD_LOAD_PENALTY_S: a load is made only where it saves more
                                  than that (its memory is memory a later load may need, and a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -183,9 +184,9 @@ def test_a_big_fleet_builds_candidates_only_for_the_hosts_that_could_win(
     built: list[str] = []
     build = Router._candidate
 
-    def counting(self: Router, node: Node, key: str, affinity: str, num_ctx: int = 0) -> Candidate:
+    def counting(self: Router, node: Node, key: str, affinity: str, *rest: Any) -> Candidate:
         built.append(node.node_id)
-        return build(self, node, key, affinity, num_ctx)
+        return build(self, node, key, affinity, *rest)
 
     monkeypatch.setattr(Router, "_candidate", counting)
     router.pick(RouteRequest(model="model-5", edge_id="e"))  # builds the floor index

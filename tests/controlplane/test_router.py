@@ -1,7 +1,9 @@
 from dataclasses import replace
 
 import pytest
+from hops.v1 import router_pb2
 
+from controlplane import convert
 from controlplane.fleet import Fleet
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.router import PickStatus, Router
@@ -274,6 +276,51 @@ def test_a_reload_counts_as_loading_until_the_new_length_shows() -> None:
     assert not node.loading and not node.reloading
     ready = router.pick(_req(num_ctx=8192)).ranked[0]  # behind the two requests sent before
     assert ready.candidate.loaded and ready.reason.startswith("queued")
+
+
+def test_an_instance_loaded_with_other_runner_options_is_not_warm() -> None:
+    """Ollama reloads for other num_gpu, num_thread, ... values too. No API shows them, so the
+    router remembers what the loads it routed asked; an instance it did not load has defaults."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 4096)
+    _loaded_with_context(fleet, "b", 4096)
+    router = builders.router(fleet, "memory_aware")
+    node = fleet.nodes["a"]
+    threads = (("num_thread", 4),)
+
+    def reasons(**kw: object) -> dict[str, str]:
+        outcome = router.pick(_req(**kw))
+        router.report(Report(outcome.lease_id, outcome.ranked[0].candidate.node_id, Outcome.OK))
+        return {r.candidate.node_id: r.reason for r in outcome.ranked}
+
+    assert reasons(runner_options=threads) == {"a": "reload-fit", "b": "reload-fit"}
+    assert node.runner_options == {"llama3.2:latest": threads}
+    fleet.update("a", node.session, replace(node.snapshot, sequence=3))  # still listed
+    assert not node.loading and node.runner_options == {"llama3.2:latest": threads}
+    assert reasons(runner_options=threads) == {"a": "warm", "b": "reload-fit"}
+    plain = router.pick(_req())  # a default num_thread does not match 4
+    by_node = {r.candidate.node_id: r for r in plain.ranked}
+    assert plain.ranked[0].candidate.node_id == "b" and by_node["a"].reason == "reload-fit"
+    replaced = by_node["a"].candidate.replaced  # priced with the whole model's demand
+    assert replaced is not None
+    assert replaced.demand == pytest.approx(router.demand("llama3.2:latest"), rel=0.01)
+    both = (("num_gpu", 20), *threads)
+    assert reasons(runner_options=both) == {"a": "reload-fit", "b": "reload-fit"}
+    assert node.runner_options == {"llama3.2:latest": both}
+    # num_gpu left to Ollama matches an instance loaded with any.
+    assert reasons(runner_options=threads) == {"a": "warm", "b": "reload-fit"}
+    # Once the instance is gone, so are its options.
+    fleet.update("a", node.session, replace(node.snapshot, sequence=4, loaded=()))
+    assert node.runner_options == {}
+
+
+def test_a_pick_reads_known_runner_options_only() -> None:
+    wire = router_pb2.PickRequest(
+        model="llama3.2", runner_options={"num_thread": 8, "use_mmap": 5, "num_batch": 512}
+    )
+    wire.runner_options["bogus"] = 1  # a rogue or newer edge: ignored
+    assert convert.route_request(wire).runner_options == (("num_thread", 8), ("use_mmap", 1))
+    assert convert.route_request(router_pb2.PickRequest(model="x")).runner_options == ()
 
 
 def _cold_load_evicting_an_idle_model() -> tuple[Fleet, Router, str]:

@@ -730,6 +730,29 @@ def test_clients_asking_two_context_lengths_settle_on_two_hosts() -> None:
         assert loads == {first: 2, ({"a", "b"} - {first}).pop(): 1}
 
 
+def test_clients_asking_other_runner_options_keep_to_their_own_host() -> None:
+    """Open WebUI can send num_thread (or num_gpu, use_mmap, ...) beside plain API calls; Ollama
+    reloads for each switch. Once one kind has loaded the model on a host, the other kind goes
+    to the second host, and from then on each keeps to its own: two loads in ten requests."""
+    with fleet.whole_fleet({"a": [], "b": []}) as running:
+        with httpx.Client(base_url=running.edge.url, timeout=30) as client:
+
+            def ask(threads: bool, i: int) -> str:
+                options = {"num_predict": 3, **({"num_thread": 8} if threads else {})}
+                body = {"model": "llama3.1:8b", "prompt": f"{i}", "options": options}
+                answer = client.post("/api/generate", json={**body, "stream": False})
+                assert answer.status_code == 200, answer.text
+                return str(answer.headers["x-hops-node"])
+
+            first = ask(True, 0)
+            other = ask(False, 1)
+            assert other != first
+            for i in range(2, 10):
+                assert ask(i % 2 == 0, i) == (first if i % 2 == 0 else other)
+        loads = {n: _sim_stats(running.sim_url(n))["loads"] for n in ("a", "b")}
+        assert loads == {"a": 1, "b": 1}
+
+
 def test_concurrent_embeds_spread_over_hosts_as_ollama_runs_one_at_a_time() -> None:
     """Hosts with OLLAMA_NUM_PARALLEL=4 still run an embedding model one request at a time;
     their /api/tags capabilities say which models those are. Two embeds at once go to the two
