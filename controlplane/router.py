@@ -407,12 +407,13 @@ class Router:
             and _other_context(node, key, context)
         )
         # Or with other runner options (num_gpu, num_thread, ...), as far as HOPS routed its
-        # load: an instance loaded outside HOPS is taken to have Ollama's defaults.
+        # load: an instance loaded outside HOPS is taken to have Ollama's defaults. One still
+        # loading is reloaded after its load, not joined.
         options_reload = (
             not reload
             and context is not None
             and bool(options or node.runner_options)
-            and key in node.loaded_by_key
+            and (key in node.loaded_by_key or key in node.loading)
             and needs_reload(node.runner_options.get(key, ()), options)
         )
         reload = reload or options_reload
@@ -455,7 +456,10 @@ class Router:
             on_gpu=on_gpu,
             memory_total=total,
             memory_free=max(free, 0),
-            loading=not loaded and key in node.loading and key not in evicting,
+            loading=not loaded
+            and key in node.loading
+            and key not in evicting
+            and not options_reload,
             idle_loaded_bytes=idle,
             decode_tps=self._decode_tps(learned, node_id, size),
             load_seconds=self._load_seconds(learned, node_id, size),
@@ -466,7 +470,7 @@ class Router:
             + len(node.loading)
             - len(node.reloading)
             - (key in node.loading and key not in node.reloading)
-            - reload,
+            - (reload and key in node.loaded_by_key),
             max_loaded=capacity.max_loaded_models or 3 * max(len(snapshot.gpus), 1),
             idle_loaded_count=idle_count,
             idle_loaded=self._residents(node, sorted(idle_models)) if idle_models else (),
@@ -492,15 +496,19 @@ class Router:
         see, and it is taken to be in use as much as the model is. A reload ``for_options``
         (other runner options) counts the model's whole demand: options are not counted apart,
         and a request asking unusual ones is better sent where it replaces nobody's instance."""
-        held = node.loaded_by_key[key]
+        held = node.loaded_by_key.get(key)  # None: still loading, with other options
         installed = node.installed_by_key.get(key)
-        size = installed.size_bytes if installed else held.size_bytes
+        size = installed.size_bytes if installed else held.size_bytes if held else 0
         other = self.demand(key)
         if not for_options:
             other -= self.demand(_at_length(key, context))
+        if held is None:
+            memory = node.loading[key][1] if key in node.loading else size
+        else:
+            memory = held.size_vram_bytes if node.vram_total > 0 else held.size_bytes
         return Resident(
             key,
-            held.size_vram_bytes if node.vram_total > 0 else held.size_bytes,
+            memory,
             size,
             self._load_seconds(self.learned.get((node.node_id, key)), node.node_id, size),
             max(other, 0.0),

@@ -314,6 +314,28 @@ def test_an_instance_loaded_with_other_runner_options_is_not_warm() -> None:
     assert node.runner_options == {}
 
 
+def test_a_load_still_under_way_with_other_runner_options_is_not_joined() -> None:
+    """Before any snapshot lists the model, a request asking other options than the load
+    routed there would wait for that load and then reload it: it goes to the other host."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", vram_gb=6.5)
+    builders.add_node(fleet, "b", vram_gb=6.5)
+    router = builders.router(fleet, "memory_aware")
+    first = router.pick(_req(runner_options=(("num_thread", 8),)))
+    assert first.ranked[0].candidate.node_id == "a"
+    router.report(Report(first.lease_id, "a", Outcome.OK, http_status=200))
+    assert "llama3.2:latest" in fleet.nodes["a"].loading  # answered, not yet listed
+    same = {
+        r.candidate.node_id: r.reason
+        for r in router.pick(_req(runner_options=(("num_thread", 8),))).ranked
+    }
+    assert same["a"] == "loading"
+    plain = router.pick(_req())
+    by_node = {r.candidate.node_id: r.reason for r in plain.ranked}
+    assert by_node == {"a": "reload-fit", "b": "cold-fit"}
+    assert plain.ranked[0].candidate.node_id == "b"
+
+
 def test_a_pick_reads_known_runner_options_only() -> None:
     wire = router_pb2.PickRequest(
         model="llama3.2", runner_options={"num_thread": 8, "use_mmap": 5, "num_batch": 512}
