@@ -18,7 +18,7 @@ from hopscommon.fleet_convert import (
     snapshot_pb,
     ts,
 )
-from hopscommon.runner_options import from_map
+from hopscommon.runner_options import describe, from_map
 
 __all__ = ["duration", "hello", "snapshot"]
 
@@ -173,6 +173,7 @@ def node_pb(
         ],
         in_flight_total=sum(in_flight.values()),
         automatic_context_length=node.auto_context,
+        runner_options={key: describe(o) for key, o in node.runner_options.items()},
         capacity=capacity_pb(node.hello.capacity),
         connected_since=ts(node.connected_since) if node.session is not None else None,
         last_seen=ts(node.last_seen),

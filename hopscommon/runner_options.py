@@ -59,3 +59,11 @@ def from_map(values: dict[str, int]) -> RunnerOptions:
     """Options from a map (the wire form), keeping known names only, normalised as above."""
     known = {name: v for name, v in values.items() if name in NAMES}
     return runner_options({n: bool(v) if n in BOOL_OPTIONS else v for n, v in known.items()})
+
+
+def describe(options: RunnerOptions) -> str:
+    """``num_gpu=20,use_mmap=false``, for people (one word, for tables)."""
+    return ",".join(
+        f"{name}={str(bool(value)).lower() if name in BOOL_OPTIONS else value}"
+        for name, value in options
+    )

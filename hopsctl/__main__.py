@@ -103,10 +103,11 @@ def node_detail(n: admin_pb2.Node) -> str:
             _when(m.expires_at.seconds) if m.HasField("expires_at") else "-",
             str(m.context_length or "-"),
             str(automatic.get(names.model_key(m.name)) or "?"),
+            n.runner_options.get(names.model_key(m.name)) or "-",
         ]
         for m in snap.loaded
     ]
-    headers = ["MODEL", "VRAM", "EXPIRES", "CONTEXT", "AUTOMATIC"]
+    headers = ["MODEL", "VRAM", "EXPIRES", "CONTEXT", "AUTOMATIC", "OPTIONS"]
     lines += ["", "loaded:", table(headers, loaded)]
     if n.learned:  # what routing learned from the replies here
         learned = [

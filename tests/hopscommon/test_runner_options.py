@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hopscommon.runner_options import from_map, needs_reload, runner_options
+from hopscommon.runner_options import describe, from_map, needs_reload, runner_options
 
 
 def test_only_named_values_other_than_the_defaults_are_kept_sorted() -> None:
@@ -40,3 +40,9 @@ def test_the_wire_map_keeps_known_names_and_reads_use_mmap_as_a_flag() -> None:
         ("use_mmap", 0),
     )
     assert from_map({"num_batch": 512}) == ()
+
+
+def test_described_as_one_word() -> None:
+    shown = describe(runner_options({"num_gpu": 20, "use_mmap": False, "num_thread": 8}))
+    assert shown == "num_gpu=20,num_thread=8,use_mmap=false"
+    assert describe(()) == ""

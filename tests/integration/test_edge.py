@@ -751,6 +751,12 @@ def test_clients_asking_other_runner_options_keep_to_their_own_host() -> None:
                 assert ask(i % 2 == 0, i) == (first if i % 2 == 0 else other)
         loads = {n: _sim_stats(running.sim_url(n))["loads"] for n in ("a", "b")}
         assert loads == {"a": 1, "b": 1}
+        admin = fleet.admin(running.plane.url)
+        shown = {
+            n: dict(admin.GetNode(admin_pb2.GetNodeRequest(node_id=n)).node.runner_options)
+            for n in (first, other)
+        }
+        assert shown == {first: {"llama3.1:8b": "num_thread=8"}, other: {}}
 
 
 def test_concurrent_embeds_spread_over_hosts_as_ollama_runs_one_at_a_time() -> None:

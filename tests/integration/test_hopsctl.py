@@ -56,7 +56,8 @@ def test_hopsctl_reads_and_changes_the_fleet() -> None:
         ok(plane, "preload", "laptop", "llama3.2")
         loaded = ok(plane, "node", "laptop").split("loaded:")[1].split("installed:")[0]
         row = next(line.split() for line in loaded.splitlines() if "llama3.2:latest" in line)
-        assert row[-2:] == ["4096", "?"]  # its context length; the automatic one not yet learned
+        # Its context length; the automatic one not yet learned; Ollama's default options.
+        assert row[-3:] == ["4096", "?", "-"]
         assert "learned:" not in ok(plane, "node", "laptop")  # no reply yet
         answered = httpx.post(
             running.edge.url + "/api/generate",

@@ -256,6 +256,26 @@ class Node(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RunnerOptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODE_ID_FIELD_NUMBER: _builtins.int
     OLLAMA_URL_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
@@ -275,6 +295,7 @@ class Node(_message.Message):
     WEIGHT_FIELD_NUMBER: _builtins.int
     AUTOMATIC_CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     LEARNED_FIELD_NUMBER: _builtins.int
+    RUNNER_OPTIONS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     ollama_url: _builtins.str
@@ -335,6 +356,14 @@ class Node(_message.Message):
     def learned(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnedSpeed]:
         """What routing learned from the replies here, one entry per model, by name."""
 
+    @_builtins.property
+    def runner_options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Per model loaded (or loading) here, the runner options HOPS routed its load with, other
+        than Ollama's defaults, e.g. "num_gpu=20,num_thread=8": Ollama reloads the model for a
+        request asking others. Absent for the defaults, and for a load made outside HOPS (nothing
+        reports its options; it is taken to have the defaults).
+        """
+
     def __init__(
         self,
         *,
@@ -357,10 +386,11 @@ class Node(_message.Message):
         weight: _builtins.float = ...,
         automatic_context_length: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         learned: _abc.Iterable[Global___LearnedSpeed] | None = ...,
+        runner_options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "capacity", b"capacity", "connected_since", b"connected_since", "last_seen", b"last_seen", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic_context_length", b"automatic_context_length", "breaker", b"breaker", "capacity", b"capacity", "conflicts", b"conflicts", "connected_since", b"connected_since", "cordoned", b"cordoned", "draining", b"draining", "hostname", b"hostname", "in_flight", b"in_flight", "in_flight_total", b"in_flight_total", "instance_id", b"instance_id", "labels", b"labels", "last_seen", b"last_seen", "learned", b"learned", "node_id", b"node_id", "ollama_url", b"ollama_url", "snapshot", b"snapshot", "state", b"state", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic_context_length", b"automatic_context_length", "breaker", b"breaker", "capacity", b"capacity", "conflicts", b"conflicts", "connected_since", b"connected_since", "cordoned", b"cordoned", "draining", b"draining", "hostname", b"hostname", "in_flight", b"in_flight", "in_flight_total", b"in_flight_total", "instance_id", b"instance_id", "labels", b"labels", "last_seen", b"last_seen", "learned", b"learned", "node_id", b"node_id", "ollama_url", b"ollama_url", "runner_options", b"runner_options", "snapshot", b"snapshot", "state", b"state", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
