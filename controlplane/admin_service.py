@@ -17,7 +17,7 @@ from controlplane.errors import (
     UnknownPolicy,
     grpc_errors,
 )
-from controlplane.fleet import Node
+from controlplane.fleet import Node, model_key
 from controlplane.policies import REGISTRY
 from controlplane.router import Router
 from controlplane.settings import ControlPlaneSettings
@@ -142,6 +142,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             preload=agent_pb2.PreloadCommand(model=request.model, keep_alive=request.keep_alive)
         )
         result = await self._command(request.node_id, request.model, command, context)
+        node = self.fleet.nodes.get(request.node_id)
+        if result.ok and node is not None:  # loaded (or reloaded) with Ollama's defaults
+            node.runner_options.pop(model_key(request.model), None)
         return admin_pb2.PreloadModelResponse(ok=result.ok, error=result.error)
 
     async def _command(

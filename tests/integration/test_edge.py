@@ -757,6 +757,12 @@ def test_clients_asking_other_runner_options_keep_to_their_own_host() -> None:
             for n in (first, other)
         }
         assert shown == {first: {"llama3.1:8b": "num_thread=8"}, other: {}}
+        # A preload is a request with Ollama's defaults: it reloads the model there.
+        preload = admin_pb2.PreloadModelRequest(node_id=first, model="llama3.1:8b")
+        assert admin.PreloadModel(preload).ok
+        assert _sim_stats(running.sim_url(first))["loads"] == 2
+        node = admin.GetNode(admin_pb2.GetNodeRequest(node_id=first)).node
+        assert dict(node.runner_options) == {}
 
 
 def test_concurrent_embeds_spread_over_hosts_as_ollama_runs_one_at_a_time() -> None:
