@@ -113,10 +113,12 @@ class Node:
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
         self.forget_loads(self._loaded_as_asked)
-        if self.runner_options:  # an instance gone takes its options with it
-            for key in [k for k in self.runner_options if k not in self.loaded_by_key]:
-                if key not in self.loading:
-                    del self.runner_options[key]
+        if self.runner_options:  # an instance gone (and not being loaded) takes its options
+            self.runner_options = {
+                k: v
+                for k, v in self.runner_options.items()
+                if k in self.loaded_by_key or k in self.loading
+            }
         for key, before in list(self.context_probe.items()):
             listed = self.loaded_by_key.get(key)
             if listed is None or listed.context_length != before:
