@@ -477,6 +477,11 @@ class Router:
             expected_tokens=self._tokens[key][1] if key in self._tokens else 0.0,
             loading_ahead=ahead,
             reload=reload,
+            context_unsure=context == 0
+            and not reload
+            and key in self._asked_lengths
+            and key not in node.auto_context
+            and key in node.loaded_by_key,
             replaced=(
                 self._replaced(node, key, context, options_reload)
                 if reload and context is not None

@@ -82,6 +82,10 @@ class Candidate:
     # For a reload: the instance it replaces, as a resident whose demand is the model's from
     # requests asking other lengths (they pay a reload in turn when they come back).
     replaced: Resident | None = None
+    # Loaded, for a request asking no context length, on a host whose automatic length is not
+    # learned yet, while clients ask this model at explicit ones: the instance may be theirs,
+    # which Ollama reloads unless its length happens to be the automatic one.
+    context_unsure: bool = False
 
 
 def fits_evicting_idle(c: Candidate) -> bool:

@@ -59,6 +59,7 @@ COLD_LOAD_PENALTY_S = 2.0  # chosen on the routing bench: see bench/README.md
 EVICT_BUSY_PENALTY_S = 1000.0
 ELSEWHERE_SHARE = 0.25  # of a victim's reload cost, when another host has it loaded too
 AFFINITY_BONUS_S = 0.75
+UNSURE_RELOAD_ODDS = 0.5  # of a load, for a warm instance whose context length may not match
 SIZE_TIEBREAK_S_PER_BYTE = 1e-12  # 24 GiB -> 0.026 s: only decides between near-equal hosts
 
 
@@ -154,6 +155,8 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
             wait = load + busy_wait(c) + EVICT_BUSY_PENALTY_S
             tier = "cold-evict-busy"
     cost = _total(wait, per_request, c)
+    if c.context_unsure and c.loaded:  # still warm, but below an instance known to match
+        cost += load_estimate(c) * UNSURE_RELOAD_ODDS / max(c.weight, 1e-6)
     if c.affinity and c.loaded:
         cost -= AFFINITY_BONUS_S / max(c.weight, 1e-6)
     return cost, tier, wait

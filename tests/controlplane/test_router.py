@@ -460,6 +460,36 @@ def test_a_request_naming_no_context_is_not_sent_warm_to_an_instance_loaded_with
     assert show.candidate.loaded and not show.candidate.reload
 
 
+def test_an_instance_whose_length_may_not_be_automatic_is_warm_below_one_known_to_be() -> None:
+    """Once clients ask a model at explicit lengths, an instance on a host whose automatic
+    length is not learned may be one of theirs, which Ollama reloads for a request asking none.
+    Such a request goes where the automatic length is known to be loaded (on two equal hosts it
+    went by node id, and so reloaded the 8192 clients' instance about half the time), but still
+    prefers that unsure instance to a cold load."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 8192)  # its automatic length unknown
+    _loaded_with_context(fleet, "b", 4096)
+    builders.add_node(fleet, "c", models=["llama3.2:latest"], vram_gb=6.5)  # nothing loaded
+    fleet.nodes["b"].auto_context["llama3.2:latest"] = 4096
+    router = builders.router(fleet, "memory_aware")
+    outcome = router.pick(_req())  # no explicit length asked yet: all taken to match
+    ranked = outcome.ranked
+    router.report(Report(outcome.lease_id, "a", Outcome.OK, http_status=200))
+    assert [(r.candidate.node_id, r.candidate.context_unsure) for r in ranked[:2]] == [
+        ("a", False),
+        ("b", False),
+    ]
+    explicit = router.pick(_req(num_ctx=8192))
+    router.report(Report(explicit.lease_id, "a", Outcome.OK, http_status=200))
+    ranked = router.pick(_req()).ranked
+    assert [(r.candidate.node_id, r.reason) for r in ranked] == [
+        ("b", "warm"),
+        ("a", "warm"),
+        ("c", "cold-fit"),
+    ]
+    assert ranked[1].candidate.context_unsure and not ranked[0].candidate.context_unsure
+
+
 def test_the_automatic_length_is_learned_from_a_reload_or_a_cold_load() -> None:
     fleet = builders.fleet()
     _loaded_with_context(fleet, "a", 8192)  # loaded with an explicit length
