@@ -75,9 +75,13 @@ class Node:
     # model key -> the runner options (num_gpu, num_thread, ...) its instance here was loaded
     # with, where HOPS routed that load and they were not Ollama's defaults; no API reports them
     runner_options: dict[str, RunnerOptions] = field(default_factory=dict)
-    # model key -> the length listed before a request naming none (re)loaded it: the first
-    # snapshot listing another one shows its automatic length
-    context_probe: dict[str, int] = field(default_factory=dict)
+    # model key -> the explicit context length a routed load (or reload) in ``loading`` runs
+    # at: what a request naming none that joins it finds (and, unless it happens to be the
+    # automatic length, reloads)
+    load_context: dict[str, int] = field(default_factory=dict)
+    # model key -> (the lengths listed or being loaded when a request naming none (re)loaded
+    # it, until when to wait): the first snapshot listing another one shows its automatic length
+    context_probe: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
     counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
     vram_total: int = 0
     vram_free: int = 0
@@ -119,12 +123,22 @@ class Node:
                 for k, v in self.runner_options.items()
                 if k in self.loaded_by_key or k in self.loading
             }
-        for key, before in list(self.context_probe.items()):
+        if self.context_probe:
+            self._probe_context(time.monotonic())
+
+    def _probe_context(self, now: float) -> None:
+        """Learn automatic lengths from this snapshot: a length other than those listed or
+        being loaded when a reply (re)loaded its model. A listing that lags the reply still
+        shows one of those, and so does one where Ollama did not reload (the automatic length
+        was one of them): such probes end unlearned at their deadline."""
+        for key, (before, until) in list(self.context_probe.items()):
             listed = self.loaded_by_key.get(key)
-            if listed is None or listed.context_length != before:
+            length = listed.context_length if listed is not None else 0
+            if length and length not in before:
+                self.auto_context[key] = length
                 del self.context_probe[key]
-                if listed is not None and listed.context_length:
-                    self.auto_context[key] = listed.context_length
+            elif now > until:
+                del self.context_probe[key]
 
     def _loaded_as_asked(self, key: str, _since: float) -> bool:
         """Whether a routed load of ``key`` shows in the snapshot: loaded, and for a reload,
@@ -136,17 +150,25 @@ class Node:
         return wanted is None or not model.context_length or model.context_length == wanted
 
     def mark_loading(
-        self, key: str, memory: int, victims: Iterable[str] = (), context: int = 0
+        self,
+        key: str,
+        memory: int,
+        victims: Iterable[str] = (),
+        context: int = 0,
+        *,
+        asked: int = 0,
     ) -> None:
         """A load of ``key`` was just routed here: it will take ``memory`` bytes before any
         snapshot says, and Ollama will evict ``victims`` (loaded, idle models) to make room.
         ``context``: it reloads ``key``, loaded here with another context length, at this one
-        (in the old instance's memory)."""
+        (in the old instance's memory). ``asked``: the explicit length it runs at (0: none)."""
         if key not in self.loading:
             self.loading[key] = (time.monotonic(), memory)
             self.loading_bytes += memory
             if context:
                 self.reloading[key] = context
+            if asked:
+                self.load_context[key] = asked
         for victim in victims:
             self.evicting[victim] = key
 
@@ -162,6 +184,7 @@ class Node:
                 del self.loading[key]
                 self.loading_bytes -= size
                 self.reloading.pop(key, None)
+                self.load_context.pop(key, None)
                 self.answered.discard(key)
         stale = [
             victim

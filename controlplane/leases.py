@@ -25,9 +25,10 @@ class Lease:
     # time the request waited for its turn as well.
     clean_load: bool = False
     request_id: int = 0  # the edge's id of the pick that opened it (Route calls only)
-    # For a request naming no num_ctx: the context length its model was listed with on the
-    # node when picked (0: not loaded), to learn the node's automatic one from the reply.
-    auto_from: int | None = None
+    # For a request naming no num_ctx: the context lengths its model was listed with on the
+    # node when picked and was being loaded at (none: neither), to learn the node's automatic
+    # one from the reply.
+    auto_from: tuple[int, ...] | None = None
 
 
 class LeaseTable:

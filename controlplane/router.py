@@ -41,6 +41,7 @@ EWMA_ALPHA = 0.3
 LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forgotten
 # A load_duration up to this is Ollama handing over a loaded model (tens of ms), not a load.
 WARM_HANDOVER_NS = 100_000_000
+CONTEXT_PROBE_S = 10.0  # how long snapshots are watched for the length a reply (re)loaded at
 MAX_SESSIONS = 10_000
 DEMAND_WINDOW = 50  # picks: a model's demand is its expected share of about this many
 DEMAND_DECAY = 1.0 - 1.0 / DEMAND_WINDOW
@@ -163,7 +164,10 @@ class Router:
         first.breaker.on_dispatch(lease.lease_id)
         if asked == 0:
             listed = first.loaded_by_key.get(key)
-            lease.auto_from = listed.context_length if listed is not None else 0
+            lengths = {listed.context_length} if listed is not None else set()
+            if key in first.loading:  # a load under way: the explicit length it runs at
+                lengths.add(first.load_context.get(key, 0))
+            lease.auto_from = tuple(sorted(lengths - {0}))
         if request.api is not ApiKind.PULL:
             self._count_demand(key)
             # Per length too, once the model was ever asked at an explicit one: what a reload
@@ -178,8 +182,10 @@ class Router:
                 # as when they were warm, still a bound; the next snapshot tightens them.
                 # A reload takes the memory of the instance it replaces.
                 memory = 0 if chosen.reload else int(chosen.model_size * KV_HEADROOM)
-                context = _wanted_context(first, key, request.num_ctx) if chosen.reload else 0
-                first.mark_loading(key, memory, self._victims(first, key, chosen), context)
+                wanted = _wanted_context(first, key, request.num_ctx)
+                context = wanted if chosen.reload else 0
+                victims = self._victims(first, key, chosen)
+                first.mark_loading(key, memory, victims, context, asked=wanted if asked else 0)
                 if not chosen.loading:  # its own load: the instance gets its runner options
                     if request.runner_options:
                         first.runner_options[key] = request.runner_options
@@ -690,22 +696,24 @@ class Router:
             self._learn_tokens(model, stats.eval_count)
 
     def _learn_auto_context(
-        self, node: Node, key: str, listed: int, stats: GenerationStats
+        self, node: Node, key: str, found: tuple[int, ...], stats: GenerationStats
     ) -> None:
         """Learn the context length ``node`` gives ``key`` when a request names none, from the
-        reply to such a request that found it ``listed`` with that length (0: not loaded).
-        Ollama reloads for such a request only when the instance was loaded with an explicit,
-        other length (sched.go needsReload), so a reply that waited for no load ran at the
-        automatic length; one that loaded shows it in the next listing that differs."""
+        reply to such a request that found it listed, or being loaded, at the lengths
+        ``found`` (none: neither, or not reported). Ollama reloads for such a request only
+        when the instance was loaded with an explicit, other length (sched.go needsReload), so
+        a reply that waited for no load ran at the automatic length; one that loaded shows it
+        in the first listing at a length not found (the snapshot may lag the reply)."""
         if stats.load_duration_ns > WARM_HANDOVER_NS:
             now = node.loaded_by_key.get(key)
-            if now is not None and now.context_length and now.context_length != listed:
+            if now is not None and now.context_length and now.context_length not in found:
                 node.auto_context[key] = now.context_length
             else:
-                node.context_probe[key] = listed
+                node.context_probe[key] = (found, time.monotonic() + CONTEXT_PROBE_S)
             return
-        if not listed:
+        if len(found) != 1:  # not listed, or also being loaded at another length: unclear
             return
+        listed = found[0]
         was = node.auto_context.get(key)
         node.auto_context[key] = listed
         if was is not None and was != listed and node.reloading.get(key) == was:

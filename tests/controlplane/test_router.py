@@ -496,7 +496,9 @@ def test_the_automatic_length_is_learned_from_a_reload_or_a_cold_load() -> None:
     node = fleet.nodes["a"]
     router = builders.router(fleet, "memory_aware")
     assert _served(router, "a", load_s=2.5) == "warm"  # Ollama reloaded it at 4096
-    assert (node.auto_context, node.context_probe) == ({}, {"llama3.2:latest": 8192})
+    assert node.auto_context == {} and node.context_probe["llama3.2:latest"][0] == (8192,)
+    _relisted(fleet, "a", 8192)  # a snapshot taken before the reload ended
+    assert node.auto_context == {} and "llama3.2:latest" in node.context_probe
     _relisted(fleet, "a", 4096)  # the listing catches up
     assert (node.auto_context, node.context_probe) == ({"llama3.2:latest": 4096}, {})
 
@@ -509,6 +511,36 @@ def test_the_automatic_length_is_learned_from_a_reload_or_a_cold_load() -> None:
     stats = GenerationStats(load_duration_ns=3 * 10**9)
     router.report(Report(outcome.lease_id, "a", Outcome.OK, http_status=200, stats=stats))
     assert node.auto_context == {"llama3.2:latest": 2048}
+
+
+def test_a_request_joining_a_load_at_an_explicit_length_learns_past_its_listing() -> None:
+    """A request naming no num_ctx that joins a routed load at 8192 waits for it, and Ollama
+    then reloads at the automatic length. A snapshot taken between the two lists 8192: that is
+    not the automatic length (it was learned as such, and the 8192 clients then joined the
+    plain ones' host). A probe that sees no other length ends at its deadline."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "a", models=["llama3.2:latest"], vram_gb=6.5)
+    router = builders.router(fleet, "memory_aware")
+    explicit = router.pick(_req(num_ctx=8192))
+    plain = router.pick(_req())
+    assert plain.ranked[0].reason == "loading" and node.load_context == {"llama3.2:latest": 8192}
+    router.report(Report(explicit.lease_id, "a", Outcome.OK, http_status=200))
+    stats = GenerationStats(load_duration_ns=4 * 10**9)  # the load, then the reload
+    router.report(Report(plain.lease_id, "a", Outcome.OK, http_status=200, stats=stats))
+    listed = LoadedModel(name="llama3.2:latest", size_vram_bytes=2 * builders.GB)
+    snapshot = replace(node.snapshot, sequence=2, loaded=(replace(listed, context_length=8192),))
+    fleet.update("a", node.session, snapshot)
+    assert node.auto_context == {} and not node.load_context
+    _relisted(fleet, "a", 4096)
+    assert node.auto_context == {"llama3.2:latest": 4096}
+
+    again = router.pick(_req(num_ctx=8192))  # reloads at 8192
+    _served(router, "a", load_s=2.0)  # waits for that reload, found listed at 4096
+    router.report(Report(again.lease_id, "a", Outcome.OK, http_status=200))
+    _relisted(fleet, "a", 8192)  # and no listing at another length follows
+    assert "llama3.2:latest" in node.context_probe
+    node._probe_context(node.context_probe["llama3.2:latest"][1] + 1)
+    assert not node.context_probe and node.auto_context == {"llama3.2:latest": 4096}
 
 
 def test_a_changed_automatic_length_is_relearned_and_its_reload_mark_dropped() -> None:
