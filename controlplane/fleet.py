@@ -79,8 +79,9 @@ class Node:
     # at: what a request naming none that joins it finds (and, unless it happens to be the
     # automatic length, reloads)
     load_context: dict[str, int] = field(default_factory=dict)
-    # model key -> (the lengths listed or being loaded when a request naming none (re)loaded
-    # it, until when to wait): the first snapshot listing another one shows its automatic length
+    # model key -> (the lengths listed, being loaded or asked when a request naming none
+    # (re)loaded it, and asked since; until when to wait): the first snapshot listing another
+    # one shows its automatic length
     context_probe: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
     counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
     vram_total: int = 0

@@ -8,7 +8,7 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 
@@ -29,6 +29,7 @@ class Lease:
     # node when picked and was being loaded at (none: neither), to learn the node's automatic
     # one from the reply.
     auto_from: tuple[int, ...] | None = None
+    context: int = 0  # the explicit context length it asked for (capped): 0 for none
 
 
 class LeaseTable:
@@ -91,6 +92,13 @@ class LeaseTable:
     def _released(self, node_id: str) -> None:
         if self.on_release is not None:
             self.on_release(node_id)
+
+    def on(self, node_id: str, model: str) -> Iterator[Lease]:
+        """The open leases for ``model`` on ``node_id`` (a walk over all of them)."""
+        if self.per_model.get((node_id, model)):
+            for lease in self._leases.values():
+                if lease.node_id == node_id and lease.model == model:
+                    yield lease
 
     def release_edge(self, edge_id: str) -> list[Lease]:
         gone = [lease for lease in self._leases.values() if lease.edge_id == edge_id]

@@ -168,6 +168,11 @@ class Router:
             if key in first.loading:  # a load under way: the explicit length it runs at
                 lengths.add(first.load_context.get(key, 0))
             lease.auto_from = tuple(sorted(lengths - {0}))
+        elif asked:
+            lease.context = _wanted_context(first, key, asked)
+            probe = first.context_probe.get(key)
+            if probe is not None:  # this request may reload it before the next snapshot
+                first.context_probe[key] = ((*probe[0], lease.context), probe[1])
         if request.api is not ApiKind.PULL:
             self._count_demand(key)
             # Per length too, once the model was ever asked at an explicit one: what a reload
@@ -182,10 +187,10 @@ class Router:
                 # as when they were warm, still a bound; the next snapshot tightens them.
                 # A reload takes the memory of the instance it replaces.
                 memory = 0 if chosen.reload else int(chosen.model_size * KV_HEADROOM)
-                wanted = _wanted_context(first, key, request.num_ctx)
+                wanted = lease.context or _wanted_context(first, key, 0)
                 context = wanted if chosen.reload else 0
                 victims = self._victims(first, key, chosen)
-                first.mark_loading(key, memory, victims, context, asked=wanted if asked else 0)
+                first.mark_loading(key, memory, victims, context, asked=lease.context)
                 if not chosen.loading:  # its own load: the instance gets its runner options
                     if request.runner_options:
                         first.runner_options[key] = request.runner_options
@@ -703,8 +708,11 @@ class Router:
         ``found`` (none: neither, or not reported). Ollama reloads for such a request only
         when the instance was loaded with an explicit, other length (sched.go needsReload), so
         a reply that waited for no load ran at the automatic length; one that loaded shows it
-        in the first listing at a length not found (the snapshot may lag the reply)."""
+        in the first listing at a length not found, nor asked by requests in flight there
+        (they may have reloaded it since: the snapshot may lag the reply)."""
         if stats.load_duration_ns > WARM_HANDOVER_NS:
+            leases = self.fleet.leases.on(node.node_id, key)
+            found += tuple(lease.context for lease in leases if lease.context)
             now = node.loaded_by_key.get(key)
             if now is not None and now.context_length and now.context_length not in found:
                 node.auto_context[key] = now.context_length

@@ -543,6 +543,31 @@ def test_a_request_joining_a_load_at_an_explicit_length_learns_past_its_listing(
     assert not node.context_probe and node.auto_context == {"llama3.2:latest": 4096}
 
 
+def test_a_reload_by_a_request_asking_a_length_is_not_taken_for_the_automatic_one() -> None:
+    """A plain request cold-loads the model; one asking 8192 joins the load, and Ollama reloads
+    for it once the plain one is done. A snapshot taken after the plain reply lists 8192, which
+    was learned as the automatic length (the bench's two kinds of client then shared a host,
+    5 loads where 2 do). Lengths asked by requests in flight, or routed there while the probe
+    waits, are not learned."""
+    for asked_after_reply in (False, True):
+        fleet = builders.fleet()
+        node = builders.add_node(fleet, "a", models=["llama3.2:latest"], vram_gb=6.5)
+        router = builders.router(fleet, "memory_aware")
+        plain = router.pick(_req())
+        explicit = None if asked_after_reply else router.pick(_req(num_ctx=8192))
+        stats = GenerationStats(load_duration_ns=2 * 10**9)
+        router.report(Report(plain.lease_id, "a", Outcome.OK, http_status=200, stats=stats))
+        if explicit is None:  # the reply's probe waits for a listing when this one comes
+            explicit = router.pick(_req(num_ctx=8192))
+        assert explicit.ranked[0].candidate.node_id == "a"
+        loaded = LoadedModel(name="llama3.2:latest", size_vram_bytes=2 * builders.GB)
+        snapshot = replace(
+            node.snapshot, sequence=2, loaded=(replace(loaded, context_length=8192),)
+        )
+        fleet.update("a", node.session, snapshot)
+        assert node.auto_context == {}, asked_after_reply
+
+
 def test_a_changed_automatic_length_is_relearned_and_its_reload_mark_dropped() -> None:
     """Ollama restarted with another OLLAMA_CONTEXT_LENGTH: the reload routed at the old one
     does not happen (both automatic), and the mark must not wait for it until its TTL."""
