@@ -128,10 +128,10 @@ class Node:
             self._probe_context(time.monotonic())
 
     def _probe_context(self, now: float) -> None:
-        """Learn automatic lengths from this snapshot: a length other than those listed or
-        being loaded when a reply (re)loaded its model. A listing that lags the reply still
-        shows one of those, and so does one where Ollama did not reload (the automatic length
-        was one of them): such probes end unlearned at their deadline."""
+        """Learn automatic lengths from this snapshot: a length other than those listed, being
+        loaded or asked when a reply (re)loaded its model, or asked since. A listing that lags
+        the reply still shows one of those, and so does one where Ollama did not reload (the
+        automatic length was one of them): such probes end unlearned at their deadline."""
         for key, (before, until) in list(self.context_probe.items()):
             listed = self.loaded_by_key.get(key)
             length = listed.context_length if listed is not None else 0
