@@ -125,10 +125,10 @@ class Node:
                 if k in self.loaded_by_key or k in self.loading
             }
         if self.context_probe:
-            self._probe_context(time.monotonic())
+            self.probe_context(time.monotonic())
 
-    def _probe_context(self, now: float) -> None:
-        """Learn automatic lengths from this snapshot: a length other than those listed, being
+    def probe_context(self, now: float) -> None:
+        """Learn automatic lengths from the snapshot: a length other than those listed, being
         loaded or asked when a reply (re)loaded its model, or asked since. A listing that lags
         the reply still shows one of those, and so does one where Ollama did not reload (the
         automatic length was one of them): such probes end unlearned at their deadline."""

@@ -713,11 +713,9 @@ class Router:
         if stats.load_duration_ns > WARM_HANDOVER_NS:
             leases = self.fleet.leases.on(node.node_id, key)
             found += tuple(lease.context for lease in leases if lease.context)
-            now = node.loaded_by_key.get(key)
-            if now is not None and now.context_length and now.context_length not in found:
-                node.auto_context[key] = now.context_length
-            else:
-                node.context_probe[key] = (found, time.monotonic() + CONTEXT_PROBE_S)
+            now = time.monotonic()
+            node.context_probe[key] = (found, now + CONTEXT_PROBE_S)
+            node.probe_context(now)  # the listing may show it already
             return
         if len(found) != 1:  # not listed, or also being loaded at another length: unclear
             return

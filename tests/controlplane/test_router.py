@@ -539,7 +539,7 @@ def test_a_request_joining_a_load_at_an_explicit_length_learns_past_its_listing(
     router.report(Report(again.lease_id, "a", Outcome.OK, http_status=200))
     _relisted(fleet, "a", 8192)  # and no listing at another length follows
     assert "llama3.2:latest" in node.context_probe
-    node._probe_context(node.context_probe["llama3.2:latest"][1] + 1)
+    node.probe_context(node.context_probe["llama3.2:latest"][1] + 1)
     assert not node.context_probe and node.auto_context == {"llama3.2:latest": 4096}
 
 
