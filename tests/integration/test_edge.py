@@ -676,6 +676,15 @@ def test_a_request_naming_no_context_avoids_an_instance_another_client_reloaded(
             )
             assert learn.headers["x-hops-route"] == "warm"  # ran at a's automatic length
             admin = fleet.admin(running.plane.url)
+            wait_until(  # the edge reports after the reply ends: learned once that arrives
+                lambda: (
+                    admin.GetNode(
+                        admin_pb2.GetNodeRequest(node_id="a")
+                    ).node.automatic_context_length
+                ),
+                3.0,
+                "a's automatic length learned",
+            )
             learned = admin.GetNode(admin_pb2.GetNodeRequest(node_id="a")).node
             assert dict(learned.automatic_context_length) == {"llama3.2:latest": 4096}
             httpx.post(
