@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -134,7 +135,7 @@ class Tally:
 
 
 async def pick_report_loop(
-    stub: router_pb2_grpc.RouterServiceStub, models: int, until: float, tally: Tally
+    stub: router_pb2_grpc.RouterServiceAsyncStub, models: int, until: float, tally: Tally
 ) -> None:
     rng = random.Random()
     while time.perf_counter() < until:
@@ -245,7 +246,7 @@ def agents_process(address: str, nodes: int, models: int, done: EventType) -> No
 
 async def run(
     args: argparse.Namespace, address: str, route_port: int, plane: psutil.Process
-) -> dict[str, object]:
+) -> dict[str, Any]:
     await asyncio.sleep(3.0)  # every agent connected and sending
     before, t0 = cpu_seconds(plane), time.perf_counter()
     await asyncio.sleep(args.seconds)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -38,7 +38,7 @@ class RunSummary:
 async def stream_once(
     url: str,
     path: str,
-    body: dict[str, object],
+    body: Mapping[str, object],
     under_way: Callable[[], None] | None = None,
 ) -> StreamResult:
     """POST ``body`` and read an NDJSON stream to the end, counting chunks (``"done":`` keys).
@@ -87,7 +87,7 @@ async def stream_once(
 
 
 async def run_streams(
-    url: str, path: str, body: dict[str, object], concurrency: int, total: int
+    url: str, path: str, body: Mapping[str, object], concurrency: int, total: int
 ) -> RunSummary:
     """``total`` streams, ``concurrency`` open at once."""
     summary = RunSummary()

@@ -491,8 +491,8 @@ def _minus(a: list[float], b: list[float]) -> list[float]:
 
 
 def summarise(r: dict[str, Any]) -> None:
-    def at(name: str, c: int) -> dict[str, float]:
-        entry: dict[str, float] = next(t for t in r[name]["ttfb"] if t["concurrency"] == c)
+    def at(name: str, c: int) -> dict[str, Any]:
+        entry: dict[str, Any] = next(t for t in r[name]["ttfb"] if t["concurrency"] == c)
         return entry
 
     summary: dict[str, Any] = {}

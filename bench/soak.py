@@ -36,7 +36,7 @@ HOSTS = {
     for name in ("gpu-24g", "gpu-12g", "gpu-8g", "cpu")
 }
 MODELS = ("llama3.2:latest", "llama3.2:latest", "llama3.1:8b")
-FAULTS = (
+FAULTS: tuple[dict[str, str | float], ...] = (
     {"mode": "busy", "rate": 0.5},
     {"mode": "drop", "after_chunks": 3, "rate": 0.3},
     {"mode": "slow", "factor": 3},
@@ -48,6 +48,7 @@ async def one(client: httpx.AsyncClient, rng: random.Random) -> str:
     """Send one request; return 'ok', 'failed:<how>' (a visible failure) or 'truncated'."""
     model = rng.choice(MODELS)
     streaming = rng.random() < 0.5
+    body: dict[str, object]
     if rng.random() < 0.5:
         path, body = "/api/generate", {"model": model, "prompt": f"p{rng.random()}"}
     else:
@@ -82,7 +83,7 @@ async def chaos(
             url = rng.choice(controls)
             fault = rng.choice(FAULTS)
             await http.put(url + "/_sim/fault", json=fault)
-            injected[fault["mode"]] += 1
+            injected[str(fault["mode"])] += 1
             await asyncio.sleep(1.0)
             await http.delete(url + "/_sim/fault")
             await asyncio.sleep(1.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -136,7 +136,7 @@ PROFILE_VRAM = {"gpu-24g": "24GiB", "gpu-12g": "12GiB", "gpu-8g": "8GiB"}
 
 @contextlib.contextmanager
 def whole_fleet(
-    hosts: dict[str, Sequence[str]],
+    hosts: Mapping[str, Sequence[str]],
     *,
     plane_args: Sequence[str] = (),
     agent_args: Sequence[str] = (),
