@@ -103,6 +103,7 @@ def report(msg: router_pb2.ReportRequest) -> Report:
             s.eval_count,
             s.eval_duration_ns,
             s.first_token_ns,
+            s.reply_ns,
         )
     return Report(
         lease_id=msg.lease_id,

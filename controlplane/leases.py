@@ -24,6 +24,9 @@ class Lease:
     # the first attempt's load_duration measures the load alone: Ollama's figure counts the
     # time the request waited for its turn as well.
     clean_load: bool = False
+    # Routed to a loaded instance with a free slot (no load, no queue, no reload), so the reply's
+    # whole time is its prompt evaluation and decoding.
+    ready: bool = False
     request_id: int = 0  # the edge's id of the pick that opened it (Route calls only)
     # For a request naming no num_ctx: the context lengths its model was listed with on the
     # node when picked and was being loaded at (none: neither), to learn the node's automatic

@@ -52,12 +52,21 @@ class GenerationStats:
     eval_count: int = 0
     eval_duration_ns: int = 0
     first_token_ns: int = 0  # timed by the edge: a stream without Ollama's durations
+    reply_ns: int = 0  # timed by the edge: a whole reply without them (not streamed)
 
     @property
     def load_wait_ns(self) -> int:
         """Time spent before the model could start on the prompt: Ollama's load_duration; for a
         reply timed by the edge, its time to the first token (prompt evaluation included)."""
         return self.load_duration_ns or self.first_token_ns
+
+    @property
+    def from_ollama(self) -> bool:
+        """Whether these are Ollama's own durations (its final chunk), which tell a reply that
+        loaded its model from one that found it ready; the edge's timing cannot, and a usage
+        object alone has no durations at all."""
+        timed = self.total_duration_ns or self.load_duration_ns or self.eval_duration_ns
+        return bool(timed) and not (self.first_token_ns or self.reply_ns)
 
 
 @dataclass(frozen=True, slots=True)

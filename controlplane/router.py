@@ -18,7 +18,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from controlplane.fleet import Fleet, Node, model_key
@@ -182,6 +182,11 @@ class Router:
             if asked is not None and key in self._asked_lengths:
                 self._count_demand(_at_length(key, asked), counted=False)
             chosen = ranked[0].candidate
+            lease.ready = (
+                chosen.loaded
+                and not chosen.context_unsure
+                and chosen.in_flight_model < chosen.num_parallel
+            )
             if not chosen.loaded:
                 # Ollama will evict these for it: no longer warm here. Their floors stay as low
                 # as when they were warm, still a bound; the next snapshot tightens them.
@@ -632,10 +637,16 @@ class Router:
                 detail = f"failed mid-stream (http {report.http_status})"
             node.breaker.record(report.outcome, lease.lease_id, detail)
             first_try = lease.attempts == 1 and node.hello.node_id == lease.node_id
-            self._learn(node.node_id, lease.model, report, lease.clean_load and first_try)
+            self._learn(
+                node.node_id,
+                lease.model,
+                report,
+                clean_load=lease.clean_load and first_try,
+                ready=lease.ready and first_try,
+            )
             stats = report.stats
             # An edge-timed reply cannot tell a load from a slow prompt: it teaches no length.
-            if first_try and lease.auto_from is not None and stats and not stats.first_token_ns:
+            if first_try and lease.auto_from is not None and stats and stats.from_ollama:
                 self._learn_auto_context(node, lease.model, lease.auto_from, stats)
         if report.retry_node_id and report.retry_node_id in self.fleet.nodes:
             self.fleet.leases.move(lease.lease_id, report.retry_node_id)
@@ -672,11 +683,14 @@ class Router:
         log.info("lease %s closed: edge %s never got its pick's answer", lease.lease_id, edge_id)
         return self.report(Report(lease.lease_id, lease.node_id, Outcome.CLIENT_CANCELLED))
 
-    def _learn(self, node_id: str, model: str, report: Report, clean_load: bool) -> None:
+    def _learn(
+        self, node_id: str, model: str, report: Report, *, clean_load: bool, ready: bool
+    ) -> None:
         """Fold one reply's figures in. Its load_duration (for a reply timed by the edge, its
         time to the first token) teaches load speed only when ``clean_load``: a request that
         waited for other loads or for a busy model to finish, or that came while its model was
-        already loading, reports the wait (or the rest of a load)."""
+        already loading, reports the wait (or the rest of a load). ``ready``: it was sent to a
+        loaded instance with a free slot (see _split_reply)."""
         stats = report.stats
         if stats is None:
             return
@@ -684,6 +698,8 @@ class Router:
         node = self.fleet.nodes.get(node_id)
         installed = node.installed_by_key.get(model) if node is not None else None
         size = installed.size_bytes if installed is not None else 0
+        if stats.reply_ns:
+            stats = self._split_reply(stats, learned, node_id, size, clean_load, ready)
         if stats.eval_count and stats.eval_duration_ns:
             tps = stats.eval_count / (stats.eval_duration_ns / 1e9)
             learned.decode_tps = _ewma(learned.decode_tps, tps)
@@ -699,6 +715,29 @@ class Router:
             self._refresh_floor(node, model)
         if stats.eval_count:
             self._learn_tokens(model, stats.eval_count)
+
+    def _split_reply(
+        self,
+        stats: GenerationStats,
+        learned: Learned,
+        node_id: str,
+        size: int,
+        clean_load: bool,
+        ready: bool,
+    ) -> GenerationStats:
+        """A reply the edge timed whole (not streamed, no durations) as the part it can stand
+        for. Sent to an instance ready with a free slot, its time is prompt evaluation and
+        decoding: taken as decoding (a little slow, by the prompt's share). From a load routed
+        to start at once, its time less the decoding at the speed known there is the load (and
+        the prompt, as for a stream's time to its first token). Otherwise (a queue, a wait for
+        other loads, a retry, no decode speed known yet) only its length."""
+        if ready:
+            return replace(stats, eval_duration_ns=stats.reply_ns)
+        tps = self._decode_tps(learned, node_id, size)
+        if clean_load and tps > 0 and stats.eval_count:
+            decoding_ns = stats.eval_count / tps * 1e9
+            return replace(stats, first_token_ns=max(int(stats.reply_ns - decoding_ns), 0))
+        return stats
 
     def _learn_auto_context(
         self, node: Node, key: str, found: tuple[int, ...], stats: GenerationStats

@@ -351,8 +351,9 @@ class Proxy:
         # An OpenAI-compatible stream carries no durations and, unless its client asked, no
         # usage: its events are counted so its length and decode speed can still be learned.
         count_events = call.dialect == OPENAI and "event-stream" in content_type
+        streamed = "event-stream" in content_type or "ndjson" in content_type
         events = 0
-        finished = 0.0  # when the last byte went out, for a stream that ended well
+        finished = 0.0  # when the last byte went out, for a reply that ended well
         self.metrics.open_streams.inc()
         try:
             await send(
@@ -385,7 +386,7 @@ class Proxy:
                 result.outcome = (
                     "ok" if outcome == router_pb2.OUTCOME_OK else f"http_{response.status_code}"
                 )
-            if outcome == router_pb2.OUTCOME_OK and "event-stream" in content_type:
+            if outcome == router_pb2.OUTCOME_OK:
                 finished = time.monotonic() - started
         except (TimeoutError, httpx.HTTPError) as exc:
             outcome = (
@@ -426,7 +427,7 @@ class Proxy:
                 "",
                 ttfb=ttfb,
                 stats=_final_stats(
-                    b"".join(tail), ttfb, finished, events - 1 if count_events else 0
+                    b"".join(tail), ttfb, finished, events - 1 if count_events else 0, streamed
                 ),
             )
 
@@ -487,13 +488,18 @@ class Proxy:
 
 
 def _final_stats(
-    tail: bytes, ttfb: float = 0.0, finished: float = 0.0, events: int = 0
+    tail: bytes,
+    ttfb: float = 0.0,
+    finished: float = 0.0,
+    events: int = 0,
+    streamed: bool = True,
 ) -> router_pb2.GenerationStats | None:
     """Counters from Ollama's final chunk (the last line with "done":true), if it is in ``tail``;
     else those the edge measures (the OpenAI, Responses and Anthropic routes: no durations).
     They are the tokens of the last ``usage`` object there, else ``events`` (a stream's token
-    events counted); and for a stream that ended well ``finished`` seconds after it began, the
-    times to its first token (``ttfb``) and from there to the last."""
+    events counted); and for a reply that ended well ``finished`` seconds after it began, when
+    ``streamed`` the times to its first token (``ttfb``) and from there to the last, else the
+    whole reply's time (its first byte was its last)."""
     for line in reversed(tail.strip().split(b"\n")):
         if b'"done":true' not in line.replace(b" ", b""):
             continue
@@ -510,6 +516,10 @@ def _final_stats(
             eval_duration_ns=int(final.get("eval_duration") or 0),
         )
     stats = _usage_stats(tail)
+    if not streamed:
+        if stats is not None and stats.eval_count and finished > 0:
+            stats.reply_ns = int(finished * 1e9)
+        return stats
     # Only a stream that ended with OpenAI's success marker: a cut stream's events, or those
     # before an error event, are not the reply's length.
     if stats is None and events > 0 and finished and tail.rstrip().endswith(b"data: [DONE]"):

@@ -6,7 +6,7 @@ from hops.v1 import router_pb2
 from controlplane import convert
 from controlplane.fleet import Fleet
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
-from controlplane.router import PickStatus, Router
+from controlplane.router import Learned, PickStatus, Router
 from hopscommon.fleet import Details, Gpu, InstalledModel, LoadedModel
 from tests.controlplane import builders
 
@@ -122,6 +122,62 @@ def test_a_reply_timed_by_the_edge_teaches_speeds_but_no_context_length() -> Non
     quick = GenerationStats(eval_count=5, eval_duration_ns=10**8, first_token_ns=4 * 10**7)
     router.report(Report(warm.lease_id, "a", Outcome.OK, http_status=200, stats=quick))
     assert fleet.nodes["a"].auto_context == {}  # Ollama's own durations would have taught 4096
+
+
+def test_a_reply_timed_whole_by_the_edge_teaches_what_its_route_lets_it() -> None:
+    """A non-streamed OpenAI-compatible reply: its first byte is its last, so the edge has only
+    its whole time. From an instance ready with a free slot that time is decoding; from a load
+    started at once, the load once the decode speed there is known; queued, only its length."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["a:latest"], loaded=["a:latest"])
+    router = builders.router(fleet, "memory_aware")
+    whole = GenerationStats(eval_count=80, reply_ns=2 * 10**9)
+
+    def report(lease_id: str, stats: GenerationStats = whole) -> None:
+        assert router.report(Report(lease_id, "n", Outcome.OK, http_status=200, stats=stats))
+
+    ready, queued = router.pick(_req("a")), router.pick(_req("a"))  # one slot: the second waits
+    assert ready.ranked[0].reason == "warm"
+    assert queued.ranked[0].reason.startswith("queued")
+    report(queued.lease_id, replace(whole, reply_ns=9 * 10**9))
+    assert router.learned[("n", "a:latest")].decode_tps == 0.0  # its time holds the wait
+    assert router._tokens["a:latest"][1] == 80  # its length still counts
+    report(ready.lease_id)
+    assert router.learned[("n", "a:latest")].decode_tps == 40.0
+
+    # 5 s in all: with 80 tokens at 40 tokens/s decoding, 3 s to the first token.
+    for decode_tps, load_s in ((0.0, 0.0), (40.0, 3.0)):
+        fleet = builders.fleet()
+        builders.add_node(fleet, "n", models=["a:latest"])
+        router = builders.router(fleet, "memory_aware")
+        if decode_tps:
+            router.learned[("n", "a:latest")] = Learned(decode_tps=decode_tps)
+        cold = router.pick(_req("a"))
+        assert cold.ranked[0].reason == "cold-fit"
+        report(cold.lease_id, replace(whole, reply_ns=5 * 10**9))
+        assert router.learned[("n", "a:latest")].load_seconds == load_s
+
+
+def test_only_ollamas_own_durations_teach_the_automatic_context_length() -> None:
+    """A reply with no durations of Ollama's (the edge's whole time, or a usage object alone)
+    cannot tell a reply that loaded from one that found the model ready: it teaches no length."""
+    for stats in (
+        GenerationStats(eval_count=5, reply_ns=10**8),
+        GenerationStats(prompt_eval_count=3, eval_count=5),
+    ):
+        fleet = builders.fleet()
+        _loaded_with_context(fleet, "a", 4096)
+        router = builders.router(fleet, "memory_aware")
+        warm = router.pick(_req(node_id="a"))
+        router.report(Report(warm.lease_id, "a", Outcome.OK, http_status=200, stats=stats))
+        assert fleet.nodes["a"].auto_context == {}
+    ollamas = GenerationStats(eval_count=5, eval_duration_ns=10**8, load_duration_ns=4 * 10**7)
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 4096)
+    router = builders.router(fleet, "memory_aware")
+    warm = router.pick(_req(node_id="a"))
+    router.report(Report(warm.lease_id, "a", Outcome.OK, http_status=200, stats=ollamas))
+    assert fleet.nodes["a"].auto_context == {"llama3.2:latest": 4096}
 
 
 def test_failures_from_traffic_open_the_breaker() -> None:

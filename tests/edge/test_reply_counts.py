@@ -92,6 +92,24 @@ def test_a_stream_without_durations_is_timed_by_the_edge() -> None:
     assert (with_usage.eval_count, with_usage.first_token_ns) == (9, 1_500_000_000)
 
 
+def test_a_reply_not_streamed_is_timed_whole_by_the_edge() -> None:
+    """A non-streamed OpenAI-compatible reply (usage, no durations): its first byte is its
+    last, so the edge gives its whole time, and no time to a first token."""
+    body = json.dumps(
+        {"choices": [{"message": {"content": "hi"}}], "usage": {"completion_tokens": 12}}
+    ).encode()
+    stats = _final_stats(body, 3.9, 4.0, 0, streamed=False)
+    assert stats is not None
+    assert (stats.eval_count, stats.reply_ns) == (12, 4_000_000_000)
+    assert (stats.first_token_ns, stats.eval_duration_ns) == (0, 0)
+    # One that did not end well (finished 0) is not timed.
+    failed = _final_stats(body, 3.9, 0.0, 0, streamed=False)
+    assert failed is not None and failed.reply_ns == 0
+    # Ollama's own non-streamed reply keeps its durations.
+    native = _final_stats(b'{"done":true,"eval_count":7,"eval_duration":9}', 1.0, 2.0, 0, False)
+    assert native is not None and (native.eval_duration_ns, native.reply_ns) == (9, 0)
+
+
 def test_ollamas_own_durations_are_never_replaced_by_the_edges() -> None:
     tail = b'{"done":true,"eval_count":7,"eval_duration":1000000,"load_duration":5}\n'
     stats = _final_stats(tail, 1.5, 4.0, 0)

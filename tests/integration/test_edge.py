@@ -144,6 +144,56 @@ def test_an_openai_stream_teaches_load_time_and_decode_speed() -> None:
         assert 0 < speed.decode_tokens_per_second < 2 * 333
 
 
+def test_openai_replies_not_streamed_teach_decode_speed_then_load_time() -> None:
+    """A non-streamed OpenAI reply has usage but no durations, and its first byte is its last:
+    the edge times it whole. Sent to a ready instance, that time teaches the decode speed; from
+    a load started at once, the load, once the decode speed there is known."""
+    # Time scale 5: the 14b's load (9 GB at 3.5 GB/s) takes 0.51 s, its decoding 333 tokens/s.
+    with fleet.whole_fleet({"big": ["--time-scale", "5"]}) as running:
+        admin = fleet.admin(running.plane.url)
+
+        def node() -> admin_pb2.Node:
+            return admin.GetNode(admin_pb2.GetNodeRequest(node_id="big")).node
+
+        def learned(samples: int) -> admin_pb2.LearnedSpeed | None:
+            found = [s for s in node().learned if s.model == "qwen2.5:14b"]
+            return found[0] if found and found[0].samples == samples else None
+
+        def samples() -> int:
+            return sum(s.samples for s in node().learned if s.model == "qwen2.5:14b")
+
+        oai = openai.OpenAI(base_url=running.edge.url + "/v1", api_key="unused", max_retries=0)
+
+        def ask() -> None:
+            reply = oai.chat.completions.create(
+                model="qwen2.5:14b", messages=[{"role": "user", "content": "how fast?"}]
+            )
+            assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+        ask()  # loads the model; no decode speed known yet to tell the load from the rest
+        first = wait_until(lambda: learned(1), 3.0, "the first reply learned from")
+        assert (first.load_seconds, first.decode_tokens_per_second) == (0.0, 0.0)
+        wait_until(
+            lambda: any(m.name == "qwen2.5:14b" for m in node().snapshot.loaded), 3.0, "loaded"
+        )
+        ask()  # ready with a free slot: its whole time is the prompt and the decoding
+        second = wait_until(lambda: learned(2), 3.0, "the warm reply learned from")
+        assert 0 < second.decode_tokens_per_second < 2 * 333
+        assert second.load_seconds == 0.0
+
+        unload = {"model": "qwen2.5:14b", "keep_alive": 0}
+        assert httpx.post(running.edge.url + "/api/generate", json=unload).status_code == 200
+        wait_until(
+            lambda: not any(m.name == "qwen2.5:14b" for m in node().snapshot.loaded),
+            3.0,
+            "unloaded",
+        )
+        before = samples()  # the unload's own reply may count (Ollama's durations, no tokens)
+        ask()  # a load started at once: its time less the decoding at the speed learned
+        third = wait_until(lambda: learned(before + 1), 3.0, "the reply after a reload")
+        assert 0.3 <= third.load_seconds < 5.0
+
+
 def test_fleet_wide_reads(shared: Fleet) -> None:
     base = shared.edge.url
     root = httpx.get(base + "/")

@@ -427,6 +427,7 @@ class GenerationStats(_message.Message):
     EVAL_COUNT_FIELD_NUMBER: _builtins.int
     EVAL_DURATION_NS_FIELD_NUMBER: _builtins.int
     FIRST_TOKEN_NS_FIELD_NUMBER: _builtins.int
+    REPLY_NS_FIELD_NUMBER: _builtins.int
     total_duration_ns: _builtins.int
     """total_duration."""
     load_duration_ns: _builtins.int
@@ -446,6 +447,12 @@ class GenerationStats(_message.Message):
     from the first token to the last, and eval_count the reply's tokens (usage's, else its
     events counted).
     """
+    reply_ns: _builtins.int
+    """Set by the edge for a reply whose first byte was its last (not streamed) that carries none
+    of Ollama's durations (the OpenAI-compatible, Responses and Anthropic routes): the time
+    from the request to its end by the edge's clock (any wait, the model's load, prompt
+    evaluation and decoding together). eval_count is then usage's count of generated tokens.
+    """
     def __init__(
         self,
         *,
@@ -456,10 +463,11 @@ class GenerationStats(_message.Message):
         eval_count: _builtins.int = ...,
         eval_duration_ns: _builtins.int = ...,
         first_token_ns: _builtins.int = ...,
+        reply_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_count", b"eval_count", "eval_duration_ns", b"eval_duration_ns", "first_token_ns", b"first_token_ns", "load_duration_ns", b"load_duration_ns", "prompt_eval_count", b"prompt_eval_count", "prompt_eval_duration_ns", b"prompt_eval_duration_ns", "total_duration_ns", b"total_duration_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_count", b"eval_count", "eval_duration_ns", b"eval_duration_ns", "first_token_ns", b"first_token_ns", "load_duration_ns", b"load_duration_ns", "prompt_eval_count", b"prompt_eval_count", "prompt_eval_duration_ns", b"prompt_eval_duration_ns", "reply_ns", b"reply_ns", "total_duration_ns", b"total_duration_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
