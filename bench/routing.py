@@ -12,7 +12,7 @@ With --api openai the clients stream /v1/chat/completions as the OpenAI SDK does
 carry none of Ollama's durations: the fleet learns its speeds from the edge's own timing.
 
 Usage: python bench/routing.py [--quick] [--seed 7] [--repeat N] [--trace] [--json PATH]
-                               [--png PATH] [--api ollama|openai]
+                               [--png PATH] [--api ollama|openai] [--no-stream]
 """
 
 from __future__ import annotations
@@ -99,14 +99,18 @@ async def one_request(
     session: str,
     scale: float,
     api: str = "ollama",
+    stream: bool = True,
 ) -> Sample:
     """One chat turn, streamed: on Ollama's /api/chat, or (``api`` "openai") on
     /v1/chat/completions as the OpenAI SDK sends it by default, with no stream_options, so the
-    reply carries neither Ollama's durations nor a usage object."""
+    reply carries neither Ollama's durations nor a usage object. Not ``stream``: one JSON
+    reply, whose first byte is its last (the OpenAI one has usage, no durations)."""
     openai = api == "openai"
-    body = {"model": model, "messages": messages, "stream": True}
+    body = {"model": model, "messages": messages, "stream": stream}
     started = time.perf_counter()
     first, tokens, ended = 0.0, 0, False
+    if not stream:
+        return await _one_reply(client, body, session, scale, openai)
     try:
         async with client.stream(
             "POST",
@@ -147,8 +151,41 @@ async def one_request(
         return Sample(False, error=type(exc).__name__)
 
 
+async def _one_reply(
+    client: httpx.AsyncClient, body: dict[str, Any], session: str, scale: float, openai: bool
+) -> Sample:
+    """One chat turn not streamed: its time to the first byte is its whole time."""
+    started = time.perf_counter()
+    try:
+        response = await client.post(
+            "/v1/chat/completions" if openai else "/api/chat",
+            json=body,
+            headers={"X-Hops-Session": session},
+        )
+    except httpx.HTTPError as exc:
+        return Sample(False, error=type(exc).__name__)
+    elapsed = (time.perf_counter() - started) * scale
+    if response.status_code != 200:
+        return Sample(False, error=f"http {response.status_code}")
+    reply = response.json()
+    if openai:
+        tokens = int((reply.get("usage") or {}).get("completion_tokens", 0))
+    elif reply.get("done"):
+        tokens = int(reply.get("eval_count", 0))
+    else:
+        return Sample(False, error="not done")
+    return Sample(
+        True,
+        elapsed,
+        elapsed,
+        tokens,
+        response.headers.get("x-hops-node", ""),
+        route=response.headers.get("x-hops-route", ""),
+    )
+
+
 async def drive(
-    edge_url: str, workload: Workload, scale: float, api: str = "ollama"
+    edge_url: str, workload: Workload, scale: float, api: str = "ollama", stream: bool = True
 ) -> tuple[list[Sample], float]:
     plan = workload.plan()
     histories: dict[tuple[str, int], list[dict[str, str]]] = {}
@@ -164,7 +201,7 @@ async def drive(
                 history = histories.setdefault(key, [])
                 history.append({"role": "user", "content": f"turn {len(history)} of chat {index}"})
                 sample = await one_request(
-                    client, model, list(history), f"{model}/{index}", scale, api
+                    client, model, list(history), f"{model}/{index}", scale, api, stream
                 )
                 sample.model, sample.at = model, at
                 if sample.ok:
@@ -194,7 +231,9 @@ def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]
         edge_args=["--log-level", "warning"],
     ) as running:
         workload = Workload(args.seed, args.requests, LEVELS[level])
-        samples, elapsed = asyncio.run(drive(running.edge.url, workload, scale, args.api))
+        samples, elapsed = asyncio.run(
+            drive(running.edge.url, workload, scale, args.api, not args.no_stream)
+        )
         stats = {
             node: httpx.get(running.sim_url(node) + "/_sim/stats").json() for node in running.hosts
         }
@@ -300,6 +339,12 @@ def main() -> None:
         "streams it (no durations, no usage in the reply)",
     )
     parser.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="clients ask for one JSON reply, not a stream: its first byte is its last, so "
+        "its TTFT is its whole time (an OpenAI one carries usage, no durations)",
+    )
+    parser.add_argument(
         "--trace", action="store_true", help="add each request's host, route reason and TTFT"
     )
     parser.add_argument(
@@ -335,6 +380,7 @@ def main() -> None:
         "requests_per_run": args.requests,
         "time_scale": args.time_scale,
         "api": args.api,
+        "streamed": not args.no_stream,
         "results": results,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
