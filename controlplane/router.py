@@ -556,6 +556,8 @@ class Router:
                     self._tokens[victim][1] if victim in self._tokens else 0.0,
                     self._load_seconds(learned, node.node_id, size),
                     victim in node.loading,
+                    self.demand(victim),
+                    self.fleet.warm.get(victim, 0) > 1,
                 )
             )
         return tuple(out)

@@ -41,6 +41,8 @@ class Busy:
     expected_tokens: float  # its average reply length; 0 = unknown
     load_seconds: float = 0.0  # on this host: learned, else at its load speed; 0 = not yet known
     loading: bool = False  # routed here to load and not yet loaded
+    demand: float = 0.0  # expected requests for it among the next DEMAND_WINDOW picks
+    elsewhere: bool = False  # loaded on another connected host too
 
 
 @dataclass(slots=True)

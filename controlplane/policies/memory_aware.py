@@ -23,7 +23,9 @@ Each candidate gets an expected cost in seconds before its reply can start strea
                                  it loaded): a big model in demand keeps its place
   cold, evicts busy models       load time + a prohibitive penalty (only if nothing else exists)
                                  + the time those models take to finish what they are doing
-                                 (Ollama waits for them): among such hosts, the one free soonest
+                                 (Ollama waits for them) + the reloads of every model evicted,
+                                 busy or idle, weighted as above: among such hosts, the one
+                                 free soonest whose models are least needed
 plus the time the request itself takes at that host's measured decode speed (for a model not
 run there yet, the host's measured decode bandwidth over the model's size) and the model's
 average reply length, both learned from Reports, so a slow CPU host or a split GPU/CPU load costs
@@ -99,6 +101,20 @@ def victim_cost(r: Resident) -> float:
     )
 
 
+def busy_eviction_cost(c: Candidate) -> float:
+    """What a load that must evict busy models costs later: every idle model goes first, then
+    the busy ones, each priced as an evicted idle model (its reload here, times the chance it is
+    asked for soon). Among hosts that all make a load wait, the one whose models are least
+    needed is evicted; a big model in demand keeps its place as it does against idle victims."""
+    idle = sum(victim_cost(r) for r in c.idle_loaded)
+    return idle + sum(
+        _load_time(b.load_seconds, b.size_bytes)
+        * (1.0 - math.exp(-b.demand))
+        * (ELSEWHERE_SHARE if b.elsewhere else 1.0)
+        for b in c.busy_victims
+    )
+
+
 def service_time(c: Candidate) -> float:
     return _service_time(c.expected_tokens, c.decode_tps, c.on_gpu)
 
@@ -152,7 +168,7 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
             wait = load + EVICT_IDLE_PENALTY_S + eviction_cost(c)
             tier = "cold-evict-idle"
         else:
-            wait = load + busy_wait(c) + EVICT_BUSY_PENALTY_S
+            wait = load + busy_wait(c) + EVICT_BUSY_PENALTY_S + busy_eviction_cost(c)
             tier = "cold-evict-busy"
     cost = _total(wait, per_request, c)
     if c.context_unsure and c.loaded:  # still warm, but below an instance known to match

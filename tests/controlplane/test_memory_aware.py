@@ -214,6 +214,30 @@ def test_a_load_that_must_wait_for_busy_models_goes_where_they_finish_first() ->
     assert {expected_cost(c)[1] for c in (swamped, soon, loading)} == {"cold-evict-busy"}
 
 
+def test_a_load_that_must_wait_for_busy_models_evicts_those_least_needed() -> None:
+    """Evicting a busy model costs its reload later, as evicting an idle one does: between
+    hosts whose models finish as soon, the load goes where they are asked for least, and the
+    idle models it evicts first count too."""
+
+    def full(node_id: str, *, demand: float, elsewhere: bool = False) -> Candidate:
+        victim = Busy("v:latest", 1, 5 * GIB, 100.0, 200.0, 6.0, demand=demand)
+        return replace(
+            BASE,
+            node_id=node_id,
+            memory_free=GIB,
+            busy_victims=(replace(victim, elsewhere=elsewhere),),
+        )
+
+    wanted, spare = full("a-wanted", demand=10.0), full("b-spare", demand=0.5)
+    assert _order(wanted, spare) == ["b-spare", "a-wanted"]
+    # Loaded on another host too, a wanted model costs a quarter as much to evict.
+    assert _order(full("a-wanted", demand=10.0, elsewhere=True), spare) == ["a-wanted", "b-spare"]
+    idle = Resident("i:latest", GIB, GIB, 6.0, demand=10.0)
+    also_idle = replace(spare, idle_loaded=(idle,), idle_loaded_count=1, idle_loaded_bytes=GIB)
+    assert expected_cost(also_idle)[1] == "cold-evict-busy"
+    assert _order(wanted, also_idle) == ["a-wanted", "b-spare"]
+
+
 def test_a_candidate_lists_the_busy_models_its_load_would_wait_for() -> None:
     fleet, small, _, router = _m1_on_a_full_small_host()
     busy = router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))
@@ -221,6 +245,8 @@ def test_a_candidate_lists_the_busy_models_its_load_would_wait_for() -> None:
     assert [(b.key, b.in_flight, b.loading) for b in waits.busy_victims] == [
         ("m1:latest", 1, False)
     ]
+    assert waits.busy_victims[0].demand == pytest.approx(router.demand("m1:latest"))
+    assert waits.busy_victims[0].demand > 0 and not waits.busy_victims[0].elsewhere
     fleet.leases.close(busy.lease_id)  # m1 idle: evicting it makes room, nothing to wait for
     assert router._candidate(small, "m2:latest", "").busy_victims == ()
 
