@@ -12,7 +12,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_memory_aware_loads_fewer_models_than_random() -> None:
-    args = argparse.Namespace(seed=7, requests=40, time_scale=10.0, trace=True, api="ollama")
+    args = argparse.Namespace(
+        seed=7, requests=40, time_scale=10.0, trace=True, api="ollama", no_stream=False
+    )
     results = {policy: run_one(policy, "middle", args) for policy in ("random", "memory_aware")}
     for result in results.values():
         assert result["failed"] == 0, result["errors"]
