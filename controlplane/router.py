@@ -547,6 +547,8 @@ class Router:
             installed = node.installed_by_key.get(victim)
             size = installed.size_bytes if installed is not None else 0
             learned = self.learned.get((node.node_id, victim))
+            # Counted warm here too unless still loading (victims are never marked evicting).
+            here = 1 if victim in node.loaded_by_key else 0
             out.append(
                 Busy(
                     victim,
@@ -557,7 +559,7 @@ class Router:
                     self._load_seconds(learned, node.node_id, size),
                     victim in node.loading,
                     self.demand(victim),
-                    self.fleet.warm.get(victim, 0) > 1,
+                    self.fleet.warm.get(victim, 0) > here,
                 )
             )
         return tuple(out)

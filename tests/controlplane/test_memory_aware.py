@@ -247,8 +247,22 @@ def test_a_candidate_lists_the_busy_models_its_load_would_wait_for() -> None:
     ]
     assert waits.busy_victims[0].demand == pytest.approx(router.demand("m1:latest"))
     assert waits.busy_victims[0].demand > 0 and not waits.busy_victims[0].elsewhere
+    other = fleet.nodes["other"]
+    warm_there = replace(other.snapshot, sequence=2, loaded=(LoadedModel(name="m1:latest"),))
+    fleet.update("other", other.session, warm_there)
+    assert router._candidate(small, "m2:latest", "").busy_victims[0].elsewhere
     fleet.leases.close(busy.lease_id)  # m1 idle: evicting it makes room, nothing to wait for
     assert router._candidate(small, "m2:latest", "").busy_victims == ()
+
+
+def test_a_busy_model_still_loading_counts_as_warm_elsewhere_if_loaded_on_one_other_host() -> None:
+    fleet = builders.fleet()
+    small = builders.add_node(fleet, "small", models=["m1:latest", "m2:latest"], vram_gb=3.0)
+    builders.add_node(fleet, "other", models=["m1:latest"], loaded=["m1:latest"])
+    router = builders.router(fleet, "memory_aware")
+    router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))  # loads there, busy
+    (victim,) = router._candidate(small, "m2:latest", "").busy_victims
+    assert (victim.key, victim.loading, victim.elsewhere) == ("m1:latest", True, True)
 
 
 def test_a_load_that_waited_for_a_busy_model_teaches_no_load_time() -> None:
