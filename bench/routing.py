@@ -107,10 +107,10 @@ async def one_request(
     reply, whose first byte is its last (the OpenAI one has usage, no durations)."""
     openai = api == "openai"
     body = {"model": model, "messages": messages, "stream": stream}
-    started = time.perf_counter()
-    first, tokens, ended = 0.0, 0, False
     if not stream:
         return await _one_reply(client, body, session, scale, openai)
+    started = time.perf_counter()
+    first, tokens, ended = 0.0, 0, False
     try:
         async with client.stream(
             "POST",
