@@ -95,18 +95,19 @@ def node_detail(n: admin_pb2.Node) -> str:
         )
     for c in n.conflicts:
         lines.append(f"conflict:  {c.hostname} ({c.ollama_url}) claimed this id")
-    automatic = n.automatic_context_length
-    loaded = [
-        [
-            m.name,
-            gib(m.size_vram_bytes),
-            _when(m.expires_at.seconds) if m.HasField("expires_at") else "-",
-            str(m.context_length or "-"),
-            str(automatic.get(names.model_key(m.name)) or "?"),
-            n.runner_options.get(names.model_key(m.name)) or "-",
-        ]
-        for m in snap.loaded
-    ]
+    loaded = []
+    for m in snap.loaded:
+        key = names.model_key(m.name)
+        loaded.append(
+            [
+                m.name,
+                gib(m.size_vram_bytes),
+                _when(m.expires_at.seconds) if m.HasField("expires_at") else "-",
+                str(m.context_length or "-"),
+                str(n.automatic_context_length.get(key) or "?"),
+                n.runner_options.get(key) or "-",
+            ]
+        )
     headers = ["MODEL", "VRAM", "EXPIRES", "CONTEXT", "AUTOMATIC", "OPTIONS"]
     lines += ["", "loaded:", table(headers, loaded)]
     if n.learned:  # what routing learned from the replies here
