@@ -11,8 +11,12 @@ latency p50/p95/p99, model loads and evictions (the simulators' own counters), g
 With --api openai the clients stream /v1/chat/completions as the OpenAI SDK does, whose replies
 carry none of Ollama's durations: the fleet learns its speeds from the edge's own timing.
 
-Usage: python bench/routing.py [--quick] [--seed 7] [--repeat N] [--trace] [--json PATH]
-                               [--png PATH] [--api ollama|openai] [--no-stream]
+With --seeds, the whole run is made once per seed, and the issue's targets are checked per seed
+(memory_aware against the others at the middle level): how often a target holds over workloads,
+not only on the default one.
+
+Usage: python bench/routing.py [--quick] [--seed 7 | --seeds 7,8,9] [--repeat N] [--trace]
+                               [--json PATH] [--png PATH] [--api ollama|openai] [--no-stream]
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ HOSTS = {
 LEVELS = {"low": 0.25, "middle": 0.5, "high": 1.0}  # simulated requests per second
 # A result's single figures; with --repeat, each is the median over the runs.
 SCALARS = ("completed", "failed", "loads", "evictions", "goodput_tokens_per_s")
+# The issue's targets at the middle level, memory_aware against random: this many times fewer
+# loads and this many times lower p95 time to first token.
+LOADS_TARGET = 3.0
+P95_TARGET = 2.0
 
 
 @dataclass
@@ -243,6 +251,7 @@ def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]
     result = {
         "policy": policy,
         "level": level,
+        "seed": args.seed,
         "rate_per_s": LEVELS[level],
         "completed": len(ok),
         "failed": len(samples) - len(ok),
@@ -273,6 +282,7 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "policy": first["policy"],
         "level": first["level"],
+        "seed": first["seed"],
         "rate_per_s": first["rate_per_s"],
         **{key: median([r[key] for r in runs]) for key in SCALARS},
         **{
@@ -283,6 +293,48 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "by_node": {node: median([r["by_node"][node] for r in runs]) for node in first["by_node"]},
         "runs": runs,
     }
+
+
+def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, per seed with memory_aware and random at the middle level: loads
+    and p95 time to first token against random's (ratios, higher is better), whether its p95
+    beats the best of round_robin and least_busy (None when neither ran), and whether it failed
+    no request at the low and middle levels that ran."""
+    verdicts = []
+    for seed in dict.fromkeys(r["seed"] for r in results):
+        ran = {(r["policy"], r["level"]): r for r in results if r["seed"] == seed}
+        ours, theirs = ran.get(("memory_aware", "middle")), ran.get(("random", "middle"))
+        if ours is None or theirs is None:
+            continue
+        others = [
+            ran[(p, "middle")]["ttft_s"]["p95"]
+            for p in ("round_robin", "least_busy")
+            if (p, "middle") in ran
+        ]
+        loads = theirs["loads"] / max(ours["loads"], 1)
+        p95 = theirs["ttft_s"]["p95"] / max(ours["ttft_s"]["p95"], 1e-9)
+        failed = sum(
+            ran[("memory_aware", level)]["failed"]
+            for level in ("low", "middle")
+            if ("memory_aware", level) in ran
+        )
+        verdicts.append(
+            {
+                "seed": seed,
+                "loads_ratio": round(loads, 2),
+                "p95_ratio": round(p95, 2),
+                "p95_s": ours["ttft_s"]["p95"],
+                "p95_best_other_s": min(others) if others else None,
+                "failed_low_middle": failed,
+                "met": {
+                    "loads": loads >= LOADS_TARGET,
+                    "p95": p95 >= P95_TARGET,
+                    "beats_others": ours["ttft_s"]["p95"] < min(others) if others else None,
+                    "no_failures": failed == 0,
+                },
+            }
+        )
+    return verdicts
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -320,6 +372,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--seeds",
+        help="comma-separated seeds: the whole run once per seed (fresh workload and fleet "
+        "each), with the targets checked per seed; default: --seed alone",
+    )
     parser.add_argument("--requests", type=int, default=120, help="requests per run")
     parser.add_argument(
         "--time-scale",
@@ -366,26 +423,37 @@ def main() -> None:
         args.requests = 40
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    except ValueError:
+        parser.error(f"--seeds takes whole numbers separated by commas, not {args.seeds!r}")
     results = []
-    for level in levels:
-        for policy in args.policies.split(","):
-            runs = [run_one(policy, level, args) for _ in range(args.repeat)]
-            result = runs[0] if len(runs) == 1 else medians(runs)
-            print(json.dumps(result), flush=True)
-            results.append(result)
+    for seed in seeds:
+        seeded = argparse.Namespace(**{**vars(args), "seed": seed})
+        for level in levels:
+            for policy in args.policies.split(","):
+                runs = [run_one(policy, level, seeded) for _ in range(args.repeat)]
+                result = runs[0] if len(runs) == 1 else medians(runs)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    verdicts = targets(results)
+    for v in verdicts:
+        print(json.dumps(v), flush=True)
     report = {
         "benchmark": "routing",
-        "seed": args.seed,
+        "seed": seeds[0],
+        "seeds": seeds,
         "runs_per_result": args.repeat,
         "requests_per_run": args.requests,
         "time_scale": args.time_scale,
         "api": args.api,
         "streamed": not args.no_stream,
         "results": results,
+        "targets": verdicts,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    if not args.quick:
+    if not args.quick and len(seeds) == 1:  # the plot is one workload's; a sweep's is its table
         with contextlib.suppress(ImportError):
             plot(results, Path(args.png))
 

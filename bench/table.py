@@ -10,19 +10,43 @@ from pathlib import Path
 def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/routing.json")
     report = json.loads(path.read_text())
+    sweep = len(report.get("seeds", [report.get("seed")])) > 1
+    seed_column = ("| seed ", "|---") if sweep else ("", "")
     print(
-        "| level (req/s) | policy | done | failed | TTFT p50 / p95 / p99 (s) "
+        f"{seed_column[0]}| level (req/s) | policy | done | failed | TTFT p50 / p95 / p99 (s) "
         "| latency p50 / p95 / p99 (s) | loads | evictions | goodput (tok/s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"{seed_column[1]}|---|---|---|---|---|---|---|---|---|")
     for r in report["results"]:
         t, lat = r["ttft_s"], r["latency_s"]
+        seed = f"| {r['seed']} " if sweep else ""
         print(
-            f"| {r['level']} ({r['rate_per_s']}) | {r['policy']} | {r['completed']} | "
+            f"{seed}| {r['level']} ({r['rate_per_s']}) | {r['policy']} | {r['completed']} | "
             f"{r['failed']} | {t['p50']} / {t['p95']} / {t['p99']} | "
             f"{lat['p50']} / {lat['p95']} / {lat['p99']} | {r['loads']} | {r['evictions']} | "
             f"{r['goodput_tokens_per_s']} |"
         )
+    if report.get("targets"):
+        print()
+        print(
+            "| seed | loads vs random | p95 TTFT vs random | p95 (s) | best other p95 (s) "
+            "| failed (low, middle) |"
+        )
+        print("|---|---|---|---|---|---|")
+        for v in report["targets"]:
+            met = v["met"]
+            other = v["p95_best_other_s"]
+            print(
+                f"| {v['seed']} | {v['loads_ratio']}x {_mark(met['loads'])} "
+                f"| {v['p95_ratio']}x {_mark(met['p95'])} | {v['p95_s']} "
+                f"{_mark(met['beats_others'])} | {'-' if other is None else other} "
+                f"| {v['failed_low_middle']} {_mark(met['no_failures'])} |"
+            )
+
+
+def _mark(met: bool | None) -> str:
+    """A target's verdict in the table: met, missed, or not checked in this run."""
+    return "" if met is None else ("(met)" if met else "(missed)")
 
 
 if __name__ == "__main__":

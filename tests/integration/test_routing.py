@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from bench.routing import medians, run_one
+from bench.routing import medians, run_one, targets
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +32,7 @@ def test_repeated_runs_report_each_figures_median_and_keep_every_run() -> None:
         return {
             "policy": "memory_aware",
             "level": "middle",
+            "seed": 7,
             "rate_per_s": 0.5,
             "completed": 120,
             "failed": 0,
@@ -46,7 +47,41 @@ def test_repeated_runs_report_each_figures_median_and_keep_every_run() -> None:
 
     runs = [run(17, 5.2, 40), run(14, 4.9, 60), run(20, 6.1, 50)]
     result = medians(runs)
-    assert (result["loads"], result["evictions"]) == (17, 13)
+    assert (result["loads"], result["evictions"], result["seed"]) == (17, 13, 7)
     assert result["ttft_s"] == {"p50": 0.1, "p95": 5.2, "p99": 6.2}
     assert result["by_node"] == {"gpu-24g": 50, "gpu-8g": 70}
     assert result["errors"] == ["boom"] and result["runs"] == runs
+
+
+def test_targets_are_checked_per_seed_against_random_and_the_best_other_policy() -> None:
+    def result(
+        seed: int, policy: str, loads: int, p95: float, level: str = "middle"
+    ) -> dict[str, object]:
+        failed = 1 if (seed, policy) == (8, "memory_aware") else 0
+        return {
+            "seed": seed,
+            "policy": policy,
+            "level": level,
+            "loads": loads,
+            "failed": failed,
+            "ttft_s": {"p50": 0.1, "p95": p95, "p99": p95 + 1},
+        }
+
+    results = [
+        result(7, "memory_aware", 5, 1.0, level="low"),
+        result(7, "random", 60, 9.4),
+        result(7, "round_robin", 70, 7.0),
+        result(7, "least_busy", 55, 6.12),
+        result(7, "memory_aware", 17, 5.02),
+        result(8, "random", 58, 10.86),
+        result(8, "memory_aware", 20, 4.95),
+        result(9, "memory_aware", 18, 6.1),  # no random run: nothing to check
+    ]
+    seven, eight = targets(results)
+    assert seven["seed"] == 7 and eight["seed"] == 8
+    assert (seven["loads_ratio"], seven["p95_ratio"]) == (3.53, 1.87)
+    assert seven["p95_best_other_s"] == 6.12
+    assert seven["met"] == {"loads": True, "p95": False, "beats_others": True, "no_failures": True}
+    assert (eight["loads_ratio"], eight["p95_ratio"]) == (2.9, 2.19)
+    assert eight["p95_best_other_s"] is None and eight["failed_low_middle"] == 1
+    assert eight["met"] == {"loads": False, "p95": True, "beats_others": None, "no_failures": False}
