@@ -68,6 +68,10 @@ class Node:
     reloading: dict[str, int] = field(default_factory=dict)
     # models in ``loading`` a reply has shown loaded (an answer came), not yet in a snapshot
     answered: set[str] = field(default_factory=set)
+    # model key -> when a load of it was routed here, for a routed load a snapshot lists but
+    # no reply has shown done: Ollama lists a model from the start of its load (/api/ps), so
+    # listed is not yet ready
+    warming: dict[str, float] = field(default_factory=dict)
     # model key -> the context length Ollama here gives it when a request names none
     # (OLLAMA_CONTEXT_LENGTH or its memory tier, capped at the trained length), learned from
     # replies: no API reports it
@@ -117,7 +121,12 @@ class Node:
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
+        for key, (since, _) in self.loading.items():
+            if key not in self.answered and self._loaded_as_asked(key, since):
+                self.warming[key] = since
         self.forget_loads(self._loaded_as_asked)
+        if self.warming:  # an instance gone is no longer loading
+            self.warming = {k: t for k, t in self.warming.items() if k in self.loaded_by_key}
         if self.runner_options:  # an instance gone (and not being loaded) takes its options
             self.runner_options = {
                 k: v

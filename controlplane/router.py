@@ -504,7 +504,12 @@ class Router:
                 else None
             ),
         )
-        if not loaded and not c.loading and not fits_evicting_idle(c):
+        if c.loading:
+            c.loading_for = time.monotonic() - node.loading[key][0]
+        elif loaded and key in node.warming:
+            c.warming = True
+            c.loading_for = time.monotonic() - node.warming[key]
+        elif not loaded and not fits_evicting_idle(c):
             c.busy_victims = self._busy(node, key, c)
         return c
 
@@ -549,6 +554,7 @@ class Router:
             learned = self.learned.get((node.node_id, victim))
             # Counted warm here too unless still loading (victims are never marked evicting).
             here = 1 if victim in node.loaded_by_key else 0
+            routed = node.loading.get(victim)
             out.append(
                 Busy(
                     victim,
@@ -557,7 +563,8 @@ class Router:
                     self._decode_tps(learned, node.node_id, size),
                     self._tokens[victim][1] if victim in self._tokens else 0.0,
                     self._load_seconds(learned, node.node_id, size),
-                    victim in node.loading,
+                    routed is not None,
+                    time.monotonic() - routed[0] if routed is not None else 0.0,
                     self.demand(victim),
                     self.fleet.warm.get(victim, 0) > here,
                 )
@@ -657,6 +664,8 @@ class Router:
             self.fleet.nodes[report.retry_node_id].breaker.on_dispatch(lease.lease_id)
         else:
             self.fleet.leases.close(lease.lease_id)
+        if node is not None and 200 <= report.http_status < 300:
+            node.warming.pop(lease.model, None)  # a reply came: its load is done
         if node is not None and lease.model in node.loading:
             if 200 <= report.http_status < 300:
                 node.answered.add(lease.model)

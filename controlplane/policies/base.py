@@ -41,6 +41,7 @@ class Busy:
     expected_tokens: float  # its average reply length; 0 = unknown
     load_seconds: float = 0.0  # on this host: learned, else at its load speed; 0 = not yet known
     loading: bool = False  # routed here to load and not yet loaded
+    loading_for: float = 0.0  # seconds since that load was routed here
     demand: float = 0.0  # expected requests for it among the next DEMAND_WINDOW picks
     elsewhere: bool = False  # loaded on another connected host too
 
@@ -65,6 +66,10 @@ class Candidate:
     memory_total: int = 0  # GPU memory, or system memory on a CPU-only host
     memory_free: int = 0
     loading: bool = False  # a load of this model was just routed here
+    loading_for: float = 0.0  # seconds since that load was routed here
+    # Loaded, from a load routed here that no reply has shown done yet (Ollama lists a model
+    # while it loads): ``loading_for`` counts since it was routed.
+    warming: bool = False
     idle_loaded_bytes: int = 0  # memory held by loaded models with nothing in flight
     decode_tps: float = 0.0  # learned from Reports; 0 = not yet known
     load_seconds: float = 0.0  # learned here, else at the host's load speed; 0 = not yet known

@@ -4,7 +4,9 @@ loads, queues and evictions, as Ollama's scheduler would experience them.
 Each candidate gets an expected cost in seconds before its reply can start streaming:
   warm, free slot                0 (the model is loaded and a parallel slot is free)
   warm, queued                   requests ahead / parallel slots x measured time per request
-  already loading here           about half a load (a load was routed here moments ago)
+  (listed while still loading)   + what is left of the load routed here (no reply yet)
+  already loading here           what is left of the load, by the time since it was routed
+                                 here, but at least half of it (it may have waited behind others)
   loaded with another context    as cold (Ollama reloads a model whose num_ctx differs), after
   length than asked for (or      the requests on the loaded instance, whose memory it reuses,
   than the host's automatic one, plus the reload that instance's clients (those asking other
@@ -76,6 +78,13 @@ def _load_time(learned_seconds: float, size_bytes: int) -> float:
     return LOAD_OVERHEAD_S + size_bytes / DEFAULT_LOAD_BYTES_PER_S
 
 
+def load_left(load: float, loading_for: float) -> float:
+    """What is left of a load under way for ``loading_for`` seconds since it was routed: at
+    least half of it, as the load may have waited behind others (Ollama loads one at a time) and
+    a snapshot may not show it done yet; so only the first half counts down."""
+    return max(load - loading_for, load / 2)
+
+
 def loads_ahead(c: Candidate) -> float:
     """Seconds until the loads already routed to this host are done, at its load speed."""
     if not c.loading_ahead:
@@ -131,7 +140,9 @@ def busy_wait(c: Candidate) -> float:
     wait = 0.0
     for b in c.busy_victims:
         per_request = _service_time(b.expected_tokens, b.decode_tps, c.on_gpu)
-        own_load = _load_time(b.load_seconds, b.size_bytes) / 2 if b.loading else 0.0
+        own_load = (
+            load_left(_load_time(b.load_seconds, b.size_bytes), b.loading_for) if b.loading else 0.0
+        )
         wait = max(wait, own_load + b.in_flight * per_request / slots)
     return wait
 
@@ -150,10 +161,15 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
     if c.loaded:
         wait = queue_wait(c, per_request)
         tier = "queued" if wait else "warm"
+        if c.warming:  # Ollama lists a model as it starts to load it
+            left = max(load_estimate(c) - c.loading_for, 0.0)
+            if left:
+                wait += left
+                tier = "loading"
     else:
         load = load_estimate(c)
         if c.loading:
-            wait = load / 2 + queue_wait(c, per_request)
+            wait = load_left(load, c.loading_for) + queue_wait(c, per_request)
             tier = "loading"
             return _total(wait, per_request, c), tier, wait
         load += loads_ahead(c)  # Ollama loads one model at a time

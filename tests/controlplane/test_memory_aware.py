@@ -1,7 +1,10 @@
+import time
 from dataclasses import replace
+from unittest import mock
 
 import pytest
 
+from controlplane import router as router_module
 from controlplane.fleet import Fleet, Node
 from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import Candidate
@@ -107,6 +110,85 @@ def test_a_routed_cold_load_counts_as_loading_at_once() -> None:
     second = router.pick(RouteRequest(model="m", edge_id="e"))
     assert second.ranked[0].candidate.node_id == chosen  # no second cold load elsewhere
     assert second.ranked[0].reason == "loading"
+
+
+def test_a_load_under_way_costs_what_is_left_of_it_but_at_least_half() -> None:
+    """A load routed moments ago has all of it left: a second request does better with a
+    quicker cold load elsewhere. As the load goes on it costs less, down to half (it may have
+    waited behind other loads, and a snapshot may not show it done yet)."""
+    quicker = replace(BASE, node_id="quicker", load_seconds=3.5)  # 3.5 + 2 s penalty
+    just_routed = replace(BASE, node_id="loading", loading=True)  # 6 s left
+
+    def left(loading_for: float) -> float:
+        return expected_cost(replace(just_routed, loading_for=loading_for))[0]
+
+    assert expected_cost(just_routed)[1] == "loading"
+    assert _order(just_routed, quicker) == ["quicker", "loading"]
+    assert _order(replace(just_routed, loading_for=2.0), quicker) == ["loading", "quicker"]
+    assert left(0.0) - left(2.0) == pytest.approx(2.0)
+    assert left(3.0) == pytest.approx(left(2.0) - 1.0)
+    assert left(3.0) == pytest.approx(left(5.0)) == pytest.approx(left(60.0))
+
+
+def test_a_candidate_counts_a_load_under_way_from_when_it_was_routed() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", models=["m:latest"], num_parallel=2)
+    router = builders.router(fleet, "memory_aware")
+    routed_at = time.monotonic()
+    router.pick(RouteRequest(model="m", edge_id="e"))
+    node = fleet.nodes["a"]
+    with mock.patch.object(router_module.time, "monotonic", return_value=routed_at + 2.5):
+        c = router._candidate(node, "m:latest", "")
+    assert c.loading and c.loading_for == pytest.approx(2.5, abs=0.2)
+    assert router._candidate(node, "other:latest", "").loading_for == 0.0
+
+
+def test_a_model_listed_while_its_routed_load_goes_on_costs_what_is_left_of_it() -> None:
+    """Ollama lists a model (/api/ps) as its load starts: listed, a model loaded by a load
+    routed moments ago is not ready yet, and a request does better with a quicker load
+    elsewhere; once the load time has passed it is warm."""
+    listed = replace(BASE, node_id="listed", loaded=True, warming=True)  # 6 s left
+    quicker = replace(BASE, node_id="quicker", load_seconds=3.5)  # 3.5 + 2 s penalty
+    assert expected_cost(listed)[1] == "loading"
+    assert _order(listed, quicker) == ["quicker", "listed"]
+    assert _order(replace(listed, loading_for=2.0), quicker) == ["listed", "quicker"]
+    assert expected_cost(replace(listed, loading_for=7.0)) == expected_cost(
+        replace(listed, warming=False)
+    )
+    assert expected_cost(replace(listed, loading_for=7.0))[1] == "warm"
+
+
+def test_a_routed_load_listed_by_a_snapshot_is_warming_until_a_reply_comes() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", models=["m:latest"], num_parallel=2)
+    router = builders.router(fleet, "memory_aware")
+    routed_at = time.monotonic()
+    first = router.pick(RouteRequest(model="m", edge_id="e"))
+    node = fleet.nodes["a"]
+
+    def listed(sequence: int, *models: str) -> None:
+        loaded = tuple(LoadedModel(name=m) for m in models)
+        fleet.update("a", node.session, replace(node.snapshot, sequence=sequence, loaded=loaded))
+
+    listed(2, "m:latest")
+    assert not node.loading and node.warming == {"m:latest": pytest.approx(routed_at, abs=0.2)}
+    with mock.patch.object(router_module.time, "monotonic", return_value=routed_at + 1.5):
+        c = router._candidate(node, "m:latest", "")
+    assert c.loaded and c.warming and c.loading_for == pytest.approx(1.5, abs=0.2)
+    router.report(Report(first.lease_id, "a", Outcome.OK, http_status=200))
+    assert not node.warming and not router._candidate(node, "m:latest", "").warming
+    second = router.pick(RouteRequest(model="m", edge_id="e", node_id="a"))
+    assert second.ranked[0].reason == "warm"  # no load routed: nothing to count down
+    listed(3, "m:latest")
+    assert not node.warming
+    # A routed load whose model goes from the listing before any reply is not warming either.
+    router.report(Report(second.lease_id, "a", Outcome.OK, http_status=200))
+    listed(4)
+    router.pick(RouteRequest(model="m", edge_id="e"))
+    listed(5, "m:latest")
+    assert "m:latest" in node.warming
+    listed(6)
+    assert not node.warming
 
 
 def test_session_affinity_follows_the_session_and_is_forgotten_on_unload() -> None:

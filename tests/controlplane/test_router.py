@@ -327,10 +327,14 @@ def test_a_reload_counts_as_loading_until_the_new_length_shows() -> None:
         fleet.update("a", node.session, snap)
 
     listed_at(4096, 3)  # still the old instance
-    assert router.pick(_req(num_ctx=8192)).ranked[0].reason == "loading"
-    listed_at(8192, 4)
+    joined = router.pick(_req(num_ctx=8192))
+    assert joined.ranked[0].reason == "loading"
+    listed_at(8192, 4)  # Ollama lists the new instance as its load starts
     assert not node.loading and not node.reloading
-    ready = router.pick(_req(num_ctx=8192)).ranked[0]  # behind the two requests sent before
+    listed = router.pick(_req(num_ctx=8192)).ranked[0]
+    assert listed.candidate.loaded and listed.reason == "loading"
+    router.report(Report(joined.lease_id, "a", Outcome.OK, http_status=200))  # load done
+    ready = router.pick(_req(num_ctx=8192)).ranked[0]  # behind the requests sent before
     assert ready.candidate.loaded and ready.reason.startswith("queued")
 
 
