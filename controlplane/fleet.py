@@ -121,10 +121,11 @@ class Node:
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
-        for key, (since, _) in self.loading.items():
-            if key not in self.answered and self._loaded_as_asked(key, since):
+        listed = {k: t for k, (t, _) in self.loading.items() if self._loaded_as_asked(k, t)}
+        for key, since in listed.items():
+            if key not in self.answered:
                 self.warming[key] = since
-        self.forget_loads(self._loaded_as_asked)
+        self.forget_loads(lambda key, _: key in listed)
         if self.warming:  # an instance gone is no longer loading
             self.warming = {k: t for k, t in self.warming.items() if k in self.loaded_by_key}
         if self.runner_options:  # an instance gone (and not being loaded) takes its options

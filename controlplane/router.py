@@ -664,13 +664,15 @@ class Router:
             self.fleet.nodes[report.retry_node_id].breaker.on_dispatch(lease.lease_id)
         else:
             self.fleet.leases.close(lease.lease_id)
-        if node is not None and 200 <= report.http_status < 300:
-            node.warming.pop(lease.model, None)  # a reply came: its load is done
-        if node is not None and lease.model in node.loading:
-            if 200 <= report.http_status < 300:
-                node.answered.add(lease.model)
-            else:
-                self._forget_load_unless_awaited(node, lease.model)
+        if node is not None:
+            replied = 200 <= report.http_status < 300
+            if replied:
+                node.warming.pop(lease.model, None)  # a reply came: its load is done
+            if lease.model in node.loading:
+                if replied:
+                    node.answered.add(lease.model)
+                else:
+                    self._forget_load_unless_awaited(node, lease.model)
         self.metrics.observe_report(report.outcome.name.lower())
         return True
 

@@ -103,10 +103,14 @@ def eviction_cost(c: Candidate) -> float:
 def victim_cost(r: Resident) -> float:
     """One evicted model's expected cost: its reload time on this host times the chance it is
     asked for soon (less when another host has it loaded too)."""
+    return _reload_cost(r.reload_seconds, r.size_bytes, r.demand, r.elsewhere)
+
+
+def _reload_cost(learned_seconds: float, size_bytes: int, demand: float, elsewhere: bool) -> float:
     return (
-        _load_time(r.reload_seconds, r.size_bytes)
-        * (1.0 - math.exp(-r.demand))
-        * (ELSEWHERE_SHARE if r.elsewhere else 1.0)
+        _load_time(learned_seconds, size_bytes)
+        * (1.0 - math.exp(-demand))
+        * (ELSEWHERE_SHARE if elsewhere else 1.0)
     )
 
 
@@ -117,10 +121,7 @@ def busy_eviction_cost(c: Candidate) -> float:
     needed is evicted; a big model in demand keeps its place as it does against idle victims."""
     idle = sum(victim_cost(r) for r in c.idle_loaded)
     return idle + sum(
-        _load_time(b.load_seconds, b.size_bytes)
-        * (1.0 - math.exp(-b.demand))
-        * (ELSEWHERE_SHARE if b.elsewhere else 1.0)
-        for b in c.busy_victims
+        _reload_cost(b.load_seconds, b.size_bytes, b.demand, b.elsewhere) for b in c.busy_victims
     )
 
 
