@@ -9,7 +9,8 @@ them was woken for (first come, first served). Capacity can also appear without 
 (a host joins, a cordon lifts), so while anyone waits, the oldest waiter of each model tries again
 every TICK_S. A waiter that is not placed within ``max_wait`` seconds gets SATURATED (the edge
 answers 503 with Retry-After), and so, at once and without ranking any host, does a request that
-finds its model's line full.
+finds its model's line full. A show or a pull takes no slot (Ollama answers it outside its
+scheduler), so it never waits here.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Admission:
         """What can be decided now, without waiting: (the answer, False), or (what to wait
         with, True): the saturated outcome of a pick, or None to join the line behind others
         without picking (first come, first served)."""
-        if self.max_wait > 0:
+        if self.max_wait > 0 and request.runs_model:  # a show or a pull takes no slot
             ahead = self.waiting[model_key(request.model)]
             if ahead >= self.per_model:
                 return self._line_full(), False

@@ -4,7 +4,9 @@ CLOSED: traffic flows; ``threshold`` consecutive host failures (connect errors, 
 503, timeouts) open it. OPEN: no traffic for ``cooldown`` seconds. HALF_OPEN: one probe request is
 let through; its success closes the breaker, its failure opens it again. A 4xx is the request's
 fault, not the host's, and counts as a success; a client cancellation counts as neither. Agent
-keepalives never touch the breaker: a host that answers pings but fails requests stays out.
+keepalives never touch the breaker: a host that answers pings but fails requests stays out. Nor
+do shows and pulls answered (Ollama serves them from disk and the registry, not from a runner;
+the router feeds only their failures) and neither is ever the probe.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ class Lease:
     # one from the reply.
     auto_from: tuple[int, ...] | None = None
     context: int = 0  # the explicit context length it asked for (capped): 0 for none
+    # False for a show or a pull: counted on its node (drain waits for it) but not on its model,
+    # whose slots it does not take and which it does not keep busy.
+    runs_model: bool = True
 
 
 class LeaseTable:
@@ -51,9 +54,22 @@ class LeaseTable:
     def __len__(self) -> int:
         return len(self._leases)
 
-    def open(self, edge_id: str, node_id: str, model: str, request_id: int = 0) -> Lease:
+    def open(
+        self,
+        edge_id: str,
+        node_id: str,
+        model: str,
+        request_id: int = 0,
+        *,
+        runs_model: bool = True,
+    ) -> Lease:
         lease = Lease(
-            f"{self._prefix}-{next(self._ids)}", edge_id, node_id, model, time.monotonic()
+            f"{self._prefix}-{next(self._ids)}",
+            edge_id,
+            node_id,
+            model,
+            time.monotonic(),
+            runs_model=runs_model,
         )
         self._leases[lease.lease_id] = lease
         if request_id:
@@ -97,10 +113,10 @@ class LeaseTable:
             self.on_release(node_id)
 
     def on(self, node_id: str, model: str) -> Iterator[Lease]:
-        """The open leases for ``model`` on ``node_id`` (a walk over all of them)."""
+        """The open leases that run ``model`` on ``node_id`` (a walk over all of them)."""
         if self.per_model.get((node_id, model)):
             for lease in self._leases.values():
-                if lease.node_id == node_id and lease.model == model:
+                if lease.node_id == node_id and lease.model == model and lease.runs_model:
                     yield lease
 
     def release_edge(self, edge_id: str) -> list[Lease]:
@@ -128,10 +144,11 @@ class LeaseTable:
         return sum(c for (_, m), c in self.per_model.items() if m == model)
 
     def _count(self, lease: Lease, delta: int) -> None:
-        key = (lease.node_id, lease.model)
-        self.per_model[key] += delta
+        if lease.runs_model:
+            key = (lease.node_id, lease.model)
+            self.per_model[key] += delta
+            if self.per_model[key] <= 0:
+                del self.per_model[key]
         self.per_node[lease.node_id] += delta
-        if self.per_model[key] <= 0:
-            del self.per_model[key]
         if self.per_node[lease.node_id] <= 0:
             del self.per_node[lease.node_id]

@@ -87,12 +87,19 @@ class RouteRequest:
     request_id: int = 0  # the edge's id for a pick on a Route stream or socket; 0 = unary
 
     @property
+    def runs_model(self) -> bool:
+        """Whether Ollama runs the model for this request: not for a show (metadata read from
+        disk) or a pull (a download). Such a request loads nothing, takes no slot of the model
+        and, answered, says nothing of whether the host can run models."""
+        return self.api not in (ApiKind.SHOW, ApiKind.PULL)
+
+    @property
     def context(self) -> int | None:
         """The context length the request runs its model with: ``num_ctx`` when asked, 0 for
         the host's automatic one; None for a request that runs none (show, pull)."""
-        if self.num_ctx > 0:
-            return self.num_ctx
-        return None if self.api in (ApiKind.SHOW, ApiKind.PULL) else 0
+        if not self.runs_model:
+            return None
+        return self.num_ctx if self.num_ctx > 0 else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,7 +160,13 @@ class Router:
             return found
         ranked = found
         first = self.fleet.nodes[ranked[0].candidate.node_id]
-        lease = self.fleet.leases.open(request.edge_id, first.node_id, key, request.request_id)
+        lease = self.fleet.leases.open(
+            request.edge_id, first.node_id, key, request.request_id, runs_model=request.runs_model
+        )
+        if not request.runs_model:
+            # A show or a pull loads nothing, counts as no demand for the model, and is never
+            # the breaker's probe: its answer says nothing of whether the host runs models.
+            return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
         first.breaker.on_dispatch(lease.lease_id)
         if asked == 0:
             listed = first.loaded_by_key.get(key)
@@ -173,41 +179,40 @@ class Router:
             probe = first.context_probe.get(key)
             if probe is not None:  # this request may reload it before the next snapshot
                 first.context_probe[key] = ((*probe[0], lease.context), probe[1])
-        if request.api is not ApiKind.PULL:
-            self._count_demand(key)
-            # Per length too, once the model was ever asked at an explicit one: what a reload
-            # would cost the clients of the instance it replaces (see _replaced).
-            if asked and key not in self._asked_lengths:
-                self._asked_lengths.add(key)
-            if asked is not None and key in self._asked_lengths:
-                self._count_demand(_at_length(key, asked), counted=False)
-            chosen = ranked[0].candidate
-            lease.ready = (
-                chosen.loaded
-                and not chosen.context_unsure
-                and chosen.in_flight_model < chosen.num_parallel
+        self._count_demand(key)
+        # Per length too, once the model was ever asked at an explicit one: what a reload
+        # would cost the clients of the instance it replaces (see _replaced).
+        if asked and key not in self._asked_lengths:
+            self._asked_lengths.add(key)
+        if asked is not None and key in self._asked_lengths:
+            self._count_demand(_at_length(key, asked), counted=False)
+        chosen = ranked[0].candidate
+        lease.ready = (
+            chosen.loaded
+            and not chosen.context_unsure
+            and chosen.in_flight_model < chosen.num_parallel
+        )
+        if not chosen.loaded:
+            # Ollama will evict these for it: no longer warm here. Their floors stay as low
+            # as when they were warm, still a bound; the next snapshot tightens them.
+            # A reload takes the memory of the instance it replaces.
+            memory = 0 if chosen.reload else int(chosen.model_size * KV_HEADROOM)
+            wanted = lease.context or _wanted_context(first, key, 0)
+            context = wanted if chosen.reload else 0
+            victims = self._victims(first, key, chosen)
+            first.mark_loading(key, memory, victims, context, asked=lease.context)
+            if not chosen.loading:  # its own load: the instance gets its runner options
+                if request.runner_options:
+                    first.runner_options[key] = request.runner_options
+                else:
+                    first.runner_options.pop(key, None)
+            self.fleet.count_warm(first)
+            lease.clean_load = not (
+                chosen.loading
+                or chosen.loading_ahead
+                or chosen.busy_victims
+                or (chosen.reload and chosen.in_flight_model)  # it waits for those
             )
-            if not chosen.loaded:
-                # Ollama will evict these for it: no longer warm here. Their floors stay as low
-                # as when they were warm, still a bound; the next snapshot tightens them.
-                # A reload takes the memory of the instance it replaces.
-                memory = 0 if chosen.reload else int(chosen.model_size * KV_HEADROOM)
-                wanted = lease.context or _wanted_context(first, key, 0)
-                context = wanted if chosen.reload else 0
-                victims = self._victims(first, key, chosen)
-                first.mark_loading(key, memory, victims, context, asked=lease.context)
-                if not chosen.loading:  # its own load: the instance gets its runner options
-                    if request.runner_options:
-                        first.runner_options[key] = request.runner_options
-                    else:
-                        first.runner_options.pop(key, None)
-                self.fleet.count_warm(first)
-                lease.clean_load = not (
-                    chosen.loading
-                    or chosen.loading_ahead
-                    or chosen.busy_victims
-                    or (chosen.reload and chosen.in_flight_model)  # it waits for those
-                )
         self._remember(request.session_key, first.node_id, key)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
@@ -257,7 +262,7 @@ class Router:
         for node in holders:
             if not self._passes(node, request):
                 continue
-            if self._full(node):
+            if self._full(node, request):
                 saturated += 1
                 continue
             eligible.append(self._candidate(node, key, affinity, context, request.runner_options))
@@ -288,7 +293,7 @@ class Router:
             nonlocal saturated
             if not self._passes(node, request):
                 return
-            if self._full(node):
+            if self._full(node, request):
                 saturated += 1
                 return
             candidate = self._candidate(node, key, affinity, context, request.runner_options)
@@ -363,8 +368,11 @@ class Router:
         if not order:
             del self._floors[key]
 
-    def _full(self, node: Node) -> bool:
-        """At the host's own cap (max_in_flight, else num_parallel x queue_per_slot)."""
+    def _full(self, node: Node, request: RouteRequest) -> bool:
+        """At the host's own cap (max_in_flight, else num_parallel x queue_per_slot), for a
+        request that runs its model: a show or a pull takes none of Ollama's slots."""
+        if not request.runs_model:
+            return False
         capacity = node.hello.capacity
         cap = capacity.max_in_flight or capacity.num_parallel * self.queue_per_slot
         return bool(cap) and self.fleet.leases.in_flight(node.node_id) >= cap
@@ -642,11 +650,15 @@ class Router:
         if lease is None:
             return False
         node = self.fleet.nodes.get(report.node_id or lease.node_id)
-        if node is not None:
+        runs = lease.runs_model
+        if node is not None and (runs or report.outcome.is_host_failure):
+            # A show or a pull answered does not vouch for the host (see _pick); failing, it
+            # still says the host is unwell.
             detail = f"http {report.http_status}" if report.http_status else ""
             if report.outcome.is_host_failure and 200 <= report.http_status < 300:
                 detail = f"failed mid-stream (http {report.http_status})"
             node.breaker.record(report.outcome, lease.lease_id, detail)
+        if node is not None and runs:
             first_try = lease.attempts == 1 and node.hello.node_id == lease.node_id
             self._learn(
                 node.node_id,
@@ -661,10 +673,11 @@ class Router:
                 self._learn_auto_context(node, lease.model, lease.auto_from, stats)
         if report.retry_node_id and report.retry_node_id in self.fleet.nodes:
             self.fleet.leases.move(lease.lease_id, report.retry_node_id)
-            self.fleet.nodes[report.retry_node_id].breaker.on_dispatch(lease.lease_id)
+            if runs:
+                self.fleet.nodes[report.retry_node_id].breaker.on_dispatch(lease.lease_id)
         else:
             self.fleet.leases.close(lease.lease_id)
-        if node is not None:
+        if node is not None and runs:
             replied = 200 <= report.http_status < 300
             if replied:
                 node.warming.pop(lease.model, None)  # a reply came: its load is done

@@ -1,7 +1,7 @@
 import asyncio
 
 from controlplane.admission import Admission
-from controlplane.model import RouteRequest
+from controlplane.model import ApiKind, RouteRequest
 from controlplane.router import PickStatus
 from tests.controlplane import builders
 
@@ -38,6 +38,25 @@ async def test_the_wait_is_bounded_in_time_and_in_length() -> None:
     assert timed_out.status is PickStatus.SATURATED and timed_out.retry_after_s > 0
     assert refused.status is PickStatus.SATURATED and "queue is full" in refused.message
     assert admission.waiting == {} and not admission.queue
+
+
+async def test_a_show_never_waits_in_line() -> None:
+    """Ollama answers /api/show from disk, outside its scheduler: a show is answered at once
+    while a host's slots are full and others wait for the model, even with their line full."""
+    admission = _setup(per_model=1)
+    await admission.pick(_req())
+    waiting = asyncio.create_task(admission.pick(_req()))
+    for _ in range(100):
+        if admission.waiting:
+            break
+        await asyncio.sleep(0)
+    assert admission.waiting["m:latest"] == 1
+    assert (await admission.pick(_req())).status is PickStatus.SATURATED  # the line is full
+    shown = await admission.pick(RouteRequest(model="m", edge_id="e", api=ApiKind.SHOW))
+    assert shown.status is PickStatus.OK and shown.ranked[0].candidate.node_id == "a"
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await admission.close()
 
 
 async def _second_in_line(admission: Admission):  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ import pytest
 from hops.v1 import router_pb2
 
 from controlplane import convert
+from controlplane.breaker import BreakerState
 from controlplane.fleet import Fleet
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.router import Learned, PickStatus, Router
@@ -47,6 +48,8 @@ def test_saturated_when_every_holder_is_at_its_cap() -> None:
     router = builders.router(fleet)
     assert router.pick(_req()).status is PickStatus.OK
     assert router.pick(_req()).status is PickStatus.SATURATED
+    # A show takes none of Ollama's slots: it is routed at the cap.
+    assert router.pick(_req(api=ApiKind.SHOW)).status is PickStatus.OK
 
 
 def test_report_closes_or_moves_the_lease() -> None:
@@ -189,6 +192,33 @@ def test_failures_from_traffic_open_the_breaker() -> None:
         router.report(Report(lease, "a", Outcome.BUSY, http_status=503))
     assert router.pick(_req()).status is PickStatus.NO_HEALTHY_NODE
     assert fleet.nodes["a"].breaker.last_failure == "http 503"
+
+
+def test_a_show_answered_neither_heals_nor_probes_the_breaker() -> None:
+    """Ollama answers /api/show from disk, so a host whose runners fail still answers it:
+    such an answer must not reset the failures counted, nor close a half-open breaker."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "a")
+    router = builders.router(fleet)
+
+    def answer(api: ApiKind, outcome: Outcome, status: int) -> str:
+        lease = router.pick(_req(api=api)).lease_id
+        router.report(Report(lease, "a", outcome, http_status=status))
+        return lease
+
+    answer(ApiKind.CHAT, Outcome.UPSTREAM_ERROR, 500)
+    answer(ApiKind.CHAT, Outcome.UPSTREAM_ERROR, 500)
+    answer(ApiKind.SHOW, Outcome.OK, 200)
+    answer(ApiKind.CHAT, Outcome.UPSTREAM_ERROR, 500)
+    assert router.pick(_req()).status is PickStatus.NO_HEALTHY_NODE  # three failures in a row
+
+    node.breaker.open_until = 0.0  # the cooldown is over: half-open
+    answer(ApiKind.SHOW, Outcome.OK, 200)
+    assert node.breaker.state is BreakerState.HALF_OPEN and node.breaker.probe_lease is None
+    probe = answer(ApiKind.CHAT, Outcome.OK, 200)  # the chat is the probe, and closes it
+    assert node.breaker.state is BreakerState.CLOSED and probe
+    answer(ApiKind.SHOW, Outcome.CONNECT_ERROR, 0)  # a show that fails still counts
+    assert node.breaker.consecutive_failures == 1
 
 
 def test_edge_release_and_ttl_sweep_free_leases() -> None:
@@ -405,9 +435,8 @@ def test_a_pick_reads_known_runner_options_only() -> None:
     assert convert.route_request(router_pb2.PickRequest(model="x")).runner_options == ()
 
 
-def _cold_load_evicting_an_idle_model() -> tuple[Fleet, Router, str]:
-    """Node "a" with ``other`` loaded and idle and no room beside it: routing llama3.2 there
-    marks a load that evicts ``other``. Returns the fleet, its router and that pick's lease."""
+def _no_room_beside_an_idle_model() -> tuple[Fleet, Router]:
+    """Node "a" with ``other`` loaded and idle and no room for llama3.2 beside it."""
     fleet = builders.fleet()
     node = builders.add_node(
         fleet, "a", models=["llama3.2:latest", "other:latest"], loaded=["other:latest"]
@@ -415,7 +444,14 @@ def _cold_load_evicting_an_idle_model() -> tuple[Fleet, Router, str]:
     total = 3 * 1024**3
     full = (Gpu(0, "GPU", "", total, total - 2 * builders.GB),)
     fleet.update("a", node.session, replace(node.snapshot, sequence=2, gpus=full))
-    router = builders.router(fleet, "memory_aware")
+    return fleet, builders.router(fleet, "memory_aware")
+
+
+def _cold_load_evicting_an_idle_model() -> tuple[Fleet, Router, str]:
+    """As _no_room_beside_an_idle_model: routing llama3.2 to "a" marks a load that evicts
+    ``other``. Returns the fleet, its router and that pick's lease."""
+    fleet, router = _no_room_beside_an_idle_model()
+    node = fleet.nodes["a"]
     outcome = router.pick(_req())
     assert outcome.ranked[0].reason == "cold-evict-idle"
     assert (set(node.loading), node.evicting) == (
@@ -445,6 +481,36 @@ def test_a_load_whose_requests_all_left_unanswered_is_no_longer_counted() -> Non
     router.report(Report(second.lease_id, "a", Outcome.TIMEOUT))
     assert not _still_loading(fleet)
     assert router.pick(_req()).ranked[0].reason == "cold-evict-idle"
+
+
+def test_a_show_loads_nothing_counts_no_demand_and_keeps_no_model_busy() -> None:
+    """Ollama answers /api/show from disk (`ollama run` asks one before a chat):
+    routing one marks no load and no victim, counts no demand and takes none of the model's
+    slots, so the chat after it starts the load itself and learns its time."""
+    fleet, router = _no_room_beside_an_idle_model()
+    node = fleet.nodes["a"]
+    shown = router.pick(_req(api=ApiKind.SHOW))
+    assert shown.status is PickStatus.OK
+    assert (set(node.loading), node.evicting) == (set(), {})
+    assert router.demand("llama3.2:latest") == 0
+    assert (fleet.leases.in_flight("a", "llama3.2:latest"), fleet.leases.in_flight("a")) == (0, 1)
+    other = router.pick(_req("other", api=ApiKind.SHOW))  # the loaded model stays idle
+    assert fleet.leases.in_flight("a", "other:latest") == 0
+    for lease in (shown.lease_id, other.lease_id):
+        router.report(Report(lease, "a", Outcome.OK, http_status=200))
+    chat = router.pick(_req())
+    assert chat.ranked[0].reason == "cold-evict-idle"
+    lease = fleet.leases.get(chat.lease_id)
+    assert lease is not None and lease.clean_load
+
+
+def test_a_shows_answer_is_no_reply_from_a_load_under_way() -> None:
+    fleet, router, lease = _cold_load_evicting_an_idle_model()
+    shown = router.pick(_req(api=ApiKind.SHOW))
+    router.report(Report(shown.lease_id, "a", Outcome.OK, http_status=200))
+    assert _still_loading(fleet)
+    router.report(Report(lease, "a", Outcome.CLIENT_CANCELLED))
+    assert not _still_loading(fleet)  # no reply came from the load: it stops with its request
 
 
 def test_a_load_is_kept_once_its_reply_began_or_while_a_host_error_is_retried_elsewhere() -> None:

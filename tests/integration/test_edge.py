@@ -450,6 +450,21 @@ def test_a_request_that_leaves_before_its_load_starts_is_not_counted_as_loading(
         assert answer.headers["x-hops-route"] == "cold-evict-idle"
 
 
+def test_a_show_before_a_chat_leaves_the_load_to_the_chat() -> None:
+    """`ollama run` asks /api/show before a chat. Ollama answers it from disk, so
+    the control plane must not count it as starting a load: it used to, and the chat after it
+    was routed to join that load ("loading") and its load time was never learned."""
+    with fleet.whole_fleet({"laptop": ["--profile", "gpu-8g"]}) as running:
+        client = ollama.Client(host=running.edge.url)
+        assert client.show("qwen2.5:7b").capabilities
+        assert running.open_leases() == 0
+        with httpx.Client(base_url=running.edge.url, timeout=30) as raw:
+            body = {"model": "qwen2.5:7b", "prompt": "hi", "stream": False}
+            answer = raw.post("/api/generate", json={**body, "options": {"num_predict": 1}})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-hops-route"] == "cold-fit"
+
+
 def test_bytes_pass_through_unchanged_both_ways() -> None:
     with contextlib.ExitStack() as stack:
         plane = stack.enter_context(fleet.controlplane())
