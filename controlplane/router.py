@@ -563,6 +563,8 @@ class Router:
             # Counted warm here too unless still loading (victims are never marked evicting).
             here = 1 if victim in node.loaded_by_key else 0
             routed = node.loading.get(victim)
+            warming = node.warming.get(victim) if routed is None else None
+            since = routed[0] if routed is not None else warming
             out.append(
                 Busy(
                     victim,
@@ -572,7 +574,8 @@ class Router:
                     self._tokens[victim][1] if victim in self._tokens else 0.0,
                     self._load_seconds(learned, node.node_id, size),
                     routed is not None,
-                    time.monotonic() - routed[0] if routed is not None else 0.0,
+                    warming is not None,
+                    time.monotonic() - since if since is not None else 0.0,
                     self.demand(victim),
                     self.fleet.warm.get(victim, 0) > here,
                 )

@@ -40,7 +40,10 @@ class Busy:
     decode_tps: float  # on this host: learned, else at its decode bandwidth; 0 = not yet known
     expected_tokens: float  # its average reply length; 0 = unknown
     load_seconds: float = 0.0  # on this host: learned, else at its load speed; 0 = not yet known
-    loading: bool = False  # routed here to load and not yet loaded
+    loading: bool = False  # routed here to load and not yet listed
+    # Listed, but the load routed here has shown no reply yet (Ollama lists a model as it
+    # starts loading it): what is left of that load is still ahead of its requests.
+    warming: bool = False
     loading_for: float = 0.0  # seconds since that load was routed here
     demand: float = 0.0  # expected requests for it among the next DEMAND_WINDOW picks
     elsewhere: bool = False  # loaded on another connected host too

@@ -85,6 +85,12 @@ def load_left(load: float, loading_for: float) -> float:
     return max(load - loading_for, load / 2)
 
 
+def listed_load_left(load: float, loading_for: float) -> float:
+    """What is left of a load routed ``loading_for`` seconds ago whose model a snapshot lists
+    (so it has started) but no reply has shown done."""
+    return max(load - loading_for, 0.0)
+
+
 def loads_ahead(c: Candidate) -> float:
     """Seconds until the loads already routed to this host are done, at its load speed."""
     if not c.loading_ahead:
@@ -141,9 +147,11 @@ def busy_wait(c: Candidate) -> float:
     wait = 0.0
     for b in c.busy_victims:
         per_request = _service_time(b.expected_tokens, b.decode_tps, c.on_gpu)
-        own_load = (
-            load_left(_load_time(b.load_seconds, b.size_bytes), b.loading_for) if b.loading else 0.0
-        )
+        own_load = 0.0
+        if b.loading or b.warming:
+            load = _load_time(b.load_seconds, b.size_bytes)
+            left = load_left if b.loading else listed_load_left
+            own_load = left(load, b.loading_for)
         wait = max(wait, own_load + b.in_flight * per_request / slots)
     return wait
 
@@ -163,7 +171,7 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
         wait = queue_wait(c, per_request)
         tier = "queued" if wait else "warm"
         if c.warming:  # Ollama lists a model as it starts to load it
-            left = max(load_estimate(c) - c.loading_for, 0.0)
+            left = listed_load_left(load_estimate(c), c.loading_for)
             if left:
                 wait += left
                 tier = "loading"

@@ -11,6 +11,7 @@ from controlplane.policies import Candidate
 from controlplane.policies.base import KV_HEADROOM, Busy, Resident, predicted_victims
 from controlplane.policies.memory_aware import (
     MemoryAwarePicker,
+    busy_wait,
     eviction_cost,
     expected_cost,
     service_time,
@@ -345,6 +346,40 @@ def test_a_busy_model_still_loading_counts_as_warm_elsewhere_if_loaded_on_one_ot
     router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))  # loads there, busy
     (victim,) = router._candidate(small, "m2:latest", "").busy_victims
     assert (victim.key, victim.loading, victim.elsewhere) == ("m1:latest", True, True)
+
+
+def test_a_busy_model_listed_while_its_routed_load_goes_on_is_warming() -> None:
+    fleet = builders.fleet()
+    small = builders.add_node(fleet, "small", models=["m1:latest", "m2:latest"], vram_gb=3.0)
+    router = builders.router(fleet, "memory_aware")
+    routed_at = time.monotonic()
+    router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))  # loads there, busy
+    used = (Gpu(0, "GPU", "", 3 * GIB, GIB // 2),)
+    listed = (LoadedModel(name="m1:latest", size_bytes=2 * GIB, size_vram_bytes=2 * GIB),)
+    fleet.update(
+        "small", small.session, replace(small.snapshot, sequence=2, loaded=listed, gpus=used)
+    )
+    with mock.patch.object(router_module.time, "monotonic", return_value=routed_at + 1.5):
+        (victim,) = router._candidate(small, "m2:latest", "").busy_victims
+    assert (victim.key, victim.loading, victim.warming) == ("m1:latest", False, True)
+    assert victim.loading_for == pytest.approx(1.5, abs=0.2)
+
+
+def test_a_busy_victim_still_loading_finishes_what_is_left_of_its_load_first() -> None:
+    """A busy model a load must wait for first finishes its own load if one is under way: at
+    least half of it while no snapshot lists the model, all that is left once one does."""
+
+    def waits(victim: Busy) -> float:
+        return busy_wait(replace(BASE, memory_free=GIB, busy_victims=(victim,)))
+
+    loaded = Busy("v:latest", 1, 5 * GIB, 100.0, 200.0, 12.0)  # one 2 s reply
+    reply = waits(loaded)
+    assert reply == pytest.approx(2.0)
+    routed, listed = replace(loaded, loading=True), replace(loaded, warming=True)
+    assert waits(routed) == pytest.approx(reply + 12.0) == pytest.approx(waits(listed))
+    assert waits(replace(routed, loading_for=9.0)) == pytest.approx(reply + 6.0)  # half
+    assert waits(replace(listed, loading_for=9.0)) == pytest.approx(reply + 3.0)
+    assert waits(replace(listed, loading_for=20.0)) == pytest.approx(reply)
 
 
 def test_a_load_that_waited_for_a_busy_model_teaches_no_load_time() -> None:
