@@ -193,7 +193,12 @@ async def _one_reply(
 
 
 async def drive(
-    edge_url: str, workload: Workload, scale: float, api: str = "ollama", stream: bool = True
+    edge_url: str,
+    workload: Workload,
+    scale: float,
+    api: str = "ollama",
+    stream: bool = True,
+    show_first: bool = False,
 ) -> tuple[list[Sample], float]:
     plan = workload.plan()
     histories: dict[tuple[str, int], list[dict[str, str]]] = {}
@@ -207,6 +212,12 @@ async def drive(
             key = (model, index)
             async with locks.setdefault(key, asyncio.Lock()):  # turns of one chat are sequential
                 history = histories.setdefault(key, [])
+                if show_first and not history:  # as `ollama run` does before its first turn
+                    shown = await client.post("/api/show", json={"model": model})
+                    if shown.status_code != 200:
+                        error = f"show: http {shown.status_code}"
+                        samples.append(Sample(False, error=error, model=model, at=at))
+                        return
                 history.append({"role": "user", "content": f"turn {len(history)} of chat {index}"})
                 sample = await one_request(
                     client, model, list(history), f"{model}/{index}", scale, api, stream
@@ -240,7 +251,7 @@ def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]
     ) as running:
         workload = Workload(args.seed, args.requests, LEVELS[level])
         samples, elapsed = asyncio.run(
-            drive(running.edge.url, workload, scale, args.api, not args.no_stream)
+            drive(running.edge.url, workload, scale, args.api, not args.no_stream, args.show_first)
         )
         stats = {
             node: httpx.get(running.sim_url(node) + "/_sim/stats").json() for node in running.hosts
@@ -402,6 +413,12 @@ def main() -> None:
         "its TTFT is its whole time (an OpenAI one carries usage, no durations)",
     )
     parser.add_argument(
+        "--show-first",
+        action="store_true",
+        help="each chat's client asks /api/show for its model before its first turn, as "
+        "`ollama run` does (the show is not timed or counted as a request)",
+    )
+    parser.add_argument(
         "--trace", action="store_true", help="add each request's host, route reason and TTFT"
     )
     parser.add_argument(
@@ -448,6 +465,7 @@ def main() -> None:
         "time_scale": args.time_scale,
         "api": args.api,
         "streamed": not args.no_stream,
+        "show_first": args.show_first,
         "results": results,
         "targets": verdicts,
     }

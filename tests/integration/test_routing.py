@@ -12,8 +12,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_memory_aware_loads_fewer_models_than_random() -> None:
+    # Each chat's client asks a show first, as `ollama run` does: shows must not count as loads.
     args = argparse.Namespace(
-        seed=7, requests=40, time_scale=10.0, trace=True, api="ollama", no_stream=False
+        seed=7,
+        requests=40,
+        time_scale=10.0,
+        trace=True,
+        api="ollama",
+        no_stream=False,
+        show_first=True,
     )
     results = {policy: run_one(policy, "middle", args) for policy in ("random", "memory_aware")}
     for result in results.values():
