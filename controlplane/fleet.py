@@ -88,6 +88,8 @@ class Node:
     # one shows its automatic length
     context_probe: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
     counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
+    # installed model key -> the listed model whose runner serves it (see _aliases)
+    aliases: dict[str, str] = field(default_factory=dict)
     vram_total: int = 0
     vram_free: int = 0
 
@@ -119,6 +121,7 @@ class Node:
             )
         self.snapshot = snapshot
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
+        self.aliases = _aliases(self.installed_by_key, self.loaded_by_key)
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
         listed = {k: t for k, (t, _) in self.loading.items() if self._loaded_as_asked(k, t)}
@@ -183,9 +186,17 @@ class Node:
         for victim in victims:
             self.evicting[victim] = key
 
+    def runner_key(self, key: str) -> str:
+        """The model whose instance here serves a request for ``key``: a listed model with the
+        same files (see _aliases), else ``key`` itself."""
+        return self.aliases.get(key, key) if self.aliases else key
+
     def warm_keys(self) -> set[str]:
-        """The models routing counts as loaded here."""
-        return self.loaded_by_key.keys() - self.evicting.keys()
+        """The models routing counts as loaded here (a copy of a loaded model too)."""
+        warm = self.loaded_by_key.keys() - self.evicting.keys()
+        if self.aliases:
+            warm |= {alias for alias, listed in self.aliases.items() if listed in warm}
+        return warm
 
     def forget_loads(self, done: Callable[[str, float], bool]) -> set[str]:
         """Drop the pending loads for which ``done(key, since)`` holds, and the evictions they
@@ -206,6 +217,23 @@ class Node:
         for victim in stale:
             del self.evicting[victim]
         return set(stale)
+
+
+def _aliases(
+    installed: dict[str, InstalledModel], loaded: dict[str, LoadedModel]
+) -> dict[str, str]:
+    """Installed models not listed whose digest is a listed model's. Ollama keys a runner by
+    the model's files and `/api/ps` lists it once, under the name that loaded it; a copy
+    (``ollama cp``) has the very same manifest, so the same digest, and its requests are served
+    by that runner without a load."""
+    if not loaded:
+        return {}
+    by_digest = {m.digest: key for key, m in loaded.items() if m.digest}
+    return {
+        key: by_digest[m.digest]
+        for key, m in installed.items()
+        if key not in loaded and m.digest in by_digest
+    }
 
 
 class Fleet:
@@ -313,9 +341,16 @@ class Fleet:
             and snapshot.vram_total == old.vram_total
             and snapshot.system_memory_total_bytes == old.system_memory_total_bytes
         ):  # the usual snapshot: only what is loaded (and free memory) moved
-            warm = node.warm_keys()
+            warm, aliases = node.warm_keys(), node.aliases
             node.set_snapshot(snapshot)
-            self.warm_changed(node.node_id, warm ^ node.warm_keys())
+            changed = warm ^ node.warm_keys()
+            if aliases or node.aliases:  # a copy now served by another instance, or its own
+                changed |= {
+                    key
+                    for key in aliases.keys() | node.aliases.keys()
+                    if aliases.get(key) != node.aliases.get(key)
+                }
+            self.warm_changed(node.node_id, changed)
             self.count_warm(node)
             return
         self.reindexed.add(node.node_id)
@@ -334,6 +369,9 @@ class Fleet:
 
     def warm_changed(self, node_id: str, keys: set[str]) -> None:
         if keys:
+            node = self.nodes.get(node_id)
+            if node is not None and node.aliases:  # a copy is warm as its instance is
+                keys = keys | {alias for alias, key in node.aliases.items() if key in keys}
             self.rekeyed.setdefault(node_id, set()).update(keys)
 
     def count_warm(self, node: Node) -> None:

@@ -160,6 +160,8 @@ class Router:
             return found
         ranked = found
         first = self.fleet.nodes[ranked[0].candidate.node_id]
+        asked_for = key
+        key = first.runner_key(key)  # a copy of a model loaded there runs on its instance
         lease = self.fleet.leases.open(
             request.edge_id, first.node_id, key, request.request_id, runs_model=request.runs_model
         )
@@ -213,7 +215,7 @@ class Router:
                 or chosen.busy_victims
                 or (chosen.reload and chosen.in_flight_model)  # it waits for those
             )
-        self._remember(request.session_key, first.node_id, key)
+        self._remember(request.session_key, first.node_id, asked_for)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
     def _victims(self, node: Node, key: str, chosen: Candidate) -> list[str]:
@@ -347,13 +349,19 @@ class Router:
                 self._floor_of[node_id] = floors
 
     def _refresh_floor(self, node: Node, key: str) -> None:
-        """What was learned about (node, key) changed: so may its floor."""
+        """What was learned about (node, key) changed: so may its floor, and the floors of the
+        copies its instance there serves (see Node.runner_key)."""
         policy = self._floors_policy
         floors = self._floor_of.get(node.node_id)
-        if policy is None or policy is not self.policy or floors is None or key not in floors:
+        if policy is None or policy is not self.policy or floors is None:
             return  # not indexed (yet): the next full refresh computes it
-        self._drop_floor(key, floors[key], node.node_id)
-        floors[key] = self._add_floor(node, key, policy)
+        keys = [key]
+        if node.aliases:
+            keys += [alias for alias, listed in node.aliases.items() if listed == key]
+        for each in keys:
+            if each in floors:
+                self._drop_floor(each, floors[each], node.node_id)
+                floors[each] = self._add_floor(node, each, policy)
 
     def _add_floor(self, node: Node, key: str, policy: BoundedPicker) -> float:
         floor = policy.floor(self._candidate(node, key, ""))
@@ -414,6 +422,8 @@ class Router:
         options: RunnerOptions = (),
     ) -> Candidate:
         # The hot path of every pick, once per eligible host: locals and plain dict lookups.
+        if node.aliases:
+            key = node.aliases.get(key, key)  # a copy of a model loaded here: its instance
         node_id = node.hello.node_id
         per_model = self.fleet.leases.per_model
         installed = node.installed_by_key.get(key)
@@ -634,7 +644,7 @@ class Router:
         if seen is None or seen[1] != key:
             return ""
         node = self.fleet.nodes.get(seen[0])
-        if node is None or node.session is None or key not in node.loaded_by_key:
+        if node is None or node.session is None or node.runner_key(key) not in node.loaded_by_key:
             del self.sessions[session_key]  # the host left or unloaded the model: forget
             return ""
         return seen[0]

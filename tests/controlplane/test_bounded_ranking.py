@@ -25,8 +25,10 @@ from hopscommon.fleet import Capacity, Gpu, Hello, InstalledModel, LoadedModel, 
 from tests.controlplane import builders
 
 GIB = 1024**3
-MODELS = ["tiny:1b", "small:3b", "mid:8b", "big:32b", "huge:70b"]
-SIZES = {"tiny:1b": 1, "small:3b": 2, "mid:8b": 5, "big:32b": 19, "huge:70b": 40}
+# copy:3b is `ollama cp small:3b copy:3b`: the same digest, so served by small:3b's instance
+MODELS = ["tiny:1b", "small:3b", "copy:3b", "mid:8b", "big:32b", "huge:70b"]
+SIZES = {"tiny:1b": 1, "small:3b": 2, "copy:3b": 2, "mid:8b": 5, "big:32b": 19, "huge:70b": 40}
+DIGESTS = {m: "small:3b" if m == "copy:3b" else m for m in MODELS}
 
 
 def _hello(rng: random.Random, node_id: str) -> Hello:
@@ -53,12 +55,15 @@ def _snapshot(rng: random.Random, sequence: int) -> Snapshot:
     return Snapshot(
         sequence=sequence,
         ollama_healthy=rng.random() < 0.9,
-        installed=tuple(InstalledModel(name=m, size_bytes=SIZES[m] * GIB) for m in installed),
+        installed=tuple(
+            InstalledModel(name=m, size_bytes=SIZES[m] * GIB, digest=DIGESTS[m]) for m in installed
+        ),
         loaded=tuple(
             LoadedModel(
                 name=m,
                 size_bytes=SIZES[m] * GIB,
                 size_vram_bytes=SIZES[m] * GIB if vram else 0,
+                digest=DIGESTS[m],
             )
             for m in loaded
         ),
@@ -78,7 +83,12 @@ def _reloaded(rng: random.Random, old: Snapshot, sequence: int) -> Snapshot:
         old,
         sequence=sequence,
         loaded=tuple(
-            LoadedModel(name=m, size_bytes=SIZES[m] * GIB, size_vram_bytes=SIZES[m] * GIB)
+            LoadedModel(
+                name=m,
+                size_bytes=SIZES[m] * GIB,
+                size_vram_bytes=SIZES[m] * GIB,
+                digest=DIGESTS[m],
+            )
             for m in loaded
         ),
         gpus=gpus,

@@ -435,6 +435,53 @@ def test_a_pick_reads_known_runner_options_only() -> None:
     assert convert.route_request(router_pb2.PickRequest(model="x")).runner_options == ()
 
 
+def _with_a_copy(fleet: Fleet, node_id: str, sequence: int, *loaded: str) -> None:
+    """``node_id`` has llama3.2 and mycopy, made by `ollama cp llama3.2 mycopy` (the very same
+    manifest, so the same digest), and other; /api/ps lists ``loaded``."""
+    node = fleet.nodes[node_id]
+    digests = {"llama3.2:latest": "d1", "mycopy:latest": "d1", "other:latest": "d2"}
+    installed = tuple(
+        InstalledModel(name=m, size_bytes=2 * builders.GB, digest=d) for m, d in digests.items()
+    )
+    listed = tuple(
+        LoadedModel(name=m, size_vram_bytes=2 * builders.GB, digest=digests[m]) for m in loaded
+    )
+    snapshot = replace(node.snapshot, sequence=sequence, installed=installed, loaded=listed)
+    fleet.update(node_id, node.session, snapshot)
+
+
+def test_a_copy_of_a_loaded_model_runs_warm_on_its_instance() -> None:
+    """Ollama keys its runners by the model's files and /api/ps lists each once, under the name
+    that loaded it: a copy is served by the runner of the model it copies, with no load. A
+    request for the copy goes there warm, marks no load, and its lease counts on that instance;
+    the ranking's floors follow (they were built while nothing was loaded)."""
+    fleet = builders.fleet()
+    for node_id in ("a", "b"):
+        builders.add_node(fleet, node_id)
+        _with_a_copy(fleet, node_id, 2)
+    router = builders.router(fleet, "memory_aware")
+    cold = router.pick(_req("mycopy"))
+    assert cold.ranked[0].reason == "cold-fit"
+    router.report(Report(cold.lease_id, cold.ranked[0].candidate.node_id, Outcome.CLIENT_CANCELLED))
+    b = fleet.nodes["b"]
+    _with_a_copy(fleet, "b", 3, "llama3.2:latest")
+    assert (
+        fleet.warm.get("mycopy:latest") == 1 and b.runner_key("mycopy:latest") == "llama3.2:latest"
+    )
+    warm = router.pick(_req("mycopy", session_key="s", max_candidates=1))
+    assert [(r.candidate.node_id, r.reason) for r in warm.ranked] == [("b", "warm")]
+    assert not b.loading and fleet.leases.in_flight("b", "llama3.2:latest") == 1
+    assert router._floor_of["b"]["mycopy:latest"] == router.policy.floor(  # type: ignore[attr-defined]
+        router._candidate(b, "mycopy:latest", "")
+    )
+    # Its session comes back to it, queued behind the request on the instance's one slot.
+    again = router.pick(_req("mycopy", session_key="s")).ranked[0]
+    assert (again.candidate.node_id, again.reason.split()[:2]) == ("b", ["affinity", "queued"])
+    _with_a_copy(fleet, "b", 4)  # unloaded: the copy is cold again
+    assert "mycopy:latest" not in fleet.warm
+    assert router.pick(_req("mycopy")).ranked[0].reason.startswith("cold")
+
+
 def _no_room_beside_an_idle_model() -> tuple[Fleet, Router]:
     """Node "a" with ``other`` loaded and idle and no room for llama3.2 beside it."""
     fleet = builders.fleet()

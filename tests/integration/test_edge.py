@@ -647,6 +647,31 @@ def test_copy_and_delete_apply_to_every_host_with_the_model() -> None:
         )
 
 
+def test_a_copy_runs_warm_on_the_instance_of_the_model_it_copies() -> None:
+    """`ollama cp` gives the same files a second name; Ollama serves the copy from the runner
+    already loaded, which /api/ps lists under the first name only. The copy goes there warm,
+    and the fleet loads the files once."""
+    hosts = {"big": ["--profile", "gpu-24g"], "laptop": ["--profile", "gpu-8g"]}
+    with fleet.whole_fleet(hosts) as running, httpx.Client(base_url=running.edge.url) as client:
+        copied = client.post("/api/copy", json={"source": "llama3.2", "destination": "mycopy"})
+        assert copied.status_code == 200
+        body = {"prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+        first = client.post("/api/generate", json={"model": "llama3.2", **body}, timeout=30)
+        node = first.headers["x-hops-node"]
+
+        def listed() -> bool:
+            tags = {m["name"] for m in client.get("/api/tags").json()["models"]}
+            ps = {m["name"] for m in client.get("/api/ps").json()["models"]}
+            return "mycopy:latest" in tags and "llama3.2:latest" in ps
+
+        wait_until(listed, 5.0, "the copy installed and llama3.2 loaded, fleet-wide")
+        copy = client.post("/api/generate", json={"model": "mycopy", **body}, timeout=30)
+        assert copy.status_code == 200, copy.text
+        assert (copy.headers["x-hops-node"], copy.headers["x-hops-route"]) == (node, "warm")
+        loads = [_sim_stats(running.sim_url(n))["loads"] for n in hosts]
+        assert sorted(loads) == [0, 1]
+
+
 def test_ollama_stop_unloads_the_model_on_every_host() -> None:
     with fleet.whole_fleet({"a": [], "b": [], "c": ["--profile", "gpu-8g"]}) as running:
         for node in ("a", "b"):  # loaded on two hosts; c has it installed, not loaded
