@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,9 @@ from hopscommon.units import parse_go_duration
 log = logging.getLogger("hops.edge")
 JSON_TYPE = "application/json; charset=utf-8"
 FAN_OUT_TIMEOUT_S = 30.0  # an unload, delete or copy on a host: no answer by then is a failure
+# How long a pull, create, copy or delete waits before answering for the inventory to show what
+# it changed (agents see it at their next poll of /api/tags, each second by default).
+SETTLE_S = 5.0
 EXPOSE_HEADERS = (b"access-control-expose-headers", b"X-Hops-Node, X-Hops-Route")
 
 
@@ -380,6 +383,7 @@ class EdgeApp:
         call = self._call(
             scope, raw, body, model, router_pb2.API_KIND_PULL, _quoted(model), "/api/pull"
         )
+        call.settle = self._settle_on(model)
         return await self.proxy.handle(call, receive, send), model
 
     async def _unknown_post(
@@ -490,6 +494,8 @@ class EdgeApp:
         done = await self._on_each(scope, targets, path, raw)
         if not done:
             raise ModelNotFound(missing)
+        made, gone = (body.get("destination"), False) if path == "/api/copy" else (model, True)
+        await self._settled((n.node_id for n, _ in done), str(made), gone=gone)
         await Response(b"", status_code=200)(scope, receive, send)
         return Result(status=200, outcome="ok", route=path, node=_ids([n for n, _ in done])), model
 
@@ -547,7 +553,40 @@ class EdgeApp:
         streamed = blob is not None and method == "POST"
         body: bytes | Any = StreamedBody(receive) if streamed else await self._body(scope, receive)
         target = Target(node.node_id, node.ollama_url, "x-hops-node", node.headers)
-        return await self.proxy.handle(self._plain_call(scope, body), receive, send, [target])
+        call = self._plain_call(scope, body)
+        if path == "/api/create" and isinstance(body, bytes):
+            call.settle = self._settle_on(_created(body))
+        return await self.proxy.handle(call, receive, send, [target])
+
+    def _settle_on(self, model: str) -> Callable[[str], Awaitable[None]]:
+        """A Call.settle: until ``model`` shows installed on the host that made it."""
+
+        async def settle(node_id: str) -> None:
+            await self._settled((node_id,), model)
+
+        return settle
+
+    async def _settled(self, node_ids: Iterable[str], model: str, *, gone: bool = False) -> None:
+        """Wait, at most SETTLE_S, until the inventory shows ``model`` installed on every host
+        in ``node_ids`` (``gone``: on none of them). Ollama answers a pull, create, copy or
+        delete once it is done, and its clients go on at once (`ollama run` asks a show first,
+        and pulls the model when the show is 404): they must find what they just made."""
+        key = names.match_key(model)
+        wanted = set(node_ids)
+        if key is None or not wanted or not self.cp.connected.is_set():
+            return  # no control plane: no inventory to wait for
+
+        def shown(current: inv.Inventory) -> bool:
+            return all(n.has(key) != gone for n in current.nodes if n.node_id in wanted)
+
+        if not await self.cp.until(shown, SETTLE_S):
+            log.warning(
+                "model %s still %s in the inventory of %s after %.0fs",
+                key,
+                "listed" if gone else "missing",
+                ",".join(sorted(wanted)),
+                SETTLE_S,
+            )
 
     def _plain_call(self, scope: Scope, body: bytes | Any) -> Call:
         """A request for hosts given by the edge, not picked: no lease, Ollama's errors."""
@@ -604,9 +643,12 @@ class EdgeApp:
             targets = await self._create_targets(scope, body, routable)
         found = [Target(n.node_id, n.ollama_url, "has-model", n.headers) for n in targets]
         call = self._plain_call(scope, raw)
-        if path == "/api/push" or len(found) == 1:
+        if path == "/api/push":
             return await self.proxy.handle(call, receive, send, found)
-        return await self._create_on_each(scope, receive, send, raw, targets)
+        call.settle = self._settle_on(_created(raw))
+        if len(found) == 1:
+            return await self.proxy.handle(call, receive, send, found)
+        return await self._create_on_each(scope, receive, send, raw, targets, call.settle)
 
     async def _create_targets(
         self, scope: Scope, body: dict[str, Any], routable: list[inv.InventoryNode]
@@ -635,11 +677,12 @@ class EdgeApp:
         send: Send,
         raw: bytes,
         nodes: list[inv.InventoryNode],
+        settle: Callable[[str], Awaitable[None]],
     ) -> Result:
         """The same create on several hosts, one after another; the client gets the first
-        host's answer if every host succeeded, else an error naming those that failed. A client
-        that leaves stops it: the host creating now sees its request closed, the rest are not
-        asked."""
+        host's answer if every host succeeded (once the inventory shows the model on each, by
+        ``settle``), else an error naming those that failed. A client that leaves stops it: the
+        host creating now sees its request closed, the rest are not asked."""
         headers = request_headers(scope["headers"])
 
         async def make_each() -> tuple[list[httpx.Response], list[str]]:
@@ -659,6 +702,8 @@ class EdgeApp:
                     failures.append(f"{node.node_id}: {error}")
                 else:
                     answers.append(response)
+            if not failures:
+                await asyncio.gather(*(settle(node.node_id) for node in nodes))
             return answers, failures
 
         work = asyncio.ensure_future(make_each())
@@ -743,6 +788,16 @@ def _with_origin(send: Send, origin: str) -> Send:
     """``send`` adding the allowed origin to the response headers, and letting the page's script
     read X-Hops-Node and X-Hops-Route."""
     return cors.adding(send, [*cors.allowed_origin_headers(origin), EXPOSE_HEADERS])
+
+
+def _created(raw: bytes) -> str:
+    """The model a create request makes ("" when its body names none)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return ""
+    model = body.get("model") or body.get("name") if isinstance(body, dict) else ""
+    return model if isinstance(model, str) else ""
 
 
 async def _plain(scope: Scope, receive: Receive, send: Send, status: int) -> Result:

@@ -413,6 +413,7 @@ class ControlPlaneClient:
             self.planes.append(_Plane(address, channel, router_pb2_grpc.RouterServiceStub(channel)))
         self.current = 0
         self.inventory: Inventory | None = None
+        self._fresh = asyncio.Event()  # set, and replaced, on each inventory received
         self.connected = asyncio.Event()
         self.last_contact = 0.0
         self._session: asyncio.Task[None] | None = None
@@ -422,6 +423,20 @@ class ControlPlaneClient:
 
     def start(self) -> None:
         self._session = asyncio.create_task(self._keep_session())
+
+    async def until(self, check: Callable[[Inventory], bool], within: float) -> bool:
+        """Wait, at most ``within`` seconds, for an inventory for which ``check`` holds."""
+        deadline = time.monotonic() + within
+        while self.inventory is None or not check(self.inventory):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                async with asyncio.timeout(left):
+                    await self._fresh.wait()
+            except TimeoutError:
+                return False
+        return True
 
     async def close(self) -> None:
         self._closing = True
@@ -615,6 +630,8 @@ class ControlPlaneClient:
                 )
                 async for frame in call:
                     self.inventory = to_inventory(frame.inventory)
+                    self._fresh.set()
+                    self._fresh = asyncio.Event()
                     plane.route_port = frame.route_port
                     self._open_socket(plane)
                     self.last_contact = time.monotonic()

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -77,6 +77,9 @@ class Call:
     node_id: str = ""
     num_ctx: int = 0  # the context length asked for (options.num_ctx); 0 = none
     runner_options: RunnerOptions = ()  # the other load-time options asked for
+    # Awaited with the host's id once its reply ended well, before the response ends: until
+    # what the reply made (a pulled or created model) shows in the inventory.
+    settle: Callable[[str], Awaitable[None]] | None = None
 
 
 @dataclass(slots=True)
@@ -381,6 +384,8 @@ class Proxy:
                 b"".join(tail), content_type, call.path
             ):
                 outcome = self._failed_mid_stream(target, result)
+            if outcome == router_pb2.OUTCOME_OK and call.settle is not None:
+                await call.settle(target.node_id)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if result.outcome != STREAM_ERROR:
                 result.outcome = (
