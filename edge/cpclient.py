@@ -424,6 +424,12 @@ class ControlPlaneClient:
     def start(self) -> None:
         self._session = asyncio.create_task(self._keep_session())
 
+    def update(self, inventory: Inventory) -> None:
+        """A new inventory: the current one from now on, and those waiting in ``until`` look."""
+        self.inventory = inventory
+        self._fresh.set()
+        self._fresh = asyncio.Event()
+
     async def until(self, check: Callable[[Inventory], bool], within: float) -> bool:
         """Wait, at most ``within`` seconds, for an inventory for which ``check`` holds."""
         deadline = time.monotonic() + within
@@ -629,9 +635,7 @@ class ControlPlaneClient:
                     router_pb2.EdgeSessionRequest(edge_id=self.edge_id), metadata=self.metadata
                 )
                 async for frame in call:
-                    self.inventory = to_inventory(frame.inventory)
-                    self._fresh.set()
-                    self._fresh = asyncio.Event()
+                    self.update(to_inventory(frame.inventory))
                     plane.route_port = frame.route_port
                     self._open_socket(plane)
                     self.last_contact = time.monotonic()
