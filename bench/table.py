@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
 def main() -> None:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/routing.json")
-    report = json.loads(path.read_text())
+    parser = argparse.ArgumentParser(
+        description="Print a bench/routing.py report as the Markdown tables in bench/README.md: "
+        "one row per policy and level (and seed), then, when the report checked them, the "
+        "targets of issue #5 per seed."
+    )
+    parser.add_argument(
+        "report",
+        nargs="?",
+        default="bench/results/routing.json",
+        help="the JSON that bench/routing.py wrote (default: %(default)s)",
+    )
+    path = Path(parser.parse_args().report)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"cannot read {path}: {exc}")
     sweep = len(report.get("seeds", [report.get("seed")])) > 1
     seed_column = ("| seed ", "|---") if sweep else ("", "")
     print(
