@@ -368,10 +368,7 @@ class Fleet:
         self.count_warm(node)
 
     def warm_changed(self, node_id: str, keys: set[str]) -> None:
-        if keys:
-            node = self.nodes.get(node_id)
-            if node is not None and node.aliases:  # a copy is warm as its instance is
-                keys = keys | {alias for alias, key in node.aliases.items() if key in keys}
+        if keys:  # the router refreshes the floors of their copies too (_refresh_floor)
             self.rekeyed.setdefault(node_id, set()).update(keys)
 
     def count_warm(self, node: Node) -> None:

@@ -422,8 +422,7 @@ class Router:
         options: RunnerOptions = (),
     ) -> Candidate:
         # The hot path of every pick, once per eligible host: locals and plain dict lookups.
-        if node.aliases:
-            key = node.aliases.get(key, key)  # a copy of a model loaded here: its instance
+        key = node.runner_key(key)  # a copy of a model loaded here: its instance
         node_id = node.hello.node_id
         per_model = self.fleet.leases.per_model
         installed = node.installed_by_key.get(key)
