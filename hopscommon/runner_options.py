@@ -20,6 +20,10 @@ RunnerOptions = tuple[tuple[str, int], ...]
 INT_DEFAULTS = {"num_batch": 512, "num_gpu": -1, "main_gpu": 0, "num_thread": 0}
 BOOL_OPTIONS = frozenset({"use_mmap"})
 NAMES = frozenset(INT_DEFAULTS) | BOOL_OPTIONS
+# The Modelfile PARAMETERs that decide whether a loaded runner serves another model with the same
+# weights: these options and the context length (the rest, stop words, temperature and the like,
+# apply per request).
+LOAD_PARAMETERS = NAMES | {"num_ctx"}
 
 
 def runner_options(options: Any) -> RunnerOptions:

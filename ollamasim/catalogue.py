@@ -16,6 +16,7 @@ from hopscommon.units import parse_bytes
 
 GB = 1000**3
 MB = 1000**2
+BLOB_DIR = "/root/.ollama/models/blobs"  # where a Linux service install keeps them
 
 COMPLETION = "completion"
 TOOLS = "tools"
@@ -38,7 +39,10 @@ class ModelSpec:
     context_length: int
     embedding_length: int
     capabilities: tuple[str, ...]
-    digest: str  # 64 hex; a copy made with /api/copy keeps it (same layers, same runner)
+    digest: str  # manifest, 64 hex; a copy made with /api/copy keeps it
+    weights: str  # the weights blob, 64 hex; what /api/show's modelfile says it runs FROM
+    runner: str  # what the scheduler keeps its runner under: the weights, save as create.py says
+    lines: tuple[str, ...] = ()  # Modelfile lines /api/create added (SYSTEM, PARAMETER, ...)
 
     @property
     def is_embedding_only(self) -> bool:
@@ -62,7 +66,15 @@ def _m(
     shown = f"{params:.1f}B" if params >= 1 else f"{params * 1000:.0f}M"
     size_bytes = round(size * GB)
     digest = hashlib.sha256(f"{name}/{size_bytes}".encode()).hexdigest()
-    return ModelSpec(name, size_bytes, family, shown, quant, params, ctx, emb, caps, digest)
+    weights = hashlib.sha256(f"{name}/{size_bytes}/weights".encode()).hexdigest()
+    return ModelSpec(
+        name, size_bytes, family, shown, quant, params, ctx, emb, caps, digest, weights, weights
+    )
+
+
+def blob_path(hex_digest: str) -> str:
+    """A blob's file, as /api/show's modelfile names it."""
+    return f"{BLOB_DIR}/sha256-{hex_digest}"
 
 
 _CT = (COMPLETION, TOOLS)

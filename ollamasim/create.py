@@ -5,6 +5,13 @@ Ollama's progress lines.
 A blob is kept as its digest and size (the bytes are checked, not stored). A model made from
 files is sized by them and otherwise a generic llama-family completion model: the simulator does
 not read GGUF metadata.
+
+A model made from another keeps its weights, so its runner too, as Ollama's scheduler does (it
+keeps runners by weights file) when only SYSTEM, TEMPLATE, LICENSE, MESSAGE or per-request
+PARAMETERs (stop words, temperature) are added. Adapters or a PARAMETER that sets how the runner
+loads (num_ctx, num_gpu, ...) make Ollama reload the runner for it; the simulator gives such a
+model a runner of its own instead (one that can stay loaded beside the base's), and does not
+apply those parameters to its requests.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hopscommon import names
-from ollamasim.catalogue import parse_model_arg
+from hopscommon.runner_options import LOAD_PARAMETERS
+from ollamasim.catalogue import blob_path, parse_model_arg
 from ollamasim.errors import BadRequest, NotFound
 from ollamasim.host import Host
 from ollamasim.wire import NDJSON_TYPE, dumps, json_response, read_json, typed
@@ -77,14 +85,20 @@ async def create(request: Request, host: Host) -> Response:
         if missing:
             raise BadRequest(f"blob {missing[0]} not found: upload it first")
         spec = parse_model_arg(f"{shown}={sum(host.blobs[d] for d in digests)}B")
+        weights = digests[0].removeprefix("sha256:")
+        spec = replace(spec, weights=weights, runner=weights)
         statuses.append({"status": "parsing GGUF"})
         statuses += [{"status": f"using existing layer {d}"} for d in digests]
     else:
         raise BadRequest("neither 'from' nor 'files' was specified")
-    # New layers make a new model; a bare rename shares the base's runner.
+    # New layers make a new manifest; the runner stays the base's unless they change how it loads.
     if any(data.get(key) for key in LAYERS):
+        lines = _modelfile_lines(data, host)
         digest = hashlib.sha256(f"{spec.digest}/{shown}/{dumps(data)}".encode()).hexdigest()
-        spec = replace(spec, digest=digest)
+        parameters = typed(data, "parameters", dict, "CreateRequest") or {}
+        reloads = bool(data.get("adapters")) or any(p in LOAD_PARAMETERS for p in parameters)
+        runner = digest if reloads else spec.runner
+        spec = replace(spec, digest=digest, runner=runner, lines=spec.lines + lines)
         statuses.append({"status": f"creating new layer sha256:{digest}"})
     statuses += [{"status": "writing manifest"}, {"status": "success"}]
     host.install(spec.renamed(shown))
@@ -93,3 +107,22 @@ async def create(request: Request, host: Host) -> Response:
     return StreamingResponse(
         iter([(dumps(line) + "\n").encode() for line in statuses]), media_type=NDJSON_TYPE
     )
+
+
+def _modelfile_lines(data: dict[str, Any], host: Host) -> tuple[str, ...]:
+    """The Modelfile lines a create's own layers stand for, as /api/show writes them."""
+    lines = []
+    for raw in (typed(data, "adapters", dict, "CreateRequest") or {}).values():
+        digest = _digest(str(raw))
+        if digest not in host.blobs:
+            raise BadRequest(f"blob {digest} not found: upload it first")
+        lines.append(f"ADAPTER {blob_path(digest.removeprefix('sha256:'))}")
+    for key in ("template", "system"):
+        text = typed(data, key, str, "CreateRequest")
+        if text:
+            lines.append(f'{key.upper()} """{text}"""')
+    for name, value in (typed(data, "parameters", dict, "CreateRequest") or {}).items():
+        for one in value if isinstance(value, list) else [value]:
+            shown = dumps(one) if isinstance(one, str) else str(one).lower()
+            lines.append(f"PARAMETER {name} {shown}")
+    return tuple(lines)

@@ -326,7 +326,7 @@ class Host:
             raise SimError("pull model manifest: file does not exist")
         have = self.find(raw_name) is not None
         layers = [
-            (spec.digest, spec.size_bytes),
+            (spec.weights, spec.size_bytes),
             (hashlib.sha256(f"{spec.name}/template".encode()).hexdigest(), 1_400),
             (hashlib.sha256(f"{spec.name}/params".encode()).hexdigest(), 96),
         ]

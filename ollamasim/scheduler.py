@@ -1,6 +1,9 @@
 """The simulated Ollama scheduler: which models are resident, loading, evicting and expiring.
 
 It follows server/sched.go where a load balancer can see the difference:
+- runners are kept by weights file, not by name: a copy, or a model made FROM another with only
+  its own SYSTEM or TEMPLATE, is served by the runner of whichever of them loaded first, which
+  /api/ps lists under that one's name (ModelSpec.runner);
 - a request for a loaded model takes the fast path and never queues for the scheduler;
 - any other request waits in the pending queue, bounded by OLLAMA_MAX_QUEUE (503 beyond it), and
   loads happen one at a time in arrival order;
@@ -42,7 +45,8 @@ SPAWN_SECONDS = 0.3
 
 
 class Runner:
-    """One loaded (or loading) model instance, shared by every request for its weights."""
+    """One loaded (or loading) model instance, shared by every request for its weights (every
+    model whose spec has its ``runner``)."""
 
     def __init__(
         self,
@@ -165,7 +169,7 @@ class Scheduler:
         return sum(r.size_vram if self.on_gpu else r.size for r in self.runners.values())
 
     def loaded(self, spec: ModelSpec) -> Runner | None:
-        runner = self.runners.get(spec.digest)
+        runner = self.runners.get(spec.runner)
         return runner if runner is not None and runner.ready.is_set() else None
 
     async def acquire(
@@ -184,7 +188,7 @@ class Scheduler:
         request's context): the model is not left loaded for nobody.
         """
         start = time.monotonic()
-        runner = self.runners.get(spec.digest)
+        runner = self.runners.get(spec.runner)
         if (
             runner is not None
             and runner.ready.is_set()
@@ -210,7 +214,7 @@ class Scheduler:
 
     def unload(self, spec: ModelSpec) -> bool:
         """keep_alive 0 on an empty request: unload now if idle, else when the last request ends."""
-        runner = self.runners.get(spec.digest)
+        runner = self.runners.get(spec.runner)
         if runner is None:
             return False
         runner.keep_alive = 0
@@ -246,13 +250,13 @@ class Scheduler:
     ) -> Runner:
         try:
             async with self._load_lock:
-                runner = self.runners.get(spec.digest)
+                runner = self.runners.get(spec.runner)
                 if runner is not None and self._needs_reload(runner, num_ctx, options):
                     # Set to expire at once, as sched.go does: it goes when idle even if this
                     # request leaves before its reload starts.
                     runner.keep_alive = 0
                     await self._wait_until_idle(runner)
-                    if self.runners.get(spec.digest) is runner:
+                    if self.runners.get(spec.runner) is runner:
                         self._remove(runner)
                         self.stats.unloads += 1
                     runner = None
@@ -273,7 +277,7 @@ class Scheduler:
                     context_auto=not num_ctx or num_ctx <= 0,
                     options=options,
                 )
-                self.runners[spec.digest] = runner
+                self.runners[spec.runner] = runner
                 self._hold(runner, None)
                 try:
                     await self.sleep(self.load_seconds(spec.size_bytes))
@@ -322,7 +326,7 @@ class Scheduler:
 
     def _expire(self, runner: Runner) -> None:
         runner.expiry = None
-        if runner.refs == 0 and self.runners.get(runner.spec.digest) is runner:
+        if runner.refs == 0 and self.runners.get(runner.spec.runner) is runner:
             self._remove(runner)
             self.stats.unloads += 1
 
@@ -330,6 +334,6 @@ class Scheduler:
         if runner.expiry is not None:
             runner.expiry.cancel()
             runner.expiry = None
-        if self.runners.get(runner.spec.digest) is runner:
-            del self.runners[runner.spec.digest]
+        if self.runners.get(runner.spec.runner) is runner:
+            del self.runners[runner.spec.runner]
         self._wake_idle_waiters()

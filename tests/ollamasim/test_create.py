@@ -11,6 +11,7 @@ import ollama
 import pytest
 
 from ollamasim.server import SimServer
+from tests.simfixtures import SimFactory, sim_stats
 
 
 async def test_create_from_a_model_and_from_files(sim: SimServer, tmp_path: Path) -> None:
@@ -47,3 +48,32 @@ async def test_blob_and_create_errors(http: httpx.AsyncClient, sim: SimServer) -
         await client.create("x", files={"a.gguf": wrong})
     assert unknown_blob.value.status_code == 400
     assert (await http.post("/api/create", json={"model": "x"})).status_code == 400
+
+
+async def test_a_model_made_from_another_runs_on_its_runner_unless_it_changes_how_it_loads(
+    start_sim: SimFactory,
+) -> None:
+    """Ollama's scheduler keeps runners by weights file: a model made FROM another with only a
+    SYSTEM of its own is served by the base's runner (no load; /api/ps lists the base), and
+    /api/show names the same weights blob. One whose PARAMETER sets num_ctx loads apart."""
+    sim = await start_sim(models="llama3.2")
+    client = ollama.AsyncClient(host=sim.url)
+    await client.create("bot", from_="llama3.2", system="You are terse.\nFROM now on, be kind.")
+    await client.create("long", from_="llama3.2", parameters={"num_ctx": 8192})
+    await client.generate("llama3.2", "hi")
+    assert (await client.generate("bot", "hi")).load_duration < 10**6  # under a millisecond
+    assert [m.model for m in (await client.ps()).models] == ["llama3.2:latest"]
+    assert (await sim_stats(sim))["loads"] == 1
+    await client.generate("long", "hi")
+    assert (await sim_stats(sim))["loads"] == 2
+
+    def from_lines(modelfile: str) -> list[str]:
+        return [line for line in modelfile.splitlines() if line.startswith("FROM /")]
+
+    base, bot, long = [(await client.show(m)).modelfile or "" for m in ("llama3.2", "bot", "long")]
+    assert from_lines(base) == from_lines(bot) == from_lines(long)
+    assert from_lines(base)[0].startswith("FROM /root/.ollama/models/blobs/sha256-")
+    assert 'SYSTEM """You are terse.\nFROM now on, be kind."""' in bot
+    assert "PARAMETER num_ctx 8192" in long
+    digests = {m.model: m.digest for m in (await client.list()).models}
+    assert len({digests["llama3.2:latest"], digests["bot:latest"], digests["long:latest"]}) == 3
