@@ -27,6 +27,7 @@ class InstalledModel:
     modified_at: float = 0.0
     details: Details = field(default_factory=Details)
     capabilities: tuple[str, ...] = ()
+    runner_id: str = ""  # models of one node with the same non-empty one share a runner
 
 
 # Architectures Ollama runs with one parallel slot whatever OLLAMA_NUM_PARALLEL says (sched.go

@@ -70,6 +70,7 @@ def installed(m: fleet_pb2.InstalledModel) -> InstalledModel:
         modified_at=from_ts(m.modified_at),
         details=details(m.details),
         capabilities=tuple(m.capabilities),
+        runner_id=m.runner_id,
     )
 
 
@@ -81,6 +82,7 @@ def installed_pb(m: InstalledModel) -> fleet_pb2.InstalledModel:
         modified_at=ts(m.modified_at),
         details=details_pb(m.details),
         capabilities=list(m.capabilities),
+        runner_id=m.runner_id,
     )
 
 

@@ -38,7 +38,7 @@ def fingerprint(s: Snapshot) -> tuple[Any, ...]:
         s.ollama_healthy,
         s.ollama_error[:40],
         s.ollama_version,
-        tuple(sorted((m.name, m.digest, m.size_bytes) for m in s.installed)),
+        tuple(sorted((m.name, m.digest, m.size_bytes, m.runner_id) for m in s.installed)),
         tuple(
             sorted(
                 (

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import httpx
 
+from hopscommon import runner_options
 from hopscommon.fleet import Details, InstalledModel, LoadedModel
+
+# Models whose runner is not known yet are read with /api/show, this many per probe at most (a
+# host with many models learns them over a few polls rather than delaying one by as many shows).
+SHOWS_PER_PROBE = 4
+_BLOB = re.compile(r"sha256[-:]([0-9a-fA-F]{64})")
 
 
 class OllamaError(Exception):
@@ -96,6 +104,37 @@ def parse_ps(body: Any) -> tuple[LoadedModel, ...]:
     )
 
 
+def runner_id(modelfile: str) -> str:
+    """What Ollama's scheduler tells this model's runner by, from the modelfile `/api/show`
+    returns (server/sched.go keys runners by the weights file and reloads one for other
+    adapters, projectors or runner options): a hash of its FROM and ADAPTER blobs and of the
+    PARAMETERs that set runner options. SYSTEM, TEMPLATE, stop words and the like do not count.
+    Empty when a FROM or ADAPTER names no blob (nothing to go by)."""
+    files: list[str] = []
+    parameters: list[str] = []
+    quoted = False
+    for line in modelfile.splitlines():
+        inside = quoted
+        if line.count('"""') % 2:  # a multi-line value (SYSTEM, TEMPLATE) opens or closes
+            quoted = not quoted
+        if inside:
+            continue
+        command, _, rest = line.strip().partition(" ")
+        command = command.upper()
+        if command in ("FROM", "ADAPTER"):
+            blob = _BLOB.search(rest)
+            if blob is None:
+                return ""
+            files.append(f"{command} {blob.group(1).lower()}")
+        elif command == "PARAMETER":
+            name, _, value = rest.strip().partition(" ")
+            if name.lower() in runner_options.LOAD_PARAMETERS:
+                parameters.append(f"{name.lower()} {value.strip()}")
+    if not any(f.startswith("FROM ") for f in files):
+        return ""
+    return hashlib.sha256("\n".join(sorted(files) + sorted(parameters)).encode()).hexdigest()
+
+
 class OllamaClient:
     """One pooled async HTTP client to the local Ollama."""
 
@@ -111,6 +150,7 @@ class OllamaClient:
             timeout=httpx.Timeout(probe_timeout, read=probe_timeout),
             headers=headers,
         )
+        self._runner_ids: dict[str, str] = {}  # manifest digest -> runner_id ("" = none)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -131,9 +171,43 @@ class OllamaClient:
         return OllamaState(
             healthy=True,
             version=str(version.get("version", "")) if isinstance(version, dict) else "",
-            installed=parse_tags(tags),
+            installed=await self._with_runner_ids(parse_tags(tags)),
             loaded=parse_ps(ps),
         )
+
+    async def _with_runner_ids(
+        self, installed: tuple[InstalledModel, ...]
+    ) -> tuple[InstalledModel, ...]:
+        """``installed`` with each model's runner_id, reading the modelfiles of a few models not
+        read before (by manifest digest: a new pull or create has a new one). A show that fails
+        on the way or with a server error is tried again at the next probe; one refused with a
+        4xx is not."""
+        first_name: dict[str, str] = {}
+        for m in installed:
+            if m.digest:
+                first_name.setdefault(m.digest, m.name)
+        unread = [d for d in first_name if d not in self._runner_ids][:SHOWS_PER_PROBE]
+        read = await asyncio.gather(*(self._read_runner_id(first_name[d]) for d in unread))
+        known = {d: self._runner_ids[d] for d in first_name if d in self._runner_ids}
+        known.update((d, r) for d, r in zip(unread, read, strict=True) if r is not None)
+        self._runner_ids = known  # forgets models no longer installed
+        return tuple(replace(m, runner_id=known.get(m.digest, "")) for m in installed)
+
+    async def _read_runner_id(self, model: str) -> str | None:
+        try:
+            response = await self.http.post("/api/show", json={"model": model})
+        except httpx.HTTPError:
+            return None
+        if response.status_code >= 500:
+            return None
+        if response.status_code != 200:
+            return ""
+        try:
+            body = response.json()
+        except ValueError:
+            return ""
+        modelfile = body.get("modelfile") if isinstance(body, dict) else None
+        return runner_id(modelfile) if isinstance(modelfile, str) else ""
 
     async def pull(self, model: str, insecure: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Progress lines of /api/pull; raises OllamaError on an error line or status."""

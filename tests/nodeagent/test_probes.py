@@ -2,7 +2,7 @@ from dataclasses import replace
 
 import pytest
 
-from hopscommon.fleet import GpuSource, LoadedModel, Snapshot
+from hopscommon.fleet import GpuSource, InstalledModel, LoadedModel, Snapshot
 from nodeagent.agent import fingerprint
 from nodeagent.gpu import GpuProbe, parse_nvidia_smi
 from nodeagent.ollama import parse_ps, parse_tags, parse_time
@@ -87,6 +87,9 @@ def test_fingerprint_ignores_expiry_jitter_but_not_real_changes() -> None:
     assert fingerprint(base) == fingerprint(jitter)
     assert fingerprint(base) != fingerprint(replace(base, loaded=()))
     assert fingerprint(base) != fingerprint(replace(base, ollama_healthy=False))
+    unread = replace(base, installed=(InstalledModel(name="m:latest", digest="d"),))
+    read = replace(unread, installed=(replace(unread.installed[0], runner_id="r"),))
+    assert fingerprint(unread) != fingerprint(read)  # a runner read later is news
 
 
 def test_static_gpu_needs_a_size() -> None:

@@ -121,12 +121,22 @@ class InstalledModel(_message.Message):
     MODIFIED_AT_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    RUNNER_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Normalised display name, e.g. "llama3.2:latest"."""
     digest: _builtins.str
     """Manifest digest, 64 hex characters without the "sha256:" prefix."""
     size_bytes: _builtins.int
     """Size on disk in bytes."""
+    runner_id: _builtins.str
+    """Which runner serves the model, read from its `/api/show` modelfile: a hash of the blobs it
+    runs (FROM weights and projectors, ADAPTER) and of the PARAMETERs that set runner options
+    (num_ctx, num_gpu, ...). Ollama keys a loaded runner by its weights file and reuses it for
+    any model with the same blobs and runner options, so models of one node with equal
+    non-empty values (a copy; one made `FROM` another with only a SYSTEM or TEMPLATE of its own)
+    are served by whichever of them is loaded, though `/api/ps` lists one name. Empty when not
+    known (not read yet, or the modelfile names no blob).
+    """
     @_builtins.property
     def modified_at(self) -> _timestamp_pb2.Timestamp:
         """When the manifest was last written."""
@@ -148,10 +158,11 @@ class InstalledModel(_message.Message):
         modified_at: _timestamp_pb2.Timestamp | None = ...,
         details: Global___ModelDetails | None = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        runner_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "modified_at", b"modified_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "details", b"details", "digest", b"digest", "modified_at", b"modified_at", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "details", b"details", "digest", b"digest", "modified_at", b"modified_at", "name", b"name", "runner_id", b"runner_id", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
