@@ -222,18 +222,30 @@ class Node:
 def _aliases(
     installed: dict[str, InstalledModel], loaded: dict[str, LoadedModel]
 ) -> dict[str, str]:
-    """Installed models not listed whose digest is a listed model's. Ollama keys a runner by
-    the model's files and `/api/ps` lists it once, under the name that loaded it; a copy
-    (``ollama cp``) has the very same manifest, so the same digest, and its requests are served
-    by that runner without a load."""
+    """Installed models not listed that a listed model's runner serves. Ollama keys a runner
+    by the model's weights file, reuses it for another model with the same blobs and runner
+    options, and `/api/ps` lists it once, under the name that loaded it. A copy (``ollama
+    cp``) has the very same manifest, so the same digest; a model made ``FROM`` another with
+    only a SYSTEM or TEMPLATE of its own has another digest and the same runner_id (read by
+    the agent from its modelfile). Requests for either are served by that runner, no load."""
     if not loaded:
         return {}
-    by_digest = {m.digest: key for key, m in loaded.items() if m.digest}
-    return {
-        key: by_digest[m.digest]
-        for key, m in installed.items()
-        if key not in loaded and m.digest in by_digest
-    }
+    serving: dict[tuple[str, str], str] = {}
+    for key, listed in loaded.items():
+        if listed.digest:
+            serving[("digest", listed.digest)] = key
+        runner = installed[key].runner_id if key in installed else ""
+        if runner:
+            serving[("runner", runner)] = key
+    aliases = {}
+    for key, m in installed.items():
+        if key in loaded:
+            continue
+        by = serving.get(("runner", m.runner_id)) if m.runner_id else None
+        by = by or serving.get(("digest", m.digest))
+        if by is not None:
+            aliases[key] = by
+    return aliases
 
 
 class Fleet:

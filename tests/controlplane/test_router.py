@@ -481,6 +481,39 @@ def test_a_copy_of_a_loaded_model_runs_warm_on_its_instance() -> None:
     assert router.pick(_req("mycopy")).ranked[0].reason.startswith("cold")
 
 
+def test_a_model_made_from_a_loaded_one_runs_warm_on_its_runner() -> None:
+    """A model made FROM llama3.2 with a SYSTEM of its own has another digest, and the same
+    runner_id (the agent reads it from the modelfile): Ollama serves it from llama3.2's
+    runner. One with a num_ctx of its own (another runner_id) loads apart, and so does one
+    whose runner_id is not known yet."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "a")
+    models = {  # name: (digest, runner_id)
+        "llama3.2:latest": ("d1", "r1"),
+        "bot:latest": ("d2", "r1"),
+        "long:latest": ("d3", "r2"),
+        "unread:latest": ("d4", ""),
+    }
+    installed = tuple(
+        InstalledModel(name=m, size_bytes=2 * builders.GB, digest=d, runner_id=r)
+        for m, (d, r) in models.items()
+    )
+
+    def listing(sequence: int, name: str) -> None:
+        loaded = (LoadedModel(name=name, size_vram_bytes=2 * builders.GB, digest=models[name][0]),)
+        snapshot = replace(node.snapshot, sequence=sequence, installed=installed, loaded=loaded)
+        fleet.update("a", node.session, snapshot)
+
+    listing(2, "llama3.2:latest")
+    assert node.aliases == {"bot:latest": "llama3.2:latest"}
+    router = builders.router(fleet, "memory_aware")
+    warm = router.pick(_req("bot")).ranked[0]
+    assert (warm.reason, fleet.leases.in_flight("a", "llama3.2:latest")) == ("warm", 1)
+    assert router.pick(_req("long")).ranked[0].reason.startswith("cold")
+    listing(3, "bot:latest")  # the derived model loaded first: its runner serves the base
+    assert node.aliases == {"llama3.2:latest": "bot:latest"}
+
+
 def _no_room_beside_an_idle_model() -> tuple[Fleet, Router]:
     """Node "a" with ``other`` loaded and idle and no room for llama3.2 beside it."""
     fleet = builders.fleet()

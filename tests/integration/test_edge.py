@@ -666,6 +666,30 @@ def test_a_copy_runs_warm_on_the_instance_of_the_model_it_copies() -> None:
         assert sorted(loads) == [0, 1]
 
 
+def test_a_model_made_from_another_runs_warm_on_the_others_runner() -> None:
+    """`ollama create bot` FROM llama3.2 with a SYSTEM of its own: another manifest, the same
+    weights, and Ollama serves it from llama3.2's loaded runner. The agents read that from the
+    modelfiles, so bot goes there warm and the fleet loads the weights once."""
+    hosts = {"big": ["--profile", "gpu-24g"], "laptop": ["--profile", "gpu-8g"]}
+    with fleet.whole_fleet(hosts) as running, httpx.Client(base_url=running.edge.url) as client:
+        ollama.Client(host=running.edge.url).create("bot", from_="llama3.2", system="Be terse.")
+        body = {"prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+        first = client.post("/api/generate", json={"model": "llama3.2", **body}, timeout=30)
+        node = first.headers["x-hops-node"]
+        wait_until(
+            lambda: (
+                "llama3.2:latest" in {m["name"] for m in client.get("/api/ps").json()["models"]}
+            ),
+            5.0,
+            "llama3.2 loaded, fleet-wide",
+        )
+        bot = client.post("/api/generate", json={"model": "bot", **body}, timeout=30)
+        assert bot.status_code == 200, bot.text
+        assert (bot.headers["x-hops-node"], bot.headers["x-hops-route"]) == (node, "warm")
+        loads = [_sim_stats(running.sim_url(n))["loads"] for n in hosts]
+        assert sorted(loads) == [0, 1]
+
+
 def test_ollama_stop_unloads_the_model_on_every_host() -> None:
     with fleet.whole_fleet({"a": [], "b": [], "c": ["--profile", "gpu-8g"]}) as running:
         for node in ("a", "b"):  # loaded on two hosts; c has it installed, not loaded
