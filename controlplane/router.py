@@ -46,6 +46,7 @@ MAX_SESSIONS = 10_000
 DEMAND_WINDOW = 50  # picks: a model's demand is its expected share of about this many
 DEMAND_DECAY = 1.0 - 1.0 / DEMAND_WINDOW
 DEMAND_FORGOTTEN = 0.01  # decayed below this (about 230 picks of other keys), a key is dropped
+NO_LOAD = "no-load"  # the route reason of a show or a pull: Ollama loads no model for it
 TOKENS_STEP = 0.2
 LOAD_RATE_STEP = 0.2
 DECODE_RATE_STEP = 0.2
@@ -168,6 +169,8 @@ class Router:
         if not request.runs_model:
             # A show or a pull loads nothing, counts as no demand for the model, and is never
             # the breaker's probe: its answer says nothing of whether the host runs models.
+            # The policy's reasons ("cold-fit") would say a load; X-Hops-Route says none.
+            ranked = tuple(replace(r, reason=NO_LOAD) for r in ranked)
             return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
         first.breaker.on_dispatch(lease.lease_id)
         if asked == 0:

@@ -48,8 +48,9 @@ def test_saturated_when_every_holder_is_at_its_cap() -> None:
     router = builders.router(fleet)
     assert router.pick(_req()).status is PickStatus.OK
     assert router.pick(_req()).status is PickStatus.SATURATED
-    # A show takes none of Ollama's slots: it is routed at the cap.
-    assert router.pick(_req(api=ApiKind.SHOW)).status is PickStatus.OK
+    # A show takes none of Ollama's slots: it is routed at the cap, and says it loads nothing.
+    shown = router.pick(_req(api=ApiKind.SHOW))
+    assert shown.status is PickStatus.OK and shown.ranked[0].reason == "no-load"
 
 
 def test_report_closes_or_moves_the_lease() -> None:

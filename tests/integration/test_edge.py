@@ -457,6 +457,8 @@ def test_a_show_before_a_chat_leaves_the_load_to_the_chat() -> None:
         assert client.show("qwen2.5:7b").capabilities
         assert running.open_leases() == 0
         with httpx.Client(base_url=running.edge.url, timeout=30) as raw:
+            shown = raw.post("/api/show", json={"model": "qwen2.5:7b"})
+            assert shown.headers["x-hops-route"] == "no-load"  # was the policy's "cold-fit"
             body = {"model": "qwen2.5:7b", "prompt": "hi", "stream": False}
             answer = raw.post("/api/generate", json={**body, "options": {"num_predict": 1}})
         assert answer.status_code == 200, answer.text
