@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,12 @@ async def test_static_host_is_polled_routed_with_its_headers_and_commanded(
             assert node.hello.label_map == {"zone": "eu"}
             assert node.vram_total == 8 * 1024**3
             assert "llama3.2:latest" in {m.name for m in node.snapshot.installed}
+
+            def runners_read() -> Awaitable[bool]:  # from /api/show, with the host's headers
+                installed = plane.fleet.nodes["old-server"].snapshot.installed
+                return _true(all(len(m.runner_id) == 64 for m in installed))
+
+            await eventually(runners_read, 5.0)
 
             edge_settings = EdgeSettings(listen=("127.0.0.1", 0), controlplane=(plane.address,))
             async with (
