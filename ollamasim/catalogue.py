@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, replace
 
 from hopscommon import names
+from hopscommon.runner_options import RunnerOptions
 from hopscommon.units import parse_bytes
 
 GB = 1000**3
@@ -40,9 +41,11 @@ class ModelSpec:
     embedding_length: int
     capabilities: tuple[str, ...]
     digest: str  # manifest, 64 hex; a copy made with /api/copy keeps it
-    weights: str  # the weights blob, 64 hex; what /api/show's modelfile says it runs FROM
-    runner: str  # what the scheduler keeps its runner under: the weights, save as create.py says
+    weights: str  # the weights blob, 64 hex: its runner's key (Ollama's ModelPath)
     lines: tuple[str, ...] = ()  # Modelfile lines /api/create added (SYSTEM, PARAMETER, ...)
+    num_ctx: int = 0  # PARAMETER num_ctx: the context length of a request naming none
+    options: RunnerOptions = ()  # the runner options a request naming none runs with
+    adapters: tuple[str, ...] = ()  # ADAPTER blobs
 
     @property
     def is_embedding_only(self) -> bool:
@@ -68,7 +71,7 @@ def _m(
     digest = hashlib.sha256(f"{name}/{size_bytes}".encode()).hexdigest()
     weights = hashlib.sha256(f"{name}/{size_bytes}/weights".encode()).hexdigest()
     return ModelSpec(
-        name, size_bytes, family, shown, quant, params, ctx, emb, caps, digest, weights, weights
+        name, size_bytes, family, shown, quant, params, ctx, emb, caps, digest, weights
     )
 
 

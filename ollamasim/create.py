@@ -6,12 +6,11 @@ A blob is kept as its digest and size (the bytes are checked, not stored). A mod
 files is sized by them and otherwise a generic llama-family completion model: the simulator does
 not read GGUF metadata.
 
-A model made from another keeps its weights, so its runner too, as Ollama's scheduler does (it
-keeps runners by weights file) when only SYSTEM, TEMPLATE, LICENSE, MESSAGE or per-request
-PARAMETERs (stop words, temperature) are added. Adapters or a PARAMETER that sets how the runner
-loads (num_ctx, num_gpu, ...) make Ollama reload the runner for it; the simulator gives such a
-model a runner of its own instead (one that can stay loaded beside the base's), and does not
-apply those parameters to its requests.
+A model made from another keeps its weights, so its runner too (Ollama's scheduler keeps runners
+by weights file): with only SYSTEM, TEMPLATE, LICENSE, MESSAGE or per-request PARAMETERs (stop
+words, temperature) added, the base's loaded runner serves it. PARAMETERs that set how the runner
+loads (num_ctx, num_gpu, ...) are its requests' defaults, and adapters its own: asking other ones
+than the loaded runner's reloads it, as Ollama does.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hopscommon import names
-from hopscommon.runner_options import LOAD_PARAMETERS
+from hopscommon.runner_options import runner_options
 from ollamasim.catalogue import blob_path, parse_model_arg
 from ollamasim.errors import BadRequest, NotFound
 from ollamasim.host import Host
@@ -85,20 +84,28 @@ async def create(request: Request, host: Host) -> Response:
         if missing:
             raise BadRequest(f"blob {missing[0]} not found: upload it first")
         spec = parse_model_arg(f"{shown}={sum(host.blobs[d] for d in digests)}B")
-        weights = digests[0].removeprefix("sha256:")
-        spec = replace(spec, weights=weights, runner=weights)
+        spec = replace(spec, weights=digests[0].removeprefix("sha256:"))
         statuses.append({"status": "parsing GGUF"})
         statuses += [{"status": f"using existing layer {d}"} for d in digests]
     else:
         raise BadRequest("neither 'from' nor 'files' was specified")
-    # New layers make a new manifest; the runner stays the base's unless they change how it loads.
+    # New layers make a new manifest, on the same weights.
     if any(data.get(key) for key in LAYERS):
         lines = _modelfile_lines(data, host)
         digest = hashlib.sha256(f"{spec.digest}/{shown}/{dumps(data)}".encode()).hexdigest()
         parameters = typed(data, "parameters", dict, "CreateRequest") or {}
-        reloads = bool(data.get("adapters")) or any(p in LOAD_PARAMETERS for p in parameters)
-        runner = digest if reloads else spec.runner
-        spec = replace(spec, digest=digest, runner=runner, lines=spec.lines + lines)
+        num_ctx = parameters.get("num_ctx")
+        if isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx <= 0:
+            num_ctx = spec.num_ctx
+        adapters = (typed(data, "adapters", dict, "CreateRequest") or {}).values()
+        spec = replace(
+            spec,
+            digest=digest,
+            lines=spec.lines + lines,
+            num_ctx=num_ctx,
+            options=tuple(sorted((dict(spec.options) | dict(runner_options(parameters))).items())),
+            adapters=spec.adapters + tuple(_digest(str(d)) for d in adapters),
+        )
         statuses.append({"status": f"creating new layer sha256:{digest}"})
     statuses += [{"status": "writing manifest"}, {"status": "success"}]
     host.install(spec.renamed(shown))

@@ -3,7 +3,8 @@
 It follows server/sched.go where a load balancer can see the difference:
 - runners are kept by weights file, not by name: a copy, or a model made FROM another with only
   its own SYSTEM or TEMPLATE, is served by the runner of whichever of them loaded first, which
-  /api/ps lists under that one's name (ModelSpec.runner);
+  /api/ps lists under that one's name; one with other adapters, or whose PARAMETERs (a
+  request's defaults) ask other runner options, reloads that runner;
 - a request for a loaded model takes the fast path and never queues for the scheduler;
 - any other request waits in the pending queue, bounded by OLLAMA_MAX_QUEUE (503 beyond it), and
   loads happen one at a time in arrival order;
@@ -169,7 +170,7 @@ class Scheduler:
         return sum(r.size_vram if self.on_gpu else r.size for r in self.runners.values())
 
     def loaded(self, spec: ModelSpec) -> Runner | None:
-        runner = self.runners.get(spec.runner)
+        runner = self.runners.get(spec.weights)
         return runner if runner is not None and runner.ready.is_set() else None
 
     async def acquire(
@@ -188,11 +189,13 @@ class Scheduler:
         request's context): the model is not left loaded for nobody.
         """
         start = time.monotonic()
-        runner = self.runners.get(spec.runner)
+        num_ctx = num_ctx or spec.num_ctx or None  # the modelfile's PARAMETERs are defaults
+        options = tuple(sorted((dict(spec.options) | dict(options)).items()))
+        runner = self.runners.get(spec.weights)
         if (
             runner is not None
             and runner.ready.is_set()
-            and not self._needs_reload(runner, num_ctx, options)
+            and not self._needs_reload(runner, spec, num_ctx, options)
         ):
             self._hold(runner, keep_alive)
             return Grant(runner, time.monotonic() - start)
@@ -214,7 +217,7 @@ class Scheduler:
 
     def unload(self, spec: ModelSpec) -> bool:
         """keep_alive 0 on an empty request: unload now if idle, else when the last request ends."""
-        runner = self.runners.get(spec.runner)
+        runner = self.runners.get(spec.weights)
         if runner is None:
             return False
         runner.keep_alive = 0
@@ -231,11 +234,14 @@ class Scheduler:
             runner.expiry.cancel()
             runner.expiry = None
 
-    def _needs_reload(self, runner: Runner, num_ctx: int | None, options: RunnerOptions) -> bool:
-        """sched.go needsReload: other runner options than the loaded instance's; or for the
-        context length, an explicit one must match the instance's, and an automatic one matches
-        an automatic instance whatever its length, an explicit one only at the same length."""
-        if needs_reload(runner.options, options):
+    def _needs_reload(
+        self, runner: Runner, spec: ModelSpec, num_ctx: int | None, options: RunnerOptions
+    ) -> bool:
+        """sched.go needsReload: other adapters or runner options than the loaded instance's; or
+        for the context length, an explicit one must match the instance's, and an automatic one
+        matches an automatic instance whatever its length, an explicit one only at the same
+        length."""
+        if runner.spec.adapters != spec.adapters or needs_reload(runner.options, options):
             return True
         if not num_ctx and runner.context_auto:
             return False
@@ -250,13 +256,13 @@ class Scheduler:
     ) -> Runner:
         try:
             async with self._load_lock:
-                runner = self.runners.get(spec.runner)
-                if runner is not None and self._needs_reload(runner, num_ctx, options):
+                runner = self.runners.get(spec.weights)
+                if runner is not None and self._needs_reload(runner, spec, num_ctx, options):
                     # Set to expire at once, as sched.go does: it goes when idle even if this
                     # request leaves before its reload starts.
                     runner.keep_alive = 0
                     await self._wait_until_idle(runner)
-                    if self.runners.get(spec.runner) is runner:
+                    if self.runners.get(spec.weights) is runner:
                         self._remove(runner)
                         self.stats.unloads += 1
                     runner = None
@@ -277,7 +283,7 @@ class Scheduler:
                     context_auto=not num_ctx or num_ctx <= 0,
                     options=options,
                 )
-                self.runners[spec.runner] = runner
+                self.runners[spec.weights] = runner
                 self._hold(runner, None)
                 try:
                     await self.sleep(self.load_seconds(spec.size_bytes))
@@ -326,7 +332,7 @@ class Scheduler:
 
     def _expire(self, runner: Runner) -> None:
         runner.expiry = None
-        if runner.refs == 0 and self.runners.get(runner.spec.runner) is runner:
+        if runner.refs == 0 and self.runners.get(runner.spec.weights) is runner:
             self._remove(runner)
             self.stats.unloads += 1
 
@@ -334,6 +340,6 @@ class Scheduler:
         if runner.expiry is not None:
             runner.expiry.cancel()
             runner.expiry = None
-        if self.runners.get(runner.spec.runner) is runner:
-            del self.runners[runner.spec.runner]
+        if self.runners.get(runner.spec.weights) is runner:
+            del self.runners[runner.spec.weights]
         self._wake_idle_waiters()

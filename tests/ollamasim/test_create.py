@@ -50,12 +50,13 @@ async def test_blob_and_create_errors(http: httpx.AsyncClient, sim: SimServer) -
     assert (await http.post("/api/create", json={"model": "x"})).status_code == 400
 
 
-async def test_a_model_made_from_another_runs_on_its_runner_unless_it_changes_how_it_loads(
+async def test_a_model_made_from_another_runs_on_its_runner_unless_it_asks_other_options(
     start_sim: SimFactory,
 ) -> None:
     """Ollama's scheduler keeps runners by weights file: a model made FROM another with only a
     SYSTEM of its own is served by the base's runner (no load; /api/ps lists the base), and
-    /api/show names the same weights blob. One whose PARAMETER sets num_ctx loads apart."""
+    /api/show names the same weights blob. One whose PARAMETER sets num_ctx asks that length
+    by default, so it reloads the runner, and the base reloads it back."""
     sim = await start_sim(models="llama3.2")
     client = ollama.AsyncClient(host=sim.url)
     await client.create("bot", from_="llama3.2", system="You are terse.\nFROM now on, be kind.")
@@ -65,7 +66,11 @@ async def test_a_model_made_from_another_runs_on_its_runner_unless_it_changes_ho
     assert [m.model for m in (await client.ps()).models] == ["llama3.2:latest"]
     assert (await sim_stats(sim))["loads"] == 1
     await client.generate("long", "hi")
-    assert (await sim_stats(sim))["loads"] == 2
+    listed = (await client.ps()).models
+    assert [(m.model, m.context_length) for m in listed] == [("long:latest", 8192)]
+    assert (await client.generate("long", "hi", options={"num_ctx": 8192})).load_duration < 10**6
+    await client.generate("bot", "hi")
+    assert (await sim_stats(sim))["loads"] == 3  # bot runs at the automatic length: reloaded
 
     def from_lines(modelfile: str) -> list[str]:
         return [line for line in modelfile.splitlines() if line.startswith("FROM /")]
