@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from hopscommon.runner_options import RunnerOptions
+
 
 @dataclass(frozen=True, slots=True)
 class Details:
@@ -28,6 +30,8 @@ class InstalledModel:
     details: Details = field(default_factory=Details)
     capabilities: tuple[str, ...] = ()
     runner_id: str = ""  # models of one node with the same non-empty one share a runner
+    num_ctx: int = 0  # the context length its modelfile sets, 0 = none
+    runner_options: RunnerOptions = ()  # the runner options its modelfile sets
 
 
 # Architectures Ollama runs with one parallel slot whatever OLLAMA_NUM_PARALLEL says (sched.go

@@ -7,6 +7,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from hops.v1 import agent_pb2, fleet_pb2
 
+from hopscommon import runner_options
 from hopscommon.fleet import (
     Capacity,
     Details,
@@ -71,6 +72,8 @@ def installed(m: fleet_pb2.InstalledModel) -> InstalledModel:
         details=details(m.details),
         capabilities=tuple(m.capabilities),
         runner_id=m.runner_id,
+        num_ctx=m.num_ctx,
+        runner_options=runner_options.from_map(dict(m.runner_options)),
     )
 
 
@@ -83,6 +86,8 @@ def installed_pb(m: InstalledModel) -> fleet_pb2.InstalledModel:
         details=details_pb(m.details),
         capabilities=list(m.capabilities),
         runner_id=m.runner_id,
+        num_ctx=m.num_ctx,
+        runner_options=dict(m.runner_options),
     )
 
 

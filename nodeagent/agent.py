@@ -38,7 +38,12 @@ def fingerprint(s: Snapshot) -> tuple[Any, ...]:
         s.ollama_healthy,
         s.ollama_error[:40],
         s.ollama_version,
-        tuple(sorted((m.name, m.digest, m.size_bytes, m.runner_id) for m in s.installed)),
+        tuple(
+            sorted(
+                (m.name, m.digest, m.size_bytes, m.runner_id, m.num_ctx, m.runner_options)
+                for m in s.installed
+            )
+        ),
         tuple(
             sorted(
                 (

@@ -15,6 +15,7 @@ import httpx
 
 from hopscommon import runner_options
 from hopscommon.fleet import Details, InstalledModel, LoadedModel
+from hopscommon.runner_options import RunnerOptions
 
 # Models whose runner is not known yet are read with /api/show, this many per probe at most (a
 # host with many models learns them over a few polls rather than delaying one by as many shows).
@@ -104,14 +105,26 @@ def parse_ps(body: Any) -> tuple[LoadedModel, ...]:
     )
 
 
-def runner_id(modelfile: str) -> str:
-    """What Ollama's scheduler tells this model's runner by, from the modelfile `/api/show`
-    returns (server/sched.go keys runners by the weights file and reloads one for other
-    adapters, projectors or runner options): a hash of its FROM and ADAPTER blobs and of the
-    PARAMETERs that set runner options. SYSTEM, TEMPLATE, stop words and the like do not count.
-    Empty when a FROM or ADAPTER names no blob (nothing to go by)."""
+@dataclass(frozen=True, slots=True)
+class Runs:
+    """What a model's modelfile says of the runner that serves it."""
+
+    runner_id: str = ""  # a hash of the blobs it runs; "" = not known
+    num_ctx: int = 0  # PARAMETER num_ctx; 0 = none
+    options: RunnerOptions = ()  # the other PARAMETERs that set how the runner loads
+
+
+def read_modelfile(modelfile: str) -> Runs:
+    """From the modelfile `/api/show` returns. Ollama's scheduler (server/sched.go) keys runners
+    by the weights file, and reuses one for a request with the same adapters, projectors and
+    runner options, the modelfile's PARAMETERs being a request's defaults: so the runner_id is
+    a hash of the FROM (weights, projectors) and ADAPTER blobs, and the PARAMETERs that set
+    how the runner loads come apart. SYSTEM, TEMPLATE, stop words and the like do not count.
+    Models with the same weights and other adapters get other ids, though Ollama would reload
+    one's runner for the other: routing then takes them for two models. No runner_id when a
+    FROM or ADAPTER names no blob (nothing to go by)."""
     files: list[str] = []
-    parameters: list[str] = []
+    loads: dict[str, int | bool] = {}
     quoted = False
     for line in modelfile.splitlines():
         inside = quoted
@@ -124,15 +137,31 @@ def runner_id(modelfile: str) -> str:
         if command in ("FROM", "ADAPTER"):
             blob = _BLOB.search(rest)
             if blob is None:
-                return ""
+                return Runs()
             files.append(f"{command} {blob.group(1).lower()}")
         elif command == "PARAMETER":
-            name, _, value = rest.strip().partition(" ")
-            if name.lower() in runner_options.LOAD_PARAMETERS:
-                parameters.append(f"{name.lower()} {value.strip()}")
+            name, _, text = rest.strip().partition(" ")
+            value = _parameter(text.strip().strip('"'))
+            if name.lower() in runner_options.LOAD_PARAMETERS and value is not None:
+                loads[name.lower()] = value
     if not any(f.startswith("FROM ") for f in files):
-        return ""
-    return hashlib.sha256("\n".join(sorted(files) + sorted(parameters)).encode()).hexdigest()
+        return Runs()
+    num_ctx = loads.pop("num_ctx", 0)
+    return Runs(
+        hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest(),
+        num_ctx if isinstance(num_ctx, int) and not isinstance(num_ctx, bool) else 0,
+        runner_options.runner_options(loads),
+    )
+
+
+def _parameter(text: str) -> int | bool | None:
+    """A PARAMETER's value as Ollama's show writes a number or a flag; None for anything else."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 class OllamaClient:
@@ -150,7 +179,7 @@ class OllamaClient:
             timeout=httpx.Timeout(probe_timeout, read=probe_timeout),
             headers=headers,
         )
-        self._runner_ids: dict[str, str] = {}  # manifest digest -> runner_id ("" = none)
+        self._runs: dict[str, Runs] = {}  # manifest digest -> what its modelfile says
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -178,22 +207,22 @@ class OllamaClient:
     async def _with_runner_ids(
         self, installed: tuple[InstalledModel, ...]
     ) -> tuple[InstalledModel, ...]:
-        """``installed`` with each model's runner_id, reading the modelfiles of a few models not
-        read before (by manifest digest: a new pull or create has a new one). A show that fails
-        on the way or with a server error is tried again at the next probe; one refused with a
-        4xx is not."""
+        """``installed`` with what each model's modelfile says of its runner, reading the
+        modelfiles of a few models not read before (by manifest digest: a new pull or create
+        has a new one). A show that fails on the way or with a server error is tried again at
+        the next probe; one refused with a 4xx is not."""
         first_name: dict[str, str] = {}
         for m in installed:
             if m.digest:
                 first_name.setdefault(m.digest, m.name)
-        unread = [d for d in first_name if d not in self._runner_ids][:SHOWS_PER_PROBE]
-        read = await asyncio.gather(*(self._read_runner_id(first_name[d]) for d in unread))
-        known = {d: self._runner_ids[d] for d in first_name if d in self._runner_ids}
+        unread = [d for d in first_name if d not in self._runs][:SHOWS_PER_PROBE]
+        read = await asyncio.gather(*(self._read_modelfile(first_name[d]) for d in unread))
+        known = {d: self._runs[d] for d in first_name if d in self._runs}
         known.update((d, r) for d, r in zip(unread, read, strict=True) if r is not None)
-        self._runner_ids = known  # forgets models no longer installed
-        return tuple(replace(m, runner_id=known.get(m.digest, "")) for m in installed)
+        self._runs = known  # forgets models no longer installed
+        return tuple(_with_runs(m, known.get(m.digest)) for m in installed)
 
-    async def _read_runner_id(self, model: str) -> str | None:
+    async def _read_modelfile(self, model: str) -> Runs | None:
         try:
             response = await self.http.post("/api/show", json={"model": model})
         except httpx.HTTPError:
@@ -201,13 +230,13 @@ class OllamaClient:
         if response.status_code >= 500:
             return None
         if response.status_code != 200:
-            return ""
+            return Runs()
         try:
             body = response.json()
         except ValueError:
-            return ""
+            return Runs()
         modelfile = body.get("modelfile") if isinstance(body, dict) else None
-        return runner_id(modelfile) if isinstance(modelfile, str) else ""
+        return read_modelfile(modelfile) if isinstance(modelfile, str) else Runs()
 
     async def pull(self, model: str, insecure: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Progress lines of /api/pull; raises OllamaError on an error line or status."""
@@ -245,6 +274,14 @@ class OllamaClient:
             raise OllamaError(f"{type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
             raise OllamaError(_error_text(response.content, response.status_code))
+
+
+def _with_runs(model: InstalledModel, runs: Runs | None) -> InstalledModel:
+    if runs is None or not runs.runner_id:
+        return model
+    return replace(
+        model, runner_id=runs.runner_id, num_ctx=runs.num_ctx, runner_options=runs.options
+    )
 
 
 def _keep_alive_value(text: str) -> Any:

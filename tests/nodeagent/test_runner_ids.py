@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import ollama
 
-from nodeagent.ollama import SHOWS_PER_PROBE, OllamaClient, runner_id
+from nodeagent.ollama import SHOWS_PER_PROBE, OllamaClient, Runs, read_modelfile
 from tests.simfixtures import SimFactory
 
 WEIGHTS = "FROM /root/.ollama/models/blobs/sha256-" + "ab" * 32
@@ -22,20 +22,28 @@ PARAMETER stop "<|eot_id|>"
 """
 
 
-def test_only_blobs_and_load_parameters_make_another_runner() -> None:
-    base = runner_id(BASE)
-    assert len(base) == 64
+def test_the_runner_is_told_by_its_blobs_and_the_load_parameters_come_apart() -> None:
+    base = read_modelfile(BASE)
+    assert len(base.runner_id) == 64 and base == Runs(base.runner_id)
     # A system prompt, even one with a line that reads like a command, or a stop word: same.
-    assert runner_id(BASE + 'SYSTEM """Be terse.\nFROM now on, answer in French."""\n') == base
-    assert runner_id(BASE + "PARAMETER stop <|end|>\nPARAMETER temperature 0.2\n") == base
-    assert runner_id(BASE.replace("sha256-", "sha256:")) == base  # either spelling of a blob
-    # What makes Ollama reload the runner: other blobs, or a parameter that sets how it loads.
-    assert runner_id(BASE + "PARAMETER num_ctx 8192\n") != base
-    assert runner_id(BASE + "PARAMETER num_gpu 20\n") != base
-    assert runner_id(BASE + "ADAPTER /b/sha256-" + "cd" * 32 + "\n") != base
-    assert runner_id(BASE.replace("ab" * 32, "ef" * 32)) != base
+    assert read_modelfile(BASE + 'SYSTEM """Be terse.\nFROM now on, answer in French."""\n') == base
+    assert read_modelfile(BASE + "PARAMETER stop <|end|>\nPARAMETER temperature 0.2\n") == base
+    assert read_modelfile(BASE.replace("sha256-", "sha256:")) == base  # either spelling
+    # Parameters that set how the runner loads: the same files, asked with other options.
+    loads = "PARAMETER num_ctx 32768\nPARAMETER num_gpu 20\nPARAMETER use_mmap false\n"
+    assert read_modelfile(BASE + loads) == Runs(
+        base.runner_id, 32768, (("num_gpu", 20), ("use_mmap", 0))
+    )
+    assert read_modelfile(BASE + "PARAMETER num_batch 512\n") == base  # Ollama's default
+    # Other blobs: another runner.
+    assert read_modelfile(BASE + "ADAPTER /b/sha256-" + "cd" * 32 + "\n").runner_id not in (
+        base.runner_id,
+        "",
+    )
+    assert read_modelfile(BASE.replace("ab" * 32, "ef" * 32)).runner_id != base.runner_id
     # Nothing to go by.
-    assert runner_id("FROM llama3.2\n") == runner_id("") == runner_id("SYSTEM hi\n") == ""
+    assert read_modelfile("FROM llama3.2\n") == read_modelfile("") == Runs()
+    assert read_modelfile("SYSTEM hi\nPARAMETER num_ctx 8\n") == Runs()
 
 
 async def test_the_probe_reads_each_new_model_once_a_few_at_a_time(start_sim: SimFactory) -> None:
@@ -49,12 +57,15 @@ async def test_the_probe_reads_each_new_model_once_a_few_at_a_time(start_sim: Si
         first = (await client.probe()).installed
         # Six manifests (the copy shares one): SHOWS_PER_PROBE of them read at the first probe.
         assert len({m.digest for m in first if m.runner_id}) == SHOWS_PER_PROBE < 6
-        ids = {m.name: m.runner_id for m in (await client.probe()).installed}
+        installed = (await client.probe()).installed
+        ids = {m.name: m.runner_id for m in installed}
     finally:
         await client.close()
     assert all(ids.values()) and len(ids) == 7
-    assert ids["bot:latest"] == ids["mycopy:latest"] == ids["llama3.2:latest"]
-    assert len({ids[m] for m in ids if m not in ("bot:latest", "mycopy:latest")}) == 5
+    # The same files: one runner, which `long` asks at another context length.
+    assert ids["bot:latest"] == ids["mycopy:latest"] == ids["llama3.2:latest"] == ids["long:latest"]
+    assert len(set(ids.values())) == 4
+    assert {m.name: m.num_ctx for m in installed if m.num_ctx} == {"long:latest": 8192}
 
 
 async def test_a_show_that_failed_on_the_way_is_tried_again_and_a_refused_one_is_not() -> None:
@@ -88,5 +99,5 @@ async def test_a_show_that_failed_on_the_way_is_tried_again_and_a_refused_one_is
         await client.close()
     assert all(s.healthy for s in states)  # a show's failure never makes Ollama unhealthy
     assert [m.runner_id for m in states[0].installed] == ["", ""]
-    assert [m.runner_id for m in states[2].installed] == [runner_id(BASE), ""]
+    assert [m.runner_id for m in states[2].installed] == [read_modelfile(BASE).runner_id, ""]
     assert sorted(shows) == ["flaky:latest", "flaky:latest", "gone:latest"]

@@ -115,6 +115,26 @@ class InstalledModel(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RunnerOptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
@@ -122,6 +142,8 @@ class InstalledModel(_message.Message):
     DETAILS_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     RUNNER_ID_FIELD_NUMBER: _builtins.int
+    NUM_CTX_FIELD_NUMBER: _builtins.int
+    RUNNER_OPTIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Normalised display name, e.g. "llama3.2:latest"."""
     digest: _builtins.str
@@ -129,13 +151,17 @@ class InstalledModel(_message.Message):
     size_bytes: _builtins.int
     """Size on disk in bytes."""
     runner_id: _builtins.str
-    """Which runner serves the model, read from its `/api/show` modelfile: a hash of the blobs it
-    runs (FROM weights and projectors, ADAPTER) and of the PARAMETERs that set runner options
-    (num_ctx, num_gpu, ...). Ollama keys a loaded runner by its weights file and reuses it for
-    any model with the same blobs and runner options, so models of one node with equal
-    non-empty values (a copy; one made `FROM` another with only a SYSTEM or TEMPLATE of its own)
-    are served by whichever of them is loaded, though `/api/ps` lists one name. Empty when not
-    known (not read yet, or the modelfile names no blob).
+    """The files the model runs, read from its `/api/show` modelfile: a hash of its blobs (FROM
+    weights and projectors, ADAPTER). Ollama keys a loaded runner by its weights file and
+    serves any model with the same files from it, while the runner options asked (num_ctx
+    below included) match, so models of one node with equal non-empty values (a copy; one made
+    `FROM` another with a SYSTEM or TEMPLATE of its own) run on whichever of them is loaded,
+    though `/api/ps` lists that one's name only; asking other options reloads it. Empty when
+    not known (not read yet, or the modelfile names no blob).
+    """
+    num_ctx: _builtins.int
+    """The context length the modelfile sets (PARAMETER num_ctx): what Ollama loads the model
+    with for a request naming none. 0 = none set.
     """
     @_builtins.property
     def modified_at(self) -> _timestamp_pb2.Timestamp:
@@ -149,6 +175,13 @@ class InstalledModel(_message.Message):
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ollama capabilities where known ("completion", "tools", "embedding", "vision", "thinking")."""
 
+    @_builtins.property
+    def runner_options(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The runner options the modelfile sets (PARAMETER num_batch, num_gpu, main_gpu, num_thread,
+        use_mmap as 1 or 0), those not at Ollama's default, as a request's runner_options: what a
+        request naming none of them runs with.
+        """
+
     def __init__(
         self,
         *,
@@ -159,10 +192,12 @@ class InstalledModel(_message.Message):
         details: Global___ModelDetails | None = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
         runner_id: _builtins.str = ...,
+        num_ctx: _builtins.int = ...,
+        runner_options: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "modified_at", b"modified_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "details", b"details", "digest", b"digest", "modified_at", b"modified_at", "name", b"name", "runner_id", b"runner_id", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "details", b"details", "digest", b"digest", "modified_at", b"modified_at", "name", b"name", "num_ctx", b"num_ctx", "runner_id", b"runner_id", "runner_options", b"runner_options", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
