@@ -174,7 +174,7 @@ def node_pb(
         ],
         in_flight_total=sum(in_flight.values()),
         automatic_context_length=node.auto_context,
-        runner_options={key: describe(o) for key, o in node.runner_options.items()},
+        runner_options={key: describe(o) for key, o in node.runner_options.items() if o},
         capacity=capacity_pb(node.hello.capacity),
         connected_since=ts(node.connected_since) if node.session is not None else None,
         last_seen=ts(node.last_seen),

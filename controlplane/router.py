@@ -34,6 +34,7 @@ from controlplane.policies.base import (
     fits_evicting_idle,
 )
 from hopscommon import names
+from hopscommon.fleet import InstalledModel
 from hopscommon.runner_options import RunnerOptions, needs_reload
 
 log = logging.getLogger("hops.controlplane")
@@ -162,6 +163,11 @@ class Router:
         ranked = found
         first = self.fleet.nodes[ranked[0].candidate.node_id]
         asked_for = key
+        # As the candidate saw it: the model's modelfile PARAMETERs fill what the request leaves
+        # out (Ollama loads it so).
+        asked, options = _with_defaults(
+            first.installed_by_key.get(key), asked, request.runner_options
+        )
         key = first.runner_key(key)  # a copy of a model loaded there runs on its instance
         lease = self.fleet.leases.open(
             request.edge_id, first.node_id, key, request.request_id, runs_model=request.runs_model
@@ -207,10 +213,7 @@ class Router:
             victims = self._victims(first, key, chosen)
             first.mark_loading(key, memory, victims, context, asked=lease.context)
             if not chosen.loading:  # its own load: the instance gets its runner options
-                if request.runner_options:
-                    first.runner_options[key] = request.runner_options
-                else:
-                    first.runner_options.pop(key, None)
+                first.runner_options[key] = options
             self.fleet.count_warm(first)
             lease.clean_load = not (
                 chosen.loading
@@ -425,6 +428,9 @@ class Router:
         options: RunnerOptions = (),
     ) -> Candidate:
         # The hot path of every pick, once per eligible host: locals and plain dict lookups.
+        asked_model = node.installed_by_key.get(key)
+        if context is not None and asked_model is not None:
+            context, options = _with_defaults(asked_model, context, options)
         key = node.runner_key(key)  # a copy of a model loaded here: its instance
         node_id = node.hello.node_id
         per_model = self.fleet.leases.per_model
@@ -443,14 +449,18 @@ class Router:
             and _other_context(node, key, context)
         )
         # Or with other runner options (num_gpu, num_thread, ...), as far as HOPS routed its
-        # load: an instance loaded outside HOPS is taken to have Ollama's defaults. One still
-        # loading is reloaded after its load, not joined.
+        # load: an instance loaded outside HOPS is taken to have its modelfile's, as Ollama
+        # loads it for a request naming none. One still loading is reloaded after its load,
+        # not joined.
+        held_options = node.runner_options.get(key)
+        if held_options is None:
+            held_options = installed.runner_options if installed is not None else ()
         options_reload = (
             not reload
             and context is not None
-            and bool(options or node.runner_options)
+            and bool(options or held_options)
             and (key in node.loaded_by_key or key in node.loading)
-            and needs_reload(node.runner_options.get(key, ()), options)
+            and needs_reload(held_options, options)
         )
         reload = reload or options_reload
         # A cloud model runs on ollama.com: always ready, never loaded or evicted here.
@@ -878,6 +888,24 @@ class Router:
             if node is not None:
                 node.breaker.abandon(lease.lease_id)
         return len(leases)
+
+
+def _with_defaults(
+    model: InstalledModel | None, context: int | None, options: RunnerOptions
+) -> tuple[int | None, RunnerOptions]:
+    """The context length and runner options a request for ``model`` runs with: Ollama takes
+    what the request leaves out from the model's modelfile PARAMETERs (``num_ctx``, ``num_gpu``,
+    ...), so a model made FROM another with a PARAMETER num_ctx of its own reloads the other's
+    runner. ``context`` as RouteRequest.context (None: the request runs no model). A request
+    naming an option at Ollama's default is taken to name none (RunnerOptions keeps no
+    defaults), so the modelfile's value stands."""
+    if model is None or context is None or not (model.num_ctx or model.runner_options):
+        return context, options
+    if not context and model.num_ctx:
+        context = model.num_ctx
+    if model.runner_options:
+        options = tuple(sorted((dict(model.runner_options) | dict(options)).items()))
+    return context, options
 
 
 def _at_length(key: str, context: int) -> str:

@@ -485,14 +485,12 @@ def test_a_copy_of_a_loaded_model_runs_warm_on_its_instance() -> None:
 def test_a_model_made_from_a_loaded_one_runs_warm_on_its_runner() -> None:
     """A model made FROM llama3.2 with a SYSTEM of its own has another digest, and the same
     runner_id (the agent reads it from the modelfile): Ollama serves it from llama3.2's
-    runner. One with a num_ctx of its own (another runner_id) loads apart, and so does one
-    whose runner_id is not known yet."""
+    runner. One whose runner_id is not known yet loads apart."""
     fleet = builders.fleet()
     node = builders.add_node(fleet, "a")
     models = {  # name: (digest, runner_id)
         "llama3.2:latest": ("d1", "r1"),
         "bot:latest": ("d2", "r1"),
-        "long:latest": ("d3", "r2"),
         "unread:latest": ("d4", ""),
     }
     installed = tuple(
@@ -510,9 +508,64 @@ def test_a_model_made_from_a_loaded_one_runs_warm_on_its_runner() -> None:
     router = builders.router(fleet, "memory_aware")
     warm = router.pick(_req("bot")).ranked[0]
     assert (warm.reason, fleet.leases.in_flight("a", "llama3.2:latest")) == ("warm", 1)
-    assert router.pick(_req("long")).ranked[0].reason.startswith("cold")
+    assert router.pick(_req("unread")).ranked[0].reason.startswith("cold")
     listing(3, "bot:latest")  # the derived model loaded first: its runner serves the base
     assert node.aliases == {"llama3.2:latest": "bot:latest"}
+
+
+def test_a_models_own_load_parameters_are_its_requests_defaults() -> None:
+    """Ollama runs a request naming no num_ctx (or num_thread, ...) with its modelfile's
+    PARAMETER, and keeps one runner per weights file: a model made FROM llama3.2 with a
+    num_ctx of its own reloads llama3.2's runner, and is warm on an instance loaded with it.
+    An instance loaded outside HOPS is taken to run with its model's own parameters."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "a")
+    threads = (("num_thread", 4),)
+    installed = (
+        InstalledModel(name="llama3.2:latest", size_bytes=2 * builders.GB, runner_id="r1"),
+        InstalledModel(
+            name="long:latest", size_bytes=2 * builders.GB, runner_id="r1", num_ctx=8192
+        ),
+        InstalledModel(
+            name="threads:latest",
+            size_bytes=2 * builders.GB,
+            runner_id="r1",
+            runner_options=threads,
+        ),
+    )
+
+    def listing(sequence: int, name: str, context: int) -> None:
+        loaded = (LoadedModel(name=name, size_vram_bytes=2 * builders.GB, context_length=context),)
+        snapshot = replace(node.snapshot, sequence=sequence, installed=installed, loaded=loaded)
+        fleet.update("a", node.session, snapshot)
+
+    router = builders.router(fleet, "memory_aware")
+
+    def pick(model: str, **kw: object) -> str:
+        """The reason; the pick's request leaves at once, so nothing stays marked loading."""
+        outcome = router.pick(_req(model, **kw))
+        router.report(Report(outcome.lease_id, "a", Outcome.CLIENT_CANCELLED))
+        assert not node.loading and not node.reloading
+        return outcome.ranked[0].reason
+
+    listing(2, "llama3.2:latest", 4096)
+    assert set(node.aliases) == {"long:latest", "threads:latest"}
+    reload = router.pick(_req("long"))
+    lease = fleet.leases.get(reload.lease_id)
+    assert reload.ranked[0].reason == "reload-fit" and lease is not None and lease.context == 8192
+    assert node.reloading == {"llama3.2:latest": 8192}
+    router.report(Report(reload.lease_id, "a", Outcome.CLIENT_CANCELLED))
+    assert pick("long", num_ctx=4096) == "warm"  # the request's own length comes first
+    assert pick("threads") == "reload-fit"
+    listing(3, "long:latest", 8192)
+    assert pick("long") == "warm"
+    assert (pick("llama3.2", num_ctx=8192), pick("llama3.2", num_ctx=2048)) == (
+        "warm",
+        "reload-fit",
+    )
+    listing(4, "threads:latest", 4096)  # loaded outside HOPS, with its num_thread
+    assert node.runner_options == {}
+    assert (pick("threads"), pick("llama3.2")) == ("warm", "reload-fit")
 
 
 def _no_room_beside_an_idle_model() -> tuple[Fleet, Router]:

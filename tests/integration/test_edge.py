@@ -692,6 +692,42 @@ def test_a_model_made_from_another_runs_warm_on_the_others_runner() -> None:
         assert sorted(loads) == [0, 1]
 
 
+def test_a_model_with_a_num_ctx_of_its_own_reloads_the_runner_it_shares() -> None:
+    """`ollama create long` FROM llama3.2 with PARAMETER num_ctx 8192: the same weights, so the
+    same runner, which Ollama reloads at 8192 for a request for long naming no length (the
+    modelfile's PARAMETERs are its defaults). The agent reads the parameter from the modelfile,
+    so the route says the reload rather than warm, and once long is listed it runs warm."""
+    with fleet.whole_fleet({"a": []}) as running, httpx.Client(base_url=running.edge.url) as client:
+        ollama.Client(host=running.edge.url).create(
+            "long", from_="llama3.2", parameters={"num_ctx": 8192}
+        )
+        admin = fleet.admin(running.plane.url)
+
+        def read() -> bool:
+            (node,) = admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+            models = {m.name: m for m in node.snapshot.installed}
+            return "long:latest" in models and models["long:latest"].num_ctx == 8192
+
+        wait_until(read, 5.0, "long's num_ctx read from its modelfile")
+        sim = running.sim_url("a")
+        httpx.post(sim + "/api/generate", json={"model": "llama3.2"}, timeout=30).raise_for_status()
+
+        def listed() -> dict[str, int]:
+            ps = client.get("/api/ps").json()["models"]
+            return {m["name"]: m["context_length"] for m in ps}
+
+        wait_until(lambda: listed() == {"llama3.2:latest": 4096}, 5.0, "llama3.2 loaded")
+        body = {"prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+        first = client.post("/api/generate", json={"model": "long", **body}, timeout=30)
+        assert first.status_code == 200, first.text
+        assert first.headers["x-hops-route"] == "reload-fit"
+        wait_until(lambda: listed() == {"long:latest": 8192}, 5.0, "long listed at 8192")
+        body["prompt"] = "another"  # no session affinity: warm on its own merit
+        again = client.post("/api/generate", json={"model": "long", **body}, timeout=30)
+        assert again.headers["x-hops-route"] == "warm"
+        assert _sim_stats(sim)["loads"] == 2
+
+
 def test_ollama_stop_unloads_the_model_on_every_host() -> None:
     with fleet.whole_fleet({"a": [], "b": [], "c": ["--profile", "gpu-8g"]}) as running:
         for node in ("a", "b"):  # loaded on two hosts; c has it installed, not loaded
