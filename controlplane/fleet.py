@@ -126,8 +126,14 @@ class Node:
         self.vram_free = snapshot.vram_free
         listed = {k: t for k, (t, _) in self.loading.items() if self._loaded_as_asked(k, t)}
         for key, since in listed.items():
+            # Ollama lists a load under the name that asked for it: one routed for a model
+            # whose runner was listed under another name (a reload for a model made FROM it)
+            # shows under the asking model's, and its marks go with it.
+            shown = self.runner_key(key)
+            if shown != key and key in self.runner_options:
+                self.runner_options[shown] = self.runner_options.pop(key)
             if key not in self.answered:
-                self.warming[key] = since
+                self.warming[shown] = since
         self.forget_loads(lambda key, _: key in listed)
         if self.warming:  # an instance gone is no longer loading
             self.warming = {k: t for k, t in self.warming.items() if k in self.loaded_by_key}
@@ -156,8 +162,9 @@ class Node:
 
     def _loaded_as_asked(self, key: str, _since: float) -> bool:
         """Whether a routed load of ``key`` shows in the snapshot: loaded, and for a reload,
-        with the context length it asked for (the old instance is listed until it goes)."""
-        model = self.loaded_by_key.get(key)
+        with the context length it asked for (the old instance is listed until it goes). Listed
+        under the name of another model with the same files, it is that one's runner."""
+        model = self.loaded_by_key.get(self.runner_key(key))
         if model is None:
             return False
         wanted = self.reloading.get(key)

@@ -704,8 +704,9 @@ class Router:
             self.fleet.leases.close(lease.lease_id)
         if node is not None and runs:
             replied = 200 <= report.http_status < 300
-            if replied:
-                node.warming.pop(lease.model, None)  # a reply came: its load is done
+            if replied:  # a reply came: its load is done, under whichever name it is listed
+                node.warming.pop(lease.model, None)
+                node.warming.pop(node.runner_key(lease.model), None)
             if lease.model in node.loading:
                 if replied:
                     node.answered.add(lease.model)

@@ -557,7 +557,15 @@ def test_a_models_own_load_parameters_are_its_requests_defaults() -> None:
     router.report(Report(reload.lease_id, "a", Outcome.CLIENT_CANCELLED))
     assert pick("long", num_ctx=4096) == "warm"  # the request's own length comes first
     assert pick("threads") == "reload-fit"
+    # Ollama lists the new instance under long's name as its load starts: the reload marked on
+    # llama3.2's is under way there until its reply comes.
+    done = router.pick(_req("long"))
     listing(3, "long:latest", 8192)
+    assert not node.loading and not node.reloading and set(node.warming) == {"long:latest"}
+    assert node.runner_options == {"long:latest": ()}
+    assert pick("long") == "loading"
+    router.report(Report(done.lease_id, "a", Outcome.OK, http_status=200))
+    assert not node.warming
     assert pick("long") == "warm"
     assert (pick("llama3.2", num_ctx=8192), pick("llama3.2", num_ctx=2048)) == (
         "warm",
