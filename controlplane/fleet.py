@@ -77,8 +77,11 @@ class Node:
     # replies: no API reports it
     auto_context: dict[str, int] = field(default_factory=dict)
     # model key -> the runner options (num_gpu, num_thread, ...) its instance here was loaded
-    # with, where HOPS routed that load and they were not Ollama's defaults; no API reports them
+    # with, where HOPS routed that load; no API reports them
     runner_options: dict[str, RunnerOptions] = field(default_factory=dict)
+    # model key -> the runner options a routed load in ``loading`` asked: the instance's once a
+    # snapshot shows the load, gone with it if it never happens (its requests all left)
+    load_options: dict[str, RunnerOptions] = field(default_factory=dict)
     # model key -> the explicit context length a routed load (or reload) in ``loading`` runs
     # at: what a request naming none that joins it finds (and, unless it happens to be the
     # automatic length, reloads)
@@ -130,8 +133,8 @@ class Node:
             # whose runner was listed under another name (a reload for a model made FROM it)
             # shows under the asking model's, and its marks go with it.
             shown = self.runner_key(key)
-            if shown != key and key in self.runner_options:
-                self.runner_options[shown] = self.runner_options.pop(key)
+            if key in self.load_options:
+                self.runner_options[shown] = self.load_options.pop(key)
             if key not in self.answered:
                 self.warming[shown] = since
         self.forget_loads(lambda key, _: key in listed)
@@ -214,6 +217,7 @@ class Node:
                 self.loading_bytes -= size
                 self.reloading.pop(key, None)
                 self.load_context.pop(key, None)
+                self.load_options.pop(key, None)
                 self.answered.discard(key)
         stale = [
             victim

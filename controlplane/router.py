@@ -212,8 +212,8 @@ class Router:
             context = wanted if chosen.reload else 0
             victims = self._victims(first, key, chosen)
             first.mark_loading(key, memory, victims, context, asked=lease.context)
-            if not chosen.loading:  # its own load: the instance gets its runner options
-                first.runner_options[key] = options
+            if not chosen.loading:  # its own load: the instance will have its runner options
+                first.load_options[key] = options
             self.fleet.count_warm(first)
             lease.clean_load = not (
                 chosen.loading
@@ -452,7 +452,9 @@ class Router:
         # load: an instance loaded outside HOPS is taken to have its modelfile's, as Ollama
         # loads it for a request naming none. One still loading is reloaded after its load,
         # not joined.
-        held_options = node.runner_options.get(key)
+        held_options = node.load_options.get(key) if node.load_options else None
+        if held_options is None:
+            held_options = node.runner_options.get(key)
         if held_options is None:
             held_options = installed.runner_options if installed is not None else ()
         options_reload = (

@@ -380,12 +380,13 @@ def test_an_instance_loaded_with_other_runner_options_is_not_warm() -> None:
 
     def reasons(**kw: object) -> dict[str, str]:
         outcome = router.pick(_req(**kw))
-        router.report(Report(outcome.lease_id, outcome.ranked[0].candidate.node_id, Outcome.OK))
+        node_id = outcome.ranked[0].candidate.node_id
+        router.report(Report(outcome.lease_id, node_id, Outcome.OK, http_status=200))
         return {r.candidate.node_id: r.reason for r in outcome.ranked}
 
     assert reasons(runner_options=threads) == {"a": "reload-fit", "b": "reload-fit"}
-    assert node.runner_options == {"llama3.2:latest": threads}
-    fleet.update("a", node.session, replace(node.snapshot, sequence=3))  # still listed
+    assert (node.load_options, node.runner_options) == ({"llama3.2:latest": threads}, {})
+    fleet.update("a", node.session, replace(node.snapshot, sequence=3))  # the load shows
     assert not node.loading and node.runner_options == {"llama3.2:latest": threads}
     assert reasons(runner_options=threads) == {"a": "warm", "b": "reload-fit"}
     plain = router.pick(_req())  # a default num_thread does not match 4
@@ -396,12 +397,28 @@ def test_an_instance_loaded_with_other_runner_options_is_not_warm() -> None:
     assert replaced.demand == pytest.approx(router.demand("llama3.2:latest"), rel=0.01)
     both = (("num_gpu", 20), *threads)
     assert reasons(runner_options=both) == {"a": "reload-fit", "b": "reload-fit"}
+    fleet.update("a", node.session, replace(node.snapshot, sequence=4))
     assert node.runner_options == {"llama3.2:latest": both}
     # num_gpu left to Ollama matches an instance loaded with any.
     assert reasons(runner_options=threads) == {"a": "warm", "b": "reload-fit"}
     # Once the instance is gone, so are its options.
-    fleet.update("a", node.session, replace(node.snapshot, sequence=4, loaded=()))
+    fleet.update("a", node.session, replace(node.snapshot, sequence=5, loaded=()))
     assert node.runner_options == {}
+
+
+def test_a_reload_for_other_options_that_never_happens_leaves_the_instance_as_it_was() -> None:
+    """Ollama loads for the requests that wait: when the one routed to reload an instance with
+    other runner options leaves before the load, the instance keeps its own, and a request
+    asking none is warm there."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "a", 4096)
+    router = builders.router(fleet, "memory_aware")
+    node = fleet.nodes["a"]
+    gone = router.pick(_req(runner_options=(("num_thread", 4),)))
+    assert gone.ranked[0].reason == "reload-fit" and node.load_options
+    router.report(Report(gone.lease_id, "a", Outcome.CLIENT_CANCELLED))
+    assert not node.loading and not node.load_options and not node.runner_options
+    assert router.pick(_req()).ranked[0].reason == "warm"
 
 
 def test_a_load_still_under_way_with_other_runner_options_is_not_joined() -> None:
