@@ -147,9 +147,11 @@ def read_modelfile(modelfile: str) -> Runs:
     if not any(f.startswith("FROM ") for f in files):
         return Runs()
     num_ctx = loads.pop("num_ctx", 0)
+    if isinstance(num_ctx, bool) or not 0 < num_ctx < 2**31:  # the wire's uint32 holds it
+        num_ctx = 0
     return Runs(
         hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest(),
-        num_ctx if isinstance(num_ctx, int) and not isinstance(num_ctx, bool) else 0,
+        num_ctx,
         runner_options.runner_options(loads),
     )
 

@@ -35,6 +35,9 @@ def test_the_runner_is_told_by_its_blobs_and_the_load_parameters_come_apart() ->
         base.runner_id, 32768, (("num_gpu", 20), ("use_mmap", 0))
     )
     assert read_modelfile(BASE + "PARAMETER num_batch 512\n") == base  # Ollama's default
+    # Values a uint32 (or Go's int) cannot hold are Ollama's error to give, not a length.
+    for wild in ("-1", "0", str(2**31), "8k", "true"):
+        assert read_modelfile(BASE + f"PARAMETER num_ctx {wild}\n") == base
     # Other blobs: another runner.
     assert read_modelfile(BASE + "ADAPTER /b/sha256-" + "cd" * 32 + "\n").runner_id not in (
         base.runner_id,
