@@ -35,7 +35,7 @@ from controlplane.policies.base import (
 )
 from hopscommon import names
 from hopscommon.fleet import InstalledModel
-from hopscommon.runner_options import RunnerOptions, needs_reload
+from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
 
 log = logging.getLogger("hops.controlplane")
 EWMA_ALPHA = 0.3
@@ -906,9 +906,7 @@ def _with_defaults(
         return context, options
     if not context and model.num_ctx:
         context = model.num_ctx
-    if model.runner_options:
-        options = tuple(sorted((dict(model.runner_options) | dict(options)).items()))
-    return context, options
+    return context, with_defaults(model.runner_options, options)
 
 
 def _at_length(key: str, context: int) -> str:

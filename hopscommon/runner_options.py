@@ -59,6 +59,14 @@ def needs_reload(loaded: RunnerOptions, asked: RunnerOptions) -> bool:
     return held != wanted
 
 
+def with_defaults(defaults: RunnerOptions, asked: RunnerOptions) -> RunnerOptions:
+    """``asked`` over ``defaults`` (a modelfile's PARAMETERs): what a request runs with. An
+    option asked at Ollama's default is not kept in ``asked``, so the default given stands."""
+    if not defaults:
+        return asked
+    return tuple(sorted((dict(defaults) | dict(asked)).items()))
+
+
 def from_map(values: dict[str, int]) -> RunnerOptions:
     """Options from a map (the wire form), keeping known names only, normalised as above."""
     known = {name: v for name, v in values.items() if name in NAMES}

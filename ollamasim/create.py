@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hopscommon import names
-from hopscommon.runner_options import runner_options
+from hopscommon.runner_options import runner_options, with_defaults
 from ollamasim.catalogue import blob_path, parse_model_arg
 from ollamasim.errors import BadRequest, NotFound
 from ollamasim.host import Host
@@ -103,7 +103,7 @@ async def create(request: Request, host: Host) -> Response:
             digest=digest,
             lines=spec.lines + lines,
             num_ctx=num_ctx,
-            options=tuple(sorted((dict(spec.options) | dict(runner_options(parameters))).items())),
+            options=with_defaults(spec.options, runner_options(parameters)),
             adapters=spec.adapters + tuple(_digest(str(d)) for d in adapters),
         )
         statuses.append({"status": f"creating new layer sha256:{digest}"})

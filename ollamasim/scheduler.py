@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hopscommon.fleet import runs_one_at_a_time
-from hopscommon.runner_options import RunnerOptions, needs_reload
+from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
 from ollamasim.catalogue import ModelSpec
 from ollamasim.errors import ServerBusy
 from ollamasim.stats import Stats
@@ -190,7 +190,7 @@ class Scheduler:
         """
         start = time.monotonic()
         num_ctx = num_ctx or spec.num_ctx or None  # the modelfile's PARAMETERs are defaults
-        options = tuple(sorted((dict(spec.options) | dict(options)).items()))
+        options = with_defaults(spec.options, options)
         runner = self.runners.get(spec.weights)
         if (
             runner is not None

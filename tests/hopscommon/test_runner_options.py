@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from hopscommon.runner_options import describe, from_map, needs_reload, runner_options
+from hopscommon.runner_options import (
+    describe,
+    from_map,
+    needs_reload,
+    runner_options,
+    with_defaults,
+)
 
 
 def test_only_named_values_other_than_the_defaults_are_kept_sorted() -> None:
@@ -46,3 +52,10 @@ def test_described_as_one_word() -> None:
     shown = describe(runner_options({"num_gpu": 20, "use_mmap": False, "num_thread": 8}))
     assert shown == "num_gpu=20,num_thread=8,use_mmap=false"
     assert describe(()) == ""
+
+
+def test_a_request_runs_with_the_options_it_names_over_its_modelfiles() -> None:
+    defaults = (("num_gpu", 10), ("num_thread", 4))
+    asked = (("num_batch", 64), ("num_thread", 8))
+    assert with_defaults(defaults, asked) == (("num_batch", 64), ("num_gpu", 10), ("num_thread", 8))
+    assert with_defaults((), asked) == asked and with_defaults(defaults, ()) == defaults
