@@ -234,12 +234,12 @@ def _aliases(
     installed: dict[str, InstalledModel], loaded: dict[str, LoadedModel]
 ) -> dict[str, str]:
     """Installed models not listed that a listed model's runner serves. Ollama keys a runner
-    by the model's weights file, serves any model with the same blobs from it, and `/api/ps`
+    by the model's weights file, serves any model with the same weights from it, and `/api/ps`
     lists it once, under the name that loaded it. A copy (``ollama cp``) has the very same
     manifest, so the same digest; a model made ``FROM`` another has another digest and the
     same runner_id (read by the agent from its modelfile). Requests for either go to that
-    runner: warm, or a reload where they run with another context length or runner options
-    (its modelfile's PARAMETERs too, see Router._candidate)."""
+    runner: warm, or a reload where they run with another context length, runner options or
+    adapters (its modelfile's PARAMETERs and ADAPTERs too, see Router._candidate)."""
     if not loaded:
         return {}
     serving: dict[tuple[str, str], str] = {}

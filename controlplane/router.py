@@ -35,7 +35,7 @@ from controlplane.policies.base import (
 )
 from hopscommon import names
 from hopscommon.fleet import InstalledModel
-from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
+from hopscommon.runner_options import RunnerOptions, needs_reload, with_adapters, with_defaults
 
 log = logging.getLogger("hops.controlplane")
 EWMA_ALPHA = 0.3
@@ -448,15 +448,15 @@ class Router:
             and (context > 0 or key in node.auto_context)  # none asked, none learned: match
             and _other_context(node, key, context)
         )
-        # Or with other runner options (num_gpu, num_thread, ...), as far as HOPS routed its
-        # load: an instance loaded outside HOPS is taken to have its modelfile's, as Ollama
-        # loads it for a request naming none. One still loading is reloaded after its load,
-        # not joined.
+        # Or with other runner options (num_gpu, num_thread, ..., and the adapters), as far as
+        # HOPS routed its load: an instance loaded outside HOPS is taken to have its
+        # modelfile's, as Ollama loads it for a request naming none. One still loading is
+        # reloaded after its load, not joined.
         held_options = node.load_options.get(key) if node.load_options else None
         if held_options is None:
             held_options = node.runner_options.get(key)
         if held_options is None:
-            held_options = installed.runner_options if installed is not None else ()
+            held_options = _modelfile_options(installed) if installed is not None else ()
         options_reload = (
             not reload
             and context is not None
@@ -898,15 +898,22 @@ def _with_defaults(
 ) -> tuple[int | None, RunnerOptions]:
     """The context length and runner options a request for ``model`` runs with: Ollama takes
     what the request leaves out from the model's modelfile PARAMETERs (``num_ctx``, ``num_gpu``,
-    ...), so a model made FROM another with a PARAMETER num_ctx of its own reloads the other's
-    runner. ``context`` as RouteRequest.context (None: the request runs no model). A request
-    naming an option at Ollama's default is taken to name none (RunnerOptions keeps no
-    defaults), so the modelfile's value stands."""
-    if model is None or context is None or not (model.num_ctx or model.runner_options):
+    ...), so a model made FROM another with a PARAMETER num_ctx (or an ADAPTER) of its own
+    reloads the other's runner. ``context`` as RouteRequest.context (None: the request runs no
+    model). A request naming an option at Ollama's default is taken to name none
+    (RunnerOptions keeps no defaults), so the modelfile's value stands."""
+    if model is None or context is None:
+        return context, options
+    if not (model.num_ctx or model.runner_options or model.adapters_id):
         return context, options
     if not context and model.num_ctx:
         context = model.num_ctx
-    return context, with_defaults(model.runner_options, options)
+    return context, with_defaults(_modelfile_options(model), options)
+
+
+def _modelfile_options(model: InstalledModel) -> RunnerOptions:
+    """The runner options ``model``'s modelfile loads it with: its PARAMETERs and adapters."""
+    return with_adapters(model.runner_options, model.adapters_id)
 
 
 def _at_length(key: str, context: int) -> str:

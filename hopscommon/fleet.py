@@ -32,6 +32,7 @@ class InstalledModel:
     runner_id: str = ""  # models of one node with the same non-empty one share a runner
     num_ctx: int = 0  # the context length its modelfile sets, 0 = none
     runner_options: RunnerOptions = ()  # the runner options its modelfile sets
+    adapters_id: str = ""  # its adapters and projectors: a runner loaded with others reloads
 
 
 # Architectures Ollama runs with one parallel slot whatever OLLAMA_NUM_PARALLEL says (sched.go

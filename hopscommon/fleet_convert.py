@@ -74,6 +74,7 @@ def installed(m: fleet_pb2.InstalledModel) -> InstalledModel:
         runner_id=m.runner_id,
         num_ctx=m.num_ctx,
         runner_options=runner_options.from_map(dict(m.runner_options)),
+        adapters_id=m.adapters_id,
     )
 
 
@@ -88,6 +89,7 @@ def installed_pb(m: InstalledModel) -> fleet_pb2.InstalledModel:
         runner_id=m.runner_id,
         num_ctx=m.num_ctx,
         runner_options=dict(m.runner_options),
+        adapters_id=m.adapters_id,
     )
 
 

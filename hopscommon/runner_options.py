@@ -24,6 +24,10 @@ NAMES = frozenset(INT_DEFAULTS) | BOOL_OPTIONS
 # weights: these options and the context length (the rest, stop words, temperature and the like,
 # apply per request).
 LOAD_PARAMETERS = NAMES | {"num_ctx"}
+# Not an option a request can name: the adapters and projectors a model's modelfile loads over
+# its weights, as a number from their hash. Ollama reloads a runner loaded with other ones as it
+# does one loaded with other options, so the control plane keeps them among a runner's options.
+ADAPTERS = "adapters"
 
 
 def runner_options(options: Any) -> RunnerOptions:
@@ -67,6 +71,13 @@ def with_defaults(defaults: RunnerOptions, asked: RunnerOptions) -> RunnerOption
     return tuple(sorted((dict(defaults) | dict(asked)).items()))
 
 
+def with_adapters(options: RunnerOptions, adapters_id: str) -> RunnerOptions:
+    """``options`` with the adapters a model's ``adapters_id`` (a hex hash, "" for none) names."""
+    if not adapters_id:
+        return options
+    return tuple(sorted((*options, (ADAPTERS, int(adapters_id[:15], 16)))))
+
+
 def from_map(values: dict[str, int]) -> RunnerOptions:
     """Options from a map (the wire form), keeping known names only, normalised as above."""
     known = {name: v for name, v in values.items() if name in NAMES}
@@ -75,7 +86,10 @@ def from_map(values: dict[str, int]) -> RunnerOptions:
 
 def describe(options: RunnerOptions) -> str:
     """``num_gpu=20,use_mmap=false``, for people (one word, for tables)."""
-    return ",".join(
-        f"{name}={str(bool(value)).lower() if name in BOOL_OPTIONS else value}"
-        for name, value in options
-    )
+    return ",".join(f"{name}={_shown(name, value)}" for name, value in options)
+
+
+def _shown(name: str, value: int) -> str:
+    if name in BOOL_OPTIONS:
+        return str(bool(value)).lower()
+    return f"{value:015x}"[:12] if name == ADAPTERS else str(value)

@@ -40,7 +40,15 @@ def fingerprint(s: Snapshot) -> tuple[Any, ...]:
         s.ollama_version,
         tuple(
             sorted(
-                (m.name, m.digest, m.size_bytes, m.runner_id, m.num_ctx, m.runner_options)
+                (
+                    m.name,
+                    m.digest,
+                    m.size_bytes,
+                    m.runner_id,
+                    m.num_ctx,
+                    m.runner_options,
+                    m.adapters_id,
+                )
                 for m in s.installed
             )
         ),

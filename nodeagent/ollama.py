@@ -109,21 +109,23 @@ def parse_ps(body: Any) -> tuple[LoadedModel, ...]:
 class Runs:
     """What a model's modelfile says of the runner that serves it."""
 
-    runner_id: str = ""  # a hash of the blobs it runs; "" = not known
+    runner_id: str = ""  # a hash of its weights blob; "" = not known
     num_ctx: int = 0  # PARAMETER num_ctx; 0 = none
     options: RunnerOptions = ()  # the other PARAMETERs that set how the runner loads
+    adapters_id: str = ""  # a hash of its adapters and projectors; "" = none
 
 
 def read_modelfile(modelfile: str) -> Runs:
     """From the modelfile `/api/show` returns. Ollama's scheduler (server/sched.go) keys runners
     by the weights file, and reuses one for a request with the same adapters, projectors and
-    runner options, the modelfile's PARAMETERs being a request's defaults: so the runner_id is
-    a hash of the FROM (weights, projectors) and ADAPTER blobs, and the PARAMETERs that set
-    how the runner loads come apart. SYSTEM, TEMPLATE, stop words and the like do not count.
-    Models with the same weights and other adapters get other ids, though Ollama would reload
-    one's runner for the other: routing then takes them for two models. No runner_id when a
+    runner options, the modelfile's PARAMETERs being a request's defaults; it reloads the
+    runner for one asking other ones. So the runner_id is a hash of the weights (show writes
+    them as the first FROM), and the rest come apart: the ADAPTER blobs and projectors (the
+    FROM blobs after the weights) as a hash in their order, and the PARAMETERs that set how the
+    runner loads. SYSTEM, TEMPLATE, stop words and the like do not count. No runner_id when a
     FROM or ADAPTER names no blob (nothing to go by)."""
-    files: list[str] = []
+    weights = ""
+    over: list[str] = []  # adapters and projectors, in order
     loads: dict[str, int | bool] = {}
     quoted = False
     for line in modelfile.splitlines():
@@ -138,21 +140,25 @@ def read_modelfile(modelfile: str) -> Runs:
             blob = _BLOB.search(rest)
             if blob is None:
                 return Runs()
-            files.append(f"{command} {blob.group(1).lower()}")
+            if command == "FROM" and not weights:
+                weights = blob.group(1).lower()
+            else:
+                over.append(f"{command} {blob.group(1).lower()}")
         elif command == "PARAMETER":
             name, _, text = rest.strip().partition(" ")
             value = _parameter(text.strip().strip('"'))
             if name.lower() in runner_options.LOAD_PARAMETERS and value is not None:
                 loads[name.lower()] = value
-    if not any(f.startswith("FROM ") for f in files):
+    if not weights:
         return Runs()
     num_ctx = loads.pop("num_ctx", 0)
     if isinstance(num_ctx, bool) or not 0 < num_ctx < 2**31:  # the wire's uint32 holds it
         num_ctx = 0
     return Runs(
-        hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest(),
+        hashlib.sha256(weights.encode()).hexdigest(),
         num_ctx,
         runner_options.runner_options(loads),
+        hashlib.sha256("\n".join(over).encode()).hexdigest() if over else "",
     )
 
 
@@ -282,7 +288,11 @@ def _with_runs(model: InstalledModel, runs: Runs | None) -> InstalledModel:
     if runs is None or not runs.runner_id:
         return model
     return replace(
-        model, runner_id=runs.runner_id, num_ctx=runs.num_ctx, runner_options=runs.options
+        model,
+        runner_id=runs.runner_id,
+        num_ctx=runs.num_ctx,
+        runner_options=runs.options,
+        adapters_id=runs.adapters_id,
     )
 
 

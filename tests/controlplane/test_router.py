@@ -593,6 +593,43 @@ def test_a_models_own_load_parameters_are_its_requests_defaults() -> None:
     assert (pick("threads"), pick("llama3.2")) == ("warm", "reload-fit")
 
 
+def test_a_model_with_adapters_of_its_own_reloads_the_runner_of_its_weights() -> None:
+    """Ollama keeps one runner per weights file and reloads it for a model with other adapters
+    (sched.go needsReload): a model made FROM llama3.2 with an ADAPTER is a reload where
+    llama3.2 is loaded, not a model that loads beside it, and the other way round."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "a")
+    size = 2 * builders.GB
+    installed = (
+        InstalledModel(name="llama3.2:latest", size_bytes=size, digest="d1", runner_id="r1"),
+        InstalledModel(
+            name="tuned:latest", size_bytes=size, digest="d2", runner_id="r1", adapters_id="ad" * 32
+        ),
+    )
+
+    def listing(sequence: int, name: str) -> None:
+        loaded = (LoadedModel(name=name, size_vram_bytes=size, context_length=4096),)
+        snapshot = replace(node.snapshot, sequence=sequence, installed=installed, loaded=loaded)
+        fleet.update("a", node.session, snapshot)
+
+    router = builders.router(fleet, "memory_aware")
+
+    def pick(model: str) -> str:
+        outcome = router.pick(_req(model))
+        router.report(Report(outcome.lease_id, "a", Outcome.CLIENT_CANCELLED))
+        return outcome.ranked[0].reason
+
+    listing(2, "llama3.2:latest")
+    assert node.aliases == {"tuned:latest": "llama3.2:latest"}
+    assert (pick("tuned"), pick("llama3.2")) == ("reload-fit", "warm")
+    routed = router.pick(_req("tuned"))
+    assert node.load_options == {"llama3.2:latest": (("adapters", int("ad" * 7 + "a", 16)),)}
+    listing(3, "tuned:latest")  # the reload shows under tuned's name
+    router.report(Report(routed.lease_id, "a", Outcome.OK, http_status=200))
+    assert not node.loading and not node.load_options
+    assert (pick("tuned"), pick("llama3.2")) == ("warm", "reload-fit")
+
+
 def _no_room_beside_an_idle_model() -> tuple[Fleet, Router]:
     """Node "a" with ``other`` loaded and idle and no room for llama3.2 beside it."""
     fleet = builders.fleet()

@@ -7,6 +7,7 @@ from hopscommon.runner_options import (
     from_map,
     needs_reload,
     runner_options,
+    with_adapters,
     with_defaults,
 )
 
@@ -59,3 +60,13 @@ def test_a_request_runs_with_the_options_it_names_over_its_modelfiles() -> None:
     asked = (("num_batch", 64), ("num_thread", 8))
     assert with_defaults(defaults, asked) == (("num_batch", 64), ("num_gpu", 10), ("num_thread", 8))
     assert with_defaults((), asked) == asked and with_defaults(defaults, ()) == defaults
+
+
+def test_adapters_are_kept_with_the_options_and_no_request_can_name_them() -> None:
+    tuned = with_adapters((("num_thread", 4),), "0123456789abcdef" * 4)
+    assert tuned == (("adapters", 0x0123456789ABCDE), ("num_thread", 4))
+    assert with_adapters(tuned[1:], "") == tuned[1:]
+    assert needs_reload(tuned, tuned[1:]) and needs_reload(tuned[1:], tuned)
+    assert not needs_reload(tuned, with_defaults(tuned, ()))  # the modelfile's stand
+    assert runner_options({"adapters": 5}) == from_map({"adapters": 5}) == ()
+    assert describe(tuned) == "adapters=0123456789ab,num_thread=4"

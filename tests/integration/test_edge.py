@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -726,6 +727,47 @@ def test_a_model_with_a_num_ctx_of_its_own_reloads_the_runner_it_shares() -> Non
         again = client.post("/api/generate", json={"model": "long", **body}, timeout=30)
         assert again.headers["x-hops-route"] == "warm"
         assert _sim_stats(sim)["loads"] == 2
+
+
+def test_a_model_with_an_adapter_reloads_the_runner_of_its_weights(tmp_path: Path) -> None:
+    """`ollama create tuned` FROM llama3.2 with an ADAPTER: the same weights, so the same
+    runner, which Ollama reloads with the adapter for tuned and without it for llama3.2. The
+    agent reads the adapter from the modelfile, so each route says the reload rather than
+    warm (or a cold load beside the other), and the model listed runs warm."""
+    with fleet.whole_fleet({"a": []}) as running, httpx.Client(base_url=running.edge.url) as client:
+        adapter = tmp_path / "lora.gguf"
+        adapter.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+        made = ollama.Client(host=running.edge.url, timeout=30)
+        made.create("tuned", from_="llama3.2", adapters={"lora.gguf": made.create_blob(adapter)})
+        admin = fleet.admin(running.plane.url)
+
+        def read() -> bool:
+            (node,) = admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+            models = {m.name: m for m in node.snapshot.installed}
+            tuned, base = models.get("tuned:latest"), models["llama3.2:latest"]
+            return (
+                tuned is not None and bool(tuned.adapters_id) and tuned.runner_id == base.runner_id
+            )
+
+        wait_until(read, 5.0, "tuned's adapter read from its modelfile")
+        sim = running.sim_url("a")
+        httpx.post(sim + "/api/generate", json={"model": "llama3.2"}, timeout=30).raise_for_status()
+
+        def listed() -> list[str]:
+            return [m["name"] for m in client.get("/api/ps").json()["models"]]
+
+        wait_until(lambda: listed() == ["llama3.2:latest"], 5.0, "llama3.2 loaded")
+        body = {"prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+        routes = []
+        for model, shown in (("tuned", "tuned:latest"), ("llama3.2", "llama3.2:latest")):
+            for prompt in ("one", "two"):  # no session affinity: warm on its own merit
+                body["prompt"] = prompt
+                sent = client.post("/api/generate", json={"model": model, **body}, timeout=30)
+                assert sent.status_code == 200, sent.text
+                routes.append(sent.headers["x-hops-route"])
+                wait_until(lambda shown=shown: listed() == [shown], 5.0, f"{shown} listed")
+        assert routes == ["reload-fit", "warm", "reload-fit", "warm"]
+        assert _sim_stats(sim)["loads"] == 3
 
 
 def test_ollama_stop_unloads_the_model_on_every_host() -> None:

@@ -38,12 +38,21 @@ def test_the_runner_is_told_by_its_blobs_and_the_load_parameters_come_apart() ->
     # Values a uint32 (or Go's int) cannot hold are Ollama's error to give, not a length.
     for wild in ("-1", "0", str(2**31), "8k", "true"):
         assert read_modelfile(BASE + f"PARAMETER num_ctx {wild}\n") == base
-    # Other blobs: another runner.
-    assert read_modelfile(BASE + "ADAPTER /b/sha256-" + "cd" * 32 + "\n").runner_id not in (
-        base.runner_id,
-        "",
+    # Other weights: another runner.
+    assert read_modelfile(BASE.replace("ab" * 32, "ef" * 32)).runner_id not in (base.runner_id, "")
+    # Adapters and projectors (show writes a FROM after the weights): the same runner, which
+    # Ollama reloads for a model with other ones, so they come apart too, in their order.
+    adapter, projector = "ADAPTER /b/sha256-" + "cd" * 32, "FROM /b/sha256-" + "12" * 32
+    tuned = read_modelfile(BASE + adapter + "\n")
+    assert tuned.runner_id == base.runner_id and len(tuned.adapters_id) == 64
+    assert tuned == Runs(base.runner_id, adapters_id=tuned.adapters_id)
+    both = read_modelfile(BASE + f"{adapter}\n{projector}\n")
+    swapped = read_modelfile(BASE + f"{projector}\n{adapter}\n")
+    projected = read_modelfile(BASE + projector + "\n")
+    assert {both.runner_id, swapped.runner_id, projected.runner_id} == {base.runner_id}
+    assert (
+        len({tuned.adapters_id, both.adapters_id, swapped.adapters_id, projected.adapters_id}) == 4
     )
-    assert read_modelfile(BASE.replace("ab" * 32, "ef" * 32)).runner_id != base.runner_id
     # Nothing to go by.
     assert read_modelfile("FROM llama3.2\n") == read_modelfile("") == Runs()
     assert read_modelfile("SYSTEM hi\nPARAMETER num_ctx 8\n") == Runs()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hops/v1/fleet.proto\x12\x07hops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x0cModelDetails\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61milies\x18\x03 \x03(\t\x12\x16\n\x0eparameter_size\x18\x04 \x01(\t\x12\x1a\n\x12quantization_level\x18\x05 \x01(\t\x12\x14\n\x0cparent_model\x18\x06 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x07 \x01(\r\x12\x18\n\x10\x65mbedding_length\x18\x08 \x01(\r\"\xcf\x02\n\x0eInstalledModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12/\n\x0bmodified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x15.hops.v1.ModelDetails\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x11\n\trunner_id\x18\x07 \x01(\t\x12\x0f\n\x07num_ctx\x18\x08 \x01(\r\x12\x42\n\x0erunner_options\x18\t \x03(\x0b\x32*.hops.v1.InstalledModel.RunnerOptionsEntry\x1a\x34\n\x12RunnerOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xc8\x01\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fsize_vram_bytes\x18\x04 \x01(\x04\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\r\x12&\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x15.hops.v1.ModelDetails\"Y\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\"i\n\x0cNodeCapacity\x12\x14\n\x0cnum_parallel\x18\x01 \x01(\r\x12\x19\n\x11max_loaded_models\x18\x02 \x01(\r\x12\x11\n\tmax_queue\x18\x03 \x01(\r\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\"\xef\x02\n\x0cNodeSnapshot\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12,\n\x08taken_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eollama_healthy\x18\x03 \x01(\x08\x12\x14\n\x0collama_error\x18\x04 \x01(\t\x12\x16\n\x0eollama_version\x18\x05 \x01(\t\x12*\n\tinstalled\x18\x06 \x03(\x0b\x32\x17.hops.v1.InstalledModel\x12$\n\x06loaded\x18\x07 \x03(\x0b\x32\x14.hops.v1.LoadedModel\x12\x1a\n\x04gpus\x18\x08 \x03(\x0b\x32\x0c.hops.v1.Gpu\x12&\n\ngpu_source\x18\t \x01(\x0e\x32\x12.hops.v1.GpuSource\x12!\n\x19system_memory_total_bytes\x18\n \x01(\x04\x12 \n\x18system_memory_free_bytes\x18\x0b \x01(\x04*\x83\x01\n\tGpuSource\x12\x1a\n\x16GPU_SOURCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fGPU_SOURCE_NVML\x10\x01\x12\x19\n\x15GPU_SOURCE_NVIDIA_SMI\x10\x02\x12\x13\n\x0fGPU_SOURCE_NONE\x10\x03\x12\x15\n\x11GPU_SOURCE_STATIC\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hops/v1/fleet.proto\x12\x07hops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x0cModelDetails\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61milies\x18\x03 \x03(\t\x12\x16\n\x0eparameter_size\x18\x04 \x01(\t\x12\x1a\n\x12quantization_level\x18\x05 \x01(\t\x12\x14\n\x0cparent_model\x18\x06 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x07 \x01(\r\x12\x18\n\x10\x65mbedding_length\x18\x08 \x01(\r\"\xe4\x02\n\x0eInstalledModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12/\n\x0bmodified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x15.hops.v1.ModelDetails\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x11\n\trunner_id\x18\x07 \x01(\t\x12\x0f\n\x07num_ctx\x18\x08 \x01(\r\x12\x42\n\x0erunner_options\x18\t \x03(\x0b\x32*.hops.v1.InstalledModel.RunnerOptionsEntry\x12\x13\n\x0b\x61\x64\x61pters_id\x18\n \x01(\t\x1a\x34\n\x12RunnerOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xc8\x01\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fsize_vram_bytes\x18\x04 \x01(\x04\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\r\x12&\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x15.hops.v1.ModelDetails\"Y\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\"i\n\x0cNodeCapacity\x12\x14\n\x0cnum_parallel\x18\x01 \x01(\r\x12\x19\n\x11max_loaded_models\x18\x02 \x01(\r\x12\x11\n\tmax_queue\x18\x03 \x01(\r\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\"\xef\x02\n\x0cNodeSnapshot\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12,\n\x08taken_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eollama_healthy\x18\x03 \x01(\x08\x12\x14\n\x0collama_error\x18\x04 \x01(\t\x12\x16\n\x0eollama_version\x18\x05 \x01(\t\x12*\n\tinstalled\x18\x06 \x03(\x0b\x32\x17.hops.v1.InstalledModel\x12$\n\x06loaded\x18\x07 \x03(\x0b\x32\x14.hops.v1.LoadedModel\x12\x1a\n\x04gpus\x18\x08 \x03(\x0b\x32\x0c.hops.v1.Gpu\x12&\n\ngpu_source\x18\t \x01(\x0e\x32\x12.hops.v1.GpuSource\x12!\n\x19system_memory_total_bytes\x18\n \x01(\x04\x12 \n\x18system_memory_free_bytes\x18\x0b \x01(\x04*\x83\x01\n\tGpuSource\x12\x1a\n\x16GPU_SOURCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fGPU_SOURCE_NVML\x10\x01\x12\x19\n\x15GPU_SOURCE_NVIDIA_SMI\x10\x02\x12\x13\n\x0fGPU_SOURCE_NONE\x10\x03\x12\x15\n\x11GPU_SOURCE_STATIC\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +34,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INSTALLEDMODEL_RUNNEROPTIONSENTRY']._loaded_options = None
   _globals['_INSTALLEDMODEL_RUNNEROPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_GPUSOURCE']._serialized_start=1366
-  _globals['_GPUSOURCE']._serialized_end=1497
+  _globals['_GPUSOURCE']._serialized_start=1387
+  _globals['_GPUSOURCE']._serialized_end=1518
   _globals['_MODELDETAILS']._serialized_start=66
   _globals['_MODELDETAILS']._serialized_end=254
   _globals['_INSTALLEDMODEL']._serialized_start=257
-  _globals['_INSTALLEDMODEL']._serialized_end=592
-  _globals['_INSTALLEDMODEL_RUNNEROPTIONSENTRY']._serialized_start=540
-  _globals['_INSTALLEDMODEL_RUNNEROPTIONSENTRY']._serialized_end=592
-  _globals['_LOADEDMODEL']._serialized_start=595
-  _globals['_LOADEDMODEL']._serialized_end=795
-  _globals['_GPU']._serialized_start=797
-  _globals['_GPU']._serialized_end=886
-  _globals['_NODECAPACITY']._serialized_start=888
-  _globals['_NODECAPACITY']._serialized_end=993
-  _globals['_NODESNAPSHOT']._serialized_start=996
-  _globals['_NODESNAPSHOT']._serialized_end=1363
+  _globals['_INSTALLEDMODEL']._serialized_end=613
+  _globals['_INSTALLEDMODEL_RUNNEROPTIONSENTRY']._serialized_start=561
+  _globals['_INSTALLEDMODEL_RUNNEROPTIONSENTRY']._serialized_end=613
+  _globals['_LOADEDMODEL']._serialized_start=616
+  _globals['_LOADEDMODEL']._serialized_end=816
+  _globals['_GPU']._serialized_start=818
+  _globals['_GPU']._serialized_end=907
+  _globals['_NODECAPACITY']._serialized_start=909
+  _globals['_NODECAPACITY']._serialized_end=1014
+  _globals['_NODESNAPSHOT']._serialized_start=1017
+  _globals['_NODESNAPSHOT']._serialized_end=1384
 # @@protoc_insertion_point(module_scope)

@@ -144,6 +144,7 @@ class InstalledModel(_message.Message):
     RUNNER_ID_FIELD_NUMBER: _builtins.int
     NUM_CTX_FIELD_NUMBER: _builtins.int
     RUNNER_OPTIONS_FIELD_NUMBER: _builtins.int
+    ADAPTERS_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Normalised display name, e.g. "llama3.2:latest"."""
     digest: _builtins.str
@@ -151,17 +152,23 @@ class InstalledModel(_message.Message):
     size_bytes: _builtins.int
     """Size on disk in bytes."""
     runner_id: _builtins.str
-    """The files the model runs, read from its `/api/show` modelfile: a hash of its blobs (FROM
-    weights and projectors, ADAPTER). Ollama keys a loaded runner by its weights file and
-    serves any model with the same files from it, while the runner options asked (num_ctx
-    below included) match, so models of one node with equal non-empty values (a copy; one made
-    `FROM` another with a SYSTEM or TEMPLATE of its own) run on whichever of them is loaded,
-    though `/api/ps` lists that one's name only; asking other options reloads it. Empty when
-    not known (not read yet, or the modelfile names no blob).
+    """The runner the model runs on, read from its `/api/show` modelfile: a hash of its weights
+    blob (the first FROM). Ollama keys a loaded runner by its weights file and serves any model
+    with the same weights from it, while the adapters and projectors (adapters_id) and the
+    runner options asked (num_ctx below included) match, so models of one node with equal
+    non-empty values (a copy; one made `FROM` another with a SYSTEM or TEMPLATE of its own)
+    run on whichever of them is loaded, though `/api/ps` lists that one's name only; asking
+    other options or files reloads it. Empty when not known (not read yet, or the modelfile
+    names no blob).
     """
     num_ctx: _builtins.int
     """The context length the modelfile sets (PARAMETER num_ctx): what Ollama loads the model
     with for a request naming none. 0 = none set.
+    """
+    adapters_id: _builtins.str
+    """What the same modelfile loads over the weights: a hash of its ADAPTER blobs and
+    projectors (the FROM blobs after the weights), in order. Empty when it names none (or
+    runner_id is empty). A runner loaded for a model with other ones is reloaded for this one.
     """
     @_builtins.property
     def modified_at(self) -> _timestamp_pb2.Timestamp:
@@ -194,10 +201,11 @@ class InstalledModel(_message.Message):
         runner_id: _builtins.str = ...,
         num_ctx: _builtins.int = ...,
         runner_options: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        adapters_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "modified_at", b"modified_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "details", b"details", "digest", b"digest", "modified_at", b"modified_at", "name", b"name", "num_ctx", b"num_ctx", "runner_id", b"runner_id", "runner_options", b"runner_options", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters_id", b"adapters_id", "capabilities", b"capabilities", "details", b"details", "digest", b"digest", "modified_at", b"modified_at", "name", b"name", "num_ctx", b"num_ctx", "runner_id", b"runner_id", "runner_options", b"runner_options", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
