@@ -900,11 +900,8 @@ def _with_defaults(
     what the request leaves out from the model's modelfile PARAMETERs (``num_ctx``, ``num_gpu``,
     ...), so a model made FROM another with a PARAMETER num_ctx (or an ADAPTER) of its own
     reloads the other's runner. ``context`` as RouteRequest.context (None: the request runs no
-    model). A request naming an option at Ollama's default is taken to name none
-    (RunnerOptions keeps no defaults), so the modelfile's value stands."""
+    model). An option the request names at Ollama's default stands over the modelfile's."""
     if model is None or context is None:
-        return context, options
-    if not (model.num_ctx or model.runner_options or model.adapters_id):
         return context, options
     if not context and model.num_ctx:
         context = model.num_ctx

@@ -3,12 +3,14 @@ those its model was loaded with makes Ollama reload the model (server/sched.go n
 compares api.Runner), which also drops the prompt cache. Shared by the simulator, which reloads
 as Ollama does, and by the edge and control plane, which route around such reloads.
 
-A request's options are kept as the values it names that differ from Ollama's defaults, sorted
-by name: ``num_batch`` (default 512), ``num_gpu`` (layers on the GPU; negative, the default,
-lets Ollama choose), ``main_gpu`` (0), ``num_thread`` (0, Ollama chooses) and ``use_mmap``
-(unset, Ollama chooses; kept as 1 or 0 when named). ``num_gpu`` left to Ollama matches an
-instance loaded with any value (sched.go sets both to -1 before comparing); every other option
-must match, a default matching only a default.
+A request's options are kept as the values it names, sorted by name: ``num_batch`` (default
+512), ``num_gpu`` (layers on the GPU; negative, the default, lets Ollama choose; kept as -1),
+``main_gpu`` (0), ``num_thread`` (0, Ollama chooses) and ``use_mmap`` (unset, Ollama chooses;
+kept as 1 or 0 when named). A default named is kept: it stands over a modelfile's PARAMETER
+(server/routes.go modelOptions lays the request's options over the model's). What a request
+runs with (``with_defaults``) drops the defaults, so equal settings compare equal. ``num_gpu``
+left to Ollama matches an instance loaded with any value (sched.go sets both to -1 before
+comparing); every other option must match, a default matching only a default.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ ADAPTERS = "adapters"
 
 
 def runner_options(options: Any) -> RunnerOptions:
-    """The runner options a request's ``options`` object names, other than the defaults. Values
-    of the wrong type are left out (the host answers them with its own error)."""
+    """The runner options a request's ``options`` object names, defaults too. Values of the
+    wrong type are left out (the host answers them with its own error)."""
     if not isinstance(options, dict):
         return ()
     found = []
@@ -43,8 +45,7 @@ def runner_options(options: Any) -> RunnerOptions:
         if abs(value) >= 2**31:  # Go's int options; such a value is the host's error to give
             continue
         number = int(value)
-        if number != default and not (name == "num_gpu" and number < 0):
-            found.append((name, number))
+        found.append((name, default if name == "num_gpu" and number < 0 else number))
     for name in BOOL_OPTIONS:
         flag = options.get(name)
         if isinstance(flag, bool):
@@ -56,19 +57,26 @@ def needs_reload(loaded: RunnerOptions, asked: RunnerOptions) -> bool:
     """Whether Ollama reloads an instance loaded with ``loaded`` for a request asking ``asked``."""
     if loaded == asked:
         return False
-    held = dict(loaded)
-    wanted = dict(asked)
+    held = dict(_in_effect(loaded))
+    wanted = dict(_in_effect(asked))
     if "num_gpu" not in wanted:
         held.pop("num_gpu", None)
     return held != wanted
 
 
 def with_defaults(defaults: RunnerOptions, asked: RunnerOptions) -> RunnerOptions:
-    """``asked`` over ``defaults`` (a modelfile's PARAMETERs): what a request runs with. An
-    option asked at Ollama's default is not kept in ``asked``, so the default given stands."""
+    """``asked`` over ``defaults`` (a modelfile's PARAMETERs): what a request runs with, less
+    the values at Ollama's defaults. One asked at Ollama's default stands over the modelfile's."""
     if not defaults:
-        return asked
-    return tuple(sorted((dict(defaults) | dict(asked)).items()))
+        return _in_effect(asked)
+    return _in_effect(tuple(sorted((dict(defaults) | dict(asked)).items())))
+
+
+def _in_effect(options: RunnerOptions) -> RunnerOptions:
+    """``options`` less those at Ollama's defaults (the same settings as naming none)."""
+    if not any(INT_DEFAULTS.get(name) == value for name, value in options):
+        return options
+    return tuple((name, v) for name, v in options if INT_DEFAULTS.get(name) != v)
 
 
 def with_adapters(options: RunnerOptions, adapters_id: str) -> RunnerOptions:
@@ -79,7 +87,7 @@ def with_adapters(options: RunnerOptions, adapters_id: str) -> RunnerOptions:
 
 
 def from_map(values: dict[str, int]) -> RunnerOptions:
-    """Options from a map (the wire form), keeping known names only, normalised as above."""
+    """Options from a map (the wire form), keeping known names only, read as above."""
     known = {name: v for name, v in values.items() if name in NAMES}
     return runner_options({n: bool(v) if n in BOOL_OPTIONS else v for n, v in known.items()})
 

@@ -9,6 +9,7 @@ from controlplane.fleet import Fleet
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.router import Learned, PickStatus, Router
 from hopscommon.fleet import Details, Gpu, InstalledModel, LoadedModel
+from hopscommon.runner_options import runner_options
 from tests.controlplane import builders
 
 
@@ -448,7 +449,11 @@ def test_a_pick_reads_known_runner_options_only() -> None:
         model="llama3.2", runner_options={"num_thread": 8, "use_mmap": 5, "num_batch": 512}
     )
     wire.runner_options["bogus"] = 1  # a rogue or newer edge: ignored
-    assert convert.route_request(wire).runner_options == (("num_thread", 8), ("use_mmap", 1))
+    assert convert.route_request(wire).runner_options == (
+        ("num_batch", 512),  # Ollama's default, named: it stands over a modelfile's value
+        ("num_thread", 8),
+        ("use_mmap", 1),
+    )
     assert convert.route_request(router_pb2.PickRequest(model="x")).runner_options == ()
 
 
@@ -591,6 +596,9 @@ def test_a_models_own_load_parameters_are_its_requests_defaults() -> None:
     listing(4, "threads:latest", 4096)  # loaded outside HOPS, with its num_thread
     assert node.runner_options == {}
     assert (pick("threads"), pick("llama3.2")) == ("warm", "reload-fit")
+    # Ollama's default named (as the edge reads it) stands over the modelfile's value.
+    assert pick("threads", runner_options=runner_options({"num_thread": 0})) == "reload-fit"
+    assert pick("llama3.2", runner_options=runner_options({"num_thread": 4})) == "warm"
 
 
 def test_a_model_with_adapters_of_its_own_reloads_the_runner_of_its_weights() -> None:

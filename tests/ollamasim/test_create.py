@@ -82,3 +82,26 @@ async def test_a_model_made_from_another_runs_on_its_runner_unless_it_asks_other
     assert "PARAMETER num_ctx 8192" in long
     digests = {m.model: m.digest for m in (await client.list()).models}
     assert len({digests["llama3.2:latest"], digests["bot:latest"], digests["long:latest"]}) == 3
+
+
+async def test_options_a_request_names_stand_over_the_modelfiles_even_at_the_defaults(
+    start_sim: SimFactory,
+) -> None:
+    """Ollama lays a request's options over its model's PARAMETERs (routes.go modelOptions),
+    Ollama's own defaults included: num_batch 512 named reloads an instance loaded with the
+    modelfile's 256, and num_gpu -1 (Ollama's choice) matches an instance loaded with 10."""
+    sim = await start_sim(models="llama3.2")
+    client = ollama.AsyncClient(host=sim.url)
+    await client.create("tuned", from_="llama3.2", parameters={"num_batch": 256, "num_gpu": 20})
+
+    async def loads_after(**options: int) -> int:
+        await client.generate("tuned", "hi", options=options)
+        return int((await sim_stats(sim))["loads"])
+
+    assert await loads_after() == 1
+    assert await loads_after(num_batch=256) == 1
+    assert await loads_after(num_batch=512) == 2  # the default, named: not the modelfile's
+    assert await loads_after() == 3
+    assert await loads_after(num_gpu=10) == 4
+    assert await loads_after(num_gpu=-1) == 4  # any instance will do
+    assert await loads_after() == 5  # the modelfile's 20 again
