@@ -173,7 +173,9 @@ def node_pb(
             admin_pb2.ModelInFlight(model=m, in_flight=c) for m, c in sorted(in_flight.items())
         ],
         in_flight_total=sum(in_flight.values()),
-        automatic_context_length=node.auto_context,
+        automatic_context_length={
+            key: length for key in node.installed_by_key if (length := node.automatic_context(key))
+        },
         runner_options={key: describe(o) for key, o in node.runner_options.items() if o},
         capacity=capacity_pb(node.hello.capacity),
         connected_since=ts(node.connected_since) if node.session is not None else None,

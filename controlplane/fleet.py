@@ -72,9 +72,9 @@ class Node:
     # no reply has shown done: Ollama lists a model from the start of its load (/api/ps), so
     # listed is not yet ready
     warming: dict[str, float] = field(default_factory=dict)
-    # model key -> the context length Ollama here gives it when a request names none
-    # (OLLAMA_CONTEXT_LENGTH or its memory tier, capped at the trained length), learned from
-    # replies: no API reports it
+    # model key (see auto_key) -> the context length Ollama here gives it when a request names
+    # none (OLLAMA_CONTEXT_LENGTH or its memory tier, capped at the trained length), learned
+    # from replies: no API reports it
     auto_context: dict[str, int] = field(default_factory=dict)
     # model key -> the runner options (num_gpu, num_thread, ...) its instance here was loaded
     # with, where HOPS routed that load; no API reports them
@@ -158,7 +158,7 @@ class Node:
             listed = self.loaded_by_key.get(key)
             length = listed.context_length if listed is not None else 0
             if length and length not in before:
-                self.auto_context[key] = length
+                self.auto_context[self.auto_key(key)] = length
                 del self.context_probe[key]
             elif now > until:
                 del self.context_probe[key]
@@ -195,6 +195,17 @@ class Node:
                 self.load_context[key] = asked
         for victim in victims:
             self.evicting[victim] = key
+
+    def auto_key(self, key: str) -> str:
+        """Where ``auto_context`` keeps ``key``'s automatic length: under its runner_id where
+        known, since models with the same weights get the same one (the same trained length),
+        and Ollama relists their runner under whichever model last (re)loaded it."""
+        model = self.installed_by_key.get(key)
+        return model.runner_id if model is not None and model.runner_id else key
+
+    def automatic_context(self, key: str) -> int:
+        """The automatic length learned for ``key`` here, 0 while unknown."""
+        return self.auto_context.get(self.auto_key(key), 0) if self.auto_context else 0
 
     def runner_key(self, key: str) -> str:
         """The model whose instance here serves a request for ``key``: a listed model with the

@@ -445,7 +445,7 @@ class Router:
         # host's automatic one): Ollama reloads it for this request.
         reload = (
             context is not None
-            and (context > 0 or key in node.auto_context)  # none asked, none learned: match
+            and (context > 0 or node.automatic_context(key) > 0)  # none asked, none learned: match
             and _other_context(node, key, context)
         )
         # Or with other runner options (num_gpu, num_thread, ..., and the adapters), as far as
@@ -528,8 +528,8 @@ class Router:
             context_unsure=context == 0
             and not reload
             and key in self._asked_lengths
-            and key not in node.auto_context
-            and key in node.loaded_by_key,
+            and key in node.loaded_by_key
+            and not node.automatic_context(key),
             replaced=(
                 self._replaced(node, key, context, options_reload)
                 if reload and context is not None
@@ -815,9 +815,9 @@ class Router:
         if len(found) != 1:  # not listed, or also being loaded at another length: unclear
             return
         listed = found[0]
-        was = node.auto_context.get(key)
-        node.auto_context[key] = listed
-        if was is not None and was != listed and node.reloading.get(key) == was:
+        was = node.automatic_context(key)
+        node.auto_context[node.auto_key(key)] = listed
+        if was and was != listed and node.reloading.get(key) == was:
             # A reload routed at the length learned before, which Ollama did not make (its
             # automatic length changed, say on a restart): the mark would wait for it in vain.
             self._forget_loads(node, lambda k, _: k == key)
@@ -939,7 +939,7 @@ def _wanted_context(node: Node, key: str, num_ctx: int) -> int:
     trained length, when its host reports it; for 0 (none asked), the host's automatic
     length for the model, 0 while not learned."""
     if not num_ctx:
-        return node.auto_context.get(key, 0)
+        return node.automatic_context(key)
     installed = node.installed_by_key.get(key)
     trained = installed.details.context_length if installed is not None else 0
     return min(num_ctx, trained) if trained else num_ctx

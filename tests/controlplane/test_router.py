@@ -789,6 +789,41 @@ def test_a_request_naming_no_context_is_not_sent_warm_to_an_instance_loaded_with
     assert show.candidate.loaded and not show.candidate.reload
 
 
+def test_an_automatic_length_holds_for_every_model_on_the_same_weights() -> None:
+    """Ollama gives every model on the same weights the same automatic length, and relists
+    their runner under the model that last (re)loaded it. Learned while llama3.2 was listed, it
+    still tells that llama3.2 naming no length reloads the instance long (FROM llama3.2 with
+    PARAMETER num_ctx 8192) loaded, and that bot (a SYSTEM of its own) runs warm on it once a
+    request naming none has reloaded it."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "a")
+    installed = tuple(
+        InstalledModel(name=name, size_bytes=2 * builders.GB, runner_id="r1", num_ctx=num_ctx)
+        for name, num_ctx in (("llama3.2:latest", 0), ("long:latest", 8192), ("bot:latest", 0))
+    )
+
+    def listing(name: str, context: int) -> None:
+        loaded = (LoadedModel(name=name, size_vram_bytes=2 * builders.GB, context_length=context),)
+        sequence = node.snapshot.sequence + 1
+        snapshot = replace(node.snapshot, sequence=sequence, installed=installed, loaded=loaded)
+        fleet.update("a", node.session, snapshot)
+
+    router = builders.router(fleet, "memory_aware")
+    listing("llama3.2:latest", 4096)
+    assert _served(router, "a", load_s=0.04) == "warm"  # ran at 4096 with no load
+    assert {node.automatic_context(m.name) for m in installed} == {4096}
+    listing("long:latest", 8192)  # a request for long reloaded it
+    assert node.aliases == {"llama3.2:latest": "long:latest", "bot:latest": "long:latest"}
+    assert _served(router, "a", load_s=2.0) == "reload-fit"  # was "warm": no length known
+    listing("llama3.2:latest", 4096)
+    assert [_served(router, "a", load_s=0.04, model=m) for m in ("bot", "long")] == [
+        "warm",
+        "reload-fit",
+    ]
+    shown = convert.node_pb(node, fleet).automatic_context_length
+    assert dict(shown) == {"llama3.2:latest": 4096, "long:latest": 4096, "bot:latest": 4096}
+
+
 def test_an_instance_whose_length_may_not_be_automatic_is_warm_below_one_known_to_be() -> None:
     """Once clients ask a model at explicit lengths, an instance on a host whose automatic
     length is not learned may be one of theirs, which Ollama reloads for a request asking none.

@@ -349,7 +349,8 @@ class Node(_message.Message):
     @_builtins.property
     def automatic_context_length(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Per model, the context length this node's Ollama gives a request naming no num_ctx, as
-        learned from replies (Ollama reports it nowhere); absent until a reply showed it.
+        learned from replies (Ollama reports it nowhere); absent until a reply showed it. Models
+        with the same weights (InstalledModel.runner_id) share it.
         """
 
     @_builtins.property
