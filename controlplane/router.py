@@ -448,6 +448,15 @@ class Router:
             and (context > 0 or node.automatic_context(key) > 0)  # none asked, none learned: match
             and _other_context(node, key, context)
         )
+        # A load under way at another length: Ollama reloads it for this request once it is
+        # done, so the request does not join it.
+        after_load = (
+            context is not None
+            and bool(node.loading)
+            and key in node.loading
+            and _loading_at_other_length(node, key, context)
+        )
+        reload = reload or after_load
         # Or with other runner options (num_gpu, num_thread, ..., and the adapters), as far as
         # HOPS routed its load: an instance loaded outside HOPS is taken to have its
         # modelfile's, as Ollama loads it for a request naming none. One still loading is
@@ -507,7 +516,8 @@ class Router:
             loading=not loaded
             and key in node.loading
             and key not in evicting
-            and not options_reload,
+            and not options_reload
+            and not after_load,
             idle_loaded_bytes=idle,
             decode_tps=self._decode_tps(learned, node_id, size),
             load_seconds=self._load_seconds(learned, node_id, size),
@@ -932,6 +942,15 @@ def _other_context(node: Node, key: str, num_ctx: int) -> bool:
     if key in node.reloading:
         return True
     return bool(model.context_length) and model.context_length != wanted
+
+
+def _loading_at_other_length(node: Node, key: str, num_ctx: int) -> bool:
+    """Whether the load of ``key`` routed to ``node`` and under way runs at another context
+    length than a request asking for ``num_ctx`` (0: none) would: the length of a reload, else
+    the explicit one it was asked at, else the host's automatic one. Unknown lengths match."""
+    wanted = _wanted_context(node, key, num_ctx)
+    at = node.reloading.get(key) or node.load_context.get(key) or node.automatic_context(key)
+    return bool(wanted and at) and at != wanted
 
 
 def _wanted_context(node: Node, key: str, num_ctx: int) -> int:

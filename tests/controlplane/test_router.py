@@ -824,6 +824,32 @@ def test_an_automatic_length_holds_for_every_model_on_the_same_weights() -> None
     assert dict(shown) == {"llama3.2:latest": 4096, "long:latest": 4096, "bot:latest": 4096}
 
 
+def test_a_request_at_another_length_does_not_join_a_load_under_way() -> None:
+    """A load routed at num_ctx 8192 and not done yet: a request asking 8192 joins it, one
+    asking 2048 makes Ollama reload the instance once it is loaded, so it ranks as a reload,
+    not as a load about to be warm; nor does one naming none once the host's automatic length
+    (4096) is known. The same for a reload under way."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "a")
+    router = builders.router(fleet, "memory_aware")
+
+    def reason(**kw: object) -> str:
+        return router.pick(_req(**kw)).ranked[0].reason
+
+    assert reason(num_ctx=8192) == "cold-fit"
+    assert node.load_context == {"llama3.2:latest": 8192}
+    assert reason(num_ctx=8192) == "loading"
+    assert reason() == "loading"  # the automatic length unknown: taken to match
+    assert reason(num_ctx=2048) == "reload-fit"
+    node.auto_context["llama3.2:latest"] = 4096
+    assert reason() == "reload-fit"
+    _loaded_with_context(fleet, "b", 8192)
+    reloaded = router.pick(_req(node_id="b", num_ctx=2048))
+    assert fleet.nodes["b"].reloading == {"llama3.2:latest": 2048}
+    assert reloaded.ranked[0].reason == "reload-fit"
+    assert [reason(node_id="b", num_ctx=n) for n in (2048, 8192)] == ["loading", "reload-fit"]
+
+
 def test_an_instance_whose_length_may_not_be_automatic_is_warm_below_one_known_to_be() -> None:
     """Once clients ask a model at explicit lengths, an instance on a host whose automatic
     length is not learned may be one of theirs, which Ollama reloads for a request asking none.
