@@ -91,7 +91,7 @@ class Node:
     # one shows its automatic length
     context_probe: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
     counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
-    # installed model key -> the listed model whose runner serves it (see _aliases)
+    # installed model key -> the listed (or loading) model whose runner serves it (see _aliases)
     aliases: dict[str, str] = field(default_factory=dict)
     vram_total: int = 0
     vram_free: int = 0
@@ -124,7 +124,7 @@ class Node:
             )
         self.snapshot = snapshot
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
-        self.aliases = _aliases(self.installed_by_key, self.loaded_by_key)
+        self.aliases = _aliases(self.installed_by_key, self.loaded_by_key, self.loading)
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
         listed = {k: t for k, (t, _) in self.loading.items() if self._loaded_as_asked(k, t)}
@@ -181,11 +181,13 @@ class Node:
         context: int = 0,
         *,
         asked: int = 0,
-    ) -> None:
+    ) -> set[str]:
         """A load of ``key`` was just routed here: it will take ``memory`` bytes before any
         snapshot says, and Ollama will evict ``victims`` (loaded, idle models) to make room.
         ``context``: it reloads ``key``, loaded here with another context length, at this one
-        (in the old instance's memory). ``asked``: the explicit length it runs at (0: none)."""
+        (in the old instance's memory). ``asked``: the explicit length it runs at (0: none).
+        Returns the models another instance now serves (see _aliases)."""
+        realiased: set[str] = set()
         if key not in self.loading:
             self.loading[key] = (time.monotonic(), memory)
             self.loading_bytes += memory
@@ -193,8 +195,20 @@ class Node:
                 self.reloading[key] = context
             if asked:
                 self.load_context[key] = asked
+            # Copies and models on the same weights join this load (see _aliases).
+            realiased = self._realias()
         for victim in victims:
             self.evicting[victim] = key
+        return realiased
+
+    def _realias(self) -> set[str]:
+        """Recompute ``aliases``; returns the models whose serving instance changed."""
+        before = self.aliases
+        self.aliases = _aliases(self.installed_by_key, self.loaded_by_key, self.loading)
+        if not before and not self.aliases:
+            return set()
+        keys = before.keys() | self.aliases.keys()
+        return {k for k in keys if before.get(k) != self.aliases.get(k)}
 
     def auto_key(self, key: str) -> str:
         """Where ``auto_context`` keeps ``key``'s automatic length: under its runner_id where
@@ -221,7 +235,9 @@ class Node:
 
     def forget_loads(self, done: Callable[[str, float], bool]) -> set[str]:
         """Drop the pending loads for which ``done(key, since)`` holds, and the evictions they
-        were to cause once done or moot; returns the models no longer marked for eviction."""
+        were to cause once done or moot; returns the models no longer marked for eviction, and
+        those another instance now serves (see _aliases)."""
+        dropped = False
         for key, (since, size) in list(self.loading.items()):
             if done(key, since):
                 del self.loading[key]
@@ -230,6 +246,9 @@ class Node:
                 self.load_context.pop(key, None)
                 self.load_options.pop(key, None)
                 self.answered.discard(key)
+                dropped = True
+        # A load that served other models no longer does.
+        realiased = self._realias() if dropped and self.aliases else set()
         stale = [
             victim
             for victim, cause in self.evicting.items()
@@ -238,11 +257,13 @@ class Node:
         ]
         for victim in stale:
             del self.evicting[victim]
-        return set(stale)
+        return realiased.union(stale)
 
 
 def _aliases(
-    installed: dict[str, InstalledModel], loaded: dict[str, LoadedModel]
+    installed: dict[str, InstalledModel],
+    loaded: dict[str, LoadedModel],
+    loading: Iterable[str] = (),
 ) -> dict[str, str]:
     """Installed models not listed that a listed model's runner serves. Ollama keys a runner
     by the model's weights file, serves any model with the same weights from it, and `/api/ps`
@@ -250,9 +271,9 @@ def _aliases(
     manifest, so the same digest; a model made ``FROM`` another has another digest and the
     same runner_id (read by the agent from its modelfile). Requests for either go to that
     runner: warm, or a reload where they run with another context length, runner options or
-    adapters (its modelfile's PARAMETERs and ADAPTERs too, see Router._candidate)."""
-    if not loaded:
-        return {}
+    adapters (its modelfile's PARAMETERs and ADAPTERs too, see Router._candidate). A load
+    routed here (``loading``) and not listed yet serves them the same way once done: they join
+    it, or reload it after, rather than load the same weights a second time."""
     serving: dict[tuple[str, str], str] = {}
     for key, listed in loaded.items():
         if listed.digest:
@@ -260,13 +281,22 @@ def _aliases(
         runner = installed[key].runner_id if key in installed else ""
         if runner:
             serving[("runner", runner)] = key
+    for key in loading:
+        m = installed.get(key)
+        if m is not None and key not in loaded:  # a listed model's runner comes first
+            if m.digest:
+                serving.setdefault(("digest", m.digest), key)
+            if m.runner_id:
+                serving.setdefault(("runner", m.runner_id), key)
+    if not serving:
+        return {}
     aliases = {}
     for key, m in installed.items():
         if key in loaded:
             continue
         by = serving.get(("runner", m.runner_id)) if m.runner_id else None
         by = by or serving.get(("digest", m.digest))
-        if by is not None:
+        if by is not None and by != key:
             aliases[key] = by
     return aliases
 

@@ -211,7 +211,8 @@ class Router:
             wanted = lease.context or _wanted_context(first, key, 0)
             context = wanted if chosen.reload else 0
             victims = self._victims(first, key, chosen)
-            first.mark_loading(key, memory, victims, context, asked=lease.context)
+            realiased = first.mark_loading(key, memory, victims, context, asked=lease.context)
+            self.fleet.warm_changed(first.node_id, realiased)
             if not chosen.loading:  # its own load: the instance will have its runner options
                 first.load_options[key] = options
             self.fleet.count_warm(first)

@@ -25,10 +25,16 @@ from hopscommon.fleet import Capacity, Gpu, Hello, InstalledModel, LoadedModel, 
 from tests.controlplane import builders
 
 GIB = 1024**3
-# copy:3b is `ollama cp small:3b copy:3b`: the same digest, so served by small:3b's instance
-MODELS = ["tiny:1b", "small:3b", "copy:3b", "mid:8b", "big:32b", "huge:70b"]
-SIZES = {"tiny:1b": 1, "small:3b": 2, "copy:3b": 2, "mid:8b": 5, "big:32b": 19, "huge:70b": 40}
+# copy:3b is `ollama cp small:3b copy:3b`: the same digest, so served by small:3b's instance;
+# bot:3b and long:3b are made FROM small:3b (the same weights, so runner), long:3b with a
+# PARAMETER num_ctx of its own
+MODELS = ["tiny:1b", "small:3b", "copy:3b", "bot:3b", "long:3b", "mid:8b", "big:32b", "huge:70b"]
+SIZES = {
+    **{"tiny:1b": 1, "small:3b": 2, "copy:3b": 2, "bot:3b": 2, "long:3b": 2},
+    **{"mid:8b": 5, "big:32b": 19, "huge:70b": 40},
+}
 DIGESTS = {m: "small:3b" if m == "copy:3b" else m for m in MODELS}
+RUNNERS = {"small:3b": "r3", "copy:3b": "r3", "bot:3b": "r3", "long:3b": "r3"}
 
 
 def _hello(rng: random.Random, node_id: str) -> Hello:
@@ -56,7 +62,14 @@ def _snapshot(rng: random.Random, sequence: int) -> Snapshot:
         sequence=sequence,
         ollama_healthy=rng.random() < 0.9,
         installed=tuple(
-            InstalledModel(name=m, size_bytes=SIZES[m] * GIB, digest=DIGESTS[m]) for m in installed
+            InstalledModel(
+                name=m,
+                size_bytes=SIZES[m] * GIB,
+                digest=DIGESTS[m],
+                runner_id=RUNNERS.get(m, ""),
+                num_ctx=8192 if m == "long:3b" else 0,
+            )
+            for m in installed
         ),
         loaded=tuple(
             LoadedModel(
@@ -104,6 +117,7 @@ def _request(rng: random.Random) -> RouteRequest:
         exclude=frozenset(rng.sample([f"n{i}" for i in range(12)], rng.randint(0, 2))),
         label_selector=rng.choice([(), (), (("zone", "eu"),)]),
         max_candidates=rng.choice([0, 1, 2, 5]),
+        num_ctx=rng.choice([0, 0, 0, 2048, 8192]),
     )
 
 

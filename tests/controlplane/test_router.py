@@ -535,6 +535,39 @@ def test_a_model_made_from_a_loaded_one_runs_warm_on_its_runner() -> None:
     assert node.aliases == {"llama3.2:latest": "bot:latest"}
 
 
+def test_a_model_on_the_weights_of_a_load_under_way_joins_it() -> None:
+    """A load of llama3.2 routed and not listed yet: a request for bot (made FROM it with a
+    SYSTEM) or for a copy joins that load, as Ollama serves them from the runner it is
+    loading, rather than load the same weights again; one for tuned (with an ADAPTER) reloads
+    it once loaded. A load no request waits for any more serves nobody."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "a")
+    installed = tuple(
+        InstalledModel(name=n, size_bytes=2 * builders.GB, digest=d, runner_id="r1", adapters_id=a)
+        for n, d, a in (
+            ("llama3.2:latest", "d1", ""),
+            ("mycopy:latest", "d1", ""),
+            ("bot:latest", "d2", ""),
+            ("tuned:latest", "d3", "ad" * 32),
+        )
+    )
+    fleet.update("a", node.session, replace(node.snapshot, sequence=2, installed=installed))
+    router = builders.router(fleet, "memory_aware")
+    first = router.pick(_req())
+    assert first.ranked[0].reason == "cold-fit" and set(node.loading) == {"llama3.2:latest"}
+    assert node.aliases == {
+        m: "llama3.2:latest" for m in ("mycopy:latest", "bot:latest", "tuned:latest")
+    }
+    joined = [router.pick(_req(m)) for m in ("bot", "mycopy")]
+    assert [o.ranked[0].reason for o in joined] == ["loading", "loading"]
+    assert fleet.leases.in_flight("a", "llama3.2:latest") == 3
+    assert router.pick(_req("tuned")).ranked[0].reason == "reload-fit"
+    for outcome in [first, *joined]:
+        router.report(Report(outcome.lease_id, "a", Outcome.CLIENT_CANCELLED))
+    assert set(node.loading) == {"llama3.2:latest"}  # tuned's reload still waits for it
+    assert node.load_options == {"llama3.2:latest": (("adapters", int("ad" * 7 + "a", 16)),)}
+
+
 def test_a_models_own_load_parameters_are_its_requests_defaults() -> None:
     """Ollama runs a request naming no num_ctx (or num_thread, ...) with its modelfile's
     PARAMETER, and keeps one runner per weights file: a model made FROM llama3.2 with a
