@@ -218,8 +218,11 @@ class Node:
         return model.runner_id if model is not None and model.runner_id else key
 
     def automatic_context(self, key: str) -> int:
-        """The automatic length learned for ``key`` here, 0 while unknown."""
-        return self.auto_context.get(self.auto_key(key), 0) if self.auto_context else 0
+        """The automatic length learned for ``key`` here, 0 while unknown (one learned before
+        its runner_id was read is under its name)."""
+        if not self.auto_context:
+            return 0
+        return self.auto_context.get(self.auto_key(key)) or self.auto_context.get(key, 0)
 
     def runner_key(self, key: str) -> str:
         """The model whose instance here serves a request for ``key``: a listed model with the

@@ -855,6 +855,12 @@ def test_an_automatic_length_holds_for_every_model_on_the_same_weights() -> None
     ]
     shown = convert.node_pb(node, fleet).automatic_context_length
     assert dict(shown) == {"llama3.2:latest": 4096, "long:latest": 4096, "bot:latest": 4096}
+    # Learned before the agent had read the runner_id: kept under the name, and still found.
+    unread = builders.add_node(fleet, "b")
+    unread.auto_context = {"llama3.2:latest": 2048}
+    fleet.update("b", unread.session, replace(unread.snapshot, sequence=9, installed=installed))
+    assert unread.auto_key("llama3.2:latest") == "r1"
+    assert unread.automatic_context("llama3.2:latest") == 2048
 
 
 def test_a_request_at_another_length_does_not_join_a_load_under_way() -> None:
