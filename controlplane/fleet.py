@@ -18,7 +18,7 @@ from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
 from hopscommon import names
 from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot, runs_one_at_a_time
-from hopscommon.runner_options import RunnerOptions
+from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
 
 
 class NodeState(Enum):
@@ -224,17 +224,56 @@ class Node:
             return 0
         return self.auto_context.get(self.auto_key(key)) or self.auto_context.get(key, 0)
 
+    def wanted_context(self, key: str, num_ctx: int) -> int:
+        """The context length a request asking for ``num_ctx`` runs ``key`` with here: capped
+        at the model's trained length, when its host reports it; for 0 (none asked), the
+        host's automatic length for the model, 0 while not learned."""
+        if not num_ctx:
+            return self.automatic_context(key)
+        installed = self.installed_by_key.get(key)
+        trained = installed.details.context_length if installed is not None else 0
+        return min(num_ctx, trained) if trained else num_ctx
+
+    def held_options(self, key: str) -> RunnerOptions:
+        """The runner options (adapters included) the instance of ``key`` here was or is being
+        loaded with: those a load HOPS routed asked, else its modelfile's (an instance loaded
+        outside HOPS, as Ollama loads it for a request naming none)."""
+        held = self.load_options.get(key) if self.load_options else None
+        if held is None:
+            held = self.runner_options.get(key)
+        if held is None:
+            installed = self.installed_by_key.get(key)
+            held = installed.modelfile_options if installed is not None else ()
+        return held
+
     def runner_key(self, key: str) -> str:
         """The model whose instance here serves a request for ``key``: a listed model with the
         same files (see _aliases), else ``key`` itself."""
         return self.aliases.get(key, key) if self.aliases else key
 
     def warm_keys(self) -> set[str]:
-        """The models routing counts as loaded here (a copy of a loaded model too)."""
+        """The models routing counts as loaded here: a copy of a loaded model too, and a model
+        made FROM it, unless its modelfile asks what Ollama reloads the instance for."""
         warm = self.loaded_by_key.keys() - self.evicting.keys()
         if self.aliases:
-            warm |= {alias for alias, listed in self.aliases.items() if listed in warm}
+            warm |= {
+                alias
+                for alias, listed in self.aliases.items()
+                if listed in warm and self._runs_as_listed(alias, listed)
+            }
         return warm
+
+    def _runs_as_listed(self, alias: str, listed: str) -> bool:
+        """Whether a request for ``alias`` naming no options runs on the instance listed as
+        ``listed`` without a reload: its modelfile's options and adapters are those the
+        instance has, and its length (its PARAMETER num_ctx, else the automatic one) the
+        instance's, where both are known."""
+        model = self.installed_by_key[alias]
+        if needs_reload(self.held_options(listed), with_defaults(model.modelfile_options, ())):
+            return False
+        length = self.loaded_by_key[listed].context_length
+        wanted = self.wanted_context(alias, model.num_ctx)
+        return not (length and wanted) or length == wanted
 
     def forget_loads(self, done: Callable[[str, float], bool]) -> set[str]:
         """Drop the pending loads for which ``done(key, since)`` holds, and the evictions they

@@ -35,7 +35,7 @@ from controlplane.policies.base import (
 )
 from hopscommon import names
 from hopscommon.fleet import InstalledModel
-from hopscommon.runner_options import RunnerOptions, needs_reload, with_adapters, with_defaults
+from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
 
 log = logging.getLogger("hops.controlplane")
 EWMA_ALPHA = 0.3
@@ -186,7 +186,7 @@ class Router:
                 lengths.add(first.load_context.get(key, 0))
             lease.auto_from = tuple(sorted(lengths - {0}))
         elif asked:
-            lease.context = _wanted_context(first, key, asked)
+            lease.context = first.wanted_context(key, asked)
             probe = first.context_probe.get(key)
             if probe is not None:  # this request may reload it before the next snapshot
                 first.context_probe[key] = ((*probe[0], lease.context), probe[1])
@@ -208,7 +208,7 @@ class Router:
             # as when they were warm, still a bound; the next snapshot tightens them.
             # A reload takes the memory of the instance it replaces.
             memory = 0 if chosen.reload else int(chosen.model_size * KV_HEADROOM)
-            wanted = lease.context or _wanted_context(first, key, 0)
+            wanted = lease.context or first.wanted_context(key, 0)
             context = wanted if chosen.reload else 0
             victims = self._victims(first, key, chosen)
             realiased = first.mark_loading(key, memory, victims, context, asked=lease.context)
@@ -462,11 +462,7 @@ class Router:
         # HOPS routed its load: an instance loaded outside HOPS is taken to have its
         # modelfile's, as Ollama loads it for a request naming none. One still loading is
         # reloaded after its load, not joined.
-        held_options = node.load_options.get(key) if node.load_options else None
-        if held_options is None:
-            held_options = node.runner_options.get(key)
-        if held_options is None:
-            held_options = _modelfile_options(installed) if installed is not None else ()
+        held_options = node.held_options(key)
         options_reload = (
             not reload
             and context is not None
@@ -916,12 +912,7 @@ def _with_defaults(
         return context, options
     if not context and model.num_ctx:
         context = model.num_ctx
-    return context, with_defaults(_modelfile_options(model), options)
-
-
-def _modelfile_options(model: InstalledModel) -> RunnerOptions:
-    """The runner options ``model``'s modelfile loads it with: its PARAMETERs and adapters."""
-    return with_adapters(model.runner_options, model.adapters_id)
+    return context, with_defaults(model.modelfile_options, options)
 
 
 def _at_length(key: str, context: int) -> str:
@@ -937,7 +928,7 @@ def _other_context(node: Node, key: str, num_ctx: int) -> bool:
     model = node.loaded_by_key.get(key)
     if model is None:
         return False
-    wanted = _wanted_context(node, key, num_ctx)
+    wanted = node.wanted_context(key, num_ctx)
     if not wanted:
         return False
     if key in node.reloading:
@@ -949,20 +940,9 @@ def _loading_at_other_length(node: Node, key: str, num_ctx: int) -> bool:
     """Whether the load of ``key`` routed to ``node`` and under way runs at another context
     length than a request asking for ``num_ctx`` (0: none) would: the length of a reload, else
     the explicit one it was asked at, else the host's automatic one. Unknown lengths match."""
-    wanted = _wanted_context(node, key, num_ctx)
+    wanted = node.wanted_context(key, num_ctx)
     at = node.reloading.get(key) or node.load_context.get(key) or node.automatic_context(key)
     return bool(wanted and at) and at != wanted
-
-
-def _wanted_context(node: Node, key: str, num_ctx: int) -> int:
-    """The context length a request asking for ``num_ctx`` runs with: capped at the model's
-    trained length, when its host reports it; for 0 (none asked), the host's automatic
-    length for the model, 0 while not learned."""
-    if not num_ctx:
-        return node.automatic_context(key)
-    installed = node.installed_by_key.get(key)
-    trained = installed.details.context_length if installed is not None else 0
-    return min(num_ctx, trained) if trained else num_ctx
 
 
 def _wholly_in_memory(node: Node, key: str) -> bool:

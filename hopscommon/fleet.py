@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from hopscommon.runner_options import RunnerOptions
+from hopscommon.runner_options import RunnerOptions, with_adapters
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,11 @@ class InstalledModel:
     num_ctx: int = 0  # the context length its modelfile sets, 0 = none
     runner_options: RunnerOptions = ()  # the runner options its modelfile sets
     adapters_id: str = ""  # its adapters and projectors: a runner loaded with others reloads
+
+    @property
+    def modelfile_options(self) -> RunnerOptions:
+        """The runner options its modelfile loads it with: its PARAMETERs and adapters."""
+        return with_adapters(self.runner_options, self.adapters_id)
 
 
 # Architectures Ollama runs with one parallel slot whatever OLLAMA_NUM_PARALLEL says (sched.go

@@ -535,6 +535,41 @@ def test_a_model_made_from_a_loaded_one_runs_warm_on_its_runner() -> None:
     assert node.aliases == {"llama3.2:latest": "bot:latest"}
 
 
+def test_a_model_on_a_loaded_runner_counts_warm_only_where_it_runs_without_a_reload() -> None:
+    """Models made FROM llama3.2 are warm on its instance (for pricing evictions of a model
+    warm elsewhere too) only where Ollama would not reload it for them: bot (a SYSTEM) is,
+    long (num_ctx 8192) and tuned (an ADAPTER) are not, until the instance is theirs."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "a")
+    installed = tuple(
+        InstalledModel(
+            name=n, size_bytes=2 * builders.GB, digest=n, runner_id="r1", num_ctx=c, adapters_id=a
+        )
+        for n, c, a in (
+            ("llama3.2:latest", 0, ""),
+            ("bot:latest", 0, ""),
+            ("long:latest", 8192, ""),
+            ("tuned:latest", 0, "ad" * 32),
+        )
+    )
+
+    def listing(name: str, context: int) -> None:
+        loaded = (LoadedModel(name=name, size_vram_bytes=2 * builders.GB, context_length=context),)
+        sequence = node.snapshot.sequence + 1
+        snapshot = replace(node.snapshot, sequence=sequence, installed=installed, loaded=loaded)
+        fleet.update("a", node.session, snapshot)
+
+    listing("llama3.2:latest", 4096)
+    assert set(fleet.warm) == {"llama3.2:latest", "bot:latest"}
+    listing("long:latest", 8192)  # the others' automatic length unknown: taken to match
+    assert set(fleet.warm) == {"llama3.2:latest", "bot:latest", "long:latest"}
+    node.auto_context["r1"] = 4096  # learned: the host gives these weights 4096
+    listing("long:latest", 8192)
+    assert set(fleet.warm) == {"long:latest"}
+    listing("tuned:latest", 4096)
+    assert set(fleet.warm) == {"tuned:latest"}
+
+
 def test_a_model_on_the_weights_of_a_load_under_way_joins_it() -> None:
     """A load of llama3.2 routed and not listed yet: a request for bot (made FROM it with a
     SYSTEM) or for a copy joins that load, as Ollama serves them from the runner it is
