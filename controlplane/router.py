@@ -453,7 +453,6 @@ class Router:
         # done, so the request does not join it.
         after_load = (
             context is not None
-            and bool(node.loading)
             and key in node.loading
             and _loading_at_other_length(node, key, context)
         )
