@@ -93,6 +93,9 @@ class Node:
     counted_warm: frozenset[str] = frozenset()  # its warm models as counted in Fleet.warm
     # installed model key -> the listed (or loading) model whose runner serves it (see _aliases)
     aliases: dict[str, str] = field(default_factory=dict)
+    # installed model key -> every installed model on its weights (the same runner_id), for
+    # models that share their weights with another
+    siblings: dict[str, tuple[str, ...]] = field(default_factory=dict)
     vram_total: int = 0
     vram_free: int = 0
 
@@ -122,6 +125,11 @@ class Node:
                 for key, m in self.installed_by_key.items()
                 if runs_one_at_a_time(m.capabilities, m.details.family)
             )
+            groups: dict[str, list[str]] = {}
+            for key, m in self.installed_by_key.items():
+                if m.runner_id:
+                    groups.setdefault(m.runner_id, []).append(key)
+            self.siblings = {k: tuple(g) for g in groups.values() if len(g) > 1 for k in g}
         self.snapshot = snapshot
         self.loaded_by_key = {model_key(m.name): m for m in snapshot.loaded}
         self.aliases = _aliases(self.installed_by_key, self.loaded_by_key, self.loading)

@@ -606,7 +606,7 @@ class Router:
                     routed is not None,
                     warming is not None,
                     time.monotonic() - since if since is not None else 0.0,
-                    self.demand(victim),
+                    self._weights_demand(node, victim),
                     self.fleet.warm.get(victim, 0) > here,
                 )
             )
@@ -628,7 +628,7 @@ class Router:
                     held,
                     size,
                     self._load_seconds(self.learned.get((node.node_id, key)), node.node_id, size),
-                    self.demand(key),
+                    self._weights_demand(node, key),
                     warm.get(key, 0) > 1,  # warm here (idle, not evicting) and elsewhere
                 )
             )
@@ -655,6 +655,16 @@ class Router:
         if not self._picks:
             return 0.0
         return self._decayed(key) / (1.0 - DEMAND_DECAY**self._picks)
+
+    def _weights_demand(self, node: Node, key: str) -> float:
+        """The demand on ``node``'s instance of ``key``: that of every model there on its
+        weights, whose requests all reload it once it is evicted. Each pick counts under one
+        name (the model's own, or the one its runner was listed or loading under), so the sum
+        counts none twice."""
+        siblings = node.siblings.get(key) if node.siblings else None
+        if siblings is None:
+            return self.demand(key)
+        return sum(self.demand(k) for k in siblings)
 
     def _affinity(self, session_key: str, key: str) -> str:
         """The node this session last ran on, if it is still up with the model loaded."""

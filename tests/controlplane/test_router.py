@@ -570,6 +570,36 @@ def test_a_model_on_a_loaded_runner_counts_warm_only_where_it_runs_without_a_rel
     assert set(fleet.warm) == {"tuned:latest"}
 
 
+def test_evicting_an_instance_costs_the_demand_of_every_model_on_its_weights() -> None:
+    """llama3.2 loaded and idle on "a", never asked for itself; bot, made FROM it, asked on
+    "b". A load on "a" that must evict llama3.2's instance prices the requests for bot there
+    too: they would run warm on it, and reload it once evicted."""
+    fleet = builders.fleet()
+    a = builders.add_node(fleet, "a", vram_gb=3.0)
+    builders.add_node(fleet, "b", models=["bot:latest"])
+    size = 2 * builders.GB
+    installed = (
+        InstalledModel(name="llama3.2:latest", size_bytes=size, digest="d1", runner_id="r1"),
+        InstalledModel(name="bot:latest", size_bytes=size, digest="d2", runner_id="r1"),
+        InstalledModel(name="other:latest", size_bytes=size, digest="d3", runner_id="r2"),
+    )
+    loaded = (LoadedModel(name="llama3.2:latest", size_vram_bytes=size, digest="d1"),)
+    full = (Gpu(0, "GPU", "", 3 * 1024**3, 3 * 1024**3 - size),)
+    snapshot = replace(a.snapshot, sequence=2, installed=installed, loaded=loaded, gpus=full)
+    fleet.update("a", a.session, snapshot)
+    assert a.siblings == {
+        "llama3.2:latest": ("llama3.2:latest", "bot:latest"),
+        "bot:latest": ("llama3.2:latest", "bot:latest"),
+    }
+    router = builders.router(fleet, "memory_aware")
+    for _ in range(3):
+        asked = router.pick(_req("bot", node_id="b"))
+        router.report(Report(asked.lease_id, "b", Outcome.CLIENT_CANCELLED))
+    (resident,) = router._candidate(a, "other:latest", "", 0).idle_loaded
+    assert resident.key == "llama3.2:latest"
+    assert resident.demand == router.demand("bot:latest") > 0
+
+
 def test_a_model_on_the_weights_of_a_load_under_way_joins_it() -> None:
     """A load of llama3.2 routed and not listed yet: a request for bot (made FROM it with a
     SYSTEM) or for a copy joins that load, as Ollama serves them from the runner it is
