@@ -57,8 +57,8 @@ def needs_reload(loaded: RunnerOptions, asked: RunnerOptions) -> bool:
     """Whether Ollama reloads an instance loaded with ``loaded`` for a request asking ``asked``."""
     if loaded == asked:
         return False
-    held = dict(_in_effect(loaded))
-    wanted = dict(_in_effect(asked))
+    held = dict(in_effect(loaded))
+    wanted = dict(in_effect(asked))
     if "num_gpu" not in wanted:
         held.pop("num_gpu", None)
     return held != wanted
@@ -68,11 +68,11 @@ def with_defaults(defaults: RunnerOptions, asked: RunnerOptions) -> RunnerOption
     """``asked`` over ``defaults`` (a modelfile's PARAMETERs): what a request runs with, less
     the values at Ollama's defaults. One asked at Ollama's default stands over the modelfile's."""
     if not defaults:
-        return _in_effect(asked)
-    return _in_effect(tuple(sorted((dict(defaults) | dict(asked)).items())))
+        return in_effect(asked)
+    return in_effect(tuple(sorted((dict(defaults) | dict(asked)).items())))
 
 
-def _in_effect(options: RunnerOptions) -> RunnerOptions:
+def in_effect(options: RunnerOptions) -> RunnerOptions:
     """``options`` less those at Ollama's defaults (the same settings as naming none)."""
     if not any(INT_DEFAULTS.get(name) == value for name, value in options):
         return options

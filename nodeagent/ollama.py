@@ -157,7 +157,7 @@ def read_modelfile(modelfile: str) -> Runs:
     return Runs(
         hashlib.sha256(weights.encode()).hexdigest(),
         num_ctx,
-        runner_options.with_defaults((), runner_options.runner_options(loads)),
+        runner_options.in_effect(runner_options.runner_options(loads)),
         hashlib.sha256("\n".join(over).encode()).hexdigest() if over else "",
     )
 
