@@ -461,13 +461,11 @@ class Router:
         # HOPS routed its load: an instance loaded outside HOPS is taken to have its
         # modelfile's, as Ollama loads it for a request naming none. One still loading is
         # reloaded after its load, not joined.
-        held_options = node.held_options(key)
         options_reload = (
             not reload
             and context is not None
-            and bool(options or held_options)
             and (key in node.loaded_by_key or key in node.loading)
-            and needs_reload(held_options, options)
+            and needs_reload(node.held_options(key), options)
         )
         reload = reload or options_reload
         # A cloud model runs on ollama.com: always ready, never loaded or evicted here.
