@@ -949,11 +949,17 @@ def test_clients_asking_other_runner_options_keep_to_their_own_host() -> None:
         loads = {n: _sim_stats(running.sim_url(n))["loads"] for n in ("a", "b")}
         assert loads == {"a": 1, "b": 1}
         admin = fleet.admin(running.plane.url)
-        shown = {
-            n: dict(admin.GetNode(admin_pb2.GetNodeRequest(node_id=n)).node.runner_options)
-            for n in (first, other)
-        }
-        assert shown == {first: {"llama3.1:8b": "num_thread=8"}, other: {}}
+
+        def shown() -> dict[str, dict[str, str]]:
+            return {
+                n: dict(admin.GetNode(admin_pb2.GetNodeRequest(node_id=n)).node.runner_options)
+                for n in (first, other)
+            }
+
+        # The options of a routed load are the instance's once a snapshot lists the load (the
+        # agent polls every 0.2 s; the ten requests can all finish before it does).
+        wanted = {first: {"llama3.1:8b": "num_thread=8"}, other: {}}
+        wait_until(lambda: shown() == wanted, 5.0, "the loaded instance's options")
         # A preload is a request with Ollama's defaults: it reloads the model there.
         preload = admin_pb2.PreloadModelRequest(node_id=first, model="llama3.1:8b")
         assert admin.PreloadModel(preload).ok
