@@ -16,7 +16,7 @@ from hopscommon import names
 from hopscommon.runner_options import RunnerOptions
 from ollamasim import textgen
 from ollamasim.catalogue import ModelSpec, lookup
-from ollamasim.errors import ServerBusy, SimError
+from ollamasim.errors import RunnerError, ServerBusy, SimError
 from ollamasim.faults import FaultState
 from ollamasim.profiles import Profile, decode_tokens_per_s
 from ollamasim.scheduler import SPAWN_SECONDS, Scheduler
@@ -52,6 +52,9 @@ class GenRequest:
     json_mode: bool = False
     tools: tuple[dict[str, Any], ...] = ()
     wants_tool_call: bool = False
+    # what the runner answers once loaded, with a slot, instead of generating (an image it
+    # cannot read); "" = nothing wrong
+    runner_error: str = ""
 
 
 @dataclass(slots=True)
@@ -167,6 +170,8 @@ class Host:
                     self.stats.waiting_for_slot -= 1
                 runner.active += 1
                 try:
+                    if req.runner_error:
+                        raise RunnerError(req.runner_error)
                     tps = self.decode_tps(req.spec, runner.vram_fraction)
                     output: list[str] = []
                     async for piece in self._paced(

@@ -4,22 +4,30 @@ first token exists), the rest is streamed, and a client that leaves cancels the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from hopscommon.ollama_json import go_kind
 from hopscommon.runner_options import BOOL_OPTIONS, INT_DEFAULTS, RunnerOptions, runner_options
 from hopscommon.units import parse_go_duration
-from ollamasim.catalogue import THINKING, ModelSpec
+from ollamasim.catalogue import THINKING, VISION, ModelSpec
 from ollamasim.errors import BadRequest, RunnerError, ServerBusy, SimError
 from ollamasim.faults import FaultSpec
 from ollamasim.host import GenRequest, Host, Metrics, Piece
 from ollamasim.wire import DropConnection, hang_until_disconnect, until_disconnect
 
 THINK_LEVELS = ("low", "medium", "high", "max")
+# What a vision runner says of an image it cannot decode (runner NewSequence: Go's image package
+# knows the format by its first bytes): the request's fault, though a 500 after the load.
+UNREADABLE_IMAGE = "failed to process inputs: image: unknown format"
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 def keep_alive(value: Any) -> float | None:
@@ -66,6 +74,67 @@ def option_int(options: dict[str, Any], key: str) -> int | None:
     return int(value)
 
 
+# Ollama's other typed options (api/types.go Options): a value of another type is the server's
+# 500 `option "x" must be of type ...` (Options.FromMap) before any load; unknown names pass.
+INT_OPTIONS = ("num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "num_ctx")
+FLOAT_OPTIONS = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
+
+
+def decode_images(values: list[Any], go_field: str) -> tuple[bytes, ...]:
+    """Images as Go's JSON decoder reads a []byte field: standard base64 strings; anything else
+    is the request's 400, in the decoder's words."""
+    images = []
+    for value in values:
+        if not isinstance(value, str):
+            raise BadRequest(
+                f"json: cannot unmarshal {go_kind(value)} into Go struct field {go_field} "
+                "of type []uint8"
+            )
+        try:
+            images.append(base64.b64decode(value, validate=True))
+        except binascii.Error:
+            bad = _BASE64.match(value)
+            at = bad.end() if bad is not None and bad.end() < len(value) else len(value) // 4 * 4
+            raise BadRequest(f"illegal base64 data at input byte {at}") from None
+    return tuple(images)
+
+
+def image_error(spec: ModelSpec, images: tuple[bytes, ...]) -> str:
+    """The runner's error, once loaded, for images it cannot read: a vision model reads PNG,
+    JPEG and WebP; "" when all are readable (a model without vision ignores images)."""
+    if VISION not in spec.capabilities:
+        return ""
+    for image in images:
+        webp = image[:4] == b"RIFF" and image[8:12] == b"WEBP"
+        if not (image.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")) or webp):
+            return UNREADABLE_IMAGE
+    return ""
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Raises RunnerError, in Ollama's words, for an option of the wrong type."""
+    for name in INT_OPTIONS:
+        option_int(options, name)
+    for name in FLOAT_OPTIONS:
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise RunnerError(f'option "{name}" must be of type float32')
+    stop = options.get("stop")
+    if stop is not None and not isinstance(stop, list):
+        raise RunnerError('option "stop" must be of type array')
+    if stop is not None and not all(isinstance(word, str) for word in stop):
+        raise RunnerError('option "stop" must be of an array of strings')
+    runner_options_of(options)
+
+
 def runner_options_of(options: dict[str, Any]) -> RunnerOptions:
     """The runner options a request names (hopscommon.runner_options), checked as Ollama checks
     them: a wrong type is the runner's error."""
@@ -100,6 +169,7 @@ def format_of(value: Any) -> tuple[bool, Any]:
 def gen_request(
     spec: ModelSpec, prompt: str, data: dict[str, Any], options: dict[str, Any], **extra: Any
 ) -> GenRequest:
+    check_options(options)
     return GenRequest(
         spec=spec,
         prompt=prompt,

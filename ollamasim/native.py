@@ -17,9 +17,11 @@ from ollamasim.faults import FaultSpec
 from ollamasim.host import GenRequest, Host, Installed, Metrics, Piece
 from ollamasim.inference import (
     collect,
+    decode_images,
     first_piece,
     format_of,
     gen_request,
+    image_error,
     keep_alive,
     option_int,
     options_of,
@@ -194,7 +196,9 @@ async def generate(request: Request, host: Host) -> Response:
     suffix = typed(data, "suffix", str, "GenerateRequest") or ""
     streaming = typed(data, "stream", bool, "GenerateRequest") is not False
     raw_mode = typed(data, "raw", bool, "GenerateRequest") or False
-    typed(data, "images", list, "GenerateRequest")
+    images = decode_images(
+        typed(data, "images", list, "GenerateRequest") or [], "GenerateRequest.images"
+    )
     if raw_mode and (data.get("template") or data.get("system") or data.get("context")):
         raise BadRequest("raw mode does not support template, system, or context")
     if COMPLETION not in spec.capabilities:
@@ -225,6 +229,7 @@ async def generate(request: Request, host: Host) -> Response:
         think=think(data.get("think"), spec, raw),
         json_mode=json_mode,
         json_schema=schema,
+        runner_error=image_error(spec, images),
     )
     drop = await request_faults(request, host, streaming=streaming)
     metrics = Metrics()
@@ -322,6 +327,14 @@ def chat_request(
         raise BadRequest(f'"{raw}" does not support chat')
     json_mode, schema = format_of(data.get("format"))
     last_role = str(messages[-1].get("role", "")).lower() if messages else ""
+    images = tuple(
+        image
+        for message in messages
+        if isinstance(message, dict)
+        for image in decode_images(
+            typed(message, "images", list, "Message.messages") or [], "Message.messages.images"
+        )
+    )
     return gen_request(
         spec,
         render_messages(messages),
@@ -332,6 +345,7 @@ def chat_request(
         json_schema=schema,
         tools=tuple(t for t in tools if isinstance(t, dict)),
         wants_tool_call=last_role == "user",
+        runner_error=image_error(spec, images),
     )
 
 

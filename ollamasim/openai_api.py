@@ -8,6 +8,7 @@ to false, errors are ``{"error": {"message", "type", "param", "code"}}``, stream
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import random
 import struct
@@ -26,6 +27,7 @@ from ollamasim.native import chat_request
 from ollamasim.wire import SSE_TYPE, dumps, json_response, read_json, typed, until_disconnect
 
 FINGERPRINT = "fp_ollama"
+IMAGE_KINDS = ("jpeg", "jpg", "png", "webp")  # the data URIs /v1 takes for image_url
 
 
 def openai_error(status: int, message: str) -> Response:
@@ -67,7 +69,7 @@ def _flatten_content(messages: list[Any]) -> list[dict[str, Any]]:
             raise BadRequest("invalid message format")
         content = message.get("content")
         if isinstance(content, list):
-            texts = []
+            texts, images = [], []
             for part in content:
                 if not isinstance(part, dict):
                     raise BadRequest("invalid message format")
@@ -76,11 +78,27 @@ def _flatten_content(messages: list[Any]) -> list[dict[str, Any]]:
                 elif part.get("type") == "image_url":
                     url = part.get("image_url")
                     url = url.get("url", "") if isinstance(url, dict) else str(url or "")
-                    if not url.startswith("data:"):
-                        raise BadRequest("invalid image input")
+                    images.append(_data_uri_image(url))
             content = "".join(texts)
+            if images:
+                message = {**message, "images": images}
         out.append({**message, "content": content or ""})
     return out
+
+
+def _data_uri_image(url: str) -> str:
+    """An image_url's image, in base64 as native messages carry it: Ollama takes base64 data URIs
+    of JPEG, PNG and WebP only (middleware/openai.go)."""
+    for kind in IMAGE_KINDS:
+        prefix = f"data:image/{kind};base64,"
+        if url.startswith(prefix):
+            encoded = url.removeprefix(prefix)
+            try:
+                base64.b64decode(encoded, validate=True)
+            except binascii.Error:
+                raise BadRequest("invalid message format") from None
+            return encoded
+    raise BadRequest("invalid image input")
 
 
 def lookup(host: Host, raw: str) -> Any:

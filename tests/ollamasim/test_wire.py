@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
 import pytest
 
+from ollamasim.inference import UNREADABLE_IMAGE
 from tests.simfixtures import SimFactory
 
 
@@ -182,6 +184,71 @@ async def test_openai_error_shape(http: httpx.AsyncClient) -> None:
     }
     missing = await http.get("/v1/models/ghost")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"temperature": "hot"}, 'option "temperature" must be of type float32'),
+        ({"top_p": True}, 'option "top_p" must be of type float32'),
+        ({"top_k": 1.5e3, "seed": "7"}, 'option "seed" must be of type integer'),
+        ({"stop": "END"}, 'option "stop" must be of type array'),
+        ({"stop": ["END", 3]}, 'option "stop" must be of an array of strings'),
+        ({"use_mmap": 1}, 'option "use_mmap" must be of type boolean'),
+    ],
+)
+async def test_a_wrongly_typed_option_is_ollamas_500(
+    http: httpx.AsyncClient, options: dict[str, object], error: str
+) -> None:
+    body = {"model": "llama3.2", "prompt": "x", "options": options, "stream": False}
+    response = await http.post("/api/generate", json=body)
+    assert (response.status_code, response.json()) == (500, {"error": error})
+    assert (await http.get("/api/ps")).json()["models"] == []  # refused before any load
+    fine = {"temperature": 1, "stop": ["END"], "top_k": 40.0, "unknown_knob": "ignored"}
+    ok = await http.post("/api/generate", json={**body, "options": fine})
+    assert ok.status_code == 200
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(24)
+NOT_AN_IMAGE = base64.b64encode(b"%PDF-1.7 not an image").decode()
+
+
+async def test_an_image_the_runner_cannot_read_fails_once_the_model_is_loaded(
+    start_sim: SimFactory,
+) -> None:
+    sim = await start_sim(models="llava:7b,llama3.2")
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as http:
+        turn = {"role": "user", "content": "what is this?", "images": [NOT_AN_IMAGE]}
+        chat = {"model": "llava:7b", "messages": [turn], "stream": True}
+        response = await http.post("/api/chat", json=chat)
+        assert response.status_code == 500
+        assert response.json() == {"error": "failed to process inputs: image: unknown format"}
+        assert [m["name"] for m in (await http.get("/api/ps")).json()["models"]] == ["llava:7b"]
+        assert (await http.get("/_sim/stats")).json()["failed"] == 1
+        generate = {"model": "llava:7b", "prompt": "x", "images": [NOT_AN_IMAGE], "stream": False}
+        assert (await http.post("/api/generate", json=generate)).status_code == 500
+        readable = base64.b64encode(PNG).decode()
+        assert (
+            await http.post("/api/generate", json={**generate, "images": [readable]})
+        ).is_success
+        # A model without vision ignores images; images that are not base64 are the decoder's.
+        text_only = {**generate, "model": "llama3.2"}
+        assert (await http.post("/api/generate", json=text_only)).is_success
+        bad = await http.post("/api/generate", json={**generate, "images": ["abc%"]})
+        assert (bad.status_code, bad.json()) == (
+            400,
+            {"error": "illegal base64 data at input byte 3"},
+        )
+        # The OpenAI route takes base64 data URIs of JPEG, PNG and WebP, and its error shape.
+        part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + NOT_AN_IMAGE}}
+        body = {"model": "llava:7b", "messages": [{"role": "user", "content": [part]}]}
+        openai = await http.post("/v1/chat/completions", json=body)
+        assert openai.status_code == 500
+        assert openai.json()["error"]["message"] == UNREADABLE_IMAGE
+        assert openai.json()["error"]["type"] == "api_error"
+        part["image_url"] = {"url": "data:image/gif;base64," + NOT_AN_IMAGE}
+        gif = await http.post("/v1/chat/completions", json=body)
+        assert (gif.status_code, gif.json()["error"]["message"]) == (400, "invalid image input")
 
 
 async def test_v1_models_data_is_null_without_models(start_sim: SimFactory) -> None:
