@@ -3,7 +3,8 @@
 CLOSED: traffic flows; ``threshold`` consecutive host failures (connect errors, 5xx, Ollama's busy
 503, timeouts) open it. OPEN: no traffic for ``cooldown`` seconds. HALF_OPEN: one probe request is
 let through; its success closes the breaker, its failure opens it again. A 4xx is the request's
-fault, not the host's, and counts as a success; a client cancellation counts as neither. Agent
+fault, not the host's, and counts as a success; a client cancellation counts as neither, and so
+does a 5xx the request earned itself (Outcome.REQUEST_ERROR: see Router.report). Agent
 keepalives never touch the breaker: a host that answers pings but fails requests stays out. Nor
 do shows and pulls answered (Ollama serves them from disk and the registry, not from a runner;
 the router feeds only their failures) and neither is ever the probe.

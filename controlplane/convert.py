@@ -28,6 +28,8 @@ from controlplane.fleet import Fleet, Node, NodeState, model_key
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.router import Learned, PickOutcome, PickStatus
 
+MAX_ERROR_TEXT = 256  # of a report's error text kept: the wire's bound, whatever an edge sends
+
 
 def route_request(msg: router_pb2.PickRequest, request_id: int = 0) -> RouteRequest:
     """Raises InvalidRequest for a pick no policy can answer (no model, an unknown API kind)."""
@@ -114,6 +116,7 @@ def report(msg: router_pb2.ReportRequest) -> Report:
         duration_s=msg.duration.ToNanoseconds() / 1e9,
         retry_node_id=msg.retry_node_id,
         stats=stats,
+        error=msg.error[:MAX_ERROR_TEXT],
     )
 
 

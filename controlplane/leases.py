@@ -12,6 +12,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True, slots=True)
+class HeldFailure:
+    """A retried request's failure not yet fed to its node's breaker: a 5xx with an error text,
+    which the next attempt may show to be the request's fault (Router.report)."""
+
+    node_id: str
+    http_status: int
+    error: str
+    detail: str
+
+
 @dataclass(slots=True)
 class Lease:
     lease_id: str
@@ -36,6 +47,7 @@ class Lease:
     # False for a show or a pull: counted on its node (drain waits for it) but not on its model,
     # whose slots it does not take and which it does not keep busy.
     runs_model: bool = True
+    held: HeldFailure | None = None  # its last attempt's failure, until the next one settles it
 
 
 class LeaseTable:

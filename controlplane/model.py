@@ -17,6 +17,8 @@ class Outcome(Enum):
     BUSY = 5
     TIMEOUT = 6
     CLIENT_CANCELLED = 7
+    # A 5xx for the request's own fault, one any host would answer the same: the host is well.
+    REQUEST_ERROR = 8
 
     @property
     def is_host_failure(self) -> bool:
@@ -114,3 +116,4 @@ class Report:
     duration_s: float = 0.0
     retry_node_id: str = ""
     stats: GenerationStats | None = None
+    error: str = ""  # a 5xx reply's error text (ReportRequest.error)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from controlplane.fleet import Fleet, Node, model_key
-from controlplane.leases import Lease
+from controlplane.leases import HeldFailure, Lease
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import BoundedPicker, Candidate, Picker, Ranked
@@ -692,13 +692,19 @@ class Router:
             return False
         node = self.fleet.nodes.get(report.node_id or lease.node_id)
         runs = lease.runs_model
-        if node is not None and (runs or report.outcome.is_host_failure):
+        outcome = self._settle_held(lease, report)
+        if node is not None and (runs or outcome.is_host_failure):
             # A show or a pull answered does not vouch for the host (see _pick); failing, it
             # still says the host is unwell.
             detail = f"http {report.http_status}" if report.http_status else ""
-            if report.outcome.is_host_failure and 200 <= report.http_status < 300:
+            if outcome.is_host_failure and 200 <= report.http_status < 300:
                 detail = f"failed mid-stream (http {report.http_status})"
-            node.breaker.record(report.outcome, lease.lease_id, detail)
+            if report.error:
+                detail = f"{detail}: {report.error}" if detail else report.error
+            if _may_be_the_requests(report, outcome):
+                lease.held = HeldFailure(node.node_id, report.http_status, report.error, detail)
+            else:
+                node.breaker.record(outcome, lease.lease_id, detail)
         if node is not None and runs:
             first_try = lease.attempts == 1 and node.hello.node_id == lease.node_id
             self._learn(
@@ -728,8 +734,38 @@ class Router:
                     node.answered.add(lease.model)
                 else:
                     self._forget_load_unless_awaited(node, lease.model)
-        self.metrics.observe_report(report.outcome.name.lower())
+        self.metrics.observe_report(outcome.name.lower())
         return True
+
+    def _settle_held(self, lease: Lease, report: Report) -> Outcome:
+        """Feed the breaker the failure the lease's previous attempt left held, now that the
+        next one is known, and return ``report``'s outcome as it counts. The same error from the
+        next host (the same status and text) follows the request, not the hosts: a wrongly
+        typed option, an image no runner can read, whatever a newer Ollama refuses with a 500;
+        neither host is failed, or one client's bad requests would open every breaker in the
+        fleet. Any other outcome leaves the held failure the host's own."""
+        held, lease.held = lease.held, None
+        if held is None:
+            return report.outcome
+        same = (
+            report.outcome in (Outcome.UPSTREAM_ERROR, Outcome.REQUEST_ERROR)
+            and report.http_status == held.http_status
+            and report.error == held.error
+        )
+        node = self.fleet.nodes.get(held.node_id)
+        if node is not None:
+            outcome = Outcome.REQUEST_ERROR if same else Outcome.UPSTREAM_ERROR
+            node.breaker.record(outcome, lease.lease_id, held.detail)
+        if not same:
+            return report.outcome
+        log.info(
+            "lease %s: %s and %s answered the same error, the request's own: %s",
+            lease.lease_id,
+            held.node_id,
+            report.node_id or lease.node_id,
+            report.error,
+        )
+        return Outcome.REQUEST_ERROR
 
     def _forget_load_unless_awaited(self, node: Node, key: str) -> None:
         """A request for ``key`` on ``node`` ended without a reply (never sent, refused, timed
@@ -901,10 +937,28 @@ class Router:
 
     def _abandon(self, leases: list[Lease]) -> int:
         for lease in leases:
+            held, lease.held = lease.held, None
+            if held is not None and held.node_id in self.fleet.nodes:  # nothing came to clear it
+                self.fleet.nodes[held.node_id].breaker.record(
+                    Outcome.UPSTREAM_ERROR, lease.lease_id, held.detail
+                )
             node = self.fleet.nodes.get(lease.node_id)
             if node is not None:
                 node.breaker.abandon(lease.lease_id)
         return len(leases)
+
+
+def _may_be_the_requests(report: Report, outcome: Outcome) -> bool:
+    """Whether a failure waits for the next attempt before it counts (see _settle_held): a 5xx
+    with an error text (not Ollama's busy 503: a full queue is the host's), whose request the
+    edge is trying on another host."""
+    return (
+        outcome is Outcome.UPSTREAM_ERROR
+        and report.http_status >= 500
+        and report.http_status != 503
+        and bool(report.error)
+        and bool(report.retry_node_id)
+    )
 
 
 def _with_defaults(

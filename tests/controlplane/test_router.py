@@ -77,6 +77,123 @@ def test_report_closes_or_moves_the_lease() -> None:
     assert not router.report(Report(outcome.lease_id, second, Outcome.OK))  # already closed
 
 
+BAD_OPTION = 'option "temperature" must be of type float32'
+
+
+def _failed_then(router: Router, then: Outcome, error: str, **kw: object) -> tuple[str, str]:
+    """A pick whose first host answers 500 BAD_OPTION and whose retry ends ``then`` with
+    ``error``; returns (first host, second host)."""
+    picked = router.pick(_req(**kw))
+    first, second = (r.candidate.node_id for r in picked.ranked[:2])
+    router.report(
+        Report(
+            picked.lease_id,
+            first,
+            Outcome.UPSTREAM_ERROR,
+            http_status=500,
+            retry_node_id=second,
+            error=BAD_OPTION,
+        )
+    )
+    status = 500 if then is Outcome.UPSTREAM_ERROR else 200
+    router.report(Report(picked.lease_id, second, then, http_status=status, error=error))
+    return first, second
+
+
+def test_the_same_500_from_two_hosts_is_the_requests_fault_and_fails_neither() -> None:
+    fleet = builders.fleet()
+    for node_id in "abc":
+        builders.add_node(fleet, node_id)
+    router = builders.router(fleet)
+    for _ in range(5):  # past the breaker's threshold (3) on every host
+        _failed_then(router, Outcome.UPSTREAM_ERROR, BAD_OPTION)
+    assert [n.breaker.consecutive_failures for n in fleet.nodes.values()] == [0, 0, 0]
+    assert all(n.breaker.state is BreakerState.CLOSED for n in fleet.nodes.values())
+    assert len(fleet.leases) == 0
+    assert router.pick(_req()).status is PickStatus.OK
+
+
+def test_a_500_the_next_host_does_not_repeat_is_the_first_hosts() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a")
+    builders.add_node(fleet, "b")
+    router = builders.router(fleet)
+    picked = router.pick(_req())
+    first, second = (r.candidate.node_id for r in picked.ranked[:2])
+    failed = Report(
+        picked.lease_id,
+        first,
+        Outcome.UPSTREAM_ERROR,
+        http_status=500,
+        retry_node_id=second,
+        error="llama runner process has terminated: exit status 2",
+    )
+    router.report(failed)
+    assert fleet.nodes[first].breaker.consecutive_failures == 0  # held for the next attempt
+    router.report(Report(picked.lease_id, second, Outcome.OK, http_status=200))
+    breaker = fleet.nodes[first].breaker
+    assert breaker.consecutive_failures == 1
+    assert breaker.last_failure == "http 500: llama runner process has terminated: exit status 2"
+    assert fleet.nodes[second].breaker.consecutive_failures == 0
+
+    # Another text from the next host: each host failed on its own.
+    first, second = _failed_then(router, Outcome.UPSTREAM_ERROR, "out of memory")
+    assert fleet.nodes[first].breaker.last_failure == f"http 500: {BAD_OPTION}"
+    assert fleet.nodes[second].breaker.last_failure == "http 500: out of memory"
+
+
+def test_a_held_500_counts_when_its_lease_ends_without_another_attempt() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a")
+    builders.add_node(fleet, "b")
+    router = builders.router(fleet)
+    picked = router.pick(_req())
+    first, second = (r.candidate.node_id for r in picked.ranked[:2])
+    router.report(
+        Report(
+            picked.lease_id,
+            first,
+            Outcome.UPSTREAM_ERROR,
+            http_status=500,
+            retry_node_id=second,
+            error=BAD_OPTION,
+        )
+    )
+    assert router.release_edge("edge-1") == 1  # the edge went before the retry answered
+    assert fleet.nodes[first].breaker.consecutive_failures == 1
+    assert fleet.nodes[second].breaker.consecutive_failures == 0
+
+
+def test_a_reports_error_text_and_request_error_outcome_come_off_the_wire() -> None:
+    wire = router_pb2.ReportRequest(
+        lease_id="l-1",
+        node_id="a",
+        outcome=router_pb2.OUTCOME_REQUEST_ERROR,
+        http_status=500,
+        error="x" * 10_000,  # an edge (or a rogue peer) sending more than the bound
+    )
+    report = convert.report(wire)
+    assert report.outcome is Outcome.REQUEST_ERROR and not report.outcome.is_host_failure
+    assert report.error == "x" * convert.MAX_ERROR_TEXT
+
+
+def test_a_500_with_no_other_host_to_try_counts_at_once() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a")
+    router = builders.router(fleet)
+    picked = router.pick(_req())
+    router.report(
+        Report(picked.lease_id, "a", Outcome.UPSTREAM_ERROR, http_status=500, error=BAD_OPTION)
+    )
+    assert fleet.nodes["a"].breaker.consecutive_failures == 1
+    # What the edge knows for the request's own fault fails no host, retried or not.
+    picked = router.pick(_req())
+    router.report(
+        Report(picked.lease_id, "a", Outcome.REQUEST_ERROR, http_status=500, error=BAD_OPTION)
+    )
+    assert fleet.nodes["a"].breaker.consecutive_failures == 1
+
+
 def test_only_a_load_that_started_at_once_teaches_the_load_time() -> None:
     # Ollama's load_duration runs from the request's arrival until its model is ready: a
     # request that came while the model was loading, or behind another load, reports a wait.

@@ -136,6 +136,10 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     """The host accepted the request but did not answer in time."""
     OUTCOME_CLIENT_CANCELLED: _Outcome.ValueType  # 7
     """The client went away before the response ended."""
+    OUTCOME_REQUEST_ERROR: _Outcome.ValueType  # 8
+    """The host answered 5xx for a fault of the request's own, one any host would answer the same
+    (Ollama's 500 for a wrongly typed option or an invalid format): the host is well.
+    """
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
     """How an attempt on a host ended."""
@@ -156,6 +160,10 @@ OUTCOME_TIMEOUT: Outcome.ValueType  # 6
 """The host accepted the request but did not answer in time."""
 OUTCOME_CLIENT_CANCELLED: Outcome.ValueType  # 7
 """The client went away before the response ended."""
+OUTCOME_REQUEST_ERROR: Outcome.ValueType  # 8
+"""The host answered 5xx for a fault of the request's own, one any host would answer the same
+(Ollama's 500 for a wrongly typed option or an invalid format): the host is well.
+"""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 @_typing.final
@@ -370,6 +378,7 @@ class ReportRequest(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     RETRY_NODE_ID_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """The lease from PickResponse."""
     node_id: _builtins.str
@@ -381,6 +390,12 @@ class ReportRequest(_message.Message):
     retry_node_id: _builtins.str
     """When set, this attempt failed before any byte reached the client and the edge is trying this
     node next: the lease stays open and moves there.
+    """
+    error: _builtins.str
+    """For a reply of status 500 or more: the error text it carried (Ollama's {"error": ...}, or
+    the OpenAI or Anthropic shape's message), at most 256 characters; empty when it had none.
+    The control plane compares a retried request's errors: the same text from two hosts is
+    the request's fault, not theirs.
     """
     @_builtins.property
     def time_to_first_byte(self) -> _duration_pb2.Duration:
@@ -405,10 +420,11 @@ class ReportRequest(_message.Message):
         duration: _duration_pb2.Duration | None = ...,
         retry_node_id: _builtins.str = ...,
         stats: Global___GenerationStats | None = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "stats", b"stats", "time_to_first_byte", b"time_to_first_byte"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "http_status", b"http_status", "lease_id", b"lease_id", "node_id", b"node_id", "outcome", b"outcome", "retry_node_id", b"retry_node_id", "stats", b"stats", "time_to_first_byte", b"time_to_first_byte"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "http_status", b"http_status", "lease_id", b"lease_id", "node_id", b"node_id", "outcome", b"outcome", "retry_node_id", b"retry_node_id", "stats", b"stats", "time_to_first_byte", b"time_to_first_byte"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
