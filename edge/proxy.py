@@ -3,9 +3,13 @@ reached the client, relay its bytes unchanged, Report the outcome.
 
 Retry rule: connect failures, connect timeouts, no first byte in time, a reset before the
 response, and 5xx answers (Ollama's busy 503 among them) move on to the next candidate, bounded by
-``max_attempts``. Once the first byte went out there is no retry: a failure mid-stream ends the
-stream with an Ollama-style error line. A client that goes away closes the upstream connection at
-once (that is what stops Ollama generating) and the lease is reported cancelled.
+``max_attempts``; but not a 500 whose error Ollama gives for the request's own fault (a wrongly
+typed option, an invalid format, an unreadable image): any host would answer it the same, so it
+goes to the client at once. Reports carry a 5xx's error text, for the control plane to tell a
+host's failure from the request's (Router.report). Once the first byte went out there is no
+retry: a failure mid-stream ends the stream with an Ollama-style error line. A client that goes
+away closes the upstream connection at once (that is what stops Ollama generating) and the lease
+is reported cancelled.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from edge.errors import (
 from edge.hostclient import HostResponse
 from edge.metrics import EdgeMetrics
 from edge.settings import EdgeSettings
-from edge.upstream import Upstream, response_headers, with_host_headers
+from edge.upstream import ReadReply, Reply, Upstream, response_headers, with_host_headers
 from hopscommon import names
 from hopscommon.fleet_convert import duration
 from hopscommon.runner_options import RunnerOptions
@@ -305,8 +309,14 @@ class Proxy:
                 and following
                 and not isinstance(call.body, AsyncIterator)
             ):
-                await response.aclose()
                 busy = response.status_code == 503
+                read = None if busy else await _error_reply(response)
+                error = error_text(read.body) if read is not None else ""
+                if read is not None and requests_fault(error):
+                    # Any host would answer the same: this one's answer is the client's.
+                    await self._relay(call, send, result, read, target, started, lease, plane)
+                    return
+                await response.aclose()
                 self._report(
                     plane,
                     lease,
@@ -315,6 +325,7 @@ class Proxy:
                     response.status_code,
                     started,
                     following,
+                    error=error,
                 )
                 self.metrics.retries.labels(f"http_{response.status_code}").inc()
                 continue
@@ -328,7 +339,7 @@ class Proxy:
         call: Call,
         send: Send,
         result: Result,
-        response: httpx.Response | HostResponse,
+        response: Reply,
         target: Target,
         started: float,
         lease: str,
@@ -351,6 +362,7 @@ class Proxy:
                 else router_pb2.OUTCOME_UPSTREAM_ERROR
             )
         ttfb = 0.0
+        error = ""  # a 5xx's error text, for the control plane
         # An OpenAI-compatible stream carries no durations and, unless its client asked, no
         # usage: its events are counted so its length and decode speed can still be learned.
         count_events = call.dialect == OPENAI and "event-stream" in content_type
@@ -386,6 +398,10 @@ class Proxy:
                 outcome = self._failed_mid_stream(target, result)
             if outcome == router_pb2.OUTCOME_OK and call.settle is not None:
                 await call.settle(target.node_id)
+            if outcome == router_pb2.OUTCOME_UPSTREAM_ERROR and response.status_code >= 500:
+                error = error_text(b"".join(tail))
+                if requests_fault(error):
+                    outcome = router_pb2.OUTCOME_REQUEST_ERROR
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if result.outcome != STREAM_ERROR:
                 result.outcome = (
@@ -431,6 +447,7 @@ class Proxy:
                 started,
                 "",
                 ttfb=ttfb,
+                error=error,
                 stats=_final_stats(
                     b"".join(tail), ttfb, finished, events - 1 if count_events else 0, streamed
                 ),
@@ -449,7 +466,7 @@ class Proxy:
         content_type: str,
         message: str,
         dialect: str,
-        response: httpx.Response | HostResponse,
+        response: Reply,
     ) -> None:
         if "ndjson" in content_type:
             line = json.dumps({"error": message}).encode() + b"\n"
@@ -475,6 +492,7 @@ class Proxy:
         *,
         ttfb: float = 0.0,
         stats: router_pb2.GenerationStats | None = None,
+        error: str = "",
     ) -> None:
         if not lease:
             return
@@ -484,6 +502,7 @@ class Proxy:
             outcome=outcome,  # type: ignore[arg-type]
             http_status=status,
             retry_node_id=retry_node,
+            error=error,
             time_to_first_byte=duration(ttfb),
             duration=duration(time.monotonic() - started),
         )
@@ -533,6 +552,51 @@ def _final_stats(
         stats.first_token_ns = int(ttfb * 1e9)
         stats.eval_duration_ns = int((finished - ttfb) * 1e9)
     return stats
+
+
+ERROR_TEXT_MAX = 256  # characters of a 5xx's error text sent to the control plane
+ERROR_READ_S = 2.0  # for a 5xx's body before the next host is tried: Ollama sends it at once
+# Ollama's 500s that the request earns itself, on any host alike: a wrongly typed option
+# (api/types.go Options.FromMap), a format neither "json" nor a schema (the runner's check), an
+# image no image decoder knows (the runner's inputs).
+REQUEST_FAULTS = re.compile(
+    r'option "[^"]*" must be of |invalid format: |failed to process inputs: image: unknown format'
+)
+
+
+async def _error_reply(response: httpx.Response | HostResponse) -> ReadReply | None:
+    """``response`` (an error status) read whole, or None when its body is over TAIL_BYTES or
+    does not come within ERROR_READ_S (then it is not read on: the next host is tried)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(ERROR_READ_S):
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > TAIL_BYTES:
+                    return None
+                chunks.append(chunk)
+    except (TimeoutError, httpx.HTTPError, OSError):
+        return None
+    return ReadReply(response.status_code, response.headers, b"".join(chunks), response)
+
+
+def error_text(body: bytes) -> str:
+    """The error message a reply carries: Ollama's ``{"error": "..."}``, or the message of the
+    OpenAI or Anthropic shape (``{"error": {"message": ...}}``); "" for anything else."""
+    try:
+        reply = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    error = reply.get("error") if isinstance(reply, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return error[:ERROR_TEXT_MAX] if isinstance(error, str) else ""
+
+
+def requests_fault(error: str) -> bool:
+    """Whether a 5xx's error text is one Ollama gives for the request's own fault."""
+    return REQUEST_FAULTS.match(error) is not None
 
 
 STREAM_ERROR = "stream_error"  # the access log's outcome for Ollama's in-band failure

@@ -8,10 +8,11 @@ and a browser's ``Origin`` are dropped.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
 import httpx
 
-from edge.hostclient import HostClient, HostResponse
+from edge.hostclient import HostClient, HostHeaders, HostResponse
 from edge.settings import EdgeSettings
 
 HOP_BY_HOP = frozenset(
@@ -59,7 +60,26 @@ def with_host_headers(
     return [(k, v) for k, v in headers if k.lower() not in names] + list(host)
 
 
-def response_headers(response: httpx.Response | HostResponse) -> list[tuple[bytes, bytes]]:
+@dataclass(slots=True)
+class ReadReply:
+    """A 5xx reply read whole before anything went to the client, relayed as it came."""
+
+    status_code: int
+    headers: httpx.Headers | HostHeaders
+    body: bytes
+    upstream: httpx.Response | HostResponse
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        yield self.body
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+Reply = httpx.Response | HostResponse | ReadReply  # what a host answered, as relayed
+
+
+def response_headers(response: Reply) -> list[tuple[bytes, bytes]]:
     return [
         (k, v) for k, v in response.headers.raw if k.lower().decode("latin-1") not in RESPONSE_DROP
     ]

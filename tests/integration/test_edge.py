@@ -569,6 +569,72 @@ def test_a_runner_failing_mid_stream_reaches_the_client_and_the_breaker() -> Non
         wait_until(lambda: running.open_leases() == 0, 1.0, "leases closed by their reports")
 
 
+def _breakers(running: Fleet) -> dict[str, tuple[int, str]]:
+    """node id -> (consecutive failures, last failure) as the admin API shows them."""
+    nodes = fleet.admin(running.plane.url).ListNodes(admin_pb2.ListNodesRequest()).nodes
+    return {n.node_id: (n.breaker.consecutive_failures, n.breaker.last_failure) for n in nodes}
+
+
+def test_requests_ollama_refuses_with_a_500_fail_no_host() -> None:
+    """A client's own mistakes that Ollama answers with 500 reach the client in Ollama's words
+    and take no host out of routing, however often they come: before, six of them opened the
+    breaker of every host they were retried on, and the fleet answered everyone 503."""
+    hosts = {"a": ["--models", "llava:7b,llama3.2"], "b": ["--models", "llava:7b,llama3.2"]}
+    with fleet.whole_fleet(hosts) as running:
+        client = ollama.Client(host=running.edge.url)
+        not_an_image = base64.b64encode(b"%PDF-1.7").decode()
+        generate = running.edge.url + "/api/generate"
+        bad_format = {"model": "llama3.2", "prompt": "x", "format": "xml", "stream": False}
+        turn = [{"role": "user", "content": "x"}]
+        bad_option = {"model": "llama3.2", "messages": turn, "options": {"temperature": "hot"}}
+        for _ in range(4):  # the breakers open at 3 failures in a row
+            refused = httpx.post(generate, json=bad_format, timeout=30)
+            assert refused.status_code == 500 and "invalid format" in refused.json()["error"]
+            pinned = httpx.post(generate, json=bad_format, headers={"X-Hops-Node": "a"}, timeout=30)
+            assert pinned.status_code == 500  # the only candidate: no next host to compare
+            refused = httpx.post(running.edge.url + "/api/chat", json=bad_option, timeout=30)
+            assert refused.json() == {"error": 'option "temperature" must be of type float32'}
+            with pytest.raises(ollama.ResponseError, match="image: unknown format") as failed:
+                client.generate("llava:7b", "what is it?", images=[not_an_image])
+            assert failed.value.status_code == 500
+        # The OpenAI route's error shape, as the OpenAI SDK meets it.
+        chat = openai.OpenAI(base_url=running.edge.url + "/v1", api_key="x", max_retries=0)
+        image = {"url": "data:image/png;base64," + not_an_image}
+        with pytest.raises(openai.InternalServerError, match="image: unknown format"):
+            chat.chat.completions.create(
+                model="llava:7b",
+                messages=[{"role": "user", "content": [{"type": "image_url", "image_url": image}]}],
+            )
+        # Known as the request's own: answered by the first host, tried on no other.
+        assert "http_500" not in httpx.get(running.edge.url + "/metrics").text
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases closed by their reports")
+        assert _breakers(running) == {"a": (0, ""), "b": (0, "")}
+        assert client.generate("llama3.2", "x").done
+
+        # An error the edge does not know is tried on the next host; the same error there
+        # follows the request (here a runner that fails on every host it reaches).
+        for node_id in hosts:
+            httpx.put(running.sim_url(node_id) + "/_sim/fault", json={"mode": "error"}, timeout=5)
+        for _ in range(4):
+            with pytest.raises(ollama.ResponseError, match="runner process has terminated"):
+                client.generate("llama3.2", "x")
+        assert (
+            'hops_edge_retries_total{reason="http_500"} 4.0'
+            in httpx.get(running.edge.url + "/metrics").text
+        )
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases closed by their reports")
+        assert _breakers(running) == {"a": (0, ""), "b": (0, "")}
+
+        # Failing on one host only, it is that host's: the retry succeeds and it is counted.
+        httpx.delete(running.sim_url("b") + "/_sim/fault", timeout=5)
+        for _ in range(4):
+            assert client.generate("llama3.2", "x").done
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases closed by their reports")
+        failures, last = _breakers(running)["a"]
+        assert failures >= 1 and last.startswith("http 500: llama runner process has terminated")
+        assert _breakers(running)["b"] == (0, "")
+
+
 def test_no_healthy_host_is_503_with_retry_after() -> None:
     with fleet.whole_fleet({"only": []}) as running:
         fleet.admin(running.plane.url).CordonNode(admin_pb2.CordonNodeRequest(node_id="only"))
