@@ -46,6 +46,7 @@ class ModelSpec:
     num_ctx: int = 0  # PARAMETER num_ctx: the context length of a request naming none
     options: RunnerOptions = ()  # the runner options a request naming none runs with
     adapters: tuple[str, ...] = ()  # ADAPTER blobs
+    projector: str = ""  # a vision projector's blob, 64 hex (llava's); "" = none
 
     @property
     def is_embedding_only(self) -> bool:
@@ -65,14 +66,18 @@ def _m(
     ctx: int = 131072,
     emb: int = 4096,
     quant: str = "Q4_K_M",
+    projector: bool = False,
 ) -> ModelSpec:
     shown = f"{params:.1f}B" if params >= 1 else f"{params * 1000:.0f}M"
     size_bytes = round(size * GB)
     digest = hashlib.sha256(f"{name}/{size_bytes}".encode()).hexdigest()
     weights = hashlib.sha256(f"{name}/{size_bytes}/weights".encode()).hexdigest()
-    return ModelSpec(
+    spec = ModelSpec(
         name, size_bytes, family, shown, quant, params, ctx, emb, caps, digest, weights
     )
+    if projector:
+        return replace(spec, projector=hashlib.sha256(f"{name}/projector".encode()).hexdigest())
+    return spec
 
 
 def blob_path(hex_digest: str) -> str:
@@ -106,7 +111,8 @@ CATALOGUE: dict[str, ModelSpec] = {
         _m("gemma3:27b", 17.0, "gemma3", 27.4, (COMPLETION, VISION), emb=5376),
         _m("phi4:latest", 9.1, "phi3", 14.7, (COMPLETION,), ctx=16384, emb=5120),
         _m("gpt-oss:20b", 14.0, "gptoss", 20.9, _CTT, emb=2880, quant="MXFP4"),
-        _m("llava:7b", 4.7, "llama", 7.24, (COMPLETION, VISION), ctx=32768),
+        # llava keeps its vision projector in a blob of its own; gemma3's is in its weights
+        _m("llava:7b", 4.7, "llama", 7.24, (COMPLETION, VISION), ctx=32768, projector=True),
         _m(
             "nomic-embed-text:latest",
             0.274,

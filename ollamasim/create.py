@@ -25,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 
 from hopscommon import names
 from hopscommon.runner_options import runner_options, with_defaults
-from ollamasim.catalogue import blob_path, parse_model_arg
+from ollamasim.catalogue import parse_model_arg
 from ollamasim.errors import BadRequest, NotFound
 from ollamasim.host import Host
 from ollamasim.wire import NDJSON_TYPE, dumps, json_response, read_json, typed
@@ -117,13 +117,13 @@ async def create(request: Request, host: Host) -> Response:
 
 
 def _modelfile_lines(data: dict[str, Any], host: Host) -> tuple[str, ...]:
-    """The Modelfile lines a create's own layers stand for, as /api/show writes them."""
+    """The Modelfile lines a create's own layers stand for, as /api/show writes them after the
+    FROM, ADAPTER and projector lines (native._modelfile writes those from the spec)."""
     lines = []
     for raw in (typed(data, "adapters", dict, "CreateRequest") or {}).values():
         digest = _digest(str(raw))
         if digest not in host.blobs:
             raise BadRequest(f"blob {digest} not found: upload it first")
-        lines.append(f"ADAPTER {blob_path(digest.removeprefix('sha256:'))}")
     for key in ("template", "system"):
         text = typed(data, key, str, "CreateRequest")
         if text:

@@ -4,6 +4,7 @@ plane knows a model made FROM another (or a copy) runs warm on the other's loade
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -113,3 +114,35 @@ async def test_a_show_that_failed_on_the_way_is_tried_again_and_a_refused_one_is
     assert [m.runner_id for m in states[0].installed] == ["", ""]
     assert [m.runner_id for m in states[2].installed] == [read_modelfile(BASE).runner_id, ""]
     assert sorted(shows) == ["flaky:latest", "flaky:latest", "gone:latest"]
+
+
+async def test_a_vision_models_projector_counts_among_what_its_runner_loads(
+    start_sim: SimFactory, tmp_path: Path
+) -> None:
+    """llava keeps its projector in a blob of its own, which show writes as a FROM after the
+    weights (and after any ADAPTER): a model made FROM llava with an adapter runs on llava's
+    weights with other things loaded over them; a copy of llava with the same."""
+    sim = await start_sim(models="llava:7b,llama3.2")
+    made = ollama.AsyncClient(host=sim.url)
+    shown = (await made.show("llava:7b")).modelfile or ""
+    commands = [line.split()[0] for line in shown.splitlines() if line and line[0] != "#"]
+    assert commands[:3] == ["FROM", "FROM", "TEMPLATE"]
+    lora = tmp_path / "lora.gguf"
+    lora.write_bytes(b"GGUF" + bytes(64))
+    digest = await made.create_blob(lora)
+    await made.create("seeing", from_="llava:7b", adapters={"lora.gguf": digest})
+    await made.copy("llava:7b", "eyes")
+    tuned = (await made.show("seeing")).modelfile or ""
+    commands = [line.split()[0] for line in tuned.splitlines() if line and line[0] != "#"]
+    assert commands[:4] == ["FROM", "ADAPTER", "FROM", "TEMPLATE"]
+    client = OllamaClient(sim.url)
+    try:
+        await client.probe()
+        runs = {m.name: m for m in (await client.probe()).installed}
+    finally:
+        await client.close()
+    llava, seeing, eyes = runs["llava:7b"], runs["seeing:latest"], runs["eyes:latest"]
+    assert llava.runner_id == seeing.runner_id == eyes.runner_id
+    assert llava.adapters_id and llava.adapters_id == eyes.adapters_id
+    assert seeing.adapters_id not in ("", llava.adapters_id)
+    assert runs["llama3.2:latest"].adapters_id == ""
