@@ -118,6 +118,8 @@ KNOWN_ROUTES = frozenset(
 )
 NATIVE_INFERENCE = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 NODE_ONLY = {"/api/create": "POST", "/api/push": "POST"}
+# Where Ollama adds routes; an unknown path elsewhere is the edge's own 404.
+NEWER_ROUTES = ("/api/", "/v1/")
 BLOBS = re.compile(r"/api/blobs/(?P<digest>[^/]+)")
 V1_MODEL = re.compile(r"/v1/models/(?P<model>[^/]+)")
 Handler = Callable[[Scope, Receive, Send], Awaitable[Result | None]]
@@ -272,6 +274,8 @@ class EdgeApp:
             return await self._node_only(scope, receive, send, path, method), "-"
         if method == "POST":
             return await self._unknown_post(scope, receive, send, path)
+        if path.startswith(NEWER_ROUTES):
+            return await self._to_newest(scope, receive, send, b""), "-"
         return await _plain(scope, receive, send, 404), "-"
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -391,16 +395,32 @@ class EdgeApp:
     ) -> tuple[Result | None, str]:
         """A POST route the edge has no entry for (newer Ollama routes: /v1/responses,
         /v1/messages, /v1/audio/transcriptions, ...) goes to a host with the model it names;
-        without a model it is an unknown route. The bytes go upstream as they came."""
+        without a model, to the newest Ollama (_to_newest). The bytes go upstream as they
+        came."""
         raw = await self._body(scope, receive)
         body = self._readable(scope, raw)
         model = body.get("model") if body is not None else None
         if not isinstance(model, str) or not model.strip():
+            if path.startswith(NEWER_ROUTES):
+                return await self._to_newest(scope, receive, send, raw), "-"
             return await _plain(scope, receive, send, 404), "-"
         call = self._call(
             scope, raw, body or {}, model, router_pb2.API_KIND_OTHER, _quoted(model), path
         )
         return await self.proxy.handle(call, receive, send), model
+
+    async def _to_newest(self, scope: Scope, receive: Receive, send: Send, raw: bytes) -> Result:
+        """A route under /api/ or /v1/ the edge has no entry for and that names no model (a
+        newer Ollama's /api/status, /api/experimental/web_search, ...): the newest Ollama in
+        the fleet answers it, so a route any host has works through the edge, and one none has
+        gets a host's own 404. The next newest is tried as for any request: when one cannot be
+        reached, or answers 5xx."""
+        current = await self.inventory()
+        nodes = inv.newest_first(current)[: self.settings.max_attempts]
+        if not nodes:
+            return await _plain(scope, receive, send, 404)
+        targets = [Target(n.node_id, n.ollama_url, "newest", n.headers) for n in nodes]
+        return await self.proxy.handle(self._plain_call(scope, raw), receive, send, targets)
 
     def _readable(self, scope: Scope, raw: bytes) -> dict[str, Any] | None:
         """What the edge can read of an unknown route's body to route it: a JSON object (after

@@ -131,6 +131,12 @@ def lowest_version(inventory: Inventory) -> str:
     return min(versions, key=_version_key) if versions else "0.0.0"
 
 
+def newest_first(inventory: Inventory) -> list[InventoryNode]:
+    """The routable nodes, the newest Ollama first (then by id)."""
+    routable = sorted((n for n in inventory.nodes if n.routable), key=lambda n: n.node_id)
+    return sorted(routable, key=lambda n: _version_key(n.ollama_version), reverse=True)
+
+
 def _openai_model(model: InstalledModel) -> dict[str, Any]:
     parsed = names.parse(model.name)
     owner = (

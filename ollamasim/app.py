@@ -40,6 +40,7 @@ def _table() -> dict[str, dict[str, Route]]:
     table: dict[str, dict[str, Route]] = {
         "/": {m: Route(native.root) for m in get_head},
         "/api/version": {m: Route(native.version) for m in get_head},
+        "/api/status": {"GET": Route(native.status)},
         "/api/tags": {m: Route(native.tags) for m in get_head},
         "/api/ps": {"GET": Route(native.ps)},
         "/api/show": {"POST": Route(native.show)},

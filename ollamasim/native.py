@@ -84,6 +84,12 @@ async def version(request: Request, host: Host) -> Response:
     return json_response({"version": host.settings.version})
 
 
+async def status(request: Request, host: Host) -> Response:
+    """Newer Ollama's (about v0.20) cloud status: a simulated host reaches no cloud, nor is it
+    switched off (OLLAMA_NO_CLOUD)."""
+    return json_response({"cloud": {"disabled": False, "source": "none"}})
+
+
 async def tags(request: Request, host: Host) -> Response:
     entries = sorted(host.installed.values(), key=lambda m: m.modified_at, reverse=True)
     models = [

@@ -310,6 +310,31 @@ def test_unknown_route_oversized_body_and_wrong_method(shared: Fleet) -> None:
     assert too_big.status_code == 413 and "larger than" in too_big.json()["error"]
 
 
+def test_routes_the_edge_does_not_know_that_name_no_model_go_to_the_newest_ollama() -> None:
+    """A newer Ollama's /api/status (or /api/experimental/...) works through the edge: the
+    newest Ollama in the fleet answers it; a route no host has is a host's own 404, and a path
+    outside Ollama's /api/ and /v1/ (the simulator's control routes) never leaves the edge."""
+    hosts = {"old": ["--version", "0.12.6"], "new": ["--version", "0.33.0"]}
+    with fleet.whole_fleet(hosts) as running, httpx.Client(base_url=running.edge.url) as client:
+        status = client.get("/api/status")
+        assert status.json() == {"cloud": {"disabled": False, "source": "none"}}
+        assert (status.headers["x-hops-node"], status.headers["x-hops-route"]) == ("new", "newest")
+        searched = client.post("/api/experimental/web_search", json={"query": "hops"})
+        assert (searched.status_code, searched.text) == (404, "404 page not found")
+        assert searched.headers["x-hops-node"] == "new"  # the host's answer, not the edge's
+        control = client.put("/_sim/fault", json={"mode": "refuse"})
+        assert control.status_code == 404 and "x-hops-node" not in control.headers
+        assert httpx.get(running.sim_url("new") + "/_sim/fault", timeout=5).json() == {
+            "fault": None
+        }
+        fleet.admin(running.plane.url).CordonNode(admin_pb2.CordonNodeRequest(node_id="new"))
+        wait_until(
+            lambda: client.get("/api/status").headers.get("x-hops-node") == "old",
+            5.0,
+            "the cordoned host left for the other",
+        )
+
+
 def test_newer_routes_through_the_edge(shared: Fleet) -> None:
     """Routes the edge has no entry for go to a host with the model they name: /v1/responses
     (also with a zstd body, as Codex sends it), /v1/audio/transcriptions (the model in a form
