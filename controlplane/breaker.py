@@ -2,10 +2,13 @@
 
 CLOSED: traffic flows; ``threshold`` consecutive host failures (connect errors, 5xx, Ollama's busy
 503, timeouts) open it. OPEN: no traffic for ``cooldown`` seconds. HALF_OPEN: one probe request is
-let through; its success closes the breaker, its failure opens it again. A 4xx is the request's
-fault, not the host's, and counts as a success; a client cancellation counts as neither, and so
-does a 5xx the request earned itself (Outcome.REQUEST_ERROR: see Router.report). Agent
-keepalives never touch the breaker: a host that answers pings but fails requests stays out. Nor
+let through; its success closes the breaker, its failure opens it again. Only a reply that
+ended well is a success. A 4xx is the request's fault, not the host's, and counts as neither:
+Ollama checks a request before it touches a runner, so a host whose runners all fail still
+answers 400 and 404, and those must not keep resetting its count. Nor does a client
+cancellation count, or a 5xx the request earned itself (Outcome.REQUEST_ERROR: see
+Router.report). Agent keepalives never touch the breaker: a host that answers pings but fails
+requests stays out. Nor
 do shows and pulls answered (Ollama serves them from disk and the registry, not from a runner;
 the router feeds only their failures) and neither is ever the probe.
 """
@@ -71,7 +74,7 @@ class Breaker:
             if was_probe or self.consecutive_failures >= self.threshold:
                 self.opened = True
                 self.open_until = self.clock() + self.cooldown
-        elif outcome in (Outcome.OK, Outcome.CLIENT_ERROR):
+        elif outcome is Outcome.OK:
             self.consecutive_failures = 0
             self.opened = False
 

@@ -30,7 +30,21 @@ def test_client_errors_and_cancellations_do_not_count_against_the_host() -> None
     for _ in range(5):
         breaker.record(Outcome.CLIENT_ERROR, "l")
         breaker.record(Outcome.CLIENT_CANCELLED, "l")
+        breaker.record(Outcome.REQUEST_ERROR, "l")
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_client_errors_in_between_do_not_vouch_for_a_failing_host() -> None:
+    """Ollama answers a bad request 400 (or an unknown model 404) before any runner is
+    involved: a host whose every generation fails still answers those."""
+    breaker, clock = _breaker()
+    for outcome in (Outcome.UPSTREAM_ERROR, Outcome.CLIENT_ERROR) * 3:
+        breaker.record(outcome, "l", "http 500")
+    assert breaker.state is BreakerState.OPEN
+    clock.now += 10.0
+    breaker.on_dispatch("probe")
+    breaker.record(Outcome.CLIENT_ERROR, "probe")  # proves nothing: the next one probes
+    assert breaker.state is BreakerState.HALF_OPEN and breaker.allows()
 
 
 def test_half_open_lets_exactly_one_probe_through() -> None:
