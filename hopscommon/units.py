@@ -38,7 +38,8 @@ def parse_bytes(text: str) -> int:
     return round(float(match.group(1)) * factor)
 
 
-_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_GO_UNIT = re.compile(r"[^\d.]+")  # a unit runs to the next number
 _GO_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -68,14 +69,19 @@ def parse_go_duration(text: str) -> float:
         raise ValueError(f"time: invalid duration {quoted}")
     total = 0.0
     pos = 0
-    while pos < len(body):
-        match = _GO_DURATION_PART.match(body, pos)
-        if not match:
-            if re.fullmatch(r"[\d.]+", body[pos:]):
-                raise ValueError(f"time: missing unit in duration {quoted}")
+    while pos < len(body):  # number, then unit, as Go's ParseDuration reads them
+        number = _GO_NUMBER.match(body, pos)
+        if number is None:
             raise ValueError(f"time: invalid duration {quoted}")
-        total += float(match.group(1)) * _GO_UNITS[match.group(2)]
-        pos = match.end()
+        pos = number.end()
+        unit = _GO_UNIT.match(body, pos)
+        name = unit.group(0) if unit is not None else ""
+        if not name:
+            raise ValueError(f"time: missing unit in duration {quoted}")
+        if name not in _GO_UNITS:
+            raise ValueError(f'time: unknown unit "{name}" in duration {quoted}')
+        total += float(number.group(0)) * _GO_UNITS[name]
+        pos += len(name)
     return sign * total
 
 

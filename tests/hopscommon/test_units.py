@@ -18,7 +18,16 @@ def test_parse_bytes_rejects_garbage() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("5m", 300.0), ("1h30m", 5400.0), ("-1m", -60.0), ("250ms", 0.25), ("0", 0.0), ("1.5s", 1.5)],
+    [
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("-1m", -60.0),
+        ("250ms", 0.25),
+        ("0", 0.0),
+        ("1.5s", 1.5),
+        ("1.m", 60.0),
+        ("1µs", 1e-6),
+    ],
 )
 def test_go_durations(text: str, seconds: float) -> None:
     assert parse_go_duration(text) == pytest.approx(seconds)
@@ -29,6 +38,14 @@ def test_unitless_duration_string_is_rejected_like_go() -> None:
         parse_go_duration("300")
     with pytest.raises(ValueError, match='time: invalid duration "soon"'):
         parse_go_duration("soon")
+    with pytest.raises(ValueError, match='time: unknown unit "x" in duration "5x"'):
+        parse_go_duration("5x")
+    with pytest.raises(ValueError, match='time: unknown unit "min" in duration "1h5min"'):
+        parse_go_duration("1h5min")
+    with pytest.raises(ValueError, match='time: missing unit in duration "1h5"'):
+        parse_go_duration("1h5")
+    with pytest.raises(ValueError, match='time: invalid duration "-"'):
+        parse_go_duration("-")
 
 
 def test_parse_seconds_accepts_numbers_and_durations() -> None:
