@@ -51,8 +51,23 @@ def test_dashboard_shows_the_fleet_live() -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         page.do(op="screenshot", path=str(ARTIFACTS / "dashboard.png"))
 
-        # A node whose agent stops shows as offline.
+        # A host failing shows why, in its own words.
         other = "laptop" if served_by == "big" else "big"
+        httpx.put(running.sim_url(other) + "/_sim/fault", json={"mode": "error"}, timeout=5)
+        failed = httpx.post(
+            running.edge.url + "/api/generate",
+            json={"model": "llama3.2", "prompt": "hi", "stream": False},
+            headers={"X-Hops-Node": other},
+            timeout=60,
+        )
+        assert failed.status_code == 500
+        page.do(
+            op="wait",
+            selector=f'[data-node="{other}"] .failure',
+            text="last failure (1 in a row): http 500: llama runner process has terminated",
+        )
+
+        # A node whose agent stops shows as offline.
         index = list(hosts).index(other)
         running.agents[index].stop()
         page.do(op="wait", selector=f'[data-node="{other}"] .state', text="offline")
