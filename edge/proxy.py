@@ -362,7 +362,7 @@ class Proxy:
                 else router_pb2.OUTCOME_UPSTREAM_ERROR
             )
         ttfb = 0.0
-        error = ""  # a 5xx's error text, for the control plane
+        error = ""  # a 5xx's error text, or the one ending a stream, for the control plane
         # An OpenAI-compatible stream carries no durations and, unless its client asked, no
         # usage: its events are counted so its length and decode speed can still be learned.
         count_events = call.dialect == OPENAI and "event-stream" in content_type
@@ -396,6 +396,7 @@ class Proxy:
                 b"".join(tail), content_type, call.path
             ):
                 outcome = self._failed_mid_stream(target, result)
+                error = _last_line_error(b"".join(tail))
             if outcome == router_pb2.OUTCOME_OK and call.settle is not None:
                 await call.settle(target.node_id)
             if outcome == router_pb2.OUTCOME_UPSTREAM_ERROR and response.status_code >= 500:
@@ -432,6 +433,7 @@ class Proxy:
                 and _failed_in_band(b"".join(tail), content_type, call.path)
             ):  # Ollama's error line ends its stream: the client left after the host failed
                 outcome = self._failed_mid_stream(target, result)
+                error = _last_line_error(b"".join(tail))
             else:
                 outcome = router_pb2.OUTCOME_CLIENT_CANCELLED
             raise
@@ -592,6 +594,11 @@ def error_text(body: bytes) -> str:
     if isinstance(error, dict):
         error = error.get("message")
     return error[:ERROR_TEXT_MAX] if isinstance(error, str) else ""
+
+
+def _last_line_error(tail: bytes) -> str:
+    """The error text of the line that ends an NDJSON stream (Ollama's in-band failure)."""
+    return error_text(tail.rstrip().rsplit(b"\n", 1)[-1])
 
 
 def requests_fault(error: str) -> bool:

@@ -578,15 +578,19 @@ def test_a_runner_failing_mid_stream_reaches_the_client_and_the_breaker() -> Non
         )
         with pytest.raises(ollama.ResponseError, match="runner process has terminated"):
             list(ollama.Client(host=running.edge.url).generate("llama3.2", "x", stream=True))
-        body = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": True}
-        with httpx.stream("POST", running.edge.url + "/v1/chat/completions", json=body) as response:
-            events = [line for line in response.iter_lines() if line.startswith("data: ")]
-        assert response.status_code == 200 and "data: [DONE]" not in events  # Ollama's way
         admin = fleet.admin(running.plane.url)
 
         def breaker() -> admin_pb2.Breaker:
             return admin.GetNode(admin_pb2.GetNodeRequest(node_id="only")).node.breaker
 
+        wait_until(lambda: breaker().consecutive_failures == 1, 2.0, "the failure heard")
+        assert breaker().last_failure.startswith(
+            "failed mid-stream (http 200): llama runner process has terminated"
+        )
+        body = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": True}
+        with httpx.stream("POST", running.edge.url + "/v1/chat/completions", json=body) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert response.status_code == 200 and "data: [DONE]" not in events  # Ollama's way
         wait_until(lambda: breaker().consecutive_failures == 2, 2.0, "two failures heard")
         assert breaker().last_failure == "failed mid-stream (http 200)"
         metrics = httpx.get(running.edge.url + "/metrics").text
