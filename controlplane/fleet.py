@@ -16,6 +16,7 @@ from enum import Enum
 from controlplane.breaker import Breaker
 from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
+from controlplane.policies.base import KV_HEADROOM
 from hopscommon import names
 from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot, runs_one_at_a_time
 from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
@@ -96,6 +97,10 @@ class Node:
     # installed model key -> every installed model on its weights (the same runner_id), for
     # models that share their weights with another
     siblings: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # model key (see auto_key) -> the memory an instance here takes per token of context per
+    # parallel slot beyond its file (KV cache, and the graph, which grows with it), learned
+    # from /api/ps: what a load at another context length will take
+    kv_bytes: dict[str, float] = field(default_factory=dict)
     vram_total: int = 0
     vram_free: int = 0
 
@@ -135,6 +140,7 @@ class Node:
         self.aliases = _aliases(self.installed_by_key, self.loaded_by_key, self.loading)
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
+        self._learn_kv_bytes()
         listed = {k: t for k, (t, _) in self.loading.items() if self._loaded_as_asked(k, t)}
         for key, since in listed.items():
             # Ollama lists a load under the name that asked for it: one routed for a model
@@ -156,6 +162,29 @@ class Node:
             }
         if self.context_probe:
             self.probe_context(time.monotonic())
+
+    def _learn_kv_bytes(self) -> None:
+        """From each listed instance: its memory beyond its file, per token of its context
+        length and per slot (Ollama gives each of NUM_PARALLEL slots the whole length)."""
+        for key, loaded in self.loaded_by_key.items():
+            installed = self.installed_by_key.get(key)
+            if installed is None or loaded.context_length <= 0:
+                continue
+            beyond = loaded.size_bytes - installed.size_bytes
+            if beyond > 0:
+                slots = 1 if key in self.one_slot else max(self.hello.capacity.num_parallel, 1)
+                self.kv_bytes[self.auto_key(key)] = beyond / (loaded.context_length * slots)
+
+    def memory_needed(self, key: str, context: int, slots: int) -> int:
+        """The memory an instance of ``key`` loaded here at ``context`` tokens (per slot) will
+        take: its file and, per token, what its instances here were seen to take; while none
+        was seen (or the length is not known), its file and KV_HEADROOM of it."""
+        installed = self.installed_by_key.get(key)
+        size = installed.size_bytes if installed is not None else 0
+        per_token = self.kv_bytes.get(self.auto_key(key)) if self.kv_bytes else None
+        if per_token is None or context <= 0:
+            return int(size * KV_HEADROOM)
+        return size + int(per_token * context * max(slots, 1))
 
     def probe_context(self, now: float) -> None:
         """Learn automatic lengths from the snapshot: a length other than those listed, being

@@ -27,11 +27,11 @@ from controlplane.metrics import ControlPlaneMetrics
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import BoundedPicker, Candidate, Picker, Ranked
 from controlplane.policies.base import (
-    KV_HEADROOM,
     Busy,
     Resident,
     evictions_needed,
     fits_evicting_idle,
+    memory_needed,
 )
 from hopscommon import names
 from hopscommon.fleet import InstalledModel
@@ -207,7 +207,7 @@ class Router:
             # Ollama will evict these for it: no longer warm here. Their floors stay as low
             # as when they were warm, still a bound; the next snapshot tightens them.
             # A reload takes the memory of the instance it replaces.
-            memory = 0 if chosen.reload else int(chosen.model_size * KV_HEADROOM)
+            memory = 0 if chosen.reload else memory_needed(chosen)
             wanted = lease.context or first.wanted_context(key, 0)
             context = wanted if chosen.reload else 0
             victims = self._victims(first, key, chosen)
@@ -540,6 +540,10 @@ class Router:
                 else None
             ),
         )
+        if not loaded and context is not None:  # what a load here would take
+            c.memory_needed = node.memory_needed(
+                key, node.wanted_context(key, context), c.num_parallel
+            )
         if c.loading:
             c.loading_for = time.monotonic() - node.loading[key][0]
         elif loaded and key in node.warming:

@@ -96,12 +96,20 @@ class Candidate:
     # learned yet, while clients ask this model at explicit ones: the instance may be theirs,
     # which Ollama reloads unless its length happens to be the automatic one.
     context_unsure: bool = False
+    # The memory a load here will take at the context length the request runs with (see
+    # Node.memory_needed); 0 = not estimated: the file and KV_HEADROOM of it.
+    memory_needed: int = 0
+
+
+def memory_needed(c: Candidate) -> int:
+    """The memory loading ``c``'s model will take on its host."""
+    return c.memory_needed or int(c.model_size * KV_HEADROOM)
 
 
 def fits_evicting_idle(c: Candidate) -> bool:
     """Whether ``c``'s model fits on its host as things are or once idle models are evicted (in
     memory and under the host's loaded-model limit), so no load waits for busy ones."""
-    return c.model_size * KV_HEADROOM <= c.memory_free + c.idle_loaded_bytes and (
+    return memory_needed(c) <= c.memory_free + c.idle_loaded_bytes and (
         c.loaded_count < c.max_loaded or c.idle_loaded_count > 0
     )
 
@@ -118,7 +126,7 @@ def predicted_victims(c: Candidate) -> list[Resident]:
 def evictions_needed(c: Candidate, held: Iterable[int]) -> int:
     """How many of the models holding ``held`` bytes, evicted in that order, Ollama unloads
     before ``c``'s model fits (in memory and under the host's loaded-model limit)."""
-    short = c.model_size * KV_HEADROOM - c.memory_free
+    short = memory_needed(c) - c.memory_free
     count = c.loaded_count
     taken = 0
     for memory in held:

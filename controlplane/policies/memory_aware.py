@@ -50,6 +50,7 @@ from controlplane.policies.base import (
     Ranked,
     Resident,
     fits_evicting_idle,
+    memory_needed,
     predicted_victims,
 )
 
@@ -187,7 +188,7 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
             load += c.in_flight_model * per_request / max(c.num_parallel, 1)
             if c.replaced is not None:  # and that instance's clients then reload it back
                 load += victim_cost(c.replaced)
-        if c.model_size * KV_HEADROOM <= c.memory_free and c.loaded_count < c.max_loaded:
+        if memory_needed(c) <= c.memory_free and c.loaded_count < c.max_loaded:
             wait, tier = load, "cold-fit"
         elif fits_evicting_idle(c):
             wait = load + EVICT_IDLE_PENALTY_S + eviction_cost(c)

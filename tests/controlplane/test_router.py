@@ -561,6 +561,53 @@ def test_a_load_still_under_way_with_other_runner_options_is_not_joined() -> Non
     assert plain.ranked[0].candidate.node_id == "b"
 
 
+KV_PER_TOKEN = 131072  # llama3.1:8b's KV cache in f16: 32 layers x 8 KV heads x 128 x 2 x 2
+
+
+def _eight_gb_laptop(fleet: Fleet, sequence: int, *loaded: tuple[str, int]) -> None:
+    """Node "a", 8 GiB of VRAM, with llama3.2 (2 GB) and llama3.1:8b (4.9 GB) on disk; /api/ps
+    lists ``loaded`` as (name, context length), each taking its file and its KV cache."""
+    node = fleet.nodes["a"]
+    sizes = {"llama3.2:latest": 2 * builders.GB, "llama3.1:8b": int(4.9 * builders.GB)}
+    installed = tuple(InstalledModel(name=m, size_bytes=b) for m, b in sizes.items())
+    listed = tuple(
+        LoadedModel(
+            name=m,
+            size_bytes=sizes[m] + KV_PER_TOKEN * context,
+            size_vram_bytes=sizes[m] + KV_PER_TOKEN * context,
+            context_length=context,
+        )
+        for m, context in loaded
+    )
+    used = sum(m.size_vram_bytes for m in listed)
+    total = 8 * 1024**3
+    gpu = Gpu(0, "GPU", "", total, total - used)
+    snapshot = replace(
+        node.snapshot, sequence=sequence, installed=installed, loaded=listed, gpus=(gpu,)
+    )
+    fleet.update("a", node.session, snapshot)
+
+
+def test_a_load_at_a_long_context_is_known_to_need_room_its_file_alone_would_not() -> None:
+    """Ollama gives an instance its KV cache for the whole context length: llama3.1:8b at 16384
+    tokens takes 7 GB, not the 5.6 GB its file and a fixed headroom make. Learned from /api/ps
+    (an instance listed at 4096), a load at 16384 is known to evict llama3.2, idle beside it,
+    so llama3.2 no longer counts as warm there; at 4096 it fits beside it."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", models=())
+    _eight_gb_laptop(fleet, 2, ("llama3.1:8b", 4096))
+    assert fleet.nodes["a"].kv_bytes == {"llama3.1:8b": KV_PER_TOKEN}
+    _eight_gb_laptop(fleet, 3, ("llama3.2:latest", 4096))
+    router = builders.router(fleet, "memory_aware")
+    short = router.pick(_req("llama3.1:8b", num_ctx=4096))
+    assert short.ranked[0].reason == "cold-fit"
+    router.report(Report(short.lease_id, "a", Outcome.CLIENT_CANCELLED))
+    long = router.pick(_req("llama3.1:8b", num_ctx=16384))
+    assert long.ranked[0].reason == "cold-evict-idle"
+    assert fleet.nodes["a"].evicting == {"llama3.2:latest": "llama3.1:8b"}
+    assert fleet.warm.get("llama3.2:latest", 0) == 0
+
+
 def test_a_pick_reads_known_runner_options_only() -> None:
     wire = router_pb2.PickRequest(
         model="llama3.2", runner_options={"num_thread": 8, "use_mmap": 5, "num_batch": 512}

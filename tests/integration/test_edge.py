@@ -900,6 +900,29 @@ def test_ollama_stop_unloads_the_model_on_every_host() -> None:
         wait_until(lambda: running.open_leases() == 0, 2.0, "no lease left open")
 
 
+def test_a_reload_at_a_longer_context_is_known_to_evict_what_it_will() -> None:
+    """Ollama gives an instance the KV cache of its whole context length. Learned from what
+    /api/ps lists, a reload of llama3.1:8b at 32768 tokens on an 8 GB card is routed as the
+    eviction of llama3.2, idle beside it, which it is; its file and a fixed headroom made it
+    look as if it fit, and llama3.2 stayed counted as warm there."""
+    with (
+        fleet.whole_fleet({"laptop": ["--profile", "gpu-8g"]}) as running,
+        httpx.Client(base_url=running.edge.url, timeout=60) as client,
+    ):
+        body = {"prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+
+        def listed() -> list[str]:
+            return sorted(m["name"] for m in client.get("/api/ps").json()["models"])
+
+        for model in ("llama3.1:8b", "llama3.2"):
+            assert client.post("/api/generate", json={"model": model, **body}).is_success
+        wait_until(lambda: listed() == ["llama3.1:8b", "llama3.2:latest"], 5.0, "both listed")
+        long = {**body, "options": {"num_predict": 1, "num_ctx": 32768}}
+        reply = client.post("/api/generate", json={"model": "llama3.1:8b", **long})
+        assert reply.headers["x-hops-route"] == "reload-evict-idle"
+        wait_until(lambda: listed() == ["llama3.1:8b"], 5.0, "llama3.2 evicted, as predicted")
+
+
 def test_a_request_goes_where_its_context_length_is_loaded() -> None:
     """Ollama reloads a model for a request with another num_ctx than the loaded instance's:
     with the model loaded at 8192 on one host and at the default on the other, each request
