@@ -80,23 +80,29 @@ def test_report_closes_or_moves_the_lease() -> None:
 BAD_OPTION = 'option "temperature" must be of type float32'
 
 
-def _failed_then(router: Router, then: Outcome, error: str, **kw: object) -> tuple[str, str]:
-    """A pick whose first host answers 500 BAD_OPTION and whose retry ends ``then`` with
-    ``error``; returns (first host, second host)."""
-    picked = router.pick(_req(**kw))
+def _first_fails(router: Router, error: str = BAD_OPTION) -> tuple[str, str, str]:
+    """A pick whose first host answers 500 with ``error``, the edge trying the second next;
+    returns (lease, first host, second host)."""
+    picked = router.pick(_req())
     first, second = (r.candidate.node_id for r in picked.ranked[:2])
-    router.report(
-        Report(
-            picked.lease_id,
-            first,
-            Outcome.UPSTREAM_ERROR,
-            http_status=500,
-            retry_node_id=second,
-            error=BAD_OPTION,
-        )
+    failed = Report(
+        picked.lease_id,
+        first,
+        Outcome.UPSTREAM_ERROR,
+        http_status=500,
+        retry_node_id=second,
+        error=error,
     )
+    router.report(failed)
+    return picked.lease_id, first, second
+
+
+def _failed_then(router: Router, then: Outcome, error: str) -> tuple[str, str]:
+    """_first_fails with BAD_OPTION, and the retry ends ``then`` with ``error``; returns (first
+    host, second host)."""
+    lease, first, second = _first_fails(router)
     status = 500 if then is Outcome.UPSTREAM_ERROR else 200
-    router.report(Report(picked.lease_id, second, then, http_status=status, error=error))
+    router.report(Report(lease, second, then, http_status=status, error=error))
     return first, second
 
 
@@ -118,19 +124,11 @@ def test_a_500_the_next_host_does_not_repeat_is_the_first_hosts() -> None:
     builders.add_node(fleet, "a")
     builders.add_node(fleet, "b")
     router = builders.router(fleet)
-    picked = router.pick(_req())
-    first, second = (r.candidate.node_id for r in picked.ranked[:2])
-    failed = Report(
-        picked.lease_id,
-        first,
-        Outcome.UPSTREAM_ERROR,
-        http_status=500,
-        retry_node_id=second,
-        error="llama runner process has terminated: exit status 2",
+    lease, first, second = _first_fails(
+        router, "llama runner process has terminated: exit status 2"
     )
-    router.report(failed)
     assert fleet.nodes[first].breaker.consecutive_failures == 0  # held for the next attempt
-    router.report(Report(picked.lease_id, second, Outcome.OK, http_status=200))
+    router.report(Report(lease, second, Outcome.OK, http_status=200))
     breaker = fleet.nodes[first].breaker
     assert breaker.consecutive_failures == 1
     assert breaker.last_failure == "http 500: llama runner process has terminated: exit status 2"
@@ -147,18 +145,7 @@ def test_a_held_500_counts_when_its_lease_ends_without_another_attempt() -> None
     builders.add_node(fleet, "a")
     builders.add_node(fleet, "b")
     router = builders.router(fleet)
-    picked = router.pick(_req())
-    first, second = (r.candidate.node_id for r in picked.ranked[:2])
-    router.report(
-        Report(
-            picked.lease_id,
-            first,
-            Outcome.UPSTREAM_ERROR,
-            http_status=500,
-            retry_node_id=second,
-            error=BAD_OPTION,
-        )
-    )
+    _, first, second = _first_fails(router)
     assert router.release_edge("edge-1") == 1  # the edge went before the retry answered
     assert fleet.nodes[first].breaker.consecutive_failures == 1
     assert fleet.nodes[second].breaker.consecutive_failures == 0
