@@ -16,7 +16,6 @@ from enum import Enum
 from controlplane.breaker import Breaker
 from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
-from controlplane.policies.base import KV_HEADROOM
 from hopscommon import names
 from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot, runs_one_at_a_time
 from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
@@ -177,14 +176,13 @@ class Node:
 
     def memory_needed(self, key: str, context: int, slots: int) -> int:
         """The memory an instance of ``key`` loaded here at ``context`` tokens (per slot) will
-        take: its file and, per token, what its instances here were seen to take; while none
-        was seen (or the length is not known), its file and KV_HEADROOM of it."""
+        take: its file and, per token, what its instances here were seen to take; 0 while none
+        was seen or the length is not known (Candidate.memory_needed then estimates)."""
         installed = self.installed_by_key.get(key)
-        size = installed.size_bytes if installed is not None else 0
         per_token = self.kv_bytes.get(self.auto_key(key)) if self.kv_bytes else None
-        if per_token is None or context <= 0:
-            return int(size * KV_HEADROOM)
-        return size + int(per_token * context * max(slots, 1))
+        if installed is None or per_token is None or context <= 0:
+            return 0
+        return installed.size_bytes + int(per_token * context * max(slots, 1))
 
     def probe_context(self, now: float) -> None:
         """Learn automatic lengths from the snapshot: a length other than those listed, being

@@ -207,7 +207,9 @@ class Router:
             # Ollama will evict these for it: no longer warm here. Their floors stay as low
             # as when they were warm, still a bound; the next snapshot tightens them.
             # A reload takes the memory of the instance it replaces.
-            memory = 0 if chosen.reload else memory_needed(chosen)
+            memory = (
+                self._reload_memory(first, key, chosen) if chosen.reload else memory_needed(chosen)
+            )
             wanted = lease.context or first.wanted_context(key, 0)
             context = wanted if chosen.reload else 0
             victims = self._victims(first, key, chosen)
@@ -224,6 +226,16 @@ class Router:
             )
         self._remember(request.session_key, first.node_id, asked_for)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
+
+    @staticmethod
+    def _reload_memory(node: Node, key: str, chosen: Candidate) -> int:
+        """What a reload takes beyond the instance it replaces: more at a longer context length,
+        as far as the host's instances showed what a token takes (else nothing)."""
+        listed = node.loaded_by_key.get(node.runner_key(key))
+        if listed is None or not chosen.memory_needed:
+            return 0
+        held = listed.size_vram_bytes if chosen.on_gpu else listed.size_bytes
+        return max(chosen.memory_needed - held, 0)
 
     def _victims(self, node: Node, key: str, chosen: Candidate) -> list[str]:
         """The models Ollama will evict to load ``key`` on ``node``: idle ones in its order, then,

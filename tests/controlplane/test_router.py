@@ -595,6 +595,19 @@ def test_a_load_at_a_long_context_is_known_to_need_room_its_file_alone_would_not
     assert fleet.warm.get("llama3.2:latest", 0) == 0
 
 
+def test_a_reload_at_a_longer_context_takes_the_difference_and_evicts_for_it() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", models=())
+    _eight_gb_laptop(fleet, 2, ("llama3.1:8b", 4096), ("llama3.2:latest", 4096))
+    router = builders.router(fleet, "memory_aware")
+    longer = router.pick(_req("llama3.1:8b", num_ctx=16384))
+    assert longer.ranked[0].reason == "reload-evict-idle"
+    node = fleet.nodes["a"]
+    assert node.evicting == {"llama3.2:latest": "llama3.1:8b"}
+    # Reserved for other picks until a snapshot lists it: what it takes beyond the instance.
+    assert node.loading["llama3.1:8b"][1] == KV_PER_TOKEN * (16384 - 4096)
+
+
 def test_a_pick_reads_known_runner_options_only() -> None:
     wire = router_pb2.PickRequest(
         model="llama3.2", runner_options={"num_thread": 8, "use_mmap": 5, "num_batch": 512}
