@@ -29,6 +29,7 @@ from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteR
 from controlplane.router import Learned, PickOutcome, PickStatus
 
 MAX_ERROR_TEXT = 256  # of a report's error text kept: the wire's bound, whatever an edge sends
+MAX_DIGEST = 64  # of a report's request digest kept
 
 
 def route_request(msg: router_pb2.PickRequest, request_id: int = 0) -> RouteRequest:
@@ -117,6 +118,7 @@ def report(msg: router_pb2.ReportRequest) -> Report:
         retry_node_id=msg.retry_node_id,
         stats=stats,
         error=msg.error[:MAX_ERROR_TEXT],
+        request_digest=msg.request_digest[:MAX_DIGEST],
     )
 
 

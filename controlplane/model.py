@@ -117,3 +117,4 @@ class Report:
     retry_node_id: str = ""
     stats: GenerationStats | None = None
     error: str = ""  # a 5xx reply's error text (ReportRequest.error)
+    request_digest: str = ""  # with an error: a digest of the request (ReportRequest's)

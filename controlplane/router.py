@@ -44,6 +44,8 @@ LOADING_TTL_S = 300.0  # a routed load that never shows up in a snapshot is forg
 WARM_HANDOVER_NS = 100_000_000
 CONTEXT_PROBE_S = 10.0  # how long snapshots are watched for the length a reply (re)loaded at
 MAX_SESSIONS = 10_000
+MAX_FAILURES = 1_000  # failed requests remembered, to tell one failing on every host
+FAILURE_MEMORY_S = 600.0  # for this long
 DEMAND_WINDOW = 50  # picks: a model's demand is its expected share of about this many
 DEMAND_DECAY = 1.0 - 1.0 / DEMAND_WINDOW
 DEMAND_FORGOTTEN = 0.01  # decayed below this (about 230 picks of other keys), a key is dropped
@@ -123,6 +125,11 @@ class Router:
     # model run there wholly in its memory; decoding is memory-bandwidth bound), moved like
     # _tokens. It estimates the decode speed of a model never run on that host yet.
     _decode_rates: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # (request digest, status, error text) -> (the first node it failed on, when), oldest
+    # first: see _failed_alike_elsewhere
+    _failures: OrderedDict[tuple[str, int, str], tuple[str, float]] = field(
+        default_factory=OrderedDict
+    )
 
     def pick(self, request: RouteRequest) -> PickOutcome:
         started = time.perf_counter()
@@ -720,6 +727,8 @@ class Router:
             if _may_be_the_requests(report, outcome):
                 lease.held = HeldFailure(node.node_id, report.http_status, report.error, detail)
             else:
+                if self._failed_alike_elsewhere(report, outcome, node.node_id):
+                    outcome = Outcome.REQUEST_ERROR
                 node.breaker.record(outcome, lease.lease_id, detail)
         if node is not None and runs:
             first_try = lease.attempts == 1 and node.hello.node_id == lease.node_id
@@ -782,6 +791,34 @@ class Router:
             report.error,
         )
         return Outcome.REQUEST_ERROR
+
+    def _failed_alike_elsewhere(self, report: Report, outcome: Outcome, node_id: str) -> bool:
+        """Whether this failure (one with an error text and the request's digest) is one the
+        same request met on another host lately, with the same status and text: a prompt that
+        crashes every runner it reaches, sent again by its client. Ollama cannot be asked twice
+        once its reply began, so this is how such a request is told from a failing host: the
+        first host it failed on pays one failure, the others none (the failures the same host
+        meets again count, as they would for a host that fails everything)."""
+        if not (outcome is Outcome.UPSTREAM_ERROR and report.error and report.request_digest):
+            return False
+        seen = (report.request_digest, report.http_status, report.error)
+        now = time.monotonic()
+        first = self._failures.get(seen)
+        if first is not None and now - first[1] < FAILURE_MEMORY_S:
+            if first[0] != node_id:
+                log.info(
+                    "%s failed a request as %s did: the request's own fault: %s",
+                    node_id,
+                    first[0],
+                    report.error,
+                )
+                return True
+            return False
+        self._failures[seen] = (node_id, now)
+        self._failures.move_to_end(seen)
+        while len(self._failures) > MAX_FAILURES:
+            self._failures.popitem(last=False)
+        return False
 
     def _forget_load_unless_awaited(self, node: Node, key: str) -> None:
         """A request for ``key`` on ``node`` ended without a reply (never sent, refused, timed

@@ -5,8 +5,9 @@ Retry rule: connect failures, connect timeouts, no first byte in time, a reset b
 response, and 5xx answers (Ollama's busy 503 among them) move on to the next candidate, bounded by
 ``max_attempts``; but not a 500 whose error Ollama gives for the request's own fault (a wrongly
 typed option, an invalid format, an unreadable image): any host would answer it the same, so it
-goes to the client at once. Reports carry a 5xx's error text, for the control plane to tell a
-host's failure from the request's (Router.report). Once the first byte went out there is no
+goes to the client at once. A failure's report carries its error text (a 5xx's, or the line
+that ends a stream) and a digest of the request, for the control plane to tell a host's
+failure from the request's (Router.report). Once the first byte went out there is no
 retry: a failure mid-stream ends the stream with an Ollama-style error line. A client that goes
 away closes the upstream connection at once (that is what stops Ollama generating) and the lease
 is reported cancelled.
@@ -15,6 +16,7 @@ is reported cancelled.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -326,6 +328,7 @@ class Proxy:
                     started,
                     following,
                     error=error,
+                    digest=_digest(call) if error else "",
                 )
                 self.metrics.retries.labels(f"http_{response.status_code}").inc()
                 continue
@@ -450,6 +453,7 @@ class Proxy:
                 "",
                 ttfb=ttfb,
                 error=error,
+                digest=_digest(call) if error else "",
                 stats=_final_stats(
                     b"".join(tail), ttfb, finished, events - 1 if count_events else 0, streamed
                 ),
@@ -495,6 +499,7 @@ class Proxy:
         ttfb: float = 0.0,
         stats: router_pb2.GenerationStats | None = None,
         error: str = "",
+        digest: str = "",
     ) -> None:
         if not lease:
             return
@@ -505,6 +510,7 @@ class Proxy:
             http_status=status,
             retry_node_id=retry_node,
             error=error,
+            request_digest=digest,
             time_to_first_byte=duration(ttfb),
             duration=duration(time.monotonic() - started),
         )
@@ -594,6 +600,14 @@ def error_text(body: bytes) -> str:
     if isinstance(error, dict):
         error = error.get("message")
     return error[:ERROR_TEXT_MAX] if isinstance(error, str) else ""
+
+
+def _digest(call: Call) -> str:
+    """A digest of the request as the client sent it (its route and body), for a failure's
+    report; "" for a body passed on as it arrived (never held whole)."""
+    if not isinstance(call.body, bytes):
+        return ""
+    return hashlib.sha256(call.path.encode() + b"\n" + call.body).hexdigest()[:32]
 
 
 def _last_line_error(tail: bytes) -> str:

@@ -151,6 +151,47 @@ def test_a_held_500_counts_when_its_lease_ends_without_another_attempt() -> None
     assert fleet.nodes[second].breaker.consecutive_failures == 0
 
 
+RUNNER_DIED = "llama runner process has terminated: exit status 2"
+
+
+def test_a_request_failing_alike_on_another_host_later_is_its_own_fault() -> None:
+    """A prompt that crashes the runner mid-reply, sent again by its client: no retry is
+    possible once the reply began, but the second host it fails on alike (the same digest,
+    status and text) is not failed; the first pays for it, and a host failing the same request
+    again counts, as a host failing everything would."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a")
+    builders.add_node(fleet, "b")
+    router = builders.router(fleet)
+
+    def crash(node_id: str, digest: str = "d1") -> None:
+        picked = router.pick(_req(node_id=node_id))
+        router.report(
+            Report(
+                picked.lease_id,
+                node_id,
+                Outcome.UPSTREAM_ERROR,
+                http_status=200,
+                error=RUNNER_DIED,
+                request_digest=digest,
+            )
+        )
+
+    def failures() -> tuple[int, int]:
+        a, b = fleet.nodes["a"].breaker, fleet.nodes["b"].breaker
+        return a.consecutive_failures, b.consecutive_failures
+
+    crash("a")
+    assert failures() == (1, 0)
+    crash("b")  # the same request, failing alike elsewhere
+    assert failures() == (1, 0)
+    crash("a")  # again on the first: it counts there
+    assert failures() == (2, 0)
+    crash("b", digest="d2")  # another request: b's own failure
+    assert failures() == (2, 1)
+    assert fleet.nodes["b"].breaker.last_failure == f"failed mid-stream (http 200): {RUNNER_DIED}"
+
+
 def test_a_reports_error_text_and_request_error_outcome_come_off_the_wire() -> None:
     wire = router_pb2.ReportRequest(
         lease_id="l-1",
@@ -158,10 +199,12 @@ def test_a_reports_error_text_and_request_error_outcome_come_off_the_wire() -> N
         outcome=router_pb2.OUTCOME_REQUEST_ERROR,
         http_status=500,
         error="x" * 10_000,  # an edge (or a rogue peer) sending more than the bound
+        request_digest="d" * 10_000,
     )
     report = convert.report(wire)
     assert report.outcome is Outcome.REQUEST_ERROR and not report.outcome.is_host_failure
     assert report.error == "x" * convert.MAX_ERROR_TEXT
+    assert report.request_digest == "d" * convert.MAX_DIGEST
 
 
 def test_a_500_with_no_other_host_to_try_counts_at_once() -> None:

@@ -668,6 +668,29 @@ def test_requests_ollama_refuses_with_a_500_fail_no_host() -> None:
         assert _breakers(running)[second] == (0, "")
 
 
+def test_a_request_that_crashes_every_runner_takes_out_one_host_not_the_fleet() -> None:
+    """A prompt on which every runner dies mid-reply, sent again and again by its client: its
+    host's breaker opens after three, as for a host failing everything; the next host it meets
+    fails it alike (the same request, the same error), which is the request's fault: before,
+    it opened every breaker in turn and the fleet answered 503."""
+    with fleet.whole_fleet({"a": [], "b": []}) as running:
+        for node_id in ("a", "b"):
+            httpx.put(
+                running.sim_url(node_id) + "/_sim/fault",
+                json={"mode": "stream_error", "after_chunks": 2},
+                timeout=5,
+            )
+        client = ollama.Client(host=running.edge.url)
+        for _ in range(6):
+            with pytest.raises(ollama.ResponseError, match="runner process has terminated"):
+                list(client.generate("llama3.2", "the poison prompt", stream=True))
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases closed by their reports")
+        assert sorted(failures for failures, _ in _breakers(running).values()) == [0, 3]
+        for node_id in ("a", "b"):
+            httpx.delete(running.sim_url(node_id) + "/_sim/fault", timeout=5)
+        assert client.generate("llama3.2", "another prompt").done
+
+
 def test_no_healthy_host_is_503_with_retry_after() -> None:
     with fleet.whole_fleet({"only": []}) as running:
         fleet.admin(running.plane.url).CordonNode(admin_pb2.CordonNodeRequest(node_id="only"))

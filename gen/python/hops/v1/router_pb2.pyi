@@ -379,6 +379,7 @@ class ReportRequest(_message.Message):
     RETRY_NODE_ID_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """The lease from PickResponse."""
     node_id: _builtins.str
@@ -396,6 +397,11 @@ class ReportRequest(_message.Message):
     the OpenAI or Anthropic shape's message), at most 256 characters; empty when it had none.
     The control plane compares a retried request's errors: the same text from two hosts is
     the request's fault, not theirs.
+    """
+    request_digest: _builtins.str
+    """With a failure that carries an error text: a digest of the request's body as the client
+    sent it (hex, at most 64 characters), so that the same request failing alike on another
+    host, in another lease (a client sending it again), is seen to be its own fault.
     """
     @_builtins.property
     def time_to_first_byte(self) -> _duration_pb2.Duration:
@@ -421,10 +427,11 @@ class ReportRequest(_message.Message):
         retry_node_id: _builtins.str = ...,
         stats: Global___GenerationStats | None = ...,
         error: _builtins.str = ...,
+        request_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "stats", b"stats", "time_to_first_byte", b"time_to_first_byte"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "http_status", b"http_status", "lease_id", b"lease_id", "node_id", b"node_id", "outcome", b"outcome", "retry_node_id", b"retry_node_id", "stats", b"stats", "time_to_first_byte", b"time_to_first_byte"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "http_status", b"http_status", "lease_id", b"lease_id", "node_id", b"node_id", "outcome", b"outcome", "request_digest", b"request_digest", "retry_node_id", b"retry_node_id", "stats", b"stats", "time_to_first_byte", b"time_to_first_byte"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
