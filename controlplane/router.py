@@ -213,7 +213,8 @@ class Router:
         if not chosen.loaded:
             # Ollama will evict these for it: no longer warm here. Their floors stay as low
             # as when they were warm, still a bound; the next snapshot tightens them.
-            # A reload takes the memory of the instance it replaces.
+            # A reload takes the memory of the instance it replaces, and what a longer
+            # context length needs beyond it.
             memory = (
                 self._reload_memory(first, key, chosen) if chosen.reload else memory_needed(chosen)
             )
