@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -156,14 +157,22 @@ def options_of(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_of(value: Any) -> tuple[bool, Any]:
-    """(json_mode, schema) from Ollama's ``format``."""
-    if value is None or value == "":
-        return False, None
+    """(json_mode, schema) from Ollama's ``format``; neither for one format_error refuses."""
     if value == "json":
         return True, None
     if isinstance(value, dict):
         return False, value
-    raise RunnerError(f'invalid format: {value!r}; expected "json" or a valid JSON Schema object')
+    return False, None
+
+
+def format_error(value: Any) -> str:
+    """The runner's error for a ``format`` neither "json" nor a schema (llm/server.go
+    Completion, once the model is loaded): Go's %q of the value's JSON; "" for a valid one."""
+    if value is None or value == "" or value == "json" or isinstance(value, dict):
+        return ""
+    raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    quoted = json.dumps(raw, ensure_ascii=False)
+    return f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
 
 
 def gen_request(

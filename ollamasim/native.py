@@ -19,6 +19,7 @@ from ollamasim.inference import (
     collect,
     decode_images,
     first_piece,
+    format_error,
     format_of,
     gen_request,
     image_error,
@@ -238,7 +239,7 @@ async def generate(request: Request, host: Host) -> Response:
         think=think(data.get("think"), spec, raw),
         json_mode=json_mode,
         json_schema=schema,
-        runner_error=image_error(spec, images),
+        runner_error=format_error(data.get("format")) or image_error(spec, images),
     )
     drop = await request_faults(request, host, streaming=streaming)
     metrics = Metrics()
@@ -354,7 +355,7 @@ def chat_request(
         json_schema=schema,
         tools=tuple(t for t in tools if isinstance(t, dict)),
         wants_tool_call=last_role == "user",
-        runner_error=image_error(spec, images),
+        runner_error=format_error(data.get("format")) or image_error(spec, images),
     )
 
 

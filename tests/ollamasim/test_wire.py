@@ -209,6 +209,25 @@ async def test_a_wrongly_typed_option_is_ollamas_500(
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("value", "quoted"),
+    [("xml", r'"\"xml\""'), (5, '"5"'), (["a", 1], r'"[\"a\",1]"')],
+)
+async def test_a_format_neither_json_nor_a_schema_fails_once_the_model_is_loaded(
+    http: httpx.AsyncClient, value: object, quoted: str
+) -> None:
+    """The runner checks ``format`` (llm/server.go Completion), so the model loads first, and
+    the error quotes the value's JSON with Go's %q."""
+    body = {"model": "llama3.2", "prompt": "x", "format": value}
+    response = await http.post("/api/generate", json=body)  # streamed: the status still says
+    assert response.status_code == 500
+    expected = f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
+    assert response.json() == {"error": expected}
+    assert [m["name"] for m in (await http.get("/api/ps")).json()["models"]] == ["llama3.2:latest"]
+    chat = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "format": value}
+    assert (await http.post("/api/chat", json=chat)).json() == {"error": expected}
+
+
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(24)
 NOT_AN_IMAGE = base64.b64encode(b"%PDF-1.7 not an image").decode()
 
