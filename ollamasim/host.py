@@ -52,8 +52,8 @@ class GenRequest:
     json_mode: bool = False
     tools: tuple[dict[str, Any], ...] = ()
     wants_tool_call: bool = False
-    # what the runner answers once loaded, with a slot, instead of generating (an image it
-    # cannot read); "" = nothing wrong
+    # what the runner answers once loaded, with a slot, instead of generating (a format it
+    # refuses, an image it cannot read); "" = nothing wrong
     runner_error: str = ""
 
 

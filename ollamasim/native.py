@@ -171,7 +171,7 @@ def _modelfile(spec: ModelSpec) -> str:
         "",
         f"FROM {blob_path(spec.weights)}",
         *(f"ADAPTER {blob_path(digest.removeprefix('sha256:'))}" for digest in spec.adapters),
-        *(f"FROM {blob_path(spec.projector)}" for _ in (1,) if spec.projector),
+        *([f"FROM {blob_path(spec.projector)}"] if spec.projector else []),
         'TEMPLATE "{{ .Prompt }}"',
         'PARAMETER stop "<|eot_id|>"',
         *spec.lines,
