@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import httpx
@@ -395,11 +396,11 @@ class Proxy:
                     tail_size -= len(tail.popleft())
             # Judged before the last send: a client that leaves on reading the error line
             # may cancel it.
-            if outcome == router_pb2.OUTCOME_OK and _failed_in_band(
-                b"".join(tail), content_type, call.path
-            ):
-                outcome = self._failed_mid_stream(target, result)
-                error = _last_line_error(b"".join(tail))
+            if outcome == router_pb2.OUTCOME_OK:
+                failure = _in_band_failure(b"".join(tail), content_type, call.path)
+                if failure is not None:
+                    outcome = self._failed_mid_stream(target, result)
+                    error = failure
             if outcome == router_pb2.OUTCOME_OK and call.settle is not None:
                 await call.settle(target.node_id)
             if outcome == router_pb2.OUTCOME_UPSTREAM_ERROR and response.status_code >= 500:
@@ -433,10 +434,11 @@ class Proxy:
             elif (
                 outcome == router_pb2.OUTCOME_OK
                 and "ndjson" in content_type
-                and _failed_in_band(b"".join(tail), content_type, call.path)
+                and (failure := _in_band_failure(b"".join(tail), content_type, call.path))
+                is not None
             ):  # Ollama's error line ends its stream: the client left after the host failed
                 outcome = self._failed_mid_stream(target, result)
-                error = _last_line_error(b"".join(tail))
+                error = failure
             else:
                 outcome = router_pb2.OUTCOME_CLIENT_CANCELLED
             raise
@@ -596,6 +598,11 @@ def error_text(body: bytes) -> str:
         reply = json.loads(body)
     except (ValueError, RecursionError):
         return ""
+    return _message(reply)
+
+
+def _message(reply: Any) -> str:
+    """error_text of a reply already parsed."""
     error = reply.get("error") if isinstance(reply, dict) else None
     if isinstance(error, dict):
         error = error.get("message")
@@ -610,11 +617,6 @@ def _digest(call: Call) -> str:
     return hashlib.sha256(call.path.encode() + b"\n" + call.body).hexdigest()[:32]
 
 
-def _last_line_error(tail: bytes) -> str:
-    """The error text of the line that ends an NDJSON stream (Ollama's in-band failure)."""
-    return error_text(tail.rstrip().rsplit(b"\n", 1)[-1])
-
-
 def requests_fault(error: str) -> bool:
     """Whether a 5xx's error text is one Ollama gives for the request's own fault."""
     return REQUEST_FAULTS.match(error) is not None
@@ -625,24 +627,27 @@ GENERATING = ("/api/generate", "/api/chat")
 OPENAI_STREAMS = ("/v1/chat/completions", "/v1/completions")  # these end with data: [DONE]
 
 
-def _failed_in_band(tail: bytes, content_type: str, path: str) -> bool:
+def _in_band_failure(tail: bytes, content_type: str, path: str) -> str | None:
     """Whether a generation stream that began with a 2xx ended with Ollama's word that its
-    runner failed: an ``{"error": ...}`` line closing an NDJSON stream, or an OpenAI chat or
-    completions stream ending without its ``data: [DONE]`` (Ollama swallows the error there).
-    Other streams' errors (a pull of a name the registry lacks) are not the host's fault."""
+    runner failed, and that word: an ``{"error": ...}`` line closing an NDJSON stream (its
+    text), or an OpenAI chat or completions stream ending without its ``data: [DONE]`` (""):
+    Ollama swallows the error there. None when it did not fail so. Other streams' errors (a
+    pull of a name the registry lacks) are not the host's fault."""
     end = tail.rstrip()
     if "ndjson" in content_type and path in GENERATING:
         last = end.rsplit(b"\n", 1)[-1]
         if b'"error"' not in last:
-            return False
+            return None
         try:
             line = json.loads(last)
         except ValueError:
-            return False
-        return isinstance(line, dict) and "error" in line and "done" not in line
+            return None
+        if not (isinstance(line, dict) and "error" in line and "done" not in line):
+            return None
+        return _message(line)
     if "event-stream" in content_type and path in OPENAI_STREAMS:
-        return not end.endswith(b"data: [DONE]")
-    return False
+        return None if end.endswith(b"data: [DONE]") else ""
+    return None
 
 
 USAGE = re.compile(rb'"usage"\s*:\s*')

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edge.proxy import _failed_in_band, _final_stats
+from edge.proxy import _final_stats, _in_band_failure
 
 
 def _sse(*events: dict[str, object]) -> bytes:
@@ -170,4 +170,4 @@ def test_a_stream_that_did_not_end_well_teaches_nothing() -> None:
 def test_a_stream_ended_by_ollamas_in_band_error(
     tail: bytes, content_type: str, path: str, failed: bool
 ) -> None:
-    assert _failed_in_band(tail, content_type, path) is failed
+    assert (_in_band_failure(tail, content_type, path) is not None) is failed
