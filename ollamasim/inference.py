@@ -121,7 +121,8 @@ def image_error(spec: ModelSpec, images: tuple[bytes, ...]) -> str:
 
 
 def check_options(options: dict[str, Any]) -> None:
-    """Raises RunnerError, in Ollama's words, for an option of the wrong type."""
+    """Raises RunnerError, in Ollama's words, for an option of the wrong type (the runner
+    options are checked as runner_options_of reads them)."""
     for name in INT_OPTIONS:
         option_int(options, name)
     for name in FLOAT_OPTIONS:
@@ -133,7 +134,6 @@ def check_options(options: dict[str, Any]) -> None:
         raise RunnerError('option "stop" must be of type array')
     if stop is not None and not all(isinstance(word, str) for word in stop):
         raise RunnerError('option "stop" must be of an array of strings')
-    runner_options_of(options)
 
 
 def runner_options_of(options: dict[str, Any]) -> RunnerOptions:
