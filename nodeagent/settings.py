@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from hopscommon.labels import parse_label
 from hopscommon.settings import load, option, optional_address, parse_addresses
 from hopscommon.tls import client_credentials
 from hopscommon.units import parse_bytes, parse_seconds
@@ -27,13 +28,6 @@ def _url(text: str) -> str:
 
 def _optional_url(text: str) -> str:
     return _url(text) if text.strip() else ""
-
-
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value.strip()
 
 
 def _gpu_mode(text: str) -> str:
@@ -58,7 +52,7 @@ class AgentSettings:
     )
     node_id: str = option("", "node id, unique in the fleet (default: the host name)")
     label: tuple[tuple[str, str], ...] = option(
-        (), "KEY=VALUE routing label (repeatable)", parse=_label, repeated=True
+        (), "KEY=VALUE routing label (repeatable)", parse=parse_label, repeated=True
     )
     weight: float = option(1.0, "relative routing weight of this node", parse=float)
     num_parallel: int = option(
