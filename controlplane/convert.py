@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from hops.v1 import admin_pb2, router_pb2
 
+from hopscommon import labels
 from hopscommon.fleet_convert import (
     capacity_pb,
     details_pb,
@@ -46,7 +47,7 @@ def route_request(msg: router_pb2.PickRequest, request_id: int = 0) -> RouteRequ
         edge_id=msg.edge_id,
         session_key=msg.session_key,
         exclude=frozenset(msg.exclude_node_ids),
-        label_selector=tuple(sorted(msg.label_selector.items())),
+        label_selector=_selector(msg.label_selector),
         node_id=msg.node_id,
         prompt_tokens=msg.prompt_tokens,
         max_candidates=msg.max_candidates,
@@ -54,6 +55,12 @@ def route_request(msg: router_pb2.PickRequest, request_id: int = 0) -> RouteRequ
         runner_options=from_map(dict(msg.runner_options)) if msg.runner_options else (),
         request_id=request_id,
     )
+
+
+def _selector(wanted: Mapping[str, str]) -> labels.Labels:
+    if len(wanted) > labels.MAX_LABELS:
+        raise InvalidRequest(f"at most {labels.MAX_LABELS} labels in label_selector")
+    return tuple(sorted(wanted.items()))
 
 
 _PICK_STATUS = {
@@ -135,6 +142,7 @@ def inventory(fleet: Fleet) -> router_pb2.Inventory:
                 installed=[installed_pb(m) for m in n.snapshot.installed],
                 loaded=[loaded_pb(m) for m in n.snapshot.loaded],
                 upstream_headers=dict(n.hello.upstream_headers),
+                labels=n.hello.label_map,
             )
             for n in sorted(fleet.nodes.values(), key=lambda n: n.node_id)
             if n.session is not None

@@ -33,7 +33,7 @@ from controlplane.policies.base import (
     fits_evicting_idle,
     memory_needed,
 )
-from hopscommon import names
+from hopscommon import labels, names
 from hopscommon.fleet import InstalledModel
 from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
 
@@ -161,6 +161,10 @@ class Router:
         limit = request.max_candidates or self.max_candidates
         policy = self._as_bounded(self.policy)
         asked = request.context
+        if request.label_selector:
+            outside = self._outside_labels(request, key)
+            if outside is not None:
+                return outside
         if policy is not None and not request.node_id and request.api is not ApiKind.PULL:
             found = self._rank_bounded(request, key, limit, policy, asked)
         else:
@@ -419,6 +423,31 @@ class Router:
             message=f"model {request.model!r} is not on any host",
         )
 
+    def _outside_labels(self, request: RouteRequest, key: str) -> PickOutcome | None:
+        """A pick its labels rule out for good, as not found (no host carrying them has the
+        model, or the node named does not carry them), rather than a 503 that tells the
+        client to try again; None when some host carrying them could answer it."""
+        wanted = request.label_selector
+        shown = labels.shown(wanted)
+        if request.node_id:
+            named = self.fleet.nodes.get(request.node_id)
+            if named is None or labels.matches(named.hello.label_map, wanted):
+                return None
+            return PickOutcome(
+                PickStatus.NODE_NOT_FOUND,
+                self.policy.name,
+                message=f"node {request.node_id!r} does not carry the labels {shown}",
+            )
+        pool = self.fleet.nodes if request.api is ApiKind.PULL else self.fleet.holders.get(key, {})
+        connected = [n for n in pool.values() if n.session is not None]
+        if not connected or any(labels.matches(n.hello.label_map, wanted) for n in connected):
+            return None  # not on any host at all: the usual not found
+        return PickOutcome(
+            PickStatus.MODEL_NOT_FOUND,
+            self.policy.name,
+            message=f"model {request.model!r} is on no host with the labels {shown}",
+        )
+
     def _none_eligible(self, saturated: int) -> PickOutcome:
         status = PickStatus.SATURATED if saturated else PickStatus.NO_HEALTHY_NODE
         message = (
@@ -434,10 +463,10 @@ class Router:
     def _passes(node: Node, request: RouteRequest) -> bool:
         if not node.routable or node.node_id in request.exclude:
             return False
-        if request.label_selector:
-            labels = node.hello.label_map
-            if any(labels.get(k) != v for k, v in request.label_selector):
-                return False
+        if request.label_selector and not labels.matches(
+            node.hello.label_map, request.label_selector
+        ):
+            return False
         return node.breaker.allows()
 
     def _candidate(

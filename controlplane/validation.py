@@ -9,11 +9,11 @@ from hops.v1 import agent_pb2
 
 from controlplane.errors import InvalidRequest
 from hopscommon.fleet import Hello
+from hopscommon.labels import MAX_LABELS
 
 MAX_NODE_ID = 128
 MAX_MODELS = 5000
 MAX_GPUS = 64
-MAX_LABELS = 64
 MAX_NAME = 512
 MAX_BYTES = 2**50  # 1 PiB: beyond any host's memory or any model file
 

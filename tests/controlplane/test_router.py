@@ -5,6 +5,7 @@ from hops.v1 import router_pb2
 
 from controlplane import convert
 from controlplane.breaker import BreakerState
+from controlplane.errors import InvalidRequest
 from controlplane.fleet import Fleet
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.router import Learned, PickStatus, Router
@@ -38,9 +39,44 @@ def test_filters_unhealthy_cordoned_excluded_and_labels() -> None:
     assert [r.candidate.node_id for r in picked.ranked] == ["eu"]
     # exact label matching: "eu" is not a prefix match for "eu-west"
     none = router.pick(_req(label_selector=(("zone", "eu"),)))
-    assert none.status is PickStatus.NO_HEALTHY_NODE and none.retry_after_s > 0
+    assert none.status is PickStatus.MODEL_NOT_FOUND
     only = router.pick(_req(label_selector=(("zone", "eu-west"),)))
     assert [r.candidate.node_id for r in only.ranked] == ["eu"]
+
+
+def test_labels_no_host_carries_are_not_found_not_a_wait() -> None:
+    """A selector no host with the model carries is an answer for good (404), not a 503 that
+    tells the client to try again; a carrier that is down for now is the usual 503."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "eu", labels={"zone": "eu"}, healthy=False)
+    builders.add_node(fleet, "us", labels={"zone": "us", "tier": "big"})
+    builders.add_node(fleet, "other", models=["qwen2.5:7b"], labels={"zone": "asia"})
+    router = builders.router(fleet)
+    gone = router.pick(_req(label_selector=(("zone", "asia"),)))
+    assert gone.status is PickStatus.MODEL_NOT_FOUND
+    assert gone.message == "model 'llama3.2' is on no host with the labels zone=asia"
+    both = router.pick(_req(label_selector=(("tier", "big"), ("zone", "eu"))))
+    assert both.status is PickStatus.MODEL_NOT_FOUND  # every label must match, on one host
+    down = router.pick(_req(label_selector=(("zone", "eu"),)))
+    assert down.status is PickStatus.NO_HEALTHY_NODE and down.retry_after_s > 0
+    named = router.pick(_req(node_id="us", label_selector=(("zone", "eu"),)))
+    assert named.status is PickStatus.NODE_NOT_FOUND
+    assert named.message == "node 'us' does not carry the labels zone=eu"
+    pull = router.pick(_req("qwen2.5:7b", api=ApiKind.PULL, label_selector=(("zone", "us"),)))
+    assert [r.candidate.node_id for r in pull.ranked] == ["us"]  # a pull goes to any carrier
+    assert router.pick(_req("ghost", label_selector=(("zone", "us"),))).message == (
+        "model 'ghost' is not on any host"
+    )
+    assert fleet.leases.in_flight("us") == 1  # only the pull took a lease
+
+
+def test_a_pick_with_too_many_labels_is_refused() -> None:
+    msg = router_pb2.PickRequest(model="m", api=router_pb2.API_KIND_CHAT)
+    msg.label_selector.update({f"k{i}": "v" for i in range(65)})
+    with pytest.raises(InvalidRequest, match="at most 64 labels"):
+        convert.route_request(msg)
+    del msg.label_selector["k0"]
+    assert len(convert.route_request(msg).label_selector) == 64
 
 
 def test_saturated_when_every_holder_is_at_its_cap() -> None:

@@ -619,6 +619,26 @@ class InventoryNode(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODE_ID_FIELD_NUMBER: _builtins.int
     OLLAMA_URL_FIELD_NUMBER: _builtins.int
     ROUTABLE_FIELD_NUMBER: _builtins.int
@@ -626,6 +646,7 @@ class InventoryNode(_message.Message):
     INSTALLED_FIELD_NUMBER: _builtins.int
     LOADED_FIELD_NUMBER: _builtins.int
     UPSTREAM_HEADERS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     ollama_url: _builtins.str
@@ -648,6 +669,12 @@ class InventoryNode(_message.Message):
         proxy, configured on the control plane); they replace client headers of the same name.
         """
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The node's routing labels (its agent's --label, a static host's labels), for edges that
+        serve only hosts carrying some (their --labels, a request's X-Hops-Labels).
+        """
+
     def __init__(
         self,
         *,
@@ -658,10 +685,11 @@ class InventoryNode(_message.Message):
         installed: _abc.Iterable[_fleet_pb2.InstalledModel] | None = ...,
         loaded: _abc.Iterable[_fleet_pb2.LoadedModel] | None = ...,
         upstream_headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["installed", b"installed", "loaded", b"loaded", "node_id", b"node_id", "ollama_url", b"ollama_url", "ollama_version", b"ollama_version", "routable", b"routable", "upstream_headers", b"upstream_headers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["installed", b"installed", "labels", b"labels", "loaded", b"loaded", "node_id", b"node_id", "ollama_url", b"ollama_url", "ollama_version", b"ollama_version", "routable", b"routable", "upstream_headers", b"upstream_headers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
