@@ -46,7 +46,8 @@ from edge.metrics import EdgeMetrics
 from edge.proxy import Call, Proxy, Result, StreamedBody, Target, wait_disconnect
 from edge.settings import EdgeSettings
 from edge.upstream import Upstream, request_headers, with_host_headers
-from hopscommon import bodies, cors, names
+from hopscommon import bodies, cors, labels, names
+from hopscommon.labels import Labels
 from hopscommon.ollama_json import BodyError, decode_object
 from hopscommon.runner_options import runner_options
 from hopscommon.units import parse_go_duration
@@ -201,6 +202,7 @@ class EdgeApp:
         self.proxy = Proxy(settings, cp, upstream, metrics)
         self.keys = settings.key_check()
         self.origins = cors.Origins.with_extra(settings.origins)
+        self.labels = labels.selector(settings.labels)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -314,6 +316,28 @@ class EdgeApp:
         except BodyError as exc:
             raise BadRequest(str(exc)) from None
 
+    def _labels(self, headers: Headers) -> Labels:
+        """The labels every host this request may use must carry: the edge's --labels,
+        narrowed by the request's X-Hops-Labels (``KEY=VALUE[, KEY=VALUE ...]``)."""
+        asked = headers.get("x-hops-labels")
+        if asked is None:
+            return self.labels
+        try:
+            wanted = labels.parse_selector(asked)
+        except ValueError as exc:
+            raise BadRequest(f"X-Hops-Labels: {exc}") from None
+        own = dict(self.labels)
+        for key, value in wanted:
+            if own.get(key, value) != value:
+                raise BadRequest(
+                    f"X-Hops-Labels asks {key}={value}, but this edge serves only hosts "
+                    f"with {key}={own[key]}"
+                )
+        try:
+            return labels.selector((*self.labels, *wanted))
+        except ValueError as exc:
+            raise BadRequest(f"X-Hops-Labels: {exc}") from None
+
     def _call(
         self,
         scope: Scope,
@@ -339,6 +363,7 @@ class EdgeApp:
             not_found=not_found,
             session_key=session_key(headers, body),
             node_id=headers.get("x-hops-node", ""),
+            labels=self._labels(headers),
             num_ctx=num_ctx(body) if native else 0,
             runner_options=runner_options(body.get("options")) if native else (),
         )
@@ -368,8 +393,9 @@ class EdgeApp:
         """Unload ``model`` everywhere: every connected host is asked, as the inventory may lag a
         load by a poll (where the model is not loaded Ollama answers the same and does nothing;
         a host without it answers 404). The reply is one host's own."""
-        current = await self.inventory()
-        node_id = Headers(scope=scope).get("x-hops-node", "")
+        headers = Headers(scope=scope)
+        current = await self.inventory(self._labels(headers))
+        node_id = headers.get("x-hops-node", "")
         targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
         done = await self._on_each(scope, targets, path, raw)
         if not done:
@@ -415,7 +441,7 @@ class EdgeApp:
         the fleet answers it, so a route any host has works through the edge, and one none has
         gets a host's own 404. The next newest is tried as for any request: when one cannot be
         reached, or answers 5xx."""
-        current = await self.inventory()
+        current = await self.inventory(self._labels(Headers(scope=scope)))
         nodes = inv.newest_first(current)[: self.settings.max_attempts]
         if not nodes:
             return await _plain(scope, receive, send, 404)
@@ -443,8 +469,9 @@ class EdgeApp:
             return None
         return body if isinstance(body, dict) else None
 
-    async def inventory(self) -> inv.Inventory:
-        """The freshest usable inventory, or ControlPlaneDown."""
+    async def inventory(self, wanted: Labels = ()) -> inv.Inventory:
+        """The freshest usable inventory, or ControlPlaneDown; only the hosts carrying
+        ``wanted``, when given (see _labels)."""
         current = self.cp.inventory
         if current is None:
             with contextlib.suppress(TimeoutError):
@@ -457,7 +484,7 @@ class EdgeApp:
             raise ControlPlaneDown(
                 "control plane unreachable and no usable inventory", retry_after=2.0
             )
-        return current
+        return current.only(wanted)
 
     async def _fleet_read(
         self, scope: Scope, receive: Receive, send: Send, path: str, method: str
@@ -468,7 +495,7 @@ class EdgeApp:
         if path == "/":
             await PlainTextResponse("Ollama is running")(scope, receive, send)
             return Result(status=200, outcome="ok", route=path)
-        current = await self.inventory()
+        current = await self.inventory(self._labels(Headers(scope=scope)))
         match = V1_MODEL.fullmatch(path)
         status = 200
         if path == "/api/version":
@@ -508,8 +535,9 @@ class EdgeApp:
             if not isinstance(model, str) or not model or not body.get("destination"):
                 raise BadRequest("source and destination are required")
             missing = f'model "{model}" not found'
-        current = await self.inventory()
-        node_id = Headers(scope=scope).get("x-hops-node", "")
+        headers = Headers(scope=scope)
+        current = await self.inventory(self._labels(headers))
+        node_id = headers.get("x-hops-node", "")
         targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
         done = await self._on_each(scope, targets, path, raw)
         if not done:
@@ -560,8 +588,10 @@ class EdgeApp:
     ) -> Result:
         """/api/create, /api/push and blobs belong to one host: the one named by X-Hops-Node, or,
         when none is named, the one (or, for a create, each one) that has what they need."""
-        node_id = Headers(scope=scope).get("x-hops-node", "")
-        current = await self.inventory()
+        headers = Headers(scope=scope)
+        node_id = headers.get("x-hops-node", "")
+        wanted = self._labels(headers)
+        current = await self.inventory(wanted)
         blob = BLOBS.fullmatch(path)
         if not node_id:
             if blob is not None:
@@ -569,6 +599,10 @@ class EdgeApp:
             return await self._placed(scope, receive, send, path, current)
         node = next((n for n in current.nodes if n.node_id == node_id), None)
         if node is None:
+            everywhere = self.cp.inventory
+            if wanted and everywhere and any(n.node_id == node_id for n in everywhere.nodes):
+                shown = labels.shown(wanted)
+                raise ModelNotFound(f"node '{node_id}' does not carry the labels {shown}")
             raise ModelNotFound(f"node '{node_id}' is not connected")
         streamed = blob is not None and method == "POST"
         body: bytes | Any = StreamedBody(receive) if streamed else await self._body(scope, receive)
@@ -800,7 +834,7 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 async def _preflight(scope: Scope, receive: Receive, send: Send, origin: str) -> Result:
-    await cors.preflight(origin, "X-Hops-Session,X-Hops-Node")(scope, receive, send)
+    await cors.preflight(origin, "X-Hops-Session,X-Hops-Node,X-Hops-Labels")(scope, receive, send)
     return Result(status=204, outcome="ok", route=scope["path"])
 
 

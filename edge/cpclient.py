@@ -376,6 +376,7 @@ def to_inventory(msg: router_pb2.Inventory) -> Inventory:
                 (k.lower().encode("latin-1"), v.encode("latin-1"))
                 for k, v in sorted(n.upstream_headers.items())
             ),
+            labels=tuple(sorted(n.labels.items())),
         )
         for n in msg.nodes
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from hopscommon import names
+from hopscommon import labels, names
 from hopscommon.fleet import Details, InstalledModel, LoadedModel
+from hopscommon.labels import Labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,7 @@ class InventoryNode:
     loaded: tuple[LoadedModel, ...]
     # Headers every request to this host carries (hosts the control plane polls without an agent).
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    labels: Labels = ()  # its routing labels
 
     def has(self, key: str) -> bool:
         return any(names.match_key(m.name) == key for m in self.installed)
@@ -38,6 +40,13 @@ class Inventory:
     received_at: float = field(default_factory=time.monotonic)
     # node id -> the headers every request to it carries, for the nodes that have any
     host_headers: dict[str, tuple[tuple[bytes, bytes], ...]] = field(default_factory=dict)
+
+    def only(self, wanted: Labels) -> Inventory:
+        """The fleet as a client restricted to hosts carrying ``wanted`` sees it."""
+        if not wanted:
+            return self
+        nodes = tuple(n for n in self.nodes if labels.matches(dict(n.labels), wanted))
+        return replace(self, nodes=nodes)
 
     def holders(self, key: str) -> list[InventoryNode]:
         return [n for n in self.nodes if n.has(key)]

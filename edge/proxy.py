@@ -51,6 +51,7 @@ from edge.settings import EdgeSettings
 from edge.upstream import ReadReply, Reply, Upstream, response_headers, with_host_headers
 from hopscommon import names
 from hopscommon.fleet_convert import duration
+from hopscommon.labels import Labels
 from hopscommon.runner_options import RunnerOptions
 
 log = logging.getLogger("hops.edge")
@@ -82,6 +83,7 @@ class Call:
     not_found: str
     session_key: str = ""
     node_id: str = ""
+    labels: Labels = ()  # the labels every host it may use must carry (X-Hops-Labels)
     num_ctx: int = 0  # the context length asked for (options.num_ctx); 0 = none
     runner_options: RunnerOptions = ()  # the other load-time options asked for
     # Awaited with the host's id once its reply ended well, before the response ends: until
@@ -209,6 +211,8 @@ class Proxy:
         )
         if call.runner_options:
             request.runner_options.update(call.runner_options)
+        if call.labels:
+            request.label_selector.update(call.labels)
         started = time.monotonic()
         try:
             picked, plane = await self.cp.pick(request)
@@ -232,7 +236,7 @@ class Proxy:
         if status == router_pb2.PICK_STATUS_MODEL_NOT_FOUND:
             raise ModelNotFound(call.not_found)
         if status == router_pb2.PICK_STATUS_NODE_NOT_FOUND:
-            raise ModelNotFound(f"node '{call.node_id}' is not connected")
+            raise ModelNotFound(picked.message or f"node '{call.node_id}' is not connected")
         retry = picked.retry_after.ToNanoseconds() / 1e9 if picked.HasField("retry_after") else 2.0
         raise NoHealthyHost(
             picked.message or "no healthy host can serve this model now", retry_after=retry
@@ -249,6 +253,7 @@ class Proxy:
             raise ControlPlaneDown(
                 "control plane unreachable and no usable inventory", retry_after=2.0
             )
+        inventory = inventory.only(call.labels)
         key = names.match_key(call.model) or call.model
         nodes = inventory.fail_open_candidates(key, set())
         if call.node_id:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 
 from edge.auth import KeyCheck, read_keys
+from hopscommon.labels import parse_label, selector
 from hopscommon.settings import load, option, parse_addresses, parse_bool, parse_host_port
 from hopscommon.tls import client_credentials, client_ssl_context
 from hopscommon.units import parse_bytes, parse_seconds
@@ -101,6 +102,15 @@ class EdgeSettings:
         repeated=True,
         metavar="ORIGIN",
     )
+    labels: tuple[tuple[str, str], ...] = option(
+        (),
+        "KEY=VALUE: serve only from hosts carrying this label (an agent's --label), matched "
+        "exactly; repeatable, all must match. This edge's clients then see and reach no other "
+        "host; a request's X-Hops-Labels header narrows further",
+        parse=parse_label,
+        repeated=True,
+        metavar="KEY=VALUE",
+    )
     controlplane_token: str = option(
         "", "the control planes' edge token (sent as authorization: Bearer T)", shown="none"
     )
@@ -127,6 +137,10 @@ class EdgeSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0")
         if self.fail_open_for < 0:
             raise ValueError("--fail-open-for must be >= 0")
+        try:
+            selector(self.labels)
+        except ValueError as exc:
+            raise ValueError(f"--labels: {exc}") from None
         self.key_check()  # unreadable key files fail at start
         self.channel_credentials()
         try:

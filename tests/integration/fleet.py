@@ -141,8 +141,10 @@ def whole_fleet(
     plane_args: Sequence[str] = (),
     agent_args: Sequence[str] = (),
     edge_args: Sequence[str] = (),
+    agent_args_of: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[Fleet]:
-    """``hosts`` maps node id -> ollamasim args (e.g. ["--profile", "gpu-8g"])."""
+    """``hosts`` maps node id -> ollamasim args (e.g. ["--profile", "gpu-8g"]);
+    ``agent_args_of`` node id -> that host's own agent args (e.g. ["--label", "zone=eu"])."""
     with contextlib.ExitStack() as stack:
         plane = stack.enter_context(controlplane(plane_args))
         started = {}
@@ -158,7 +160,14 @@ def whole_fleet(
                 else ["--gpu", "none"]
             )
             agents.append(
-                stack.enter_context(agent([plane.url], host.url, node_id, [*gpu, *agent_args]))
+                stack.enter_context(
+                    agent(
+                        [plane.url],
+                        host.url,
+                        node_id,
+                        [*gpu, *agent_args, *(agent_args_of or {}).get(node_id, ())],
+                    )
+                )
             )
             started[node_id] = host
         stub = admin(plane.url)
