@@ -65,7 +65,7 @@ class Admission:
                 return self._line_full(), False
             if ahead:
                 return None, True
-        outcome = self.router.pick(request)
+        outcome = self.router.pick(replace(request, may_wait=self.max_wait > 0))
         return outcome, self.must_wait(outcome)
 
     def _line_full(self) -> PickOutcome:
@@ -90,7 +90,12 @@ class Admission:
         if self.waiting[key] >= self.per_model:
             if outcome is None:  # the line filled up before this one joined it
                 return self._line_full()
+            # It may only have waited for a busier, better host: any host free now will do.
+            last = self.router.pick(request)
+            if last.status is not PickStatus.SATURATED:
+                return last
             return replace(outcome, message=f"{outcome.message}; {QUEUE_FULL}")
+        waiting = replace(request, may_wait=True)
         waiter = _Waiter(key)
         self.queue.append(waiter)
         self.waiting[key] += 1
@@ -105,10 +110,14 @@ class Admission:
                 except TimeoutError:
                     break
                 waiter.wake.clear()
-                outcome = self.router.pick(request)
+                outcome = self.router.pick(waiting)
                 if outcome.status is not PickStatus.SATURATED:
                     return _queued(outcome, time.monotonic() - started)
-            return outcome if outcome is not None else self.router.pick(request)
+            # Time is up: a host free now, even a slower one, beats a 503.
+            last = self.router.pick(request)
+            if last.status is not PickStatus.SATURATED or outcome is None:
+                return _queued(last, time.monotonic() - started)
+            return outcome
         finally:
             self.queue.remove(waiter)
             self.waiting[key] -= 1

@@ -48,6 +48,12 @@ class Lease:
     # whose slots it does not take and which it does not keep busy.
     runs_model: bool = True
     held: HeldFailure | None = None  # its last attempt's failure, until the next one settles it
+    # Sent to its session's host, whose prompt cache holds the conversation so far: its reply's
+    # prompt_eval_duration covers only the new part, so it says nothing of the prompt speed.
+    cached_prompt: bool = False
+    # Its prompt's expected evaluation on its node (0 = not estimated): a request queued behind
+    # it waits that long too.
+    prompt_seconds: float = 0.0
 
 
 class LeaseTable:
@@ -60,6 +66,8 @@ class LeaseTable:
         # Read-only for others (the router reads them on its hot path); only _count writes.
         self.per_model: Counter[tuple[str, str]] = Counter()  # (node id, model) -> open leases
         self.per_node: Counter[str] = Counter()  # node id -> open leases
+        # (node id, model) -> the prompt_seconds of its open leases, summed
+        self.prompt_per_model: dict[tuple[str, str], float] = {}
         self._ids = itertools.count(1)
         self._prefix = os.urandom(4).hex()
 
@@ -74,6 +82,7 @@ class LeaseTable:
         request_id: int = 0,
         *,
         runs_model: bool = True,
+        prompt_seconds: float = 0.0,
     ) -> Lease:
         lease = Lease(
             f"{self._prefix}-{next(self._ids)}",
@@ -82,6 +91,7 @@ class LeaseTable:
             model,
             time.monotonic(),
             runs_model=runs_model,
+            prompt_seconds=prompt_seconds,
         )
         self._leases[lease.lease_id] = lease
         if request_id:
@@ -161,6 +171,10 @@ class LeaseTable:
             self.per_model[key] += delta
             if self.per_model[key] <= 0:
                 del self.per_model[key]
+                self.prompt_per_model.pop(key, None)  # no float left over
+            elif lease.prompt_seconds:
+                prompt = self.prompt_per_model.get(key, 0.0) + delta * lease.prompt_seconds
+                self.prompt_per_model[key] = max(prompt, 0.0)
         self.per_node[lease.node_id] += delta
         if self.per_node[lease.node_id] <= 0:
             del self.per_node[lease.node_id]

@@ -32,6 +32,7 @@ from controlplane.policies.base import (
     evictions_needed,
     fits_evicting_idle,
     memory_needed,
+    prompt_time,
 )
 from hopscommon import labels, names
 from hopscommon.fleet import InstalledModel
@@ -53,6 +54,13 @@ NO_LOAD = "no-load"  # the route reason of a show or a pull: Ollama loads no mod
 TOKENS_STEP = 0.2
 LOAD_RATE_STEP = 0.2
 DECODE_RATE_STEP = 0.2
+PROMPT_RATE_STEP = 0.2
+# A reply whose prompt had fewer tokens says little of the prompt speed: the runner's fixed
+# cost per batch dominates it.
+MIN_PROMPT_SAMPLE = 64
+# A request waits for a host at its cap (in admission) rather than go to a free one only when
+# that host is expected to serve it this much sooner, its wait included.
+WAIT_FOR_BETTER_S = 5.0
 RECENT_DECISIONS = 50
 
 
@@ -91,6 +99,7 @@ class Learned:
 
     decode_tps: float = 0.0
     load_seconds: float = 0.0
+    prompt_tps: float = 0.0  # prompt tokens evaluated per second, none of them cached
     samples: int = 0
 
 
@@ -103,7 +112,9 @@ class Router:
     retry_after_s: float = 2.0
     queue_per_slot: int = 0  # in flight per parallel slot before a host is saturated (0: no cap)
     learned: dict[tuple[str, str], Learned] = field(default_factory=dict)
-    sessions: OrderedDict[str, tuple[str, str]] = field(default_factory=OrderedDict)
+    # Per session key: the node and model key it last ran on, and that request's prompt tokens
+    # (what the node's prompt cache holds of the conversation).
+    sessions: OrderedDict[str, tuple[str, str, int]] = field(default_factory=OrderedDict)
     recent: deque[Decision] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
     # For a BoundedPicker: per model key, (floor, node id) sorted; per node, its floors by key.
     _floors: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
@@ -125,6 +136,14 @@ class Router:
     # model run there wholly in its memory; decoding is memory-bandwidth bound), moved like
     # _tokens. It estimates the decode speed of a model never run on that host yet.
     _decode_rates: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Per node, prompt tokens/s x model size over every model whose prompts it evaluated
+    # (compute bound, so about inversely proportional to the model's size), moved like
+    # _tokens. It estimates the prompt speed of a model never run on that host yet.
+    _prompt_rates: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Per (node id, model instance key), the sessions it served last, newest first, as many as
+    # it has parallel slots: Ollama's runner keeps one cached prompt per slot and gives a new
+    # conversation the slot of the oldest, so a session further back has lost its prefix.
+    _slot_sessions: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     # (request digest, status, error text) -> (the first node it failed on, when), oldest
     # first: see _failed_alike_elsewhere
     _failures: OrderedDict[tuple[str, int, str], tuple[str, float]] = field(
@@ -181,7 +200,12 @@ class Router:
         )
         key = first.runner_key(key)  # a copy of a model loaded there runs on its instance
         lease = self.fleet.leases.open(
-            request.edge_id, first.node_id, key, request.request_id, runs_model=request.runs_model
+            request.edge_id,
+            first.node_id,
+            key,
+            request.request_id,
+            runs_model=request.runs_model,
+            prompt_seconds=prompt_time(ranked[0].candidate),
         )
         if not request.runs_model:
             # A show or a pull loads nothing, counts as no demand for the model, and is never
@@ -236,7 +260,10 @@ class Router:
                 or chosen.busy_victims
                 or (chosen.reload and chosen.in_flight_model)  # it waits for those
             )
-        self._remember(request.session_key, first.node_id, asked_for)
+        lease.cached_prompt = chosen.affinity and chosen.loaded
+        self._remember(request.session_key, first.node_id, asked_for, request.prompt_tokens)
+        if request.session_key:
+            self._into_slot(request.session_key, first.node_id, key, chosen.num_parallel)
         return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
 
     @staticmethod
@@ -292,13 +319,19 @@ class Router:
         eligible: list[Candidate] = []
         saturated = 0
         affinity = self._affinity(request.session_key, key)
+        prompt = request.prompt_tokens
+        cached = self._cached_tokens(request.session_key, affinity, key)
         for node in holders:
             if not self._passes(node, request):
                 continue
             if self._full(node, request):
                 saturated += 1
                 continue
-            eligible.append(self._candidate(node, key, affinity, context, request.runner_options))
+            eligible.append(
+                self._candidate(
+                    node, key, affinity, context, request.runner_options, prompt, cached
+                )
+            )
         if not eligible:
             return self._none_eligible(saturated)
         return tuple(self.policy.pick(request, eligible, limit))
@@ -318,18 +351,28 @@ class Router:
         self._refresh_floors(policy)
         nodes = self.fleet.nodes
         affinity = self._affinity(request.session_key, key)
+        prompt = request.prompt_tokens
+        cached = self._cached_tokens(request.session_key, affinity, key)
         evaluated: list[Candidate] = []
         best: list[tuple[float, str]] = []  # the ``limit`` lowest (cost, node id), sorted
         saturated = 0
+        best_full = math.inf  # the least cost among hosts at their cap, as if one took it
 
         def visit(node: Node) -> None:
-            nonlocal saturated
+            nonlocal saturated, best_full
             if not self._passes(node, request):
                 return
             if self._full(node, request):
                 saturated += 1
+                if request.may_wait:
+                    candidate = self._candidate(
+                        node, key, affinity, context, request.runner_options, prompt, cached
+                    )
+                    best_full = min(best_full, policy.cost(candidate))
                 return
-            candidate = self._candidate(node, key, affinity, context, request.runner_options)
+            candidate = self._candidate(
+                node, key, affinity, context, request.runner_options, prompt, cached
+            )
             evaluated.append(candidate)
             bisect.insort(best, (policy.cost(candidate), node.node_id))
             del best[limit:]
@@ -347,6 +390,13 @@ class Router:
             if not any(n.session is not None for n in self.fleet.holders.get(key, {}).values()):
                 return self._not_found(request)
             return self._none_eligible(saturated)
+        if best_full + WAIT_FOR_BETTER_S < best[0][0]:
+            return PickOutcome(
+                PickStatus.SATURATED,
+                self.policy.name,
+                message="the hosts free now would serve this much later than a busy one",
+                retry_after_s=self.retry_after_s,
+            )
         return tuple(policy.pick(request, evaluated, limit))
 
     def _refresh_floors(self, policy: BoundedPicker) -> None:
@@ -476,8 +526,12 @@ class Router:
         affinity_node: str,
         context: int | None = None,
         options: RunnerOptions = (),
+        prompt_tokens: int = 0,
+        cached_tokens: int = 0,
     ) -> Candidate:
-        # The hot path of every pick, once per eligible host: locals and plain dict lookups.
+        """``prompt_tokens``: the request's prompt, of which ``cached_tokens`` are in the prompt
+        cache of ``affinity_node`` (its session's last host) if the model is still loaded there.
+        The hot path of every pick, once per eligible host: locals and plain dict lookups."""
         asked_model = node.installed_by_key.get(key)
         if context is not None and asked_model is not None:
             context, options = _with_defaults(asked_model, context, options)
@@ -593,6 +647,12 @@ class Router:
             c.memory_needed = node.memory_needed(
                 key, node.wanted_context(key, context), c.num_parallel
             )
+        if c.in_flight_model:
+            c.prompt_ahead = self.fleet.leases.prompt_per_model.get((node_id, key), 0.0)
+        if prompt_tokens:
+            fresh = prompt_tokens - cached_tokens if c.affinity and loaded else prompt_tokens
+            c.prompt_tokens = max(fresh, 0)
+            c.prompt_tps = self._prompt_tps(learned, node_id, size)
         if c.loading:
             c.loading_for = time.monotonic() - node.loading[key][0]
         elif loaded and key in node.warming:
@@ -730,10 +790,28 @@ class Router:
             return ""
         return seen[0]
 
-    def _remember(self, session_key: str, node_id: str, key: str) -> None:
+    def _cached_tokens(self, session_key: str, affinity_node: str, key: str) -> int:
+        """How much of this session's prompt its host (``affinity_node``) has cached: the
+        prompt of its last request there (its reply is cached too, but is not counted), unless
+        as many other sessions have run there since as the instance has slots."""
+        if not affinity_node:
+            return 0
+        runner = self.fleet.nodes[affinity_node].runner_key(key)
+        if session_key not in self._slot_sessions.get((affinity_node, runner), ()):
+            return 0
+        return self.sessions[session_key][2]
+
+    def _into_slot(self, session_key: str, node_id: str, key: str, slots: int) -> None:
+        served = self._slot_sessions.setdefault((node_id, key), [])
+        if session_key in served:
+            served.remove(session_key)
+        served.insert(0, session_key)
+        del served[max(slots, 1) :]
+
+    def _remember(self, session_key: str, node_id: str, key: str, prompt_tokens: int) -> None:
         if not session_key:
             return
-        self.sessions[session_key] = (node_id, key)
+        self.sessions[session_key] = (node_id, key, prompt_tokens)
         self.sessions.move_to_end(session_key)
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
@@ -768,6 +846,7 @@ class Router:
                 report,
                 clean_load=lease.clean_load and first_try,
                 ready=lease.ready and first_try,
+                fresh_prompt=not (lease.cached_prompt and first_try),
             )
             stats = report.stats
             # An edge-timed reply cannot tell a load from a slow prompt: it teaches no length.
@@ -873,13 +952,22 @@ class Router:
         return self.report(Report(lease.lease_id, lease.node_id, Outcome.CLIENT_CANCELLED))
 
     def _learn(
-        self, node_id: str, model: str, report: Report, *, clean_load: bool, ready: bool
+        self,
+        node_id: str,
+        model: str,
+        report: Report,
+        *,
+        clean_load: bool,
+        ready: bool,
+        fresh_prompt: bool = True,
     ) -> None:
         """Fold one reply's figures in. Its load_duration (for a reply timed by the edge, its
         time to the first token) teaches load speed only when ``clean_load``: a request that
         waited for other loads or for a busy model to finish, or that came while its model was
         already loading, reports the wait (or the rest of a load). ``ready``: it was sent to a
-        loaded instance with a free slot (see _split_reply)."""
+        loaded instance with a free slot (see _split_reply). Its prompt speed teaches only when
+        ``fresh_prompt``: Ollama counts every prompt token, but times only those not found in
+        the prompt cache, which a request sent back to its session's host mostly finds."""
         stats = report.stats
         if stats is None:
             return
@@ -894,6 +982,15 @@ class Router:
             learned.decode_tps = _ewma(learned.decode_tps, tps)
             if node is not None and size and _wholly_in_memory(node, model):
                 self._learn_rate(self._decode_rates, node, tps * size, DECODE_RATE_STEP)
+        if (
+            fresh_prompt
+            and stats.prompt_eval_count >= MIN_PROMPT_SAMPLE
+            and stats.prompt_eval_duration_ns
+        ):
+            tps = stats.prompt_eval_count / (stats.prompt_eval_duration_ns / 1e9)
+            learned.prompt_tps = _ewma(learned.prompt_tps, tps)
+            if node is not None and size and _wholly_in_memory(node, model):
+                self._learn_rate(self._prompt_rates, node, tps * size, PROMPT_RATE_STEP)
         if clean_load and stats.load_wait_ns > WARM_HANDOVER_NS:
             seconds = stats.load_wait_ns / 1e9
             learned.load_seconds = _ewma(learned.load_seconds, seconds)
@@ -977,6 +1074,14 @@ class Router:
             return learned.load_seconds
         rate = self._load_rates.get(node_id)
         return size_bytes / rate[1] if rate is not None else 0.0
+
+    def _prompt_tps(self, learned: Learned | None, node_id: str, size_bytes: int) -> float:
+        """Prompt tokens/s for a model of ``size_bytes`` on this node: ``learned`` from its own
+        replies there, else at the node's measured prompt rate; 0 while none was measured."""
+        if learned is not None and learned.prompt_tps:
+            return learned.prompt_tps
+        rate = self._prompt_rates.get(node_id)
+        return rate[1] / size_bytes if rate is not None and size_bytes else 0.0
 
     def _decode_tps(self, learned: Learned | None, node_id: str, size_bytes: int) -> float:
         """Tokens/s decoding a model of ``size_bytes`` on this node: ``learned`` from its own

@@ -15,6 +15,13 @@ from typing import ClassVar, Protocol, runtime_checkable
 from controlplane.model import RouteRequest
 
 KV_HEADROOM = 1.15  # a model takes about this much more memory than its file (KV cache, graph)
+DEFAULT_GPU_TPS = 60.0  # decode tokens/s of a model on a host where nothing was measured yet
+DEFAULT_CPU_TPS = 10.0
+# Until a host's prompt speed is measured: its decode speed times this. Conservative (a GPU
+# evaluates a prompt some 20-60 times faster than it decodes, a CPU some 3-6 times), so a long
+# prompt is not sent to a host that cannot take it before anything was measured there.
+PROMPT_OVER_DECODE_GPU = 10.0
+PROMPT_OVER_DECODE_CPU = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,27 @@ class Candidate:
     # The memory a load here will take at the context length the request runs with (see
     # Node.memory_needed); 0 = not estimated: the file and KV_HEADROOM of it.
     memory_needed: int = 0
+    # The request's prompt tokens this host would evaluate: all of them, less what its prompt
+    # cache holds of the conversation on its session's last host (0 = no size given).
+    prompt_tokens: int = 0
+    prompt_tps: float = 0.0  # prompt tokens/s measured here (or at its rate); 0 = not yet known
+    # The prompt_time of the requests in flight for this model here, summed: a request that
+    # queues waits for their prompts too.
+    prompt_ahead: float = 0.0
+
+
+def decode_speed(decode_tps: float, on_gpu: bool) -> float:
+    """Tokens/s decoding: as measured, else a default for the kind of host."""
+    return decode_tps or (DEFAULT_GPU_TPS if on_gpu else DEFAULT_CPU_TPS)
+
+
+def prompt_time(c: Candidate) -> float:
+    """Seconds evaluating the request's prompt on ``c``'s host: at the speed measured there,
+    else at a conservative multiple of its decode speed."""
+    if not c.prompt_tokens:
+        return 0.0
+    factor = PROMPT_OVER_DECODE_GPU if c.on_gpu else PROMPT_OVER_DECODE_CPU
+    return c.prompt_tokens / (c.prompt_tps or decode_speed(c.decode_tps, c.on_gpu) * factor)
 
 
 def memory_needed(c: Candidate) -> int:

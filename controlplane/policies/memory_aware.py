@@ -31,8 +31,12 @@ Each candidate gets an expected cost in seconds before its reply can start strea
 plus the time the request itself takes at that host's measured decode speed (for a model not
 run there yet, the host's measured decode bandwidth over the model's size) and the model's
 average reply length, both learned from Reports, so a slow CPU host or a split GPU/CPU load costs
-what it really costs. A session's previous host gets a bonus (a warm prompt cache), small enough
-that a hot session does not pile onto a busy host. Among equal costs the smaller host wins,
+what it really costs; and, once the host's prompt speed is measured, the time evaluating the
+request's prompt there (the edge's estimate of its size), where the session's previous host
+evaluates only what its prompt cache does not hold: a long conversation stays where it is
+cached unless the wait there costs more than evaluating it all again elsewhere. That host also
+gets a small bonus (a warm prompt cache), small enough that a hot session does not pile onto a
+busy host. Among equal costs the smaller host wins,
 keeping big GPUs free for big models. Costs divide by the node's weight.
 """
 
@@ -49,14 +53,14 @@ from controlplane.policies.base import (
     Candidate,
     Ranked,
     Resident,
+    decode_speed,
     fits_evicting_idle,
     memory_needed,
     predicted_victims,
+    prompt_time,
 )
 
 EXPECTED_TOKENS = 200
-DEFAULT_GPU_TPS = 60.0
-DEFAULT_CPU_TPS = 10.0
 DEFAULT_LOAD_BYTES_PER_S = 2.0e9
 LOAD_OVERHEAD_S = 0.5
 EVICT_IDLE_PENALTY_S = 2.0
@@ -137,8 +141,7 @@ def service_time(c: Candidate) -> float:
 
 
 def _service_time(expected_tokens: float, decode_tps: float, on_gpu: bool) -> float:
-    tps = decode_tps or (DEFAULT_GPU_TPS if on_gpu else DEFAULT_CPU_TPS)
-    return (expected_tokens or EXPECTED_TOKENS) / tps
+    return (expected_tokens or EXPECTED_TOKENS) / decode_speed(decode_tps, on_gpu)
 
 
 def busy_wait(c: Candidate) -> float:
@@ -158,10 +161,13 @@ def busy_wait(c: Candidate) -> float:
 
 
 def queue_wait(c: Candidate, per_request: float) -> float:
-    """Time waiting for a parallel slot behind the requests already in flight here."""
+    """Time waiting for a parallel slot behind the requests already in flight here, each
+    taking ``per_request`` and its share of the prompts they carry."""
     slots = max(c.num_parallel, 1)
     ahead = max(c.in_flight_model - slots + 1, 0)
-    return ahead * per_request / slots
+    if not ahead:
+        return 0.0
+    return ahead * (per_request + c.prompt_ahead / c.in_flight_model) / slots
 
 
 def _cost(c: Candidate) -> tuple[float, str, float]:
@@ -205,8 +211,11 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
 
 
 def _total(wait: float, per_request: float, c: Candidate) -> float:
-    # One expression for cost and floor, so rounding keeps floor <= cost (wait >= 0).
-    return (wait + per_request + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE) / max(c.weight, 1e-6)
+    # One expression for cost and floor, so rounding keeps floor <= cost (wait >= 0; a floor's
+    # candidate has no prompt to evaluate).
+    return (wait + per_request + prompt_time(c) + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE) / max(
+        c.weight, 1e-6
+    )
 
 
 def _reason(c: Candidate, tier: str, wait: float) -> str:

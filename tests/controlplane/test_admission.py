@@ -1,7 +1,8 @@
 import asyncio
+from dataclasses import replace
 
 from controlplane.admission import Admission
-from controlplane.model import ApiKind, RouteRequest
+from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.router import PickStatus
 from tests.controlplane import builders
 
@@ -138,3 +139,63 @@ async def test_a_full_line_refuses_a_newcomer_without_ranking_hosts() -> None:
     admission.router.fleet.leases.close(first.lease_id)
     assert (await asyncio.wait_for(waiting, 1.0)).status is PickStatus.OK
     other.cancel()
+
+
+def _gpu_and_cpu(max_wait: float) -> Admission:
+    """A GPU host at its cap of one request and a free CPU host, both with the model loaded
+    and their speeds measured: prompts at 2,000 and 50 tokens/s, 100-token replies in 2 and 4 s."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "gpu", models=["m:latest"], loaded=["m:latest"], max_in_flight=1)
+    builders.add_node(fleet, "cpu", models=["m:latest"], loaded=["m:latest"], vram_gb=0)
+    router = builders.router(fleet, "memory_aware")
+    for node_id, prompt_tps, decode_s in (("gpu", 2000, 2), ("cpu", 50, 4)):
+        lease = router.pick(RouteRequest(model="m", edge_id="e", node_id=node_id)).lease_id
+        stats = GenerationStats(
+            prompt_eval_count=1000,
+            prompt_eval_duration_ns=10**9 * 1000 // prompt_tps,
+            eval_count=100,
+            eval_duration_ns=decode_s * 10**9,
+        )
+        router.report(Report(lease, node_id, Outcome.OK, stats=stats))
+    admission = Admission(router, max_wait=max_wait, per_model=8)
+    fleet.leases.on_release = admission.on_release
+    return admission
+
+
+def _asking(tokens: int) -> RouteRequest:
+    return RouteRequest(model="m", edge_id="e", prompt_tokens=tokens)
+
+
+async def test_a_long_prompt_waits_for_the_busy_gpu_rather_than_take_the_free_cpu() -> None:
+    admission = _gpu_and_cpu(max_wait=2.0)
+    router = admission.router
+    busy = router.pick(RouteRequest(model="m", edge_id="e", node_id="gpu"))
+    # Without admission to wait in, the CPU serves it: 80 s of prompt, but no 503.
+    slow = router.pick(_asking(4000))
+    assert slow.ranked[0].candidate.node_id == "cpu"
+    router.fleet.leases.close(slow.lease_id)
+    held = router.pick(replace(_asking(4000), may_wait=True))
+    assert held.status is PickStatus.SATURATED
+    assert held.message == "the hosts free now would serve this much later than a busy one"
+    # 1 s of prompt on the CPU: no reason to wait.
+    short = await asyncio.wait_for(admission.pick(_asking(50)), 0.5)
+    assert short.ranked[0].candidate.node_id == "cpu"
+    assert short.ranked[0].reason == "warm"
+    router.fleet.leases.close(short.lease_id)
+    waiting = asyncio.create_task(admission.pick(_asking(4000)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and admission.waiting["m:latest"] == 1
+    router.fleet.leases.close(busy.lease_id)
+    served = await asyncio.wait_for(waiting, 1.0)
+    assert served.ranked[0].candidate.node_id == "gpu"
+    assert served.ranked[0].reason.startswith("queued ")
+    await admission.close()
+
+
+async def test_a_request_waiting_for_a_better_host_takes_a_free_one_when_time_is_up() -> None:
+    admission = _gpu_and_cpu(max_wait=0.1)
+    admission.router.pick(RouteRequest(model="m", edge_id="e", node_id="gpu"))
+    late = await asyncio.wait_for(admission.pick(_asking(4000)), 1.0)
+    assert late.status is PickStatus.OK and late.ranked[0].candidate.node_id == "cpu"
+    assert late.ranked[0].reason.startswith("queued ")
+    await admission.close()

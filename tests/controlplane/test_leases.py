@@ -45,3 +45,16 @@ def test_a_lease_is_found_by_its_edge_and_request_id_until_it_closes() -> None:
     table.open("edge-2", "n1", "m", request_id=9)
     table.release_edge("edge-2")
     assert table.by_request("edge-2", 9) is None
+
+
+def test_the_prompts_in_flight_are_summed_per_host_and_model() -> None:
+    table = LeaseTable()
+    long = table.open("e", "a", "m", prompt_seconds=30.0)
+    short = table.open("e", "a", "m", prompt_seconds=0.5)
+    table.open("e", "a", "show", runs_model=False, prompt_seconds=9.0)  # runs no model
+    assert table.prompt_per_model == {("a", "m"): 30.5}
+    table.move(long.lease_id, "b")  # retried elsewhere: its prompt goes with it
+    assert table.prompt_per_model == {("a", "m"): 0.5, ("b", "m"): 30.0}
+    table.close(short.lease_id)
+    table.close(long.lease_id)
+    assert table.prompt_per_model == {}

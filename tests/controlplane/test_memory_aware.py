@@ -8,12 +8,19 @@ from controlplane import router as router_module
 from controlplane.fleet import Fleet, Node
 from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import Candidate
-from controlplane.policies.base import KV_HEADROOM, Busy, Resident, predicted_victims
+from controlplane.policies.base import (
+    KV_HEADROOM,
+    Busy,
+    Resident,
+    predicted_victims,
+    prompt_time,
+)
 from controlplane.policies.memory_aware import (
     MemoryAwarePicker,
     busy_wait,
     eviction_cost,
     expected_cost,
+    queue_wait,
     service_time,
 )
 from controlplane.router import DEMAND_WINDOW, Router
@@ -535,3 +542,129 @@ def test_a_hosts_decode_bandwidth_estimates_the_models_never_run_there() -> None
     # Without the hosts' speeds both would decode at one default and the smaller host win.
     outcome = router.pick(RouteRequest(model="big", edge_id="e"))
     assert outcome.ranked[0].candidate.node_id == "fast"
+
+
+def _prompt_stats(tokens: int, tps: float) -> GenerationStats:
+    return GenerationStats(
+        prompt_eval_count=tokens,
+        prompt_eval_duration_ns=int(tokens / tps * 1e9),
+        eval_count=50,
+        eval_duration_ns=10**9,
+    )
+
+
+def test_prompt_speed_is_learned_from_prompts_not_found_in_a_cache() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["m:latest"], loaded=["m:latest"])
+    router = builders.router(fleet, "memory_aware")
+
+    def run(tokens: int, tps: float, session: str = "") -> None:
+        asked = RouteRequest(model="m", edge_id="e", session_key=session, prompt_tokens=tokens)
+        lease = router.pick(asked).lease_id
+        router.report(Report(lease, "n", Outcome.OK, stats=_prompt_stats(tokens, tps)))
+
+    node = fleet.nodes["n"]
+    run(20, 50.0)  # too short a prompt to tell the speed from a batch's fixed cost
+    # Until a speed is measured, a GPU host's is taken as 10x its decoding (50 tokens/s here).
+    assert prompt_time(router._candidate(node, "m:latest", "", prompt_tokens=1000)) == 2.0
+    run(2000, 1000.0, "chat")  # the session's first turn: nothing of it was cached
+    ask = router._candidate(node, "m:latest", "", prompt_tokens=1000)
+    assert prompt_time(ask) == pytest.approx(1.0)
+    # Its next turn goes back to the same host, which times only the part it had not cached:
+    # Ollama counts every token, so that reply would make the host look 20x faster.
+    run(2100, 20_000.0, "chat")
+    ask = router._candidate(node, "m:latest", "", prompt_tokens=1000)
+    assert prompt_time(ask) == pytest.approx(1.0)
+    # The session's host has its last prompt cached: only the new part costs there.
+    mine = router._candidate(node, "m:latest", "n", prompt_tokens=2600, cached_tokens=2100)
+    assert mine.affinity and prompt_time(mine) == pytest.approx(0.5)
+
+
+def test_a_long_prompt_goes_where_it_is_evaluated_soonest() -> None:
+    """A host measured to evaluate prompts slowly (a CPU) loses a long prompt to a faster one
+    with a queue, and still takes a short one; a host's prompt rate estimates its other models."""
+    fleet = builders.fleet()
+    whole = LoadedModel(
+        name="m:latest", size_bytes=2 * builders.GB, size_vram_bytes=2 * builders.GB
+    )
+    for node_id in ("gpu", "cpu"):
+        node = builders.add_node(fleet, node_id, models=["m:latest", "other:latest"])
+        fleet.update(node_id, node.session, replace(node.snapshot, sequence=2, loaded=(whole,)))
+    router = builders.router(fleet, "memory_aware")
+    for node_id, tps in (("gpu", 2000.0), ("cpu", 50.0)):
+        lease = router.pick(RouteRequest(model="m", edge_id="e", node_id=node_id)).lease_id
+        stats = replace(_prompt_stats(1000, tps), eval_count=100, eval_duration_ns=5 * 10**9)
+        router.report(Report(lease, node_id, Outcome.OK, stats=stats))
+    busy = router.pick(RouteRequest(model="m", edge_id="e", node_id="gpu"))  # 5 s to go
+    assert busy.status.name == "OK"
+    short = router.pick(RouteRequest(model="m", edge_id="e", prompt_tokens=50))
+    assert short.ranked[0].candidate.node_id == "cpu"  # 1 s of prompt beats 5 s of queue
+    router.fleet.leases.close(short.lease_id)
+    long = router.pick(RouteRequest(model="m", edge_id="e", prompt_tokens=4000))
+    assert long.ranked[0].candidate.node_id == "gpu"  # 80 s of prompt on the CPU: wait
+    assert long.ranked[0].reason.startswith("queued")
+    other = router._candidate(fleet.nodes["cpu"], "other:latest", "", prompt_tokens=100)
+    assert prompt_time(other) == pytest.approx(2.0)  # the same size: the host's rate
+
+
+def test_a_long_conversation_stays_where_it_is_cached_unless_the_wait_costs_more() -> None:
+    fleet = builders.fleet()
+    for node_id in ("a", "b"):
+        builders.add_node(fleet, node_id, models=["m:latest"], loaded=["m:latest"])
+    router = builders.router(fleet, "memory_aware")
+    for node_id in ("a", "b"):  # both evaluate 1,000 prompt tokens/s and decode 100 tokens in 2 s
+        lease = router.pick(RouteRequest(model="m", edge_id="e", node_id=node_id)).lease_id
+        stats = replace(_prompt_stats(1000, 1000.0), eval_count=100, eval_duration_ns=2 * 10**9)
+        router.report(Report(lease, node_id, Outcome.OK, stats=stats))
+
+    def turn(tokens: int) -> str:
+        asked = RouteRequest(model="m", edge_id="e", session_key="s", prompt_tokens=tokens)
+        outcome = router.pick(asked)
+        router.fleet.leases.close(outcome.lease_id)
+        return outcome.ranked[0].candidate.node_id
+
+    home = turn(12_000)
+    other = "b" if home == "a" else "a"
+    queued = router.pick(RouteRequest(model="m", edge_id="e", node_id=home))  # 2 s of queue
+    # Elsewhere its 12,500 tokens cost 12.5 s; at home, the 500 new ones 0.5 s after the queue.
+    assert turn(12_500) == home
+    router.fleet.leases.close(queued.lease_id)
+    # A short conversation is not worth a queue: the other host evaluates it all in 0.5 s.
+    for _ in range(2):
+        router.pick(RouteRequest(model="m", edge_id="e", node_id=home))
+    asked = RouteRequest(model="m", edge_id="e", session_key="t", prompt_tokens=400)
+    router.fleet.leases.close(router.pick(asked).lease_id)
+    router.sessions["t"] = (home, "m:latest", 400)
+    assert router.pick(replace(asked, prompt_tokens=500)).ranked[0].candidate.node_id == other
+
+
+def test_a_conversation_loses_its_cache_once_others_took_every_slot() -> None:
+    """Ollama keeps one cached prompt per parallel slot: after as many other conversations
+    as the instance has slots ran there, a session's prefix is gone, and its host evaluates
+    the whole prompt again like any other."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["m:latest"], loaded=["m:latest"], num_parallel=2)
+    router = builders.router(fleet, "memory_aware")
+
+    def turn(session: str, tokens: int) -> int:
+        outcome = router.pick(
+            RouteRequest(model="m", edge_id="e", session_key=session, prompt_tokens=tokens)
+        )
+        router.fleet.leases.close(outcome.lease_id)
+        return router._cached_tokens(session, router._affinity(session, "m:latest"), "m:latest")
+
+    turn("s", 3000)
+    assert turn("s", 3500) == 3500  # what its next turn finds cached: this one's prompt
+    turn("t", 100)  # one other conversation: the second slot
+    assert router._cached_tokens("s", "n", "m:latest") == 3500
+    turn("u", 100)  # a third: the oldest slot, s's, is given to it
+    assert router._cached_tokens("s", "n", "m:latest") == 0
+    assert router._cached_tokens("t", "n", "m:latest") == 100
+
+
+def test_a_queue_waits_for_the_prompts_ahead_of_it_too() -> None:
+    ahead = replace(BASE, loaded=True, in_flight_model=2, decode_tps=100.0, expected_tokens=100)
+    assert queue_wait(ahead, service_time(ahead)) == pytest.approx(2.0)  # two replies of 1 s
+    long_ahead = replace(ahead, prompt_ahead=60.0)  # one of them carries a 60 s prompt
+    assert queue_wait(long_ahead, service_time(long_ahead)) == pytest.approx(62.0)
+    assert queue_wait(replace(long_ahead, in_flight_model=0), 1.0) == 0.0
