@@ -157,6 +157,30 @@ def num_ctx(body: dict[str, Any]) -> int:
     return int(min(max(value, 0), 2**32 - 1))
 
 
+# Keys whose values are not prompt text: images (base64, or a data URI), and request settings.
+NOT_PROMPT = frozenset(
+    {"model", "images", "image_url", "source", "options", "format", "keep_alive", "stream"}
+)
+CHARS_PER_TOKEN = 4  # about, for English text and code; Ollama's tokenizer is on the host
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """About how many tokens the request's prompt has: every string in the body (messages,
+    prompt, system, tools, ...) but images and settings, at CHARS_PER_TOKEN. The router weighs
+    a long prompt's evaluation on each host, and what a session's host has of it cached."""
+    chars = 0
+    stack: list[Any] = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, dict):
+            stack.extend(v for k, v in value.items() if k not in NOT_PROMPT)
+        elif isinstance(value, list):
+            stack.extend(value)
+    return min(chars // CHARS_PER_TOKEN, 2**32 - 1)
+
+
 def session_key(headers: Headers, body: dict[str, Any]) -> str:
     """X-Hops-Session, else Open WebUI's chat id, else OpenAI's ``prompt_cache_key``, else a hash
     of the conversation's start: its system prompt (Anthropic's ``system``, the Responses API's
@@ -364,6 +388,7 @@ class EdgeApp:
             session_key=session_key(headers, body),
             node_id=headers.get("x-hops-node", ""),
             labels=self._labels(headers),
+            prompt_tokens=prompt_tokens(body),
             num_ctx=num_ctx(body) if native else 0,
             runner_options=runner_options(body.get("options")) if native else (),
         )

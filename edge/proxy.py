@@ -84,6 +84,7 @@ class Call:
     session_key: str = ""
     node_id: str = ""
     labels: Labels = ()  # the labels every host it may use must carry (X-Hops-Labels)
+    prompt_tokens: int = 0  # about how long its prompt is (see edge.app.prompt_tokens)
     num_ctx: int = 0  # the context length asked for (options.num_ctx); 0 = none
     runner_options: RunnerOptions = ()  # the other load-time options asked for
     # Awaited with the host's id once its reply ended well, before the response ends: until
@@ -208,6 +209,7 @@ class Proxy:
             node_id=call.node_id,
             max_candidates=self.settings.max_attempts,
             num_ctx=call.num_ctx,
+            prompt_tokens=call.prompt_tokens,
         )
         if call.runner_options:
             request.runner_options.update(call.runner_options)

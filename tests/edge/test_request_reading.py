@@ -1,5 +1,6 @@
 """What the edge reads from a request body besides the model: whether it is Ollama's unload
-(sent to every host) or an ordinary request, and the context length it asks for."""
+(sent to every host) or an ordinary request, the context length it asks for, and about how
+long its prompt is."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge.app import num_ctx, unloads
+from edge.app import num_ctx, prompt_tokens, unloads
 
 
 @pytest.mark.parametrize(
@@ -59,3 +60,45 @@ def test_anything_else_is_an_ordinary_request(path: str, body: dict[str, Any]) -
 )
 def test_the_context_length_asked_for(body: dict[str, Any], expected: int) -> None:
     assert num_ctx(body) == expected
+
+
+PICTURE = "iVBORw0KGgo" * 10_000  # base64 image data: no prompt text
+
+
+@pytest.mark.parametrize(
+    ("body", "tokens"),
+    [
+        ({"model": "m", "prompt": "x" * 400, "system": "y" * 40}, 110),
+        ({"model": "m", "prompt": "x" * 400, "images": [PICTURE], "options": {"stop": ["z"]}}, 100),
+        (
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "user", "content": "a" * 396, "images": [PICTURE]},
+                    {"role": "assistant", "content": "b" * 800},
+                ],
+            },
+            302,  # the roles are text too
+        ),
+        (  # OpenAI's parts, with an image as a data URI, and tools
+            {
+                "model": "m",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "c" * 800},
+                            {"type": "image_url", "image_url": {"url": "data:;base64," + PICTURE}},
+                        ],
+                    }
+                ],
+                "tools": [{"type": "function", "function": {"name": "f" * 390}}],
+            },
+            303,
+        ),
+        ({"model": "m", "input": ["d" * 4000]}, 1000),  # embeddings count too
+        ({"model": "m"}, 0),
+    ],
+)
+def test_the_prompt_size_is_its_text_not_its_images(body: dict[str, Any], tokens: int) -> None:
+    assert prompt_tokens(body) == tokens
