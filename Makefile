@@ -80,6 +80,7 @@ bench: install ## Run the benchmarks under bench/ (figures printed, JSON in benc
 	$(PY) bench/controlplane.py
 	$(PY) bench/routing.py
 	$(PY) bench/mixed_context.py
+	$(PY) bench/long_prompts.py
 	$(PY) bench/overhead.py
 
 clean: ## Remove the venv, buf and caches
