@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from bench.routing import medians, run_one, targets
+from tests.integration import fleet
+from tests.integration.fleet import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +96,60 @@ def test_targets_are_checked_per_seed_against_random_and_the_best_other_policy()
     assert (eight["loads_ratio"], eight["p95_ratio"]) == (2.9, 2.19)
     assert eight["p95_best_other_s"] is None and eight["failed_low_middle"] == 1
     assert eight["met"] == {"loads": False, "p95": True, "beats_others": None, "no_failures": False}
+
+
+def test_a_long_prompt_waits_for_the_busy_gpu_and_a_short_one_takes_the_cpu() -> None:
+    """End to end: the edge sends each request's prompt size, the control plane weighs its
+    evaluation on each host. With the GPU host at its cap, a 3,000-token prompt waits for it
+    (about a minute of prompt on the CPU host), a short chat takes the CPU host at once."""
+    # Real time, and GPU replies long enough to hold its one slot until released.
+    hosts = {
+        "gpu": ["--profile", "gpu-8g", "--time-scale", "1", "--response-tokens", "5000-5000"],
+        "cpu": ["--profile", "cpu", "--time-scale", "1"],
+    }
+    with fleet.whole_fleet(
+        hosts,
+        agent_args_of={"gpu": ["--max-in-flight", "1"]},
+        plane_args=["--admission-wait", "20"],
+    ) as running:
+        base = running.edge.url
+
+        def chat(words: int, node: str = "", predict: int = 20) -> dict[str, object]:
+            return {
+                "model": "llama3.2",
+                "messages": [{"role": "user", "content": "ask " + "word " * words}],
+                "stream": False,
+                "options": {"num_predict": predict},
+            }
+
+        metrics = fleet.metrics_url(running.plane)
+
+        def held_back() -> bool:
+            return 'result="saturated"' in httpx.get(metrics, timeout=5).text
+
+        for node in ("gpu", "cpu"):  # load it on both; their decode speeds are learned
+            for _ in range(2):
+                warm = httpx.post(
+                    base + "/api/chat", json=chat(5), headers={"X-Hops-Node": node}, timeout=60
+                )
+                assert warm.status_code == 200
+        with httpx.Client(base_url=base, timeout=120) as client:
+            holding = client.build_request(
+                "POST", "/api/chat", json={**chat(5, predict=5000), "stream": True}
+            )
+            held = client.send(holding, stream=True)  # the GPU host's one request
+            try:
+                assert held.headers["x-hops-node"] == "gpu"
+                short = client.post("/api/chat", json=chat(5))
+                assert short.headers["x-hops-node"] == "cpu"
+                assert "queued" not in short.headers["x-hops-route"]
+                with ThreadPoolExecutor(1) as pool:
+                    long = pool.submit(client.post, "/api/chat", json=chat(3000))
+                    wait_until(held_back, 10.0, "the long prompt waiting in admission")
+                    held.close()
+                    answer = long.result(timeout=60)
+            finally:
+                held.close()
+        assert answer.status_code == 200
+        assert answer.headers["x-hops-node"] == "gpu"
+        assert answer.headers["x-hops-route"].startswith("queued ")
