@@ -11,6 +11,10 @@ every TICK_S. A waiter that is not placed within ``max_wait`` seconds gets SATUR
 answers 503 with Retry-After), and so, at once and without ranking any host, does a request that
 finds its model's line full. A show or a pull takes no slot (Ollama answers it outside its
 scheduler), so it never waits here.
+
+A request may also wait here while hosts are free, when one at its cap would serve it much
+sooner (a long prompt, with only a CPU host free: the router's PickOutcome.better_busy); such a
+request takes a free host, not a 503, when its wait runs out or its model's line is full.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class Admission:
         self.per_model = per_model
         self.queue: deque[_Waiter] = deque()
         self.waiting: Counter[str] = Counter()
+        # Of those, the ones waiting while hosts are free, for a busy one that serves sooner.
+        self.choosing: Counter[str] = Counter()
         self.ticker: asyncio.Task[None] | None = None
 
     async def pick(self, request: RouteRequest) -> PickOutcome:
@@ -60,10 +66,13 @@ class Admission:
         with, True): the saturated outcome of a pick, or None to join the line behind others
         without picking (first come, first served)."""
         if self.max_wait > 0 and request.runs_model:  # a show or a pull takes no slot
-            ahead = self.waiting[model_key(request.model)]
-            if ahead >= self.per_model:
+            key = model_key(request.model)
+            ahead = self.waiting[key]
+            # Those ahead may wait by choice, with hosts free: then this one is ranked too
+            # (it may take a free host, or wait as well), not refused or put behind them.
+            if ahead >= self.per_model and not self.choosing[key]:
                 return self._line_full(), False
-            if ahead:
+            if ahead and not self.choosing[key]:
                 return None, True
         outcome = self.router.pick(replace(request, may_wait=self.max_wait > 0))
         return outcome, self.must_wait(outcome)
@@ -90,15 +99,15 @@ class Admission:
         if self.waiting[key] >= self.per_model:
             if outcome is None:  # the line filled up before this one joined it
                 return self._line_full()
-            # It may only have waited for a busier, better host: any host free now will do.
-            last = self.router.pick(request)
-            if last.status is not PickStatus.SATURATED:
-                return last
+            if outcome.better_busy:  # no room to wait for the better host: a free one will do
+                return self.router.pick(request)
             return replace(outcome, message=f"{outcome.message}; {QUEUE_FULL}")
         waiting = replace(request, may_wait=True)
         waiter = _Waiter(key)
         self.queue.append(waiter)
         self.waiting[key] += 1
+        choosing = outcome is not None and outcome.better_busy
+        self.choosing[key] += choosing
         if self.ticker is None or self.ticker.done():
             self.ticker = asyncio.create_task(self._tick())
         started = time.monotonic()
@@ -113,16 +122,21 @@ class Admission:
                 outcome = self.router.pick(waiting)
                 if outcome.status is not PickStatus.SATURATED:
                     return _queued(outcome, time.monotonic() - started)
-            # Time is up: a host free now, even a slower one, beats a 503.
-            last = self.router.pick(request)
-            if last.status is not PickStatus.SATURATED or outcome is None:
-                return _queued(last, time.monotonic() - started)
+                self.choosing[key] += outcome.better_busy - choosing
+                choosing = outcome.better_busy
+            if (
+                outcome is None or outcome.better_busy
+            ):  # a free host, even a slower one, beats a 503
+                return _queued(self.router.pick(request), time.monotonic() - started)
             return outcome
         finally:
             self.queue.remove(waiter)
             self.waiting[key] -= 1
             if self.waiting[key] <= 0:
                 del self.waiting[key]
+            self.choosing[key] -= choosing
+            if self.choosing[key] <= 0:
+                del self.choosing[key]
 
     async def close(self) -> None:
         if self.ticker is not None:

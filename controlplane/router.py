@@ -91,6 +91,9 @@ class PickOutcome:
     ranked: tuple[Ranked, ...] = ()
     message: str = ""
     retry_after_s: float = 0.0
+    # SATURATED only because a host at its cap would serve it much sooner than those free now
+    # (see RouteRequest.may_wait): one of those will do when it cannot wait any longer.
+    better_busy: bool = False
 
 
 @dataclass(slots=True)
@@ -396,6 +399,7 @@ class Router:
                 self.policy.name,
                 message="the hosts free now would serve this much later than a busy one",
                 retry_after_s=self.retry_after_s,
+                better_busy=True,
             )
         return tuple(policy.pick(request, evaluated, limit))
 

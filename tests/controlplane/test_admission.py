@@ -199,3 +199,17 @@ async def test_a_request_waiting_for_a_better_host_takes_a_free_one_when_time_is
     assert late.status is PickStatus.OK and late.ranked[0].candidate.node_id == "cpu"
     assert late.ranked[0].reason.startswith("queued ")
     await admission.close()
+
+
+async def test_with_the_line_full_a_request_waiting_for_a_better_host_takes_a_free_one() -> None:
+    admission = _gpu_and_cpu(max_wait=2.0)
+    admission.per_model = 1
+    admission.router.pick(RouteRequest(model="m", edge_id="e", node_id="gpu"))
+    first = asyncio.create_task(admission.pick(_asking(4000)))
+    await asyncio.sleep(0.05)
+    assert admission.waiting["m:latest"] == 1  # waiting for the GPU host
+    second = await asyncio.wait_for(admission.pick(_asking(4000)), 0.5)
+    assert second.status is PickStatus.OK and second.ranked[0].candidate.node_id == "cpu"
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await admission.close()
