@@ -359,19 +359,16 @@ class Router:
         evaluated: list[Candidate] = []
         best: list[tuple[float, str]] = []  # the ``limit`` lowest (cost, node id), sorted
         saturated = 0
-        best_full = math.inf  # the least cost among hosts at their cap, as if one took it
+        full: list[tuple[float, Node]] = []  # hosts at their cap, with their floors
 
-        def visit(node: Node) -> None:
-            nonlocal saturated, best_full
+        def visit(node: Node, floor: float = -math.inf) -> None:
+            nonlocal saturated
             if not self._passes(node, request):
                 return
             if self._full(node, request):
                 saturated += 1
                 if request.may_wait:
-                    candidate = self._candidate(
-                        node, key, affinity, context, request.runner_options, prompt, cached
-                    )
-                    best_full = min(best_full, policy.cost(candidate))
+                    full.append((floor, node))
                 return
             candidate = self._candidate(
                 node, key, affinity, context, request.runner_options, prompt, cached
@@ -388,12 +385,12 @@ class Router:
             node_id = entry[1]
             node = nodes.get(node_id)
             if node is not None and node_id != affinity:
-                visit(node)
+                visit(node, entry[0])
         if not evaluated:
             if not any(n.session is not None for n in self.fleet.holders.get(key, {}).values()):
                 return self._not_found(request)
             return self._none_eligible(saturated)
-        if best_full + WAIT_FOR_BETTER_S < best[0][0]:
+        if full and self._busy_serves_sooner(full, best[0][0], request, key, policy):
             return PickOutcome(
                 PickStatus.SATURATED,
                 self.policy.name,
@@ -402,6 +399,36 @@ class Router:
                 better_busy=True,
             )
         return tuple(policy.pick(request, evaluated, limit))
+
+    def _busy_serves_sooner(
+        self,
+        full: list[tuple[float, Node]],
+        best: float,
+        request: RouteRequest,
+        key: str,
+        policy: BoundedPicker,
+    ) -> bool:
+        """Whether one of the ``full`` hosts (at their cap; with their floors) would serve the
+        request more than WAIT_FOR_BETTER_S sooner than the ``best`` cost among those free, its
+        wait included. Only hosts whose floor leaves them a chance are costed: under overload
+        no host is free and this is never asked."""
+        affinity = self._affinity(request.session_key, key)
+        cached = self._cached_tokens(request.session_key, affinity, key)
+        for floor, node in full:
+            if floor + WAIT_FOR_BETTER_S >= best:
+                continue
+            candidate = self._candidate(
+                node,
+                key,
+                affinity,
+                request.context,
+                request.runner_options,
+                request.prompt_tokens,
+                cached,
+            )
+            if policy.cost(candidate) + WAIT_FOR_BETTER_S < best:
+                return True
+        return False
 
     def _refresh_floors(self, policy: BoundedPicker) -> None:
         """Bring the floor index up to date with the hosts whose hello or snapshot changed:
