@@ -74,7 +74,7 @@ class Admission:
                 return self._line_full(), False
             if ahead and not self.choosing[key]:
                 return None, True
-        outcome = self.router.pick(replace(request, may_wait=self.max_wait > 0))
+        outcome = self.router.pick(request, may_wait=self.max_wait > 0)
         return outcome, self.must_wait(outcome)
 
     def _line_full(self) -> PickOutcome:
@@ -102,7 +102,6 @@ class Admission:
             if outcome.better_busy:  # no room to wait for the better host: a free one will do
                 return self.router.pick(request)
             return replace(outcome, message=f"{outcome.message}; {QUEUE_FULL}")
-        waiting = replace(request, may_wait=True)
         waiter = _Waiter(key)
         self.queue.append(waiter)
         self.waiting[key] += 1
@@ -119,7 +118,7 @@ class Admission:
                 except TimeoutError:
                     break
                 waiter.wake.clear()
-                outcome = self.router.pick(waiting)
+                outcome = self.router.pick(request, may_wait=True)
                 if outcome.status is not PickStatus.SATURATED:
                     return _queued(outcome, time.monotonic() - started)
                 self.choosing[key] += outcome.better_busy - choosing

@@ -87,9 +87,6 @@ class RouteRequest:
     num_ctx: int = 0  # the context length asked for; 0 = none
     runner_options: RunnerOptions = ()  # the other load-time options asked for
     request_id: int = 0  # the edge's id for a pick on a Route stream or socket; 0 = unary
-    # It may wait in admission for a host at its cap when the hosts free now would serve it
-    # much later (a long prompt and only a CPU host free): set by Admission, which can hold it.
-    may_wait: bool = False
 
     @property
     def runs_model(self) -> bool:

@@ -92,7 +92,7 @@ class PickOutcome:
     message: str = ""
     retry_after_s: float = 0.0
     # SATURATED only because a host at its cap would serve it much sooner than those free now
-    # (see RouteRequest.may_wait): one of those will do when it cannot wait any longer.
+    # (see Router.pick's may_wait): one of those will do when it cannot wait any longer.
     better_busy: bool = False
 
 
@@ -153,9 +153,12 @@ class Router:
         default_factory=OrderedDict
     )
 
-    def pick(self, request: RouteRequest) -> PickOutcome:
+    def pick(self, request: RouteRequest, *, may_wait: bool = False) -> PickOutcome:
+        """Rank the hosts for ``request`` and open a lease on the first. ``may_wait``: the caller
+        (admission) can hold the request, so it may be answered SATURATED (better_busy) while
+        hosts are free, when a host at its cap would serve it much sooner."""
         started = time.perf_counter()
-        outcome = self._pick(request)
+        outcome = self._pick(request, may_wait)
         status = outcome.status.name.lower()
         self.metrics.observe_pick(outcome.policy, status, time.perf_counter() - started)
         first = outcome.ranked[0] if outcome.ranked else None
@@ -177,7 +180,7 @@ class Router:
             self._checked = (policy, policy if isinstance(policy, BoundedPicker) else None)
         return self._checked[1]
 
-    def _pick(self, request: RouteRequest) -> PickOutcome:
+    def _pick(self, request: RouteRequest, may_wait: bool) -> PickOutcome:
         name = self.policy.name
         key = model_key(request.model)
         limit = request.max_candidates or self.max_candidates
@@ -188,7 +191,7 @@ class Router:
             if outside is not None:
                 return outside
         if policy is not None and not request.node_id and request.api is not ApiKind.PULL:
-            found = self._rank_bounded(request, key, limit, policy, asked)
+            found = self._rank_bounded(request, key, limit, policy, asked, may_wait)
         else:
             found = self._rank_all(request, key, limit, asked)
         if isinstance(found, PickOutcome):
@@ -346,6 +349,7 @@ class Router:
         limit: int,
         policy: BoundedPicker,
         context: int | None,
+        may_wait: bool = False,
     ) -> tuple[Ranked, ...] | PickOutcome:
         """As _rank_all, visiting hosts in floor order and stopping once no host left could
         rank in the top ``limit``: every host not visited has a floor, so a cost, above the
@@ -367,7 +371,7 @@ class Router:
                 return
             if self._full(node, request):
                 saturated += 1
-                if request.may_wait:
+                if may_wait:
                     full.append((floor, node))
                 return
             candidate = self._candidate(

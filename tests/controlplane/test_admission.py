@@ -1,5 +1,4 @@
 import asyncio
-from dataclasses import replace
 
 from controlplane.admission import Admission
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
@@ -174,7 +173,7 @@ async def test_a_long_prompt_waits_for_the_busy_gpu_rather_than_take_the_free_cp
     slow = router.pick(_asking(4000))
     assert slow.ranked[0].candidate.node_id == "cpu"
     router.fleet.leases.close(slow.lease_id)
-    held = router.pick(replace(_asking(4000), may_wait=True))
+    held = router.pick(_asking(4000), may_wait=True)
     assert held.status is PickStatus.SATURATED
     assert held.message == "the hosts free now would serve this much later than a busy one"
     # 1 s of prompt on the CPU: no reason to wait.
