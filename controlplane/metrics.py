@@ -51,7 +51,9 @@ class ControlPlaneMetrics:
         self.registry.register(_FleetCollector(lambda: self.fleet))
         self.picks = PromCounter(
             "hops_controlplane_picks",
-            "Pick calls by policy and result",
+            "Pick calls by policy and result (ok, model_not_found, no_healthy_node, saturated, "
+            "node_not_found, waiting_for_better: held in admission for a busy host that would "
+            "serve it sooner than the free ones)",
             ["policy", "result"],
             registry=self.registry,
         )

@@ -159,7 +159,8 @@ class Router:
         hosts are free, when a host at its cap would serve it much sooner."""
         started = time.perf_counter()
         outcome = self._pick(request, may_wait)
-        status = outcome.status.name.lower()
+        # Held for a busy host while others are free: not the fleet at its cap.
+        status = "waiting_for_better" if outcome.better_busy else outcome.status.name.lower()
         self.metrics.observe_pick(outcome.policy, status, time.perf_counter() - started)
         first = outcome.ranked[0] if outcome.ranked else None
         self.recent.append(

@@ -176,6 +176,7 @@ async def test_a_long_prompt_waits_for_the_busy_gpu_rather_than_take_the_free_cp
     held = router.pick(_asking(4000), may_wait=True)
     assert held.status is PickStatus.SATURATED
     assert held.message == "the hosts free now would serve this much later than a busy one"
+    assert router.recent[-1].status == "waiting_for_better"  # not the fleet at its cap
     # 1 s of prompt on the CPU: no reason to wait.
     short = await asyncio.wait_for(admission.pick(_asking(50)), 0.5)
     assert short.ranked[0].candidate.node_id == "cpu"

@@ -125,7 +125,7 @@ def test_a_long_prompt_waits_for_the_busy_gpu_and_a_short_one_takes_the_cpu() ->
         metrics = fleet.metrics_url(running.plane)
 
         def held_back() -> bool:
-            return 'result="saturated"' in httpx.get(metrics, timeout=5).text
+            return 'result="waiting_for_better"' in httpx.get(metrics, timeout=5).text
 
         for node in ("gpu", "cpu"):  # load it on both; their decode speeds are learned
             for _ in range(2):
