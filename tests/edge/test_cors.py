@@ -27,7 +27,7 @@ async def test_a_preflight_from_an_allowed_origin_needs_no_key(edge: httpx.Async
         assert preflight.status_code == 204, origin
         assert preflight.headers["access-control-allow-origin"] == origin
         allowed = preflight.headers["access-control-allow-headers"].split(",")
-        assert {"Authorization", "X-Hops-Session"} <= set(allowed)
+        assert {"Authorization", "X-Hops-Session", "X-Hops-Labels"} <= set(allowed)
 
 
 async def test_an_allowed_origin_can_read_every_answer_even_an_error(
