@@ -93,8 +93,9 @@ class Admission:
         return outcome.status is PickStatus.SATURATED and self.max_wait > 0
 
     async def wait(self, request: RouteRequest, outcome: PickOutcome | None) -> PickOutcome:
-        """Wait in line after ``outcome`` said every candidate is saturated (None: joined the
-        line behind others without picking)."""
+        """Wait in line after ``outcome`` said every candidate is saturated, or that a busy one
+        would serve the request much sooner than those free (None: joined the line behind
+        others without picking)."""
         key = model_key(request.model)
         if self.waiting[key] >= self.per_model:
             if outcome is None:  # the line filled up before this one joined it
@@ -123,9 +124,9 @@ class Admission:
                     return _queued(outcome, time.monotonic() - started)
                 self.choosing[key] += outcome.better_busy - choosing
                 choosing = outcome.better_busy
-            if (
-                outcome is None or outcome.better_busy
-            ):  # a free host, even a slower one, beats a 503
+            # Time is up. For one that waited by choice, a free host, even a slower one,
+            # beats a 503.
+            if outcome is None or outcome.better_busy:
                 return _queued(self.router.pick(request), time.monotonic() - started)
             return outcome
         finally:
