@@ -366,6 +366,11 @@ class Router:
         saturated = 0
         full: list[tuple[float, Node]] = []  # hosts at their cap, with their floors
 
+        def candidate_on(node: Node) -> Candidate:
+            return self._candidate(
+                node, key, affinity, context, request.runner_options, prompt, cached
+            )
+
         def visit(node: Node, floor: float = -math.inf) -> None:
             nonlocal saturated
             if not self._passes(node, request):
@@ -375,9 +380,7 @@ class Router:
                 if may_wait:
                     full.append((floor, node))
                 return
-            candidate = self._candidate(
-                node, key, affinity, context, request.runner_options, prompt, cached
-            )
+            candidate = candidate_on(node)
             evaluated.append(candidate)
             bisect.insort(best, (policy.cost(candidate), node.node_id))
             del best[limit:]
@@ -395,7 +398,7 @@ class Router:
             if not any(n.session is not None for n in self.fleet.holders.get(key, {}).values()):
                 return self._not_found(request)
             return self._none_eligible(saturated)
-        if full and self._busy_serves_sooner(full, best[0][0], request, key, policy):
+        if full and _busy_serves_sooner(full, best[0][0], candidate_on, policy):
             return PickOutcome(
                 PickStatus.SATURATED,
                 self.policy.name,
@@ -404,36 +407,6 @@ class Router:
                 better_busy=True,
             )
         return tuple(policy.pick(request, evaluated, limit))
-
-    def _busy_serves_sooner(
-        self,
-        full: list[tuple[float, Node]],
-        best: float,
-        request: RouteRequest,
-        key: str,
-        policy: BoundedPicker,
-    ) -> bool:
-        """Whether one of the ``full`` hosts (at their cap; with their floors) would serve the
-        request more than WAIT_FOR_BETTER_S sooner than the ``best`` cost among those free, its
-        wait included. Only hosts whose floor leaves them a chance are costed: under overload
-        no host is free and this is never asked."""
-        affinity = self._affinity(request.session_key, key)
-        cached = self._cached_tokens(request.session_key, affinity, key)
-        for floor, node in full:
-            if floor + WAIT_FOR_BETTER_S >= best:
-                continue
-            candidate = self._candidate(
-                node,
-                key,
-                affinity,
-                request.context,
-                request.runner_options,
-                request.prompt_tokens,
-                cached,
-            )
-            if policy.cost(candidate) + WAIT_FOR_BETTER_S < best:
-                return True
-        return False
 
     def _refresh_floors(self, policy: BoundedPicker) -> None:
         """Bring the floor index up to date with the hosts whose hello or snapshot changed:
@@ -1228,6 +1201,23 @@ def _loading_at_other_length(node: Node, key: str, num_ctx: int) -> bool:
     wanted = node.wanted_context(key, num_ctx)
     at = node.reloading.get(key) or node.load_context.get(key) or node.automatic_context(key)
     return bool(wanted and at) and at != wanted
+
+
+def _busy_serves_sooner(
+    full: list[tuple[float, Node]],
+    best: float,
+    candidate_on: Callable[[Node], Candidate],
+    policy: BoundedPicker,
+) -> bool:
+    """Whether one of the ``full`` hosts (at their cap; with their floors) would serve the
+    request more than WAIT_FOR_BETTER_S sooner than the ``best`` cost among those free, its
+    wait included. Only hosts whose floor leaves them a chance are costed: under overload no
+    host is free and this is never asked."""
+    return any(
+        floor + WAIT_FOR_BETTER_S < best
+        and policy.cost(candidate_on(node)) + WAIT_FOR_BETTER_S < best
+        for floor, node in full
+    )
 
 
 def _wholly_in_memory(node: Node, key: str) -> bool:

@@ -213,9 +213,8 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
 def _total(wait: float, per_request: float, c: Candidate) -> float:
     # One expression for cost and floor, so rounding keeps floor <= cost (wait >= 0; a floor's
     # candidate has no prompt to evaluate).
-    return (wait + per_request + prompt_time(c) + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE) / max(
-        c.weight, 1e-6
-    )
+    spent = wait + per_request + prompt_time(c) + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE
+    return spent / max(c.weight, 1e-6)
 
 
 def _reason(c: Candidate, tier: str, wait: float) -> str:
