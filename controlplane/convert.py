@@ -221,6 +221,7 @@ def learned_by_node(
                 decode_tokens_per_second=speed.decode_tps,
                 load_seconds=speed.load_seconds,
                 samples=speed.samples,
+                prompt_tokens_per_second=speed.prompt_tps,
             )
         )
     return out

@@ -115,12 +115,13 @@ def node_detail(n: admin_pb2.Node) -> str:
             [
                 s.model,
                 f"{s.decode_tokens_per_second:.1f}" if s.decode_tokens_per_second else "-",
+                f"{s.prompt_tokens_per_second:.0f}" if s.prompt_tokens_per_second else "-",
                 f"{s.load_seconds:.2f}" if s.load_seconds else "-",
                 str(s.samples),
             ]
             for s in n.learned
         ]
-        headers = ["MODEL", "DECODE TOK/S", "LOAD S", "SAMPLES"]
+        headers = ["MODEL", "DECODE TOK/S", "PROMPT TOK/S", "LOAD S", "SAMPLES"]
         lines += ["", "learned:", table(headers, learned)]
     installed = [
         [m.name, gib(m.size_bytes), m.details.parameter_size, m.details.quantization_level]

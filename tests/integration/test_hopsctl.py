@@ -75,9 +75,24 @@ def test_hopsctl_reads_and_changes_the_fleet() -> None:
             return next((line.split() for line in lines if "llama3.2:latest" in line), None)
 
         learned = fleet.wait_until(learned_row, 3.0, "the reply learned from")
-        # MODEL, DECODE TOK/S, LOAD S, SAMPLES: Ollama's eval speed from the reply.
+        # MODEL, DECODE TOK/S, PROMPT TOK/S, LOAD S, SAMPLES: Ollama's eval speed from the
+        # reply; a two-word prompt says nothing of the prompt speed.
         expected = reply["eval_count"] / reply["eval_duration"] * 1e9
-        assert float(learned[1]) == pytest.approx(expected, rel=0.01) and learned[3] == "1"
+        assert float(learned[1]) == pytest.approx(expected, rel=0.01)
+        assert (learned[2], learned[4]) == ("-", "1")
+        document = " ".join(f"word{i}" for i in range(400))
+        answered = httpx.post(
+            running.edge.url + "/api/generate",
+            json={"model": "llama3.2", "prompt": document, "stream": False},
+            timeout=10,
+        )
+        reply = answered.json()
+        assert answered.headers["x-hops-node"] == host and reply["prompt_eval_count"] >= 64
+        learned = fleet.wait_until(
+            lambda: (row := learned_row()) and row[4] == "2" and row, 3.0, "the second reply"
+        )
+        expected = reply["prompt_eval_count"] / reply["prompt_eval_duration"] * 1e9
+        assert float(learned[2]) == pytest.approx(expected, rel=0.01)
         ok(plane, "unload", "laptop", "llama3.2")
 
         assert ok(plane, "cordon", "big").strip() == "big cordoned"

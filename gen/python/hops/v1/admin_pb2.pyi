@@ -150,6 +150,7 @@ class LearnedSpeed(_message.Message):
     DECODE_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
     LOAD_SECONDS_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Normalised model name."""
     decode_tokens_per_second: _builtins.float
@@ -158,6 +159,10 @@ class LearnedSpeed(_message.Message):
     """Load time in seconds, from loads that started at once; 0 until one did."""
     samples: _builtins.int
     """Replies learned from."""
+    prompt_tokens_per_second: _builtins.float
+    """Prompt evaluation speed, tokens per second, from replies whose prompt the host evaluated
+    whole (none found in its prompt cache); 0 until one showed it.
+    """
     def __init__(
         self,
         *,
@@ -165,10 +170,11 @@ class LearnedSpeed(_message.Message):
         decode_tokens_per_second: _builtins.float = ...,
         load_seconds: _builtins.float = ...,
         samples: _builtins.int = ...,
+        prompt_tokens_per_second: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_tokens_per_second", b"decode_tokens_per_second", "load_seconds", b"load_seconds", "model", b"model", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_tokens_per_second", b"decode_tokens_per_second", "load_seconds", b"load_seconds", "model", b"model", "prompt_tokens_per_second", b"prompt_tokens_per_second", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
