@@ -54,6 +54,8 @@ class Lease:
     # Its prompt's expected evaluation on its node (0 = not estimated): a request queued behind
     # it waits that long too.
     prompt_seconds: float = 0.0
+    # Whether prompt_seconds is at a prompt speed measured there, not the cautious prior.
+    prompt_measured: bool = False
 
 
 class LeaseTable:

@@ -58,6 +58,17 @@ PROMPT_RATE_STEP = 0.2
 # A reply whose prompt had fewer tokens says little of the prompt speed: the runner's fixed
 # cost per batch dominates it.
 MIN_PROMPT_SAMPLE = 64
+# A time the edge measured (a whole reply, or a stream's time to its first token) holds its
+# prompt's evaluation. Less the prompt at a speed measured on the host, the rest is learned
+# from while the prompt took at most PROMPT_SHARE_MEASURED of it; at the cautious prior speed,
+# the time is learned from as it is while the prompt took at most PROMPT_SHARE_PRIOR of it (so
+# it holds at most that share of prompt). Beyond, an error in the prompt's estimate would be
+# most of what is learned.
+PROMPT_SHARE_MEASURED = 0.75
+PROMPT_SHARE_PRIOR = 0.5
+# A whole reply whose prompt took at least this share of it, its decoding at the speed known
+# there set apart, teaches the prompt speed instead.
+PROMPT_SHARE_TELLS = 0.5
 # A request waits for a host at its cap (in admission) rather than go to a free one only when
 # that host is expected to serve it this much sooner, its wait included.
 WAIT_FOR_BETTER_S = 5.0
@@ -268,6 +279,7 @@ class Router:
                 or (chosen.reload and chosen.in_flight_model)  # it waits for those
             )
         lease.cached_prompt = chosen.affinity and chosen.loaded
+        lease.prompt_measured = chosen.prompt_tps > 0
         self._remember(request.session_key, first.node_id, asked_for, request.prompt_tokens)
         if request.session_key:
             self._into_slot(request.session_key, first.node_id, key, chosen.num_parallel)
@@ -856,6 +868,7 @@ class Router:
                 clean_load=lease.clean_load and first_try,
                 ready=lease.ready and first_try,
                 fresh_prompt=not (lease.cached_prompt and first_try),
+                prompt=(lease.prompt_seconds, lease.prompt_measured) if first_try else (0.0, False),
             )
             stats = report.stats
             # An edge-timed reply cannot tell a load from a slow prompt: it teaches no length.
@@ -969,6 +982,7 @@ class Router:
         clean_load: bool,
         ready: bool,
         fresh_prompt: bool = True,
+        prompt: tuple[float, bool] = (0.0, False),
     ) -> None:
         """Fold one reply's figures in. Its load_duration (for a reply timed by the edge, its
         time to the first token) teaches load speed only when ``clean_load``: a request that
@@ -976,7 +990,9 @@ class Router:
         already loading, reports the wait (or the rest of a load). ``ready``: it was sent to a
         loaded instance with a free slot (see _split_reply). Its prompt speed teaches only when
         ``fresh_prompt``: Ollama counts every prompt token, but times only those not found in
-        the prompt cache, which a request sent back to its session's host mostly finds."""
+        the prompt cache, which a request sent back to its session's host mostly finds.
+        ``prompt``: its prompt's evaluation there as estimated when picked, and whether at a
+        measured speed, which the edge's times hold (see _less_prompt)."""
         stats = report.stats
         if stats is None:
             return
@@ -985,7 +1001,13 @@ class Router:
         installed = node.installed_by_key.get(model) if node is not None else None
         size = installed.size_bytes if installed is not None else 0
         if stats.reply_ns:
-            stats = self._split_reply(stats, learned, node_id, size, clean_load, ready)
+            stats = self._split_reply(
+                stats, learned, node_id, size, clean_load, ready, fresh_prompt, prompt
+            )
+        elif stats.first_token_ns:
+            stats = self._split_first_token(
+                stats, learned, node_id, size, ready and fresh_prompt, prompt
+            )
         if stats.eval_count and stats.eval_duration_ns:
             tps = stats.eval_count / (stats.eval_duration_ns / 1e9)
             learned.decode_tps = _ewma(learned.decode_tps, tps)
@@ -1019,20 +1041,54 @@ class Router:
         size: int,
         clean_load: bool,
         ready: bool,
+        fresh_prompt: bool,
+        prompt: tuple[float, bool],
     ) -> GenerationStats:
         """A reply the edge timed whole (not streamed, no durations) as the part it can stand
         for. Sent to an instance ready with a free slot, its time is prompt evaluation and
-        decoding: taken as decoding (a little slow, by the prompt's share). From a load routed
-        to start at once, its time less the decoding at the speed known there is the load (and
-        the prompt, as for a stream's time to its first token). Otherwise (a queue, a wait for
-        other loads, a retry, no decode speed known yet) only its length."""
-        if ready:
-            return replace(stats, eval_duration_ns=stats.reply_ns)
+        decoding: when the prompt was evaluated whole (``fresh_prompt``), of a length its usage
+        tells, and took most of the time beside the decoding at the speed known there, the
+        prompt; else less the prompt (see _less_prompt), decoding. From a load routed to start
+        at once, its time less the decoding and less the prompt is the load. Otherwise (a
+        queue, a wait for other loads, a retry, no decode speed known yet, a prompt that took
+        too much of it to tell) only its length."""
         tps = self._decode_tps(learned, node_id, size)
-        if clean_load and tps > 0 and stats.eval_count:
-            decoding_ns = stats.eval_count / tps * 1e9
-            return replace(stats, first_token_ns=max(int(stats.reply_ns - decoding_ns), 0))
+        decoding_ns = int(stats.eval_count / tps * 1e9) if tps > 0 else 0
+        if ready:
+            prompt_ns = stats.reply_ns - decoding_ns
+            if (
+                decoding_ns
+                and fresh_prompt
+                and stats.prompt_eval_count >= MIN_PROMPT_SAMPLE
+                and prompt_ns >= stats.reply_ns * PROMPT_SHARE_TELLS
+            ):
+                return replace(stats, prompt_eval_duration_ns=prompt_ns)
+            return replace(stats, eval_duration_ns=_less_prompt(stats.reply_ns, *prompt))
+        if clean_load and decoding_ns:
+            first_token_ns = max(stats.reply_ns - decoding_ns, 0)
+            return replace(stats, first_token_ns=_less_prompt(first_token_ns, *prompt))
         return stats
+
+    def _split_first_token(
+        self,
+        stats: GenerationStats,
+        learned: Learned,
+        node_id: str,
+        size: int,
+        fresh: bool,
+        prompt: tuple[float, bool],
+    ) -> GenerationStats:
+        """A stream the edge timed (no durations): its time to the first token is its load, if
+        any, and its prompt (see _less_prompt). From an instance ready with a free slot, of a
+        prompt it evaluated whole (``fresh``) and whose length its usage tells, it is the
+        prompt and one token decoded: it teaches the prompt speed."""
+        if fresh and stats.prompt_eval_count >= MIN_PROMPT_SAMPLE:
+            tps = self._decode_tps(learned, node_id, size)
+            one_token_ns = int(1e9 / tps) if tps > 0 else 0
+            if stats.first_token_ns > 2 * one_token_ns:
+                prompt_ns = stats.first_token_ns - one_token_ns
+                return replace(stats, first_token_ns=0, prompt_eval_duration_ns=prompt_ns)
+        return replace(stats, first_token_ns=_less_prompt(stats.first_token_ns, *prompt))
 
     def _learn_auto_context(
         self, node: Node, key: str, found: tuple[int, ...], stats: GenerationStats
@@ -1227,6 +1283,19 @@ def _wholly_in_memory(node: Node, key: str) -> bool:
     if node.vram_total <= 0:
         return True
     return loaded is not None and loaded.size_vram_bytes >= loaded.size_bytes > 0
+
+
+def _less_prompt(span_ns: int, prompt_seconds: float, measured: bool) -> int:
+    """What an edge-timed span (a whole reply, or the time to a stream's first token) stands
+    for once its prompt's evaluation (``prompt_seconds``, estimated at pick) is set apart: at
+    a ``measured`` prompt speed the span less the prompt; at the prior speed, which is
+    cautious (slow), the span as it is. 0 (learn nothing from it) when the prompt took more of
+    the span than PROMPT_SHARE_MEASURED or PROMPT_SHARE_PRIOR allow."""
+    prompt_ns = int(prompt_seconds * 1e9)
+    share = PROMPT_SHARE_MEASURED if measured else PROMPT_SHARE_PRIOR
+    if prompt_ns > span_ns * share:
+        return 0
+    return span_ns - prompt_ns if measured else span_ns
 
 
 def _ewma(old: float, new: float) -> float:

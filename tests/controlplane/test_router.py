@@ -346,6 +346,74 @@ def test_a_reply_timed_whole_by_the_edge_teaches_what_its_route_lets_it() -> Non
         assert router.learned[("n", "a:latest")].load_seconds == load_s
 
 
+def test_an_edge_timed_reply_sets_its_prompts_evaluation_apart() -> None:
+    """A whole reply's time (and a stream's time to its first token) holds its prompt's
+    evaluation: a document-sized prompt took most of it, and taken as decoding (or as the load)
+    it made the host look several times slower than it is. Less the prompt at the prompt speed
+    measured there, the rest is learned; at the cautious prior speed, a reply whose prompt may
+    have taken much of it teaches only its length."""
+    whole = GenerationStats(eval_count=80, reply_ns=5 * 10**9)
+
+    def warm(prompt_tps: float, prompt_tokens: int) -> Learned:
+        fleet = builders.fleet()
+        builders.add_node(fleet, "n", models=["a:latest"], loaded=["a:latest"])
+        router = builders.router(fleet, "memory_aware")
+        router.learned[("n", "a:latest")] = Learned(prompt_tps=prompt_tps)
+        ready = router.pick(_req("a", prompt_tokens=prompt_tokens))
+        assert ready.ranked[0].reason == "warm"
+        router.report(Report(ready.lease_id, "n", Outcome.OK, http_status=200, stats=whole))
+        return router.learned[("n", "a:latest")]
+
+    # 3,000 tokens at 1,000/s measured: 3 s of the 5 were the prompt, 80 tokens in 2 s.
+    assert warm(1000.0, 3000).decode_tps == 40.0
+    assert warm(1000.0, 4000).decode_tps == 0.0  # 4 s of 5: what is left is too unsure
+    # Unmeasured: at the prior (10x the default 60 tokens/s), 3,000 tokens take 5 s: no telling.
+    unmeasured = warm(0.0, 3000)
+    assert unmeasured.decode_tps == 0.0
+    assert unmeasured.samples == 1  # its length still counts
+    assert warm(0.0, 100).decode_tps == 16.0  # 0.17 s of 5 at the prior: taken whole, as before
+
+    # A stream's time to its first token after a load started at once: the load and the prompt.
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["a:latest"])
+    router = builders.router(fleet, "memory_aware")
+    router.learned[("n", "a:latest")] = Learned(prompt_tps=1000.0)
+    cold = router.pick(_req("a", prompt_tokens=3000))
+    assert cold.ranked[0].reason == "cold-fit"
+    timed = GenerationStats(eval_count=80, eval_duration_ns=2 * 10**9, first_token_ns=5 * 10**9)
+    router.report(Report(cold.lease_id, "n", Outcome.OK, http_status=200, stats=timed))
+    learned = router.learned[("n", "a:latest")]
+    assert (learned.load_seconds, learned.decode_tps) == (2.0, 40.0)
+
+
+def test_an_edge_timed_reply_mostly_prompt_teaches_the_prompt_speed() -> None:
+    """OpenAI-compatible replies carry no prompt_eval_duration, so a fleet of such clients
+    never measured a prompt speed. A whole reply from a ready instance whose prompt (its length
+    from the usage object) took most of it beside its decoding at the known speed teaches it;
+    so does a stream's time to its first token, less one token decoded."""
+    for stats in (
+        GenerationStats(prompt_eval_count=3000, eval_count=80, reply_ns=5 * 10**9),
+        GenerationStats(
+            prompt_eval_count=3000,
+            eval_count=80,
+            eval_duration_ns=2 * 10**9,
+            first_token_ns=3 * 10**9 + 25_000_000,
+        ),
+    ):
+        fleet = builders.fleet()
+        builders.add_node(fleet, "n", models=["a:latest"], loaded=["a:latest"])
+        router = builders.router(fleet, "memory_aware")
+        router.learned[("n", "a:latest")] = Learned(decode_tps=40.0)
+        ready = router.pick(_req("a", prompt_tokens=3000))
+        assert ready.ranked[0].reason == "warm"
+        router.report(Report(ready.lease_id, "n", Outcome.OK, http_status=200, stats=stats))
+        learned = router.learned[("n", "a:latest")]
+        # 80 tokens at 40/s: 2 s of decoding (or 25 ms for the first token); the rest, 3 s,
+        # was the prompt. The decode speed is not taught by a reply that was mostly prompt.
+        assert learned.prompt_tps == pytest.approx(1000.0)
+        assert learned.decode_tps == 40.0
+
+
 def test_only_ollamas_own_durations_teach_the_automatic_context_length() -> None:
     """A reply with no durations of Ollama's (the edge's whole time, or a usage object alone)
     cannot tell a reply that loaded from one that found the model ready: it teaches no length."""
