@@ -1079,9 +1079,10 @@ class Router:
         prompt: tuple[float, bool],
     ) -> GenerationStats:
         """A stream the edge timed (no durations): its time to the first token is its load, if
-        any, and its prompt (see _less_prompt). From an instance ready with a free slot, of a
-        prompt it evaluated whole (``fresh``) and whose length its usage tells, it is the
-        prompt and one token decoded: it teaches the prompt speed."""
+        any, and its prompt (see _less_prompt). ``fresh``: it was sent to an instance ready
+        with a free slot that evaluated its prompt whole (none of it cached there); that time
+        is then the prompt and one token decoded, and teaches the prompt speed when its usage
+        tells the prompt's length."""
         if fresh and stats.prompt_eval_count >= MIN_PROMPT_SAMPLE:
             tps = self._decode_tps(learned, node_id, size)
             one_token_ns = int(1e9 / tps) if tps > 0 else 0
