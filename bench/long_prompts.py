@@ -13,7 +13,13 @@ share LONG_SHARE of them carrying a document of about LONG_TOKENS tokens, the re
 question; every reply is REPLY_TOKENS tokens. Reported per seed, for long and short requests
 apart: time to first token p50/p95 and how many ran on the CPU host.
 
-Usage: python bench/long_prompts.py [--seeds 7,8,9] [--json bench/results/long_prompts.json]
+With --api openai the same chats go to /v1/chat/completions unstreamed, as the OpenAI SDK and
+LangChain's ChatOpenAI send them by default: the replies carry no durations, so the control
+plane learns from the edge's time for each whole reply, and the time reported is the whole
+reply's. The edge's clock is real time, so this mode runs at time scale 1.
+
+Usage: python bench/long_prompts.py [--seeds 7,8,9] [--api ollama|openai]
+       [--json bench/results/long_prompts.json]
 """
 
 from __future__ import annotations
@@ -32,11 +38,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hops.v1 import admin_pb2
+
 from ollamasim import textgen
+from ollamasim.catalogue import CATALOGUE
+from ollamasim.profiles import PROFILES, decode_tokens_per_s
+from ollamasim.scheduler import SPAWN_SECONDS
 from tests.integration import fleet
 
 MODEL = "llama3.2"
-TIME_SCALE = 10.0
+TIME_SCALE = {"ollama": 10.0, "openai": 1.0}  # the edge times OpenAI replies in real time
 REQUESTS = 60
 RATE = 0.6  # per simulated second
 LONG_SHARE = 0.3
@@ -53,31 +64,46 @@ def _percentile(values: list[float], p: float) -> float:
 
 
 async def one(
-    client: httpx.AsyncClient, text: str, long: bool, begun: float, samples: list[dict[str, Any]]
+    client: httpx.AsyncClient,
+    text: str,
+    long: bool,
+    begun: float,
+    samples: list[dict[str, Any]],
+    api: str,
 ) -> None:
-    """One chat, streamed; ``begun``: when the run's first request went (for its place)."""
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": text}],
-        "stream": True,
-        "options": {"num_predict": REPLY_TOKENS},
-    }
+    """One chat: streamed on /api/chat, or unstreamed on /v1/chat/completions (its first token
+    is then its whole reply); ``begun``: when the run's first request went (for its place)."""
+    messages = [{"role": "user", "content": text}]
     started = time.monotonic()
     first = 0.0
-    async with client.stream("POST", "/api/chat", json=body) as answer:
+    if api == "openai":
+        body = {"model": MODEL, "messages": messages, "max_tokens": REPLY_TOKENS}
+        answer = await client.post("/v1/chat/completions", json=body)
         answer.raise_for_status()
+        first = time.monotonic() - started
         node, route = answer.headers["x-hops-node"], answer.headers["x-hops-route"]
-        async for line in answer.aiter_lines():
-            if not first and line and json.loads(line).get("message", {}).get("content"):
-                first = time.monotonic() - started
-    at = (started - begun) * TIME_SCALE
+    else:
+        body = {
+            "model": MODEL,
+            "messages": messages,
+            "stream": True,
+            "options": {"num_predict": REPLY_TOKENS},
+        }
+        async with client.stream("POST", "/api/chat", json=body) as answer:
+            answer.raise_for_status()
+            node, route = answer.headers["x-hops-node"], answer.headers["x-hops-route"]
+            async for line in answer.aiter_lines():
+                if not first and line and json.loads(line).get("message", {}).get("content"):
+                    first = time.monotonic() - started
+    scale = TIME_SCALE[api]
+    at = (started - begun) * scale
     samples.append(
         {
             "long": long,
             "node": node,
             "route": route,
             "at": round(at, 2),
-            "ttft_s": first * TIME_SCALE,
+            "ttft_s": first * scale,
         }
     )
 
@@ -92,8 +118,9 @@ async def drive(url: str, seed: int, args: argparse.Namespace) -> list[dict[str,
             long = rng.random() < args.long_share
             words = args.long_tokens * 4 // 6 if long else 20  # about six characters a word
             text = f"request {i}: " + "".join(textgen.words(rng, words))
-            tasks.append(asyncio.create_task(one(client, text, long, begun, samples)))
-            await asyncio.sleep(rng.expovariate(args.rate) / TIME_SCALE)
+            task = one(client, text, long, begun, samples, args.api)
+            tasks.append(asyncio.create_task(task))
+            await asyncio.sleep(rng.expovariate(args.rate) / TIME_SCALE[args.api])
         await asyncio.gather(*tasks)
     return samples
 
@@ -107,8 +134,35 @@ def _kind(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _speeds(running: fleet.Fleet) -> dict[str, dict[str, Any]]:
+    """What the control plane learned of each host, and what the simulated host really does."""
+    size = CATALOGUE[MODEL + ":latest"].size_bytes
+    nodes = fleet.admin(running.plane.url).ListNodes(admin_pb2.ListNodesRequest()).nodes
+    out = {}
+    for node in nodes:
+        profile = PROFILES[HOSTS[node.node_id]]
+        decode = decode_tokens_per_s(profile, size, 1.0)
+        learned = next((s for s in node.learned if s.model == MODEL + ":latest"), None)
+        out[node.node_id] = {
+            "true": {
+                "decode_tps": round(decode, 1),
+                "prompt_tps": round(decode * profile.prompt_speedup, 1),
+                "load_s": round(SPAWN_SECONDS + size / profile.load_speed_bytes_per_s, 2),
+            },
+            "learned": {
+                "decode_tps": round(learned.decode_tokens_per_second, 1),
+                "prompt_tps": round(learned.prompt_tokens_per_second, 1),
+                "load_s": round(learned.load_seconds, 2),
+                "samples": learned.samples,
+            }
+            if learned is not None
+            else None,
+        }
+    return out
+
+
 def run_one(seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    sim = ["--time-scale", str(TIME_SCALE), "--num-parallel", "1"]
+    sim = ["--time-scale", str(TIME_SCALE[args.api]), "--num-parallel", "1"]
     hosts = {node: ["--profile", profile, *sim] for node, profile in HOSTS.items()}
     with fleet.whole_fleet(
         hosts,
@@ -116,8 +170,10 @@ def run_one(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         edge_args=["--log-level", "warning"],
     ) as running:
         samples = asyncio.run(drive(running.edge.url, seed, args))
+        speeds = _speeds(running)
     return {
         "seed": seed,
+        "speeds": speeds,
         "long": _kind([s for s in samples if s["long"]]),
         "short": _kind([s for s in samples if not s["long"]]),
         "all": _kind(samples),
@@ -134,6 +190,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=RATE, help="per simulated second")
     parser.add_argument("--long-share", type=float, default=LONG_SHARE)
     parser.add_argument("--long-tokens", type=int, default=LONG_TOKENS)
+    parser.add_argument(
+        "--api",
+        choices=("ollama", "openai"),
+        default="ollama",
+        help="streamed /api/chat, or unstreamed /v1/chat/completions timed by the edge",
+    )
     parser.add_argument("--json", default="bench/results/long_prompts.json")
     args = parser.parse_args()
     runs = []
@@ -155,7 +217,8 @@ def main() -> None:
         "long_share": args.long_share,
         "long_tokens": args.long_tokens,
         "reply_tokens": REPLY_TOKENS,
-        "time_scale": TIME_SCALE,
+        "api": args.api,
+        "time_scale": TIME_SCALE[args.api],
         "median": median,
         "runs": runs,
     }
