@@ -193,6 +193,39 @@ def test_openai_replies_not_streamed_teach_decode_speed_then_load_time() -> None
         assert 0.3 <= third.load_seconds < 5.0
 
 
+def test_an_openai_reply_after_a_long_prompt_teaches_the_prompt_speed_not_decoding() -> None:
+    """A non-streamed OpenAI reply to a document-sized prompt: most of its whole time was the
+    prompt. It teaches the host's prompt speed (never measured from OpenAI clients before),
+    and leaves the decode speed as the short replies taught it."""
+    # Time scale 5: the 14b decodes 333 tokens/s and evaluates a prompt at 25x that, 8,333/s;
+    # 8,000 tokens take about 1 s, a short reply about 0.1 s.
+    with fleet.whole_fleet({"big": ["--time-scale", "5"]}) as running:
+        admin = fleet.admin(running.plane.url)
+
+        def learned(samples: int) -> admin_pb2.LearnedSpeed | None:
+            node = admin.GetNode(admin_pb2.GetNodeRequest(node_id="big")).node
+            found = [s for s in node.learned if s.model == "qwen2.5:14b"]
+            return found[0] if found and found[0].samples == samples else None
+
+        oai = openai.OpenAI(base_url=running.edge.url + "/v1", api_key="unused", max_retries=0)
+
+        def ask(text: str) -> None:
+            reply = oai.chat.completions.create(
+                model="qwen2.5:14b", messages=[{"role": "user", "content": text}]
+            )
+            assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+        ask("how fast?")  # loads the model
+        wait_until(lambda: learned(1), 3.0, "the first reply learned from")
+        ask("and now?")  # ready: its whole time is (nearly all) decoding
+        warm = wait_until(lambda: learned(2), 3.0, "the warm reply learned from")
+        assert warm.decode_tokens_per_second > 0 and warm.prompt_tokens_per_second == 0.0
+        ask(" ".join(f"page{i:05d}" for i in range(3200)))  # 32,000 characters
+        document = wait_until(lambda: learned(3), 3.0, "the document's reply learned from")
+        assert document.decode_tokens_per_second == warm.decode_tokens_per_second
+        assert 8333 / 2 < document.prompt_tokens_per_second < 8333 * 2
+
+
 def test_fleet_wide_reads(shared: Fleet) -> None:
     base = shared.edge.url
     root = httpx.get(base + "/")
