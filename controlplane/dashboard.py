@@ -13,6 +13,7 @@ from google.protobuf.json_format import MessageToDict
 from controlplane import convert
 from controlplane.fleet import model_key
 from controlplane.router import Router
+from hopscommon.fleet import LoadedModel
 
 PAGE = resources.files("controlplane").joinpath("dashboard.html")
 
@@ -33,15 +34,7 @@ def state(router: Router) -> dict[str, Any]:
             always_print_fields_with_no_presence=True,
         )
         in_flight = fleet.leases.by_model(n.node_id)
-        view["loadedView"] = [
-            {
-                "name": m.name,
-                "sizeVramBytes": m.size_vram_bytes,
-                "inFlight": in_flight.get(model_key(m.name), 0),
-                "decodeTps": _tps(router, n.node_id, m.name),
-            }
-            for m in n.snapshot.loaded
-        ]
+        view["loadedView"] = [_loaded(router, n.node_id, m, in_flight) for m in n.snapshot.loaded]
         nodes.append(view)
     return {
         "generatedAt": time.time(),
@@ -62,6 +55,21 @@ def state(router: Router) -> dict[str, Any]:
     }
 
 
-def _tps(router: Router, node_id: str, name: str) -> float | None:
-    learned = router.learned.get((node_id, model_key(name)))
-    return round(learned.decode_tps, 1) if learned and learned.decode_tps else None
+def _loaded(
+    router: Router, node_id: str, model: LoadedModel, in_flight: dict[str, int]
+) -> dict[str, Any]:
+    """One loaded model's row: its memory, requests in flight, and the decode and prompt
+    speeds learned for it there (None while not measured)."""
+    key = model_key(model.name)
+    learned = router.learned.get((node_id, key))
+    return {
+        "name": model.name,
+        "sizeVramBytes": model.size_vram_bytes,
+        "inFlight": in_flight.get(key, 0),
+        "decodeTps": _tps(learned.decode_tps) if learned else None,
+        "promptTps": _tps(learned.prompt_tps) if learned else None,
+    }
+
+
+def _tps(tps: float) -> float | None:
+    return round(tps, 1) if tps else None

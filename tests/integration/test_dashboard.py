@@ -48,6 +48,17 @@ def test_dashboard_shows_the_fleet_live() -> None:
             selector=f'[data-node="{served_by}"] tr.loaded td:nth-child(4)',
             pattern=r"^\d+(\.\d)?$",
         )
+        prompt_speed = f'[data-node="{served_by}"] tr.loaded td:nth-child(5)'
+        assert page.do(op="texts", selector=prompt_speed)["texts"] == ["-"]  # "hi": too short
+        # A prompt long enough to time shows the prompt speed learned there.
+        reply = httpx.post(
+            running.edge.url + "/api/generate",
+            json={"model": "llama3.2", "prompt": "word " * 400, "stream": False},
+            headers={"X-Hops-Node": served_by},
+            timeout=60,
+        )
+        assert reply.status_code == 200
+        page.do(op="wait", selector=prompt_speed, pattern=r"^\d+(\.\d)?$")
         ARTIFACTS.mkdir(exist_ok=True)
         page.do(op="screenshot", path=str(ARTIFACTS / "dashboard.png"))
 
