@@ -68,6 +68,9 @@ class Metrics:
     total_ns: int = 0
     load_ns: int = 0
     prompt_eval_count: int = 0
+    # Of prompt_eval_count, the tokens found in the prompt cache (prompt_eval_ns times the rest);
+    # None where Ollama reports no such count (embeddings).
+    prompt_cached_count: int | None = None
     prompt_eval_ns: int = 0
     eval_count: int = 0
     eval_ns: int = 0
@@ -77,15 +80,21 @@ class Metrics:
         self.total_ns = int((time.monotonic() - self.started) * 1e9)
 
     def ollama_fields(self) -> dict[str, Any]:
-        fields = {
+        fields: dict[str, Any] = {
             "total_duration": int(self.total_ns * self.scale),
             "load_duration": int(self.load_ns * self.scale),
             "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_cached_count": self.prompt_cached_count,
             "prompt_eval_duration": int(self.prompt_eval_ns * self.scale),
             "eval_count": self.eval_count,
             "eval_duration": int(self.eval_ns * self.scale),
         }
-        return {k: v for k, v in fields.items() if v}  # Go's omitempty drops zeros
+        # Go's omitempty drops zeros, and nil pointers (the cached count is one: 0 when set)
+        return {
+            k: v
+            for k, v in fields.items()
+            if v or (k == "prompt_eval_cached_count" and v is not None)
+        }
 
 
 Piece = tuple[str, Any]  # ("thinking", str) | ("content", str) | ("tool_calls", list)
@@ -221,6 +230,7 @@ class Host:
         prompt_start = time.monotonic()
         await self.scheduler.sleep(uncached / (tps * self.profile.prompt_speedup) * slowdown)
         metrics.prompt_eval_count = prompt_tokens
+        metrics.prompt_cached_count = prompt_tokens - uncached
         metrics.prompt_eval_ns = int((time.monotonic() - prompt_start) * 1e9)
         pieces, metrics.done_reason = self._plan(req)
         eval_start = time.monotonic()

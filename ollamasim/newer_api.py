@@ -164,6 +164,10 @@ class _ResponseItems:
                 "output_tokens": metrics.eval_count,
                 "total_tokens": metrics.prompt_eval_count + metrics.eval_count,
             }
+            if metrics.prompt_cached_count is not None:
+                out["usage"]["input_tokens_details"] = {
+                    "cached_tokens": metrics.prompt_cached_count
+                }
             if metrics.done_reason == "length":
                 out["status"] = "incomplete"
                 out["incomplete_details"] = {"reason": "max_output_tokens"}

@@ -38,12 +38,15 @@ def _event(obj: Any) -> bytes:
     return f"data: {dumps(obj)}\n\n".encode()
 
 
-def _usage(metrics: Metrics) -> dict[str, int]:
-    return {
+def _usage(metrics: Metrics) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": metrics.prompt_eval_count,
         "completion_tokens": metrics.eval_count,
         "total_tokens": metrics.prompt_eval_count + metrics.eval_count,
     }
+    if metrics.prompt_cached_count is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": metrics.prompt_cached_count}
+    return usage
 
 
 def _openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

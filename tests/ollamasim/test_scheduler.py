@@ -243,6 +243,36 @@ async def test_prompt_cache_makes_follow_up_turn_cheaper(start_sim: SimFactory) 
         )
     assert follow["prompt_eval_count"] > first["prompt_eval_count"]
     assert follow["prompt_eval_duration"] * 5 < first["prompt_eval_duration"]
+    # As newer Ollama says: how many of the prompt's tokens the cache held (0 is said too).
+    assert first["prompt_eval_cached_count"] == 0
+    fresh = follow["prompt_eval_count"] - follow["prompt_eval_cached_count"]
+    assert 1 <= fresh <= 3  # "and more"
+
+
+async def test_openai_usage_tells_the_cached_part_of_the_prompt(start_sim: SimFactory) -> None:
+    """The OpenAI routes carry the cached count in usage, as Ollama maps it: chat completions
+    in prompt_tokens_details, Responses in input_tokens_details; embeddings have none."""
+    sim = await start_sim(time_scale=5.0)
+    history = "word " * 800
+    chat = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": history}],
+        "max_tokens": 1,
+        "stream": False,
+    }
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        first = await client.post("/v1/chat/completions", json=chat)
+        again = await client.post(
+            "/v1/responses",
+            json={"model": "llama3.2", "input": history + "and more", "max_output_tokens": 1},
+        )
+        embed = await client.post("/api/embed", json={"model": "llama3.2", "input": history})
+    usage = first.json()["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
+    usage = again.json()["usage"]
+    cached = usage["input_tokens_details"]["cached_tokens"]
+    assert 0 < cached < usage["input_tokens"]
+    assert "prompt_eval_cached_count" not in embed.json()
 
 
 async def test_an_embedding_model_gets_one_slot_whatever_num_parallel_says(
