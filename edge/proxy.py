@@ -555,6 +555,7 @@ def _final_stats(
             prompt_eval_duration_ns=int(final.get("prompt_eval_duration") or 0),
             eval_count=int(final.get("eval_count") or 0),
             eval_duration_ns=int(final.get("eval_duration") or 0),
+            prompt_eval_cached_count=_count(final.get("prompt_eval_cached_count")),
         )
     stats = _usage_stats(tail)
     if not streamed:
@@ -662,7 +663,8 @@ USAGE = re.compile(rb'"usage"\s*:\s*')
 
 def _usage_stats(tail: bytes) -> router_pb2.GenerationStats | None:
     """The token counts of the last ``usage`` object in ``tail``: OpenAI's prompt_tokens and
-    completion_tokens, or input_tokens and output_tokens (Responses, Anthropic)."""
+    completion_tokens, or input_tokens and output_tokens (Responses, Anthropic), and the cached
+    part of the prompt where it is told (prompt_tokens_details / input_tokens_details)."""
     starts = [m.end() for m in USAGE.finditer(tail)]
     if not starts:
         return None
@@ -677,7 +679,18 @@ def _usage_stats(tail: bytes) -> router_pb2.GenerationStats | None:
     if not isinstance(output, int) or isinstance(output, bool) or output <= 0:
         return None
     prompt = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else 0
-    return router_pb2.GenerationStats(prompt_eval_count=max(prompt, 0), eval_count=output)
+    details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return router_pb2.GenerationStats(
+        prompt_eval_count=max(prompt, 0), eval_count=output, prompt_eval_cached_count=_count(cached)
+    )
+
+
+def _count(value: object) -> int | None:
+    """A token count as a reply gave it: a non-negative integer, else None (not told)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
 
 
 async def _no_receive() -> dict[str, object]:

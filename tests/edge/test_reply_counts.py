@@ -70,6 +70,61 @@ def test_no_counts_without_a_whole_usage(tail: bytes) -> None:
     assert _final_stats(tail) is None
 
 
+@pytest.mark.parametrize(
+    ("tail", "cached"),
+    [
+        (b'{"done":true,"prompt_eval_count":40,"prompt_eval_cached_count":32,"eval_count":3}', 32),
+        (b'{"done":true,"prompt_eval_count":40,"prompt_eval_cached_count":0,"eval_count":3}', 0),
+        (b'{"done":true,"prompt_eval_count":40,"eval_count":3}', None),  # older Ollama
+        (
+            b'{"done":true,"prompt_eval_count":40,"prompt_eval_cached_count":-1,"eval_count":3}',
+            None,
+        ),
+        (
+            b'{"done":true,"prompt_eval_count":40,"prompt_eval_cached_count":"9","eval_count":3}',
+            None,
+        ),
+        (  # OpenAI chat completions
+            json.dumps(
+                {
+                    "usage": {
+                        "prompt_tokens": 40,
+                        "completion_tokens": 3,
+                        "prompt_tokens_details": {"cached_tokens": 30},
+                    }
+                }
+            ).encode(),
+            30,
+        ),
+        (  # Responses
+            b"event: response.completed\n"
+            + _sse(
+                {
+                    "response": {
+                        "usage": {
+                            "input_tokens": 40,
+                            "output_tokens": 3,
+                            "input_tokens_details": {"cached_tokens": 12},
+                        }
+                    }
+                }
+            ),
+            12,
+        ),
+        (json.dumps({"usage": {"prompt_tokens": 40, "completion_tokens": 3}}).encode(), None),
+    ],
+)
+def test_the_cached_part_of_the_prompt_when_the_reply_tells_it(
+    tail: bytes, cached: int | None
+) -> None:
+    """Newer Ollama says how many prompt tokens its cache held (its prompt_eval_duration times
+    only the others); a reply that does not say, or says it wrongly, leaves it unset."""
+    stats = _final_stats(tail, streamed=False)
+    assert stats is not None and stats.prompt_eval_count == 40
+    told = stats.prompt_eval_cached_count if stats.HasField("prompt_eval_cached_count") else None
+    assert told == cached
+
+
 def test_a_stream_without_durations_is_timed_by_the_edge() -> None:
     """An OpenAI-compatible stream (no durations, no usage unless asked): its events counted,
     and the edge's own times to the first token and from there to the last."""

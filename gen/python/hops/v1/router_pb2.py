@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hops.v1 import fleet_pb2 as hops_dot_v1_dot_fleet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hops/v1/router.proto\x12\x07hops.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13hops/v1/fleet.proto\"\xba\x03\n\x0bPickRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x03\x61pi\x18\x03 \x01(\x0e\x32\x10.hops.v1.ApiKind\x12\x13\n\x0bsession_key\x18\x04 \x01(\t\x12\x18\n\x10\x65xclude_node_ids\x18\x05 \x03(\t\x12?\n\x0elabel_selector\x18\x06 \x03(\x0b\x32\'.hops.v1.PickRequest.LabelSelectorEntry\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x15\n\rprompt_tokens\x18\x08 \x01(\r\x12\x16\n\x0emax_candidates\x18\t \x01(\r\x12\x0f\n\x07num_ctx\x18\n \x01(\r\x12?\n\x0erunner_options\x18\x0b \x03(\x0b\x32\'.hops.v1.PickRequest.RunnerOptionsEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12RunnerOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"_\n\tCandidate\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nollama_url\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0e\n\x06loaded\x18\x05 \x01(\x08\"\xbe\x01\n\x0cPickResponse\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.hops.v1.PickStatus\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12&\n\ncandidates\x18\x03 \x03(\x0b\x32\x12.hops.v1.Candidate\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\x0bretry_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb5\x02\n\rReportRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12!\n\x07outcome\x18\x03 \x01(\x0e\x32\x10.hops.v1.Outcome\x12\x13\n\x0bhttp_status\x18\x04 \x01(\r\x12\x35\n\x12time_to_first_byte\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rretry_node_id\x18\x07 \x01(\t\x12\'\n\x05stats\x18\x08 \x01(\x0b\x32\x18.hops.v1.GenerationStats\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x16\n\x0erequest_digest\x18\n \x01(\t\"\xda\x01\n\x0fGenerationStats\x12\x19\n\x11total_duration_ns\x18\x01 \x01(\x04\x12\x18\n\x10load_duration_ns\x18\x02 \x01(\x04\x12\x19\n\x11prompt_eval_count\x18\x03 \x01(\x04\x12\x1f\n\x17prompt_eval_duration_ns\x18\x04 \x01(\x04\x12\x12\n\neval_count\x18\x05 \x01(\x04\x12\x18\n\x10\x65val_duration_ns\x18\x06 \x01(\x04\x12\x16\n\x0e\x66irst_token_ns\x18\x07 \x01(\x04\x12\x10\n\x08reply_ns\x18\x08 \x01(\x04\"%\n\x0eReportResponse\x12\x13\n\x0blease_found\x18\x01 \x01(\x08\"\x15\n\x13GetInventoryRequest\"=\n\x14GetInventoryResponse\x12%\n\tinventory\x18\x01 \x01(\x0b\x32\x12.hops.v1.Inventory\"u\n\tInventory\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x0cgenerated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05nodes\x18\x03 \x03(\x0b\x32\x16.hops.v1.InventoryNode\"\x92\x03\n\rInventoryNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nollama_url\x18\x02 \x01(\t\x12\x10\n\x08routable\x18\x03 \x01(\x08\x12\x16\n\x0eollama_version\x18\x04 \x01(\t\x12*\n\tinstalled\x18\x05 \x03(\x0b\x32\x17.hops.v1.InstalledModel\x12$\n\x06loaded\x18\x06 \x03(\x0b\x32\x14.hops.v1.LoadedModel\x12\x45\n\x10upstream_headers\x18\x07 \x03(\x0b\x32+.hops.v1.InventoryNode.UpstreamHeadersEntry\x12\x32\n\x06labels\x18\x08 \x03(\x0b\x32\".hops.v1.InventoryNode.LabelsEntry\x1a\x36\n\x14UpstreamHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x12\x45\x64geSessionRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\"P\n\x13\x45\x64geSessionResponse\x12%\n\tinventory\x18\x01 \x01(\x0b\x32\x12.hops.v1.Inventory\x12\x12\n\nroute_port\x18\x02 \x01(\r\",\n\nRouteHello\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\x1d\n\x0cRouteWelcome\x12\r\n\x05\x65rror\x18\x01 \x01(\t\"C\n\x0cRouteRequest\x12!\n\x05\x63\x61lls\x18\x04 \x03(\x0b\x32\x12.hops.v1.RouteCallJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"\xa3\x01\n\tRouteCall\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12$\n\x04pick\x18\x02 \x01(\x0b\x32\x14.hops.v1.PickRequestH\x00\x12(\n\x06report\x18\x03 \x01(\x0b\x32\x16.hops.v1.ReportRequestH\x00\x12*\n\x07\x61\x62\x61ndon\x18\x04 \x01(\x0b\x32\x17.hops.v1.AbandonRequestH\x00\x42\x06\n\x04kind\"!\n\x0e\x41\x62\x61ndonRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\"H\n\rRouteResponse\x12%\n\x07\x61nswers\x18\x04 \x03(\x0b\x32\x14.hops.v1.RouteAnswerJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"W\n\x0bRouteAnswer\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12#\n\x04pick\x18\x02 \x01(\x0b\x32\x15.hops.v1.PickResponse\x12\x0f\n\x07invalid\x18\x03 \x01(\t*\x8f\x02\n\x07\x41piKind\x12\x18\n\x14\x41PI_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41PI_KIND_GENERATE\x10\x01\x12\x11\n\rAPI_KIND_CHAT\x10\x02\x12\x12\n\x0e\x41PI_KIND_EMBED\x10\x03\x12\x17\n\x13\x41PI_KIND_EMBEDDINGS\x10\x04\x12\x11\n\rAPI_KIND_SHOW\x10\x05\x12\x18\n\x14\x41PI_KIND_OPENAI_CHAT\x10\x06\x12\x1f\n\x1b\x41PI_KIND_OPENAI_COMPLETIONS\x10\x07\x12\x1e\n\x1a\x41PI_KIND_OPENAI_EMBEDDINGS\x10\x08\x12\x11\n\rAPI_KIND_PULL\x10\t\x12\x12\n\x0e\x41PI_KIND_OTHER\x10\n*\xba\x01\n\nPickStatus\x12\x1b\n\x17PICK_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0ePICK_STATUS_OK\x10\x01\x12\x1f\n\x1bPICK_STATUS_MODEL_NOT_FOUND\x10\x02\x12\x1f\n\x1bPICK_STATUS_NO_HEALTHY_NODE\x10\x03\x12\x19\n\x15PICK_STATUS_SATURATED\x10\x04\x12\x1e\n\x1aPICK_STATUS_NODE_NOT_FOUND\x10\x05*\xe3\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x18\n\x14OUTCOME_CLIENT_ERROR\x10\x02\x12\x1a\n\x16OUTCOME_UPSTREAM_ERROR\x10\x03\x12\x19\n\x15OUTCOME_CONNECT_ERROR\x10\x04\x12\x10\n\x0cOUTCOME_BUSY\x10\x05\x12\x13\n\x0fOUTCOME_TIMEOUT\x10\x06\x12\x1c\n\x18OUTCOME_CLIENT_CANCELLED\x10\x07\x12\x19\n\x15OUTCOME_REQUEST_ERROR\x10\x08\x32\xd4\x02\n\rRouterService\x12\x33\n\x04Pick\x12\x14.hops.v1.PickRequest\x1a\x15.hops.v1.PickResponse\x12\x39\n\x06Report\x12\x16.hops.v1.ReportRequest\x1a\x17.hops.v1.ReportResponse\x12K\n\x0cGetInventory\x12\x1c.hops.v1.GetInventoryRequest\x1a\x1d.hops.v1.GetInventoryResponse\x12J\n\x0b\x45\x64geSession\x12\x1b.hops.v1.EdgeSessionRequest\x1a\x1c.hops.v1.EdgeSessionResponse0\x01\x12:\n\x05Route\x12\x15.hops.v1.RouteRequest\x1a\x16.hops.v1.RouteResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hops/v1/router.proto\x12\x07hops.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13hops/v1/fleet.proto\"\xba\x03\n\x0bPickRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x03\x61pi\x18\x03 \x01(\x0e\x32\x10.hops.v1.ApiKind\x12\x13\n\x0bsession_key\x18\x04 \x01(\t\x12\x18\n\x10\x65xclude_node_ids\x18\x05 \x03(\t\x12?\n\x0elabel_selector\x18\x06 \x03(\x0b\x32\'.hops.v1.PickRequest.LabelSelectorEntry\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x15\n\rprompt_tokens\x18\x08 \x01(\r\x12\x16\n\x0emax_candidates\x18\t \x01(\r\x12\x0f\n\x07num_ctx\x18\n \x01(\r\x12?\n\x0erunner_options\x18\x0b \x03(\x0b\x32\'.hops.v1.PickRequest.RunnerOptionsEntry\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12RunnerOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"_\n\tCandidate\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nollama_url\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0e\n\x06loaded\x18\x05 \x01(\x08\"\xbe\x01\n\x0cPickResponse\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.hops.v1.PickStatus\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12&\n\ncandidates\x18\x03 \x03(\x0b\x32\x12.hops.v1.Candidate\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\x0bretry_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb5\x02\n\rReportRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12!\n\x07outcome\x18\x03 \x01(\x0e\x32\x10.hops.v1.Outcome\x12\x13\n\x0bhttp_status\x18\x04 \x01(\r\x12\x35\n\x12time_to_first_byte\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rretry_node_id\x18\x07 \x01(\t\x12\'\n\x05stats\x18\x08 \x01(\x0b\x32\x18.hops.v1.GenerationStats\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x16\n\x0erequest_digest\x18\n \x01(\t\"\x9e\x02\n\x0fGenerationStats\x12\x19\n\x11total_duration_ns\x18\x01 \x01(\x04\x12\x18\n\x10load_duration_ns\x18\x02 \x01(\x04\x12\x19\n\x11prompt_eval_count\x18\x03 \x01(\x04\x12\x1f\n\x17prompt_eval_duration_ns\x18\x04 \x01(\x04\x12\x12\n\neval_count\x18\x05 \x01(\x04\x12\x18\n\x10\x65val_duration_ns\x18\x06 \x01(\x04\x12\x16\n\x0e\x66irst_token_ns\x18\x07 \x01(\x04\x12\x10\n\x08reply_ns\x18\x08 \x01(\x04\x12%\n\x18prompt_eval_cached_count\x18\t \x01(\x04H\x00\x88\x01\x01\x42\x1b\n\x19_prompt_eval_cached_count\"%\n\x0eReportResponse\x12\x13\n\x0blease_found\x18\x01 \x01(\x08\"\x15\n\x13GetInventoryRequest\"=\n\x14GetInventoryResponse\x12%\n\tinventory\x18\x01 \x01(\x0b\x32\x12.hops.v1.Inventory\"u\n\tInventory\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x0cgenerated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05nodes\x18\x03 \x03(\x0b\x32\x16.hops.v1.InventoryNode\"\x92\x03\n\rInventoryNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nollama_url\x18\x02 \x01(\t\x12\x10\n\x08routable\x18\x03 \x01(\x08\x12\x16\n\x0eollama_version\x18\x04 \x01(\t\x12*\n\tinstalled\x18\x05 \x03(\x0b\x32\x17.hops.v1.InstalledModel\x12$\n\x06loaded\x18\x06 \x03(\x0b\x32\x14.hops.v1.LoadedModel\x12\x45\n\x10upstream_headers\x18\x07 \x03(\x0b\x32+.hops.v1.InventoryNode.UpstreamHeadersEntry\x12\x32\n\x06labels\x18\x08 \x03(\x0b\x32\".hops.v1.InventoryNode.LabelsEntry\x1a\x36\n\x14UpstreamHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x12\x45\x64geSessionRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\"P\n\x13\x45\x64geSessionResponse\x12%\n\tinventory\x18\x01 \x01(\x0b\x32\x12.hops.v1.Inventory\x12\x12\n\nroute_port\x18\x02 \x01(\r\",\n\nRouteHello\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\x1d\n\x0cRouteWelcome\x12\r\n\x05\x65rror\x18\x01 \x01(\t\"C\n\x0cRouteRequest\x12!\n\x05\x63\x61lls\x18\x04 \x03(\x0b\x32\x12.hops.v1.RouteCallJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"\xa3\x01\n\tRouteCall\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12$\n\x04pick\x18\x02 \x01(\x0b\x32\x14.hops.v1.PickRequestH\x00\x12(\n\x06report\x18\x03 \x01(\x0b\x32\x16.hops.v1.ReportRequestH\x00\x12*\n\x07\x61\x62\x61ndon\x18\x04 \x01(\x0b\x32\x17.hops.v1.AbandonRequestH\x00\x42\x06\n\x04kind\"!\n\x0e\x41\x62\x61ndonRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\"H\n\rRouteResponse\x12%\n\x07\x61nswers\x18\x04 \x03(\x0b\x32\x14.hops.v1.RouteAnswerJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"W\n\x0bRouteAnswer\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12#\n\x04pick\x18\x02 \x01(\x0b\x32\x15.hops.v1.PickResponse\x12\x0f\n\x07invalid\x18\x03 \x01(\t*\x8f\x02\n\x07\x41piKind\x12\x18\n\x14\x41PI_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41PI_KIND_GENERATE\x10\x01\x12\x11\n\rAPI_KIND_CHAT\x10\x02\x12\x12\n\x0e\x41PI_KIND_EMBED\x10\x03\x12\x17\n\x13\x41PI_KIND_EMBEDDINGS\x10\x04\x12\x11\n\rAPI_KIND_SHOW\x10\x05\x12\x18\n\x14\x41PI_KIND_OPENAI_CHAT\x10\x06\x12\x1f\n\x1b\x41PI_KIND_OPENAI_COMPLETIONS\x10\x07\x12\x1e\n\x1a\x41PI_KIND_OPENAI_EMBEDDINGS\x10\x08\x12\x11\n\rAPI_KIND_PULL\x10\t\x12\x12\n\x0e\x41PI_KIND_OTHER\x10\n*\xba\x01\n\nPickStatus\x12\x1b\n\x17PICK_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0ePICK_STATUS_OK\x10\x01\x12\x1f\n\x1bPICK_STATUS_MODEL_NOT_FOUND\x10\x02\x12\x1f\n\x1bPICK_STATUS_NO_HEALTHY_NODE\x10\x03\x12\x19\n\x15PICK_STATUS_SATURATED\x10\x04\x12\x1e\n\x1aPICK_STATUS_NODE_NOT_FOUND\x10\x05*\xe3\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x18\n\x14OUTCOME_CLIENT_ERROR\x10\x02\x12\x1a\n\x16OUTCOME_UPSTREAM_ERROR\x10\x03\x12\x19\n\x15OUTCOME_CONNECT_ERROR\x10\x04\x12\x10\n\x0cOUTCOME_BUSY\x10\x05\x12\x13\n\x0fOUTCOME_TIMEOUT\x10\x06\x12\x1c\n\x18OUTCOME_CLIENT_CANCELLED\x10\x07\x12\x19\n\x15OUTCOME_REQUEST_ERROR\x10\x08\x32\xd4\x02\n\rRouterService\x12\x33\n\x04Pick\x12\x14.hops.v1.PickRequest\x1a\x15.hops.v1.PickResponse\x12\x39\n\x06Report\x12\x16.hops.v1.ReportRequest\x1a\x17.hops.v1.ReportResponse\x12K\n\x0cGetInventory\x12\x1c.hops.v1.GetInventoryRequest\x1a\x1d.hops.v1.GetInventoryResponse\x12J\n\x0b\x45\x64geSession\x12\x1b.hops.v1.EdgeSessionRequest\x1a\x1c.hops.v1.EdgeSessionResponse0\x01\x12:\n\x05Route\x12\x15.hops.v1.RouteRequest\x1a\x16.hops.v1.RouteResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,12 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORYNODE_UPSTREAMHEADERSENTRY']._serialized_options = b'8\001'
   _globals['_INVENTORYNODE_LABELSENTRY']._loaded_options = None
   _globals['_INVENTORYNODE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_APIKIND']._serialized_start=2668
-  _globals['_APIKIND']._serialized_end=2939
-  _globals['_PICKSTATUS']._serialized_start=2942
-  _globals['_PICKSTATUS']._serialized_end=3128
-  _globals['_OUTCOME']._serialized_start=3131
-  _globals['_OUTCOME']._serialized_end=3358
+  _globals['_APIKIND']._serialized_start=2736
+  _globals['_APIKIND']._serialized_end=3007
+  _globals['_PICKSTATUS']._serialized_start=3010
+  _globals['_PICKSTATUS']._serialized_end=3196
+  _globals['_OUTCOME']._serialized_start=3199
+  _globals['_OUTCOME']._serialized_end=3426
   _globals['_PICKREQUEST']._serialized_start=120
   _globals['_PICKREQUEST']._serialized_end=562
   _globals['_PICKREQUEST_LABELSELECTORENTRY']._serialized_start=456
@@ -61,39 +61,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTREQUEST']._serialized_start=855
   _globals['_REPORTREQUEST']._serialized_end=1164
   _globals['_GENERATIONSTATS']._serialized_start=1167
-  _globals['_GENERATIONSTATS']._serialized_end=1385
-  _globals['_REPORTRESPONSE']._serialized_start=1387
-  _globals['_REPORTRESPONSE']._serialized_end=1424
-  _globals['_GETINVENTORYREQUEST']._serialized_start=1426
-  _globals['_GETINVENTORYREQUEST']._serialized_end=1447
-  _globals['_GETINVENTORYRESPONSE']._serialized_start=1449
-  _globals['_GETINVENTORYRESPONSE']._serialized_end=1510
-  _globals['_INVENTORY']._serialized_start=1512
-  _globals['_INVENTORY']._serialized_end=1629
-  _globals['_INVENTORYNODE']._serialized_start=1632
-  _globals['_INVENTORYNODE']._serialized_end=2034
-  _globals['_INVENTORYNODE_UPSTREAMHEADERSENTRY']._serialized_start=1933
-  _globals['_INVENTORYNODE_UPSTREAMHEADERSENTRY']._serialized_end=1987
-  _globals['_INVENTORYNODE_LABELSENTRY']._serialized_start=1989
-  _globals['_INVENTORYNODE_LABELSENTRY']._serialized_end=2034
-  _globals['_EDGESESSIONREQUEST']._serialized_start=2036
-  _globals['_EDGESESSIONREQUEST']._serialized_end=2073
-  _globals['_EDGESESSIONRESPONSE']._serialized_start=2075
-  _globals['_EDGESESSIONRESPONSE']._serialized_end=2155
-  _globals['_ROUTEHELLO']._serialized_start=2157
-  _globals['_ROUTEHELLO']._serialized_end=2201
-  _globals['_ROUTEWELCOME']._serialized_start=2203
-  _globals['_ROUTEWELCOME']._serialized_end=2232
-  _globals['_ROUTEREQUEST']._serialized_start=2234
-  _globals['_ROUTEREQUEST']._serialized_end=2301
-  _globals['_ROUTECALL']._serialized_start=2304
-  _globals['_ROUTECALL']._serialized_end=2467
-  _globals['_ABANDONREQUEST']._serialized_start=2469
-  _globals['_ABANDONREQUEST']._serialized_end=2502
-  _globals['_ROUTERESPONSE']._serialized_start=2504
-  _globals['_ROUTERESPONSE']._serialized_end=2576
-  _globals['_ROUTEANSWER']._serialized_start=2578
-  _globals['_ROUTEANSWER']._serialized_end=2665
-  _globals['_ROUTERSERVICE']._serialized_start=3361
-  _globals['_ROUTERSERVICE']._serialized_end=3701
+  _globals['_GENERATIONSTATS']._serialized_end=1453
+  _globals['_REPORTRESPONSE']._serialized_start=1455
+  _globals['_REPORTRESPONSE']._serialized_end=1492
+  _globals['_GETINVENTORYREQUEST']._serialized_start=1494
+  _globals['_GETINVENTORYREQUEST']._serialized_end=1515
+  _globals['_GETINVENTORYRESPONSE']._serialized_start=1517
+  _globals['_GETINVENTORYRESPONSE']._serialized_end=1578
+  _globals['_INVENTORY']._serialized_start=1580
+  _globals['_INVENTORY']._serialized_end=1697
+  _globals['_INVENTORYNODE']._serialized_start=1700
+  _globals['_INVENTORYNODE']._serialized_end=2102
+  _globals['_INVENTORYNODE_UPSTREAMHEADERSENTRY']._serialized_start=2001
+  _globals['_INVENTORYNODE_UPSTREAMHEADERSENTRY']._serialized_end=2055
+  _globals['_INVENTORYNODE_LABELSENTRY']._serialized_start=2057
+  _globals['_INVENTORYNODE_LABELSENTRY']._serialized_end=2102
+  _globals['_EDGESESSIONREQUEST']._serialized_start=2104
+  _globals['_EDGESESSIONREQUEST']._serialized_end=2141
+  _globals['_EDGESESSIONRESPONSE']._serialized_start=2143
+  _globals['_EDGESESSIONRESPONSE']._serialized_end=2223
+  _globals['_ROUTEHELLO']._serialized_start=2225
+  _globals['_ROUTEHELLO']._serialized_end=2269
+  _globals['_ROUTEWELCOME']._serialized_start=2271
+  _globals['_ROUTEWELCOME']._serialized_end=2300
+  _globals['_ROUTEREQUEST']._serialized_start=2302
+  _globals['_ROUTEREQUEST']._serialized_end=2369
+  _globals['_ROUTECALL']._serialized_start=2372
+  _globals['_ROUTECALL']._serialized_end=2535
+  _globals['_ABANDONREQUEST']._serialized_start=2537
+  _globals['_ABANDONREQUEST']._serialized_end=2570
+  _globals['_ROUTERESPONSE']._serialized_start=2572
+  _globals['_ROUTERESPONSE']._serialized_end=2644
+  _globals['_ROUTEANSWER']._serialized_start=2646
+  _globals['_ROUTEANSWER']._serialized_end=2733
+  _globals['_ROUTERSERVICE']._serialized_start=3429
+  _globals['_ROUTERSERVICE']._serialized_end=3769
 # @@protoc_insertion_point(module_scope)

@@ -451,6 +451,7 @@ class GenerationStats(_message.Message):
     EVAL_DURATION_NS_FIELD_NUMBER: _builtins.int
     FIRST_TOKEN_NS_FIELD_NUMBER: _builtins.int
     REPLY_NS_FIELD_NUMBER: _builtins.int
+    PROMPT_EVAL_CACHED_COUNT_FIELD_NUMBER: _builtins.int
     total_duration_ns: _builtins.int
     """total_duration."""
     load_duration_ns: _builtins.int
@@ -476,6 +477,12 @@ class GenerationStats(_message.Message):
     from the request to its end by the edge's clock (any wait, the model's load, prompt
     evaluation and decoding together). eval_count is then usage's count of generated tokens.
     """
+    prompt_eval_cached_count: _builtins.int
+    """How many of prompt_eval_count the host's prompt cache held, as newer Ollama reports them
+    (prompt_eval_cached_count; usage's prompt_tokens_details.cached_tokens on the OpenAI
+    routes, input_tokens_details.cached_tokens on Responses). prompt_eval_duration_ns times
+    only the others. Unset when the reply did not say (older Ollama).
+    """
     def __init__(
         self,
         *,
@@ -487,12 +494,15 @@ class GenerationStats(_message.Message):
         eval_duration_ns: _builtins.int = ...,
         first_token_ns: _builtins.int = ...,
         reply_ns: _builtins.int = ...,
+        prompt_eval_cached_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_prompt_eval_cached_count", b"_prompt_eval_cached_count", "prompt_eval_cached_count", b"prompt_eval_cached_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_count", b"eval_count", "eval_duration_ns", b"eval_duration_ns", "first_token_ns", b"first_token_ns", "load_duration_ns", b"load_duration_ns", "prompt_eval_count", b"prompt_eval_count", "prompt_eval_duration_ns", b"prompt_eval_duration_ns", "reply_ns", b"reply_ns", "total_duration_ns", b"total_duration_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prompt_eval_cached_count", b"_prompt_eval_cached_count", "eval_count", b"eval_count", "eval_duration_ns", b"eval_duration_ns", "first_token_ns", b"first_token_ns", "load_duration_ns", b"load_duration_ns", "prompt_eval_cached_count", b"prompt_eval_cached_count", "prompt_eval_count", b"prompt_eval_count", "prompt_eval_duration_ns", b"prompt_eval_duration_ns", "reply_ns", b"reply_ns", "total_duration_ns", b"total_duration_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__prompt_eval_cached_count: _TypeAlias = _typing.Literal["prompt_eval_cached_count"]  # noqa: Y015
+    _WhichOneofArgType__prompt_eval_cached_count: _TypeAlias = _typing.Literal["_prompt_eval_cached_count", b"_prompt_eval_cached_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt_eval_cached_count) -> _WhichOneofReturnType__prompt_eval_cached_count | None: ...
 
 Global___GenerationStats: _TypeAlias = GenerationStats  # noqa: Y015
 
