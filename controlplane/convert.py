@@ -114,6 +114,7 @@ def report(msg: router_pb2.ReportRequest) -> Report:
             s.eval_duration_ns,
             s.first_token_ns,
             s.reply_ns,
+            s.prompt_eval_cached_count if s.HasField("prompt_eval_cached_count") else None,
         )
     return Report(
         lease_id=msg.lease_id,

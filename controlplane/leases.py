@@ -49,13 +49,19 @@ class Lease:
     runs_model: bool = True
     held: HeldFailure | None = None  # its last attempt's failure, until the next one settles it
     # Sent to its session's host, whose prompt cache holds the conversation so far: its reply's
-    # prompt_eval_duration covers only the new part, so it says nothing of the prompt speed.
+    # prompt_eval_duration covers only the new part, so it says nothing of the prompt speed
+    # (unless the reply says how many tokens were cached: newer Ollama does).
     cached_prompt: bool = False
     # Its prompt's expected evaluation on its node (0 = not estimated): a request queued behind
     # it waits that long too.
     prompt_seconds: float = 0.0
     # Whether prompt_seconds is at a prompt speed measured there, not the cautious prior.
     prompt_measured: bool = False
+    # The speed prompt_seconds is at (seconds a token), and the tokens of the request's prompt
+    # it counted as cached on its session's host: with the prompt's real length (the reply's
+    # usage), its evaluation there is known better than the edge's estimate at pick.
+    prompt_per_token: float = 0.0
+    prompt_credit: int = 0
 
 
 class LeaseTable:

@@ -55,6 +55,17 @@ class GenerationStats:
     eval_duration_ns: int = 0
     first_token_ns: int = 0  # timed by the edge: a stream without Ollama's durations
     reply_ns: int = 0  # timed by the edge: a whole reply without them (not streamed)
+    # How many of prompt_eval_count were in the host's prompt cache, when the reply said (newer
+    # Ollama): prompt_eval_duration_ns times only the rest. None: not said.
+    prompt_eval_cached_count: int | None = None
+
+    @property
+    def prompt_evaluated(self) -> int | None:
+        """The prompt tokens the host evaluated (not found in its prompt cache), when the reply
+        tells: its count less the cached ones. None when it does not say how many were cached."""
+        if self.prompt_eval_cached_count is None:
+            return None
+        return max(self.prompt_eval_count - self.prompt_eval_cached_count, 0)
 
     @property
     def load_wait_ns(self) -> int:

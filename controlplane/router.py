@@ -33,6 +33,7 @@ from controlplane.policies.base import (
     fits_evicting_idle,
     memory_needed,
     prompt_time,
+    seconds_per_prompt_token,
 )
 from hopscommon import labels, names
 from hopscommon.fleet import InstalledModel
@@ -280,6 +281,8 @@ class Router:
             )
         lease.cached_prompt = chosen.affinity and chosen.loaded
         lease.prompt_measured = chosen.prompt_tps > 0
+        lease.prompt_per_token = seconds_per_prompt_token(chosen)
+        lease.prompt_credit = max(request.prompt_tokens - chosen.prompt_tokens, 0)
         self._remember(request.session_key, first.node_id, asked_for, request.prompt_tokens)
         if request.session_key:
             self._into_slot(request.session_key, first.node_id, key, chosen.num_parallel)
@@ -868,7 +871,9 @@ class Router:
                 clean_load=lease.clean_load and first_try,
                 ready=lease.ready and first_try,
                 fresh_prompt=not (lease.cached_prompt and first_try),
-                prompt=(lease.prompt_seconds, lease.prompt_measured) if first_try else (0.0, False),
+                prompt=(_prompt_spent(lease, report.stats), lease.prompt_measured)
+                if first_try
+                else (0.0, False),
             )
             stats = report.stats
             # An edge-timed reply cannot tell a load from a slow prompt: it teaches no length.
@@ -990,12 +995,18 @@ class Router:
         already loading, reports the wait (or the rest of a load). ``ready``: it was sent to a
         loaded instance with a free slot (see _split_reply). Its prompt speed teaches only when
         ``fresh_prompt``: Ollama counts every prompt token, but times only those not found in
-        the prompt cache, which a request sent back to its session's host mostly finds.
+        the prompt cache, which a request sent back to its session's host mostly finds; a reply
+        that says how many it found there (newer Ollama) teaches it from the others, wherever
+        it was sent.
         ``prompt``: its prompt's evaluation there as estimated when picked, and whether at a
         measured speed, which the edge's times hold (see _less_prompt)."""
         stats = report.stats
         if stats is None:
             return
+        evaluated = stats.prompt_evaluated
+        if evaluated is not None:  # the reply says what its prompt_eval_duration timed
+            stats = replace(stats, prompt_eval_count=evaluated)
+            fresh_prompt = True
         learned = self.learned.setdefault((node_id, model), Learned())
         node = self.fleet.nodes.get(node_id)
         installed = node.installed_by_key.get(model) if node is not None else None
@@ -1284,6 +1295,19 @@ def _wholly_in_memory(node: Node, key: str) -> bool:
     if node.vram_total <= 0:
         return True
     return loaded is not None and loaded.size_vram_bytes >= loaded.size_bytes > 0
+
+
+def _prompt_spent(lease: Lease, stats: GenerationStats | None) -> float:
+    """The seconds ``lease``'s prompt took to evaluate on its node, as well as known: from the
+    tokens its reply says the host evaluated (those not cached; else the prompt's length less
+    the part counted as cached at pick), at the speed the pick assumed; without a count, the
+    pick's estimate from the edge's guess of the length."""
+    if stats is None or not stats.prompt_eval_count:
+        return lease.prompt_seconds
+    evaluated = stats.prompt_evaluated
+    if evaluated is None:
+        evaluated = max(stats.prompt_eval_count - lease.prompt_credit, 0)
+    return evaluated * lease.prompt_per_token
 
 
 def _less_prompt(span_ns: int, prompt_seconds: float, measured: bool) -> int:

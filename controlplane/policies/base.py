@@ -121,12 +121,15 @@ def decode_speed(decode_tps: float, on_gpu: bool) -> float:
 
 
 def prompt_time(c: Candidate) -> float:
-    """Seconds evaluating the request's prompt on ``c``'s host: at the speed measured there,
+    """Seconds evaluating the request's prompt on ``c``'s host (see seconds_per_prompt_token)."""
+    return c.prompt_tokens * seconds_per_prompt_token(c) if c.prompt_tokens else 0.0
+
+
+def seconds_per_prompt_token(c: Candidate) -> float:
+    """What one prompt token takes to evaluate on ``c``'s host: at the speed measured there,
     else at a conservative multiple of its decode speed."""
-    if not c.prompt_tokens:
-        return 0.0
     factor = PROMPT_OVER_DECODE_GPU if c.on_gpu else PROMPT_OVER_DECODE_CPU
-    return c.prompt_tokens / (c.prompt_tps or decode_speed(c.decode_tps, c.on_gpu) * factor)
+    return 1.0 / (c.prompt_tps or decode_speed(c.decode_tps, c.on_gpu) * factor)
 
 
 def memory_needed(c: Candidate) -> int:

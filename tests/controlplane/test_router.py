@@ -414,6 +414,60 @@ def test_an_edge_timed_reply_mostly_prompt_teaches_the_prompt_speed() -> None:
         assert learned.decode_tps == 40.0
 
 
+def test_a_reply_that_tells_its_cached_prompt_teaches_the_prompt_speed_from_the_rest() -> None:
+    """Ollama times only the prompt tokens its cache did not hold, but counts them all. Where
+    the reply says how many were cached (newer Ollama), the others over that time are the
+    prompt speed: for a turn sent back to its session's host too (unknown before, so not
+    taught), and not inflated by a prefix another conversation left (a shared system prompt)."""
+    # 3,000 prompt tokens, 2,000 of them cached: 1,000 evaluated in 1 s.
+    told = GenerationStats(
+        prompt_eval_count=3000,
+        prompt_eval_cached_count=2000,
+        prompt_eval_duration_ns=10**9,
+        eval_count=10,
+        eval_duration_ns=10**8,
+    )
+    untold = replace(told, prompt_eval_cached_count=None)
+
+    def learned(stats: GenerationStats, session: bool) -> float:
+        fleet = builders.fleet()
+        builders.add_node(fleet, "n", models=["a:latest"], loaded=["a:latest"])
+        router = builders.router(fleet, "memory_aware")
+        key = "s" if session else ""
+        if session:  # the conversation's first turn, here
+            first = router.pick(_req("a", session_key=key, prompt_tokens=2000))
+            assert router.report(Report(first.lease_id, "n", Outcome.OK, http_status=200))
+        turn = router.pick(_req("a", session_key=key, prompt_tokens=3000))
+        assert turn.ranked[0].reason == ("affinity warm" if session else "warm")
+        assert router.report(Report(turn.lease_id, "n", Outcome.OK, http_status=200, stats=stats))
+        return router.learned[("n", "a:latest")].prompt_tps
+
+    assert learned(told, session=True) == pytest.approx(1000.0)
+    assert learned(untold, session=True) == 0.0  # older Ollama: no telling how much was new
+    assert learned(told, session=False) == pytest.approx(1000.0)
+    assert learned(untold, session=False) == pytest.approx(3000.0)  # all taken as evaluated
+
+
+def test_an_edge_timed_reply_sets_apart_the_prompt_its_usage_counts() -> None:
+    """The prompt set apart from an edge-timed reply is the one the host evaluated, as its usage
+    counts it (less what its cache held, where said), not the edge's guess from the request's
+    characters: a guess a third short made the rest look twice as slow."""
+    whole = GenerationStats(eval_count=80, reply_ns=5 * 10**9)
+    for stats in (
+        replace(whole, prompt_eval_count=3000),
+        replace(whole, prompt_eval_count=5000, prompt_eval_cached_count=2000),
+    ):
+        fleet = builders.fleet()
+        builders.add_node(fleet, "n", models=["a:latest"], loaded=["a:latest"])
+        router = builders.router(fleet, "memory_aware")
+        router.learned[("n", "a:latest")] = Learned(prompt_tps=1000.0)
+        ready = router.pick(_req("a", prompt_tokens=2000))  # the edge guessed 2,000 tokens
+        assert ready.ranked[0].reason == "warm"
+        router.report(Report(ready.lease_id, "n", Outcome.OK, http_status=200, stats=stats))
+        # 3,000 tokens evaluated at 1,000/s: 3 s of the 5; 80 tokens in the other 2.
+        assert router.learned[("n", "a:latest")].decode_tps == pytest.approx(40.0)
+
+
 def test_only_ollamas_own_durations_teach_the_automatic_context_length() -> None:
     """A reply with no durations of Ollama's (the edge's whole time, or a usage object alone)
     cannot tell a reply that loaded from one that found the model ready: it teaches no length."""

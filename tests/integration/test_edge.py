@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -224,6 +225,51 @@ def test_an_openai_reply_after_a_long_prompt_teaches_the_prompt_speed_not_decodi
         document = wait_until(lambda: learned(3), 3.0, "the document's reply learned from")
         assert document.decode_tokens_per_second == warm.decode_tokens_per_second
         assert 8333 / 2 < document.prompt_tokens_per_second < 8333 * 2
+
+
+def test_a_prompt_another_conversation_left_in_the_cache_does_not_inflate_the_prompt_speed() -> (
+    None
+):
+    """Two conversations with one long system prompt, on one host: the second finds it in the
+    prompt cache, so Ollama evaluates (and times) only its own question, though it counts the
+    whole prompt. The count of cached tokens in its reply (newer Ollama's) keeps the learned
+    prompt speed true; taken whole, it was thousands of times too fast."""
+    # The 14b evaluates a prompt at 1,667 tokens/s there (25x its decoding, 67 tokens/s), as
+    # Ollama's durations say it in simulated time; the system prompt is 8,000 tokens.
+    with fleet.whole_fleet({"big": ["--time-scale", "5"]}) as running:
+        admin = fleet.admin(running.plane.url)
+
+        def learned(samples: int) -> admin_pb2.LearnedSpeed | None:
+            node = admin.GetNode(admin_pb2.GetNodeRequest(node_id="big")).node
+            found = [s for s in node.learned if s.model == "qwen2.5:14b"]
+            return found[0] if found and found[0].samples == samples else None
+
+        system = {"role": "system", "content": " ".join(f"rule{i:05d}" for i in range(3200))}
+
+        def chat(session: str, question: str) -> dict[str, Any]:
+            reply = httpx.post(
+                running.edge.url + "/api/chat",
+                json={
+                    "model": "qwen2.5:14b",
+                    "messages": [system, {"role": "user", "content": question}],
+                    "stream": False,
+                    "options": {"num_predict": 4},
+                },
+                headers={"X-Hops-Session": session},
+                timeout=60,
+            )
+            assert reply.status_code == 200, reply.text
+            body: dict[str, Any] = reply.json()
+            return body
+
+        first = chat("one", "what is rule 7?")
+        assert first["prompt_eval_cached_count"] == 0
+        alone = wait_until(lambda: learned(1), 3.0, "the first reply learned from")
+        assert 1667 / 2 < alone.prompt_tokens_per_second < 1667 * 2
+        second = chat("two", " ".join(f"ask{i:04d}" for i in range(250)))  # 500 tokens new
+        assert second["prompt_eval_cached_count"] > 7000
+        both = wait_until(lambda: learned(2), 3.0, "the second reply learned from")
+        assert 1667 / 2 < both.prompt_tokens_per_second < 1667 * 2
 
 
 def test_fleet_wide_reads(shared: Fleet) -> None:
