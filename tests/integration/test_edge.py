@@ -18,7 +18,7 @@ import ollama
 import openai
 import pytest
 import zstandard
-from hops.v1 import admin_pb2
+from hops.v1 import admin_pb2, admin_pb2_grpc
 
 from tests import procs
 from tests.integration import fleet
@@ -194,6 +194,16 @@ def test_openai_replies_not_streamed_teach_decode_speed_then_load_time() -> None
         assert 0.3 <= third.load_seconds < 5.0
 
 
+def _learned_14b(
+    admin: admin_pb2_grpc.AdminServiceStub, samples: int
+) -> admin_pb2.LearnedSpeed | None:
+    """What the control plane learned of qwen2.5:14b on the node "big", once it has learned
+    from ``samples`` replies (None before)."""
+    node = admin.GetNode(admin_pb2.GetNodeRequest(node_id="big")).node
+    found = [s for s in node.learned if s.model == "qwen2.5:14b"]
+    return found[0] if found and found[0].samples == samples else None
+
+
 def test_an_openai_reply_after_a_long_prompt_teaches_the_prompt_speed_not_decoding() -> None:
     """A non-streamed OpenAI reply to a document-sized prompt: most of its whole time was the
     prompt. It teaches the host's prompt speed (never measured from OpenAI clients before),
@@ -204,9 +214,7 @@ def test_an_openai_reply_after_a_long_prompt_teaches_the_prompt_speed_not_decodi
         admin = fleet.admin(running.plane.url)
 
         def learned(samples: int) -> admin_pb2.LearnedSpeed | None:
-            node = admin.GetNode(admin_pb2.GetNodeRequest(node_id="big")).node
-            found = [s for s in node.learned if s.model == "qwen2.5:14b"]
-            return found[0] if found and found[0].samples == samples else None
+            return _learned_14b(admin, samples)
 
         oai = openai.OpenAI(base_url=running.edge.url + "/v1", api_key="unused", max_retries=0)
 
@@ -240,9 +248,7 @@ def test_a_prompt_another_conversation_left_in_the_cache_does_not_inflate_the_pr
         admin = fleet.admin(running.plane.url)
 
         def learned(samples: int) -> admin_pb2.LearnedSpeed | None:
-            node = admin.GetNode(admin_pb2.GetNodeRequest(node_id="big")).node
-            found = [s for s in node.learned if s.model == "qwen2.5:14b"]
-            return found[0] if found and found[0].samples == samples else None
+            return _learned_14b(admin, samples)
 
         system = {"role": "system", "content": " ".join(f"rule{i:05d}" for i in range(3200))}
 
