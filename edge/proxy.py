@@ -546,15 +546,19 @@ def _final_stats(
             continue
         try:
             final = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
+        if not isinstance(final, dict):
+            return None
+        # What the host says is data: a count that is not one (a string, a negative or
+        # oversized number) counts as not said, and never keeps the lease from its report.
         return router_pb2.GenerationStats(
-            total_duration_ns=int(final.get("total_duration") or 0),
-            load_duration_ns=int(final.get("load_duration") or 0),
-            prompt_eval_count=int(final.get("prompt_eval_count") or 0),
-            prompt_eval_duration_ns=int(final.get("prompt_eval_duration") or 0),
-            eval_count=int(final.get("eval_count") or 0),
-            eval_duration_ns=int(final.get("eval_duration") or 0),
+            total_duration_ns=_count(final.get("total_duration")) or 0,
+            load_duration_ns=_count(final.get("load_duration")) or 0,
+            prompt_eval_count=_count(final.get("prompt_eval_count")) or 0,
+            prompt_eval_duration_ns=_count(final.get("prompt_eval_duration")) or 0,
+            eval_count=_count(final.get("eval_count")) or 0,
+            eval_duration_ns=_count(final.get("eval_duration")) or 0,
             prompt_eval_cached_count=_count(final.get("prompt_eval_cached_count")),
         )
     stats = _usage_stats(tail)
@@ -670,19 +674,18 @@ def _usage_stats(tail: bytes) -> router_pb2.GenerationStats | None:
         return None
     try:
         usage, _ = json.JSONDecoder().raw_decode(tail[starts[-1] :].decode("utf-8", "replace"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    output = usage.get("completion_tokens", usage.get("output_tokens"))
-    if not isinstance(output, int) or isinstance(output, bool) or output <= 0:
+    output = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+    if not output:
         return None
-    prompt = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else 0
+    prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens"))) or 0
     details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return router_pb2.GenerationStats(
-        prompt_eval_count=max(prompt, 0), eval_count=output, prompt_eval_cached_count=_count(cached)
+        prompt_eval_count=prompt, eval_count=output, prompt_eval_cached_count=_count(cached)
     )
 
 

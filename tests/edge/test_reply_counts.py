@@ -125,6 +125,31 @@ def test_the_cached_part_of_the_prompt_when_the_reply_tells_it(
     assert told == cached
 
 
+@pytest.mark.parametrize(
+    "bad", ['"7"', "-7", "1e30", str(2**70), "[7]", "true", "null", '{"n": 7}']
+)
+def test_a_count_that_is_not_one_is_not_taken_and_raises_nothing(bad: str) -> None:
+    """A host's final chunk or usage is data from the network: a count that is not a count
+    (a string, negative, a float, too big for the report) counts as not said. Raising there
+    used to lose the attempt's report, leaving its lease (and the host's slot) held."""
+    native = _final_stats(
+        f'{{"done":true,"eval_count":{bad},"eval_duration":{bad},"prompt_eval_count":3,'
+        f'"load_duration":{bad},"total_duration":{bad},"prompt_eval_duration":{bad},'
+        f'"prompt_eval_cached_count":{bad}}}'.encode()
+    )
+    assert native is not None
+    assert (native.prompt_eval_count, native.eval_count, native.eval_duration_ns) == (3, 0, 0)
+    assert not native.HasField("prompt_eval_cached_count")
+    usage = {"prompt_tokens": 3, "completion_tokens": 9, "prompt_tokens_details": {}}
+    for field in ("prompt_tokens", "completion_tokens"):
+        tail = json.dumps({"usage": usage}).replace(f'"{field}": ', f'"{field}": {bad}, "x": ')
+        stats = _final_stats(tail.encode(), streamed=False)
+        if field == "completion_tokens":
+            assert stats is None  # no length: nothing to learn
+        else:
+            assert stats is not None and (stats.prompt_eval_count, stats.eval_count) == (0, 9)
+
+
 def test_a_stream_without_durations_is_timed_by_the_edge() -> None:
     """An OpenAI-compatible stream (no durations, no usage unless asked): its events counted,
     and the edge's own times to the first token and from there to the last."""

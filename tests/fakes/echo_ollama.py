@@ -39,7 +39,8 @@ NDJSON_CHUNKS = [
     b'{"model":"echo",  "created_at":"2025-01-01T00:00:00Z",'
     b'"response":"lo \\u00e9","done":false}\n',
     b'{"model":"echo","created_at":"2025-01-01T00:00:00Z","response":"","done":true,'
-    b'"done_reason":"stop","eval_count":2,"eval_duration":1000,"future_metric":42}\n',
+    b'"done_reason":"stop","eval_count":2,"eval_duration":1000,"future_metric":42,'
+    b'"prompt_eval_count":-1}\n',  # a count no Ollama sends: data, not a crash
 ]
 SSE_BYTES = (
     b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,'

@@ -591,6 +591,13 @@ def test_bytes_pass_through_unchanged_both_ways() -> None:
         with httpx.stream("POST", front.url + "/api/generate", content=sent) as response:
             received = b"".join(response.iter_raw())
         assert received == b"".join(NDJSON_CHUNKS)
+        # Reported, though its final chunk has a count the edge cannot read.
+        in_flight = admin_pb2.ListNodesRequest()
+        wait_until(
+            lambda: fleet.admin(plane.url).ListNodes(in_flight).nodes[0].in_flight_total == 0,
+            3.0,
+            "the lease reported",
+        )
         seen = httpx.get(echo.url + "/_echo/last").json()
         assert base64.b64decode(seen["body"]) == sent
         headers = json.loads(seen["headers"])
