@@ -652,7 +652,7 @@ def _in_band_failure(tail: bytes, content_type: str, path: str) -> str | None:
             return None
         try:
             line = json.loads(last)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not (isinstance(line, dict) and "error" in line and "done" not in line):
             return None

@@ -150,6 +150,12 @@ def test_a_count_that_is_not_one_is_not_taken_and_raises_nothing(bad: str) -> No
             assert stats is not None and (stats.prompt_eval_count, stats.eval_count) == (0, 9)
 
 
+def test_a_reply_nested_too_deep_to_read_gives_no_counts() -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    assert _final_stats(b'{"done":true,"eval_count":' + deep + b"}") is None
+    assert _final_stats(b'{"usage": {"completion_tokens": 3, "x": ' + deep + b"}}") is None
+
+
 def test_a_stream_without_durations_is_timed_by_the_edge() -> None:
     """An OpenAI-compatible stream (no durations, no usage unless asked): its events counted,
     and the edge's own times to the first token and from there to the last."""
@@ -238,6 +244,8 @@ def test_a_stream_that_did_not_end_well_teaches_nothing() -> None:
         # other event streams end in their own way
         (_sse({"type": "message_stop"}), "text/event-stream", "/v1/messages", False),
         (b'{"error":"bad request"}', "application/json", "/api/chat", False),  # not a stream
+        # a last line nested too deep to read is no error line (and raises nothing)
+        (b'{"error":"x","a":' + b"[" * 5000 + b"]" * 5000 + b"}", "x-ndjson", "/api/chat", False),
         # a pull's error is about the name asked for, not the host
         (
             b'{"status":"pulling manifest"}\n{"error":"file does not exist"}\n',
