@@ -78,7 +78,7 @@ def progress_error(response: httpx.Response) -> str:
     for line in response.text.splitlines():
         try:
             item = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(item, dict) and "error" in item:
             return str(item["error"])[:200]

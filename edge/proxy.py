@@ -52,6 +52,7 @@ from edge.upstream import ReadReply, Reply, Upstream, response_headers, with_hos
 from hopscommon import names
 from hopscommon.fleet_convert import duration
 from hopscommon.labels import Labels
+from hopscommon.ollama_json import count
 from hopscommon.runner_options import RunnerOptions
 
 log = logging.getLogger("hops.edge")
@@ -553,13 +554,13 @@ def _final_stats(
         # What the host says is data: a count that is not one (a string, a negative or
         # oversized number) counts as not said, and never keeps the lease from its report.
         return router_pb2.GenerationStats(
-            total_duration_ns=_count(final.get("total_duration")) or 0,
-            load_duration_ns=_count(final.get("load_duration")) or 0,
-            prompt_eval_count=_count(final.get("prompt_eval_count")) or 0,
-            prompt_eval_duration_ns=_count(final.get("prompt_eval_duration")) or 0,
-            eval_count=_count(final.get("eval_count")) or 0,
-            eval_duration_ns=_count(final.get("eval_duration")) or 0,
-            prompt_eval_cached_count=_count(final.get("prompt_eval_cached_count")),
+            total_duration_ns=count(final.get("total_duration")) or 0,
+            load_duration_ns=count(final.get("load_duration")) or 0,
+            prompt_eval_count=count(final.get("prompt_eval_count")) or 0,
+            prompt_eval_duration_ns=count(final.get("prompt_eval_duration")) or 0,
+            eval_count=count(final.get("eval_count")) or 0,
+            eval_duration_ns=count(final.get("eval_duration")) or 0,
+            prompt_eval_cached_count=count(final.get("prompt_eval_cached_count")),
         )
     stats = _usage_stats(tail)
     if not streamed:
@@ -678,22 +679,15 @@ def _usage_stats(tail: bytes) -> router_pb2.GenerationStats | None:
         return None
     if not isinstance(usage, dict):
         return None
-    output = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+    output = count(usage.get("completion_tokens", usage.get("output_tokens")))
     if not output:
         return None
-    prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens"))) or 0
+    prompt = count(usage.get("prompt_tokens", usage.get("input_tokens"))) or 0
     details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return router_pb2.GenerationStats(
-        prompt_eval_count=prompt, eval_count=output, prompt_eval_cached_count=_count(cached)
+        prompt_eval_count=prompt, eval_count=output, prompt_eval_cached_count=count(cached)
     )
-
-
-def _count(value: object) -> int | None:
-    """A token count as a reply gave it: a non-negative integer, else None (not told)."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
-    return None
 
 
 async def _no_receive() -> dict[str, object]:

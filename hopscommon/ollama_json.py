@@ -1,4 +1,5 @@
-"""Reading request bodies the way Ollama's Go decoder does, so errors carry the same words."""
+"""Reading request bodies the way Ollama's Go decoder does, so errors carry the same words; and
+reading the numbers in Ollama's replies as data that may be wrong."""
 
 from __future__ import annotations
 
@@ -53,3 +54,14 @@ def decode_object(raw: bytes, go_type: str) -> dict[str, Any]:
             f"json: cannot unmarshal {go_kind(data)} into Go value of type api.{go_type}"
         )
     return data
+
+
+COUNT_MAX = 2**63 - 1  # Go's int64, and what a protobuf (u)int64 field takes
+
+
+def count(value: object) -> int | None:
+    """A count or a duration as a reply gave it: a non-negative JSON integer a protobuf int64
+    field can hold, else None (not said, or not a count)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= COUNT_MAX:
+        return value
+    return None

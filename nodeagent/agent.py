@@ -17,6 +17,7 @@ from hops.v1 import agent_pb2, fleet_pb2
 
 from hopscommon.fleet import Capacity, Gpu, GpuSource, Hello, Snapshot
 from hopscommon.fleet_convert import hello_pb, snapshot_pb
+from hopscommon.ollama_json import count
 from nodeagent import VERSION
 from nodeagent.gpu import GpuProbe
 from nodeagent.link import Link
@@ -210,8 +211,8 @@ async def execute(
                         command_id=cid,
                         status=str(p.get("status", "")),
                         digest=str(p.get("digest", "")),
-                        total=int(p.get("total") or 0),
-                        completed=int(p.get("completed") or 0),
+                        total=count(p.get("total")) or 0,
+                        completed=count(p.get("completed")) or 0,
                     )
                 )
         elif kind == "unload":

@@ -15,6 +15,7 @@ import httpx
 
 from hopscommon import runner_options
 from hopscommon.fleet import Details, InstalledModel, LoadedModel
+from hopscommon.ollama_json import count
 from hopscommon.runner_options import RunnerOptions
 
 # Models whose runner is not known yet are read with /api/show, this many per probe at most (a
@@ -68,6 +69,10 @@ def _count(value: Any) -> int:
     return min(max(int(value), 0), 2**32 - 1)
 
 
+def _capabilities(value: Any) -> tuple[str, ...]:
+    return tuple(c for c in value if isinstance(c, str)) if isinstance(value, list) else ()
+
+
 def _name(entry: dict[str, Any]) -> str:
     return str(entry.get("model") or entry.get("name") or "")
 
@@ -78,10 +83,10 @@ def parse_tags(body: Any) -> tuple[InstalledModel, ...]:
         InstalledModel(
             name=_name(m),
             digest=str(m.get("digest") or ""),
-            size_bytes=int(m.get("size") or 0),
+            size_bytes=count(m.get("size")) or 0,
             modified_at=parse_time(m.get("modified_at")),
             details=_details(m.get("details")),
-            capabilities=tuple(str(c) for c in m.get("capabilities") or ()),
+            capabilities=_capabilities(m.get("capabilities")),
         )
         for m in (models or [])
         if isinstance(m, dict) and _name(m)
@@ -94,10 +99,10 @@ def parse_ps(body: Any) -> tuple[LoadedModel, ...]:
         LoadedModel(
             name=_name(m),
             digest=str(m.get("digest") or ""),
-            size_bytes=int(m.get("size") or 0),
-            size_vram_bytes=int(m.get("size_vram") or 0),
+            size_bytes=count(m.get("size")) or 0,
+            size_vram_bytes=count(m.get("size_vram")) or 0,
             expires_at=parse_time(m.get("expires_at")),
-            context_length=int(m.get("context_length") or 0),
+            context_length=_count(m.get("context_length")),
             details=_details(m.get("details")),
         )
         for m in (models or [])
@@ -203,7 +208,7 @@ class OllamaClient:
             version, tags, ps = await asyncio.gather(
                 self._get("/api/version"), self._get("/api/tags"), self._get("/api/ps")
             )
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:
             return OllamaState(healthy=False, error=f"{type(exc).__name__}: {exc}"[:300])
         return OllamaState(
             healthy=True,
@@ -241,7 +246,7 @@ class OllamaClient:
             return Runs()
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             return Runs()
         modelfile = body.get("modelfile") if isinstance(body, dict) else None
         return read_modelfile(modelfile) if isinstance(modelfile, str) else Runs()
@@ -257,7 +262,12 @@ class OllamaClient:
                 async for line in resp.aiter_lines():
                     if not line.strip():
                         continue
-                    progress = json.loads(line)
+                    try:
+                        progress = json.loads(line)
+                    except (ValueError, RecursionError):
+                        progress = None
+                    if not isinstance(progress, dict):
+                        raise OllamaError(f"unreadable pull progress: {line[:200]!r}")
                     if "error" in progress:
                         raise OllamaError(str(progress["error"]))
                     yield progress
@@ -309,6 +319,6 @@ def _error_text(body: bytes, status: int) -> str:
         data = json.loads(body)
         if isinstance(data, dict) and "error" in data:
             return f"{status}: {data['error']}"
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     return f"{status}: {body[:200].decode(errors='replace')}"

@@ -78,6 +78,18 @@ def test_ollama_listings_are_parsed() -> None:
     assert parse_tags({"models": None}) == () and parse_time("not a time") == 0.0
 
 
+@pytest.mark.parametrize("bad", ["big", -1, 2**70, [1], {"n": 1}, True])
+def test_a_listing_with_values_of_the_wrong_kind_reads_them_as_unknown(bad: object) -> None:
+    """Ollama's listings are data: a size, length or capability list that is not one reads as
+    unknown (0, none) rather than raising, which stopped the agent's polls."""
+    wrong = {"size": bad, "size_vram": bad, "context_length": bad, "capabilities": bad}
+    (tag,) = parse_tags({"models": [{"model": "m:latest", **wrong}]})
+    assert (tag.size_bytes, tag.capabilities) == (0, ())
+    (loaded,) = parse_ps({"models": [{"model": "m:latest", **wrong}]})
+    assert (loaded.size_bytes, loaded.size_vram_bytes) == (0, 0)
+    assert loaded.context_length == (2**32 - 1 if bad == 2**70 else 0)  # a uint32: at most
+
+
 def test_fingerprint_ignores_expiry_jitter_but_not_real_changes() -> None:
     base = Snapshot(
         ollama_healthy=True,
