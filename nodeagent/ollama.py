@@ -57,12 +57,12 @@ def _details(raw: Any) -> Details:
         format=str(d.get("format") or ""),
         families=tuple(str(f) for f in families) if isinstance(families, list) else (),
         parent_model=str(d.get("parent_model") or ""),
-        context_length=_count(d.get("context_length")),
-        embedding_length=_count(d.get("embedding_length")),
+        context_length=_uint32(d.get("context_length")),
+        embedding_length=_uint32(d.get("embedding_length")),
     )
 
 
-def _count(value: Any) -> int:
+def _uint32(value: Any) -> int:
     """A non-negative integer field, 0 when absent or not one (a uint32 on the wire)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
@@ -102,7 +102,7 @@ def parse_ps(body: Any) -> tuple[LoadedModel, ...]:
             size_bytes=count(m.get("size")) or 0,
             size_vram_bytes=count(m.get("size_vram")) or 0,
             expires_at=parse_time(m.get("expires_at")),
-            context_length=_count(m.get("context_length")),
+            context_length=_uint32(m.get("context_length")),
             details=_details(m.get("details")),
         )
         for m in (models or [])
