@@ -48,6 +48,25 @@ class EdgeMetrics:
             ["node"],
             registry=self.registry,
         )
+        self.prompt_tokens = Counter(
+            "hops_edge_prompt_tokens",
+            "Prompt tokens the hosts' replies counted (Ollama's prompt_eval_count, usage's)",
+            ["node"],
+            registry=self.registry,
+        )
+        self.prompt_cached_tokens = Counter(
+            "hops_edge_prompt_cached_tokens",
+            "Of those, found in the host's prompt cache, where replies say (newer Ollama): over "
+            "hops_edge_prompt_tokens, how well session affinity keeps conversations' prefixes",
+            ["node"],
+            registry=self.registry,
+        )
+        self.generated_tokens = Counter(
+            "hops_edge_generated_tokens",
+            "Tokens the hosts generated (Ollama's eval_count, usage's, else the events counted)",
+            ["node"],
+            registry=self.registry,
+        )
         self.open_streams = Gauge(
             "hops_edge_open_streams", "Responses being relayed now", registry=self.registry
         )

@@ -511,6 +511,8 @@ class Proxy:
         error: str = "",
         digest: str = "",
     ) -> None:
+        if stats is not None:
+            self._count_tokens(node_id, stats)
         if not lease:
             return
         request = router_pb2.ReportRequest(
@@ -527,6 +529,11 @@ class Proxy:
         if stats is not None:
             request.stats.CopyFrom(stats)
         self.cp.send_report(plane, request)
+
+    def _count_tokens(self, node_id: str, stats: router_pb2.GenerationStats) -> None:
+        self.metrics.prompt_tokens.labels(node_id).inc(stats.prompt_eval_count)
+        self.metrics.prompt_cached_tokens.labels(node_id).inc(stats.prompt_eval_cached_count)
+        self.metrics.generated_tokens.labels(node_id).inc(stats.eval_count)
 
 
 def _final_stats(

@@ -68,16 +68,26 @@ def test_metrics_of_every_binary_and_the_grafana_dashboard() -> None:
             timeout=60,
         )
         assert reply.status_code == 200
+        replies = [reply.json()]
+        for _ in range(2):  # the same long prompt twice: the second finds it in the cache
+            again = httpx.post(
+                running.edge.url + "/api/generate",
+                json={"model": "llama3.2", "prompt": "word " * 400, "stream": False},
+                timeout=60,
+            )
+            assert again.status_code == 200
+            replies.append(again.json())
         agent_url = re.search(r"metrics on (\S+)", running.agents[0].output())
         assert agent_url, running.agents[0].output()
         plane = wait_until(
             lambda: (
                 (s := scrape(fleet.metrics_url(running.plane)))
                 and value(s, "hops_controlplane_loaded_models", node="big") == 1
+                and value(s, "hops_controlplane_reports_total") == 3
                 and s
             ),
             5.0,
-            "control plane sees the model loaded",
+            "control plane sees the model loaded and the reports",
         )
         agent = wait_until(
             lambda: (
@@ -88,14 +98,31 @@ def test_metrics_of_every_binary_and_the_grafana_dashboard() -> None:
             5.0,
             "agent sees the model loaded",
         )
-        edge = scrape(running.edge.url + "/metrics")
+        generated = sum(r["eval_count"] for r in replies)
+        edge = wait_until(
+            lambda: (
+                (s := scrape(running.edge.url + "/metrics"))
+                and value(s, "hops_edge_generated_tokens_total", node="big") == generated
+                and s
+            ),
+            5.0,
+            "the edge counted the replies' tokens",
+        )
 
-    assert value(plane, "hops_controlplane_picks_total", result="ok") == 1
-    assert value(plane, "hops_controlplane_reports_total", outcome="ok") == 1
+    assert value(plane, "hops_controlplane_picks_total", result="ok") == 3
+    assert value(plane, "hops_controlplane_reports_total", outcome="ok") == 3
     assert value(plane, "hops_controlplane_nodes", state="online") == 1
-    assert value(plane, "hops_controlplane_pick_duration_seconds_count") == 1
+    assert value(plane, "hops_controlplane_pick_duration_seconds_count") == 3
     assert value(plane, "hops_controlplane_route_streams") == 1  # the edge picks on its stream
-    assert value(edge, "hops_edge_requests_total", route="/api/generate", status="200") == 1
+    assert value(edge, "hops_edge_requests_total", route="/api/generate", status="200") == 3
+    # The hosts' own counts, summed: how much was asked, generated, and found in the cache.
+    for metric, field in (
+        ("hops_edge_prompt_tokens_total", "prompt_eval_count"),
+        ("hops_edge_prompt_cached_tokens_total", "prompt_eval_cached_count"),
+        ("hops_edge_generated_tokens_total", "eval_count"),
+    ):
+        assert value(edge, metric, node="big") == sum(r[field] for r in replies), metric
+    assert replies[-1]["prompt_eval_cached_count"] > 390
     assert value(agent, "hops_agent_ollama_up") == 1
     assert value(agent, "hops_agent_controlplane_connected") == 1
     assert value(agent, "hops_agent_gpu_memory_total_bytes") == 24 * 1024**3
