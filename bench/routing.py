@@ -6,7 +6,9 @@ starts cold. A seeded client sends multi-turn chat sessions over five models of 
 with skewed popularity, Poisson arrivals at the level's rate. The simulators run --time-scale X
 faster than real time; all times below are converted back to simulated (real-hardware) seconds.
 Reported per policy and level: completed and failed requests, time to first token and end-to-end
-latency p50/p95/p99, model loads and evictions (the simulators' own counters), goodput tokens/s.
+latency p50/p95/p99, model loads and evictions (the simulators' own counters), goodput tokens/s,
+and the share of prompt tokens the hosts' prompt caches held (the edge's sums of what replies
+said): earlier turns of a conversation cost nothing on the host that served them.
 
 With --api openai the clients stream /v1/chat/completions as the OpenAI SDK does, whose replies
 carry none of Ollama's durations: the fleet learns its speeds from the edge's own timing.
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -56,7 +59,14 @@ HOSTS = {
 }
 LEVELS = {"low": 0.25, "middle": 0.5, "high": 1.0}  # simulated requests per second
 # A result's single figures; with --repeat, each is the median over the runs.
-SCALARS = ("completed", "failed", "loads", "evictions", "goodput_tokens_per_s")
+SCALARS = (
+    "completed",
+    "failed",
+    "loads",
+    "evictions",
+    "goodput_tokens_per_s",
+    "prompt_cached_share",
+)
 # The issue's targets at the middle level, memory_aware against random: this many times fewer
 # loads and this many times lower p95 time to first token.
 LOADS_TARGET = 3.0
@@ -232,6 +242,19 @@ async def drive(
     return samples, elapsed
 
 
+def prompt_cached_share(metrics: str) -> float:
+    """Of the prompt tokens the hosts evaluated, the share their prompt caches held (the edge's
+    counters of what the replies said): the conversations' earlier turns, where a session went
+    back to the host that has them."""
+    sums = {"hops_edge_prompt_tokens_total": 0.0, "hops_edge_prompt_cached_tokens_total": 0.0}
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name in sums:
+                sums[sample.name] += sample.value
+    prompt, cached = sums.values()
+    return round(cached / prompt, 3) if prompt else 0.0
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return 0.0
@@ -256,6 +279,7 @@ def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]
         stats = {
             node: httpx.get(running.sim_url(node) + "/_sim/stats").json() for node in running.hosts
         }
+        cached_share = prompt_cached_share(httpx.get(running.edge.url + "/metrics").text)
     ok = [s for s in samples if s.ok]
     ttft = [s.ttft for s in ok]
     total = [s.total for s in ok]
@@ -272,6 +296,7 @@ def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]
         "loads": sum(s["loads"] for s in stats.values()),
         "evictions": sum(s["evictions"] for s in stats.values()),
         "goodput_tokens_per_s": round(sum(s.tokens for s in ok) / elapsed, 2),
+        "prompt_cached_share": cached_share,
         "by_node": {node: sum(1 for s in ok if s.node == node) for node in running.hosts},
     }
     if args.trace:  # every request in arrival order: where it went, why, how long it waited
