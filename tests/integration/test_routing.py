@@ -32,6 +32,10 @@ def test_memory_aware_loads_fewer_models_than_random() -> None:
         assert result["completed"] == 40
     assert results["memory_aware"]["loads"] < results["random"]["loads"]
     assert results["memory_aware"]["evictions"] < results["random"]["evictions"]
+    # Conversations go back where their earlier turns are cached (a model kept warm on one host,
+    # and affinity among its hosts): more of their prompts found in the hosts' caches.
+    shares = {policy: r["prompt_cached_share"] for policy, r in results.items()}
+    assert shares["memory_aware"] > shares["random"], shares
     trace = results["memory_aware"]["trace"]  # arrival, model, node, X-Hops-Route, TTFT, error
     assert len(trace) == 40
     assert all(node and route for _, _, node, route, _, _ in trace)
@@ -53,6 +57,7 @@ def test_repeated_runs_report_each_figures_median_and_keep_every_run() -> None:
             "loads": loads,
             "evictions": loads - 4,
             "goodput_tokens_per_s": 38.0,
+            "prompt_cached_share": 0.3,
             "by_node": {"gpu-24g": node_share, "gpu-8g": 120 - node_share},
         }
 
