@@ -55,6 +55,15 @@ class GenRequest:
     # what the runner answers once loaded, with a slot, instead of generating (a format it
     # refuses, an image it cannot read); "" = nothing wrong
     runner_error: str = ""
+    # What the template adds after the prompt to open the reply (a chat's assistant turn): the
+    # runner evaluates and caches it with the prompt, but the reply's words are drawn from the
+    # prompt alone (so a workload's replies do not depend on the framing).
+    turn_start: str = ""
+
+    @property
+    def evaluated(self) -> str:
+        """The text the runner evaluates before the reply, and keeps in its cache with it."""
+        return self.prompt + self.turn_start
 
 
 @dataclass(slots=True)
@@ -183,18 +192,18 @@ class Host:
                         raise RunnerError(req.runner_error)
                     tps = self.decode_tps(req.spec, runner.vram_fraction)
                     output: list[str] = []
-                    async for piece in self._paced(
-                        req,
-                        metrics,
-                        runner.cached_prefix(req.prompt),
-                        tps,
-                        slowdown,
-                        lambda: runner.active,
-                    ):
-                        if piece[0] == "content":
-                            output.append(piece[1])
-                        yield piece
-                    runner.remember(req.prompt + "".join(output))
+                    slot, cached = runner.take_cache_slot(
+                        req.evaluated, self.settings.multiuser_cache
+                    )
+                    try:
+                        async for piece in self._paced(
+                            req, metrics, cached, tps, slowdown, lambda: runner.active
+                        ):
+                            if piece[0] == "content":
+                                output.append(piece[1])
+                            yield piece
+                    finally:
+                        runner.leave_cache_slot(slot, req.evaluated + "".join(output))
                     completed = True
                 finally:
                     runner.active -= 1
@@ -225,8 +234,10 @@ class Host:
         active: Callable[[], int],
     ) -> AsyncGenerator[Piece, None]:
         scale = self.settings.time_scale
-        prompt_tokens = textgen.count_tokens(req.prompt)
-        uncached = max(1, textgen.count_tokens(req.prompt[cached_chars:])) if prompt_tokens else 0
+        prompt_tokens = textgen.count_tokens(req.evaluated)
+        uncached = (
+            max(1, textgen.count_tokens(req.evaluated[cached_chars:])) if prompt_tokens else 0
+        )
         prompt_start = time.monotonic()
         await self.scheduler.sleep(uncached / (tps * self.profile.prompt_speedup) * slowdown)
         metrics.prompt_eval_count = prompt_tokens

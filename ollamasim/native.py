@@ -309,6 +309,9 @@ def _maybe_truncated(body: dict[str, Any], drop: Any) -> Response:
     return TruncatedResponse(payload, len(payload) // 2, JSON_TYPE)
 
 
+ASSISTANT_TURN = "<|assistant|>"
+
+
 def render_messages(messages: list[Any]) -> str:
     """The prompt text a chat renders to; consecutive turns share a prefix, as with a template."""
     parts = []
@@ -356,6 +359,10 @@ def chat_request(
         tools=tuple(t for t in tools if isinstance(t, dict)),
         wants_tool_call=last_role == "user",
         runner_error=format_error(data.get("format")) or image_error(spec, images),
+        # As a chat template does, the prompt ends by opening the assistant's turn (unless the
+        # last message is the assistant's, which the reply continues): the reply follows on
+        # from it, so the next turn, sending the reply back, repeats what the runner cached.
+        turn_start="" if last_role == "assistant" else ASSISTANT_TURN,
     )
 
 

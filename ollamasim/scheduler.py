@@ -45,6 +45,15 @@ FOREVER_S = 292 * 365 * 24 * 3600.0
 SPAWN_SECONDS = 0.3
 
 
+@dataclass(slots=True)
+class CacheSlot:
+    """One parallel slot's KV cache: the text (prompt and reply) its last request left there."""
+
+    text: str = ""
+    in_use: bool = False
+    last_used: float = 0.0
+
+
 class Runner:
     """One loaded (or loading) model instance, shared by every request for its weights (every
     model whose spec has its ``runner``)."""
@@ -75,7 +84,7 @@ class Runner:
         self.expiry: asyncio.TimerHandle | None = None
         self.idle_expires_at = 0.0
         self.last_used = time.monotonic()
-        self.cached_prompts: list[str] = []
+        self.cache_slots = [CacheSlot() for _ in range(num_parallel)]
         self.num_parallel = num_parallel
 
     @property
@@ -90,17 +99,40 @@ class Runner:
             return time.time() + self.keep_alive / scale
         return self.idle_expires_at
 
-    def cached_prefix(self, prompt: str) -> int:
-        """Characters of ``prompt`` already in one of this runner's KV-cache slots."""
-        best = 0
-        for cached in self.cached_prompts:
-            # Character-wise on purpose: the rendered prompt stands in for its tokens.
-            best = max(best, len(os.path.commonprefix([cached, prompt])))  # noqa: RUF071
-        return best
+    def take_cache_slot(self, prompt: str, multiuser: bool) -> tuple[CacheSlot, int]:
+        """The KV-cache slot a request runs in, and how many characters of its prompt that slot
+        holds already, picked as Ollama's runner does (LoadCacheSlot; the caller holds one of the
+        runner's parallel slots, so one is free). By default the free slot whose text shares the
+        longest prefix with the prompt (the first on a tie, an empty one counting 0), whatever
+        else it held: a new conversation takes over one that shares only the template's start.
+        With OLLAMA_MULTIUSER_CACHE: the slot holding exactly a prefix of the prompt (the
+        conversation's own), else the least recently used free one, given the longest prefix
+        found in any slot. Character-wise on purpose: the rendered prompt stands in for its
+        tokens."""
 
-    def remember(self, text: str) -> None:
-        self.cached_prompts.append(text)
-        del self.cached_prompts[: -self.num_parallel]
+        def shared(slot: CacheSlot) -> int:
+            return len(os.path.commonprefix([slot.text, prompt]))  # noqa: RUF071
+
+        free = [slot for slot in self.cache_slots if not slot.in_use]
+        if not multiuser:
+            chosen = max(free, key=shared)
+            cached = shared(chosen)
+        else:
+            longest = max(self.cache_slots, key=shared)
+            cached = shared(longest)
+            if cached == len(longest.text) and not longest.in_use:
+                chosen = longest
+            else:
+                chosen = min(free, key=lambda slot: slot.last_used)
+        chosen.in_use = True
+        chosen.last_used = time.monotonic()
+        return chosen, cached
+
+    @staticmethod
+    def leave_cache_slot(slot: CacheSlot, text: str) -> None:
+        """The request in ``slot`` is over; its prompt and what it generated stay cached."""
+        slot.text = text
+        slot.in_use = False
 
 
 def _eviction_order(runner: Runner) -> tuple[float, float]:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hopscommon.settings import load, option, parse_host_port
+from hopscommon.settings import load, option, parse_bool, parse_host_port
 from hopscommon.units import parse_bytes, parse_seconds
 from ollamasim.catalogue import ModelSpec, parse_model_arg
 from ollamasim.faults import FaultSpec
@@ -85,6 +85,12 @@ class SimSettings:
     ram: int | None = option(None, "system memory; default: the profile's", parse=parse_bytes)
     speed: float = option(1.0, "multiplier on the profile's decode and load speed", parse=float)
     num_parallel: int = option(1, "OLLAMA_NUM_PARALLEL: parallel slots per loaded model", parse=int)
+    multiuser_cache: bool = option(
+        False,
+        "OLLAMA_MULTIUSER_CACHE: a request takes the KV-cache slot holding its conversation, "
+        "else the least recently used one (default: the free slot sharing the longest prefix)",
+        parse=parse_bool,
+    )
     max_loaded_models: int = option(
         0, "OLLAMA_MAX_LOADED_MODELS (0 = 3 per GPU, 3 on CPU)", parse=int
     )

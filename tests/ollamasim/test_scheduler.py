@@ -249,6 +249,47 @@ async def test_prompt_cache_makes_follow_up_turn_cheaper(start_sim: SimFactory) 
     assert 1 <= fresh <= 3  # "and more"
 
 
+async def _chat_turns(sim: SimServer, order: str) -> dict[str, list[dict[str, Any]]]:
+    """Conversations "a" and "b", one turn at a time in ``order`` (e.g. "aba"), each sending back
+    the replies it got, as chat clients do; their final replies by conversation."""
+    history: dict[str, list[dict[str, str]]] = {
+        name: [{"role": "system", "content": f"you are {name} " + "rule " * 300}] for name in "ab"
+    }
+    finals: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        for turn, name in enumerate(order):
+            messages = history[name]
+            messages.append({"role": "user", "content": f"question {turn}"})
+            body = {"model": "llama3.2", "messages": messages, "stream": False}
+            reply = (await client.post("/api/chat", json=body)).json()
+            messages.append(reply["message"])
+            finals[name].append(reply)
+    return finals
+
+
+async def test_a_follow_up_turn_finds_its_conversation_in_the_cache(start_sim: SimFactory) -> None:
+    """A chat's prompt opens the assistant's turn, as a template does, so the reply the client
+    sends back continues the cached prompt: the next turn evaluates only its question."""
+    sim = await start_sim(time_scale=20.0)
+    first, second = (await _chat_turns(sim, "aa"))["a"]
+    assert first["prompt_eval_cached_count"] == 0
+    assert second["prompt_eval_count"] - second["prompt_eval_cached_count"] <= 12  # the question
+
+
+async def test_cache_slots_are_picked_as_ollamas_runner_picks_them(start_sim: SimFactory) -> None:
+    """Two slots, two conversations taking turns. Ollama's default takes the free slot sharing
+    the longest prefix, and another conversation shares the template's start: "b" takes over
+    the slot of "a", whose next turn finds nothing. With OLLAMA_MULTIUSER_CACHE, "b" takes the
+    least recently used slot, and "a" finds its own."""
+    fresh = {}
+    for multiuser in (False, True):
+        sim = await start_sim(time_scale=20.0, num_parallel=2, multiuser_cache=multiuser)
+        back = (await _chat_turns(sim, "aba"))["a"][1]
+        fresh[multiuser] = back["prompt_eval_count"] - back["prompt_eval_cached_count"]
+    assert fresh[True] <= 12
+    assert fresh[False] > 300
+
+
 async def test_openai_usage_tells_the_cached_part_of_the_prompt(start_sim: SimFactory) -> None:
     """The OpenAI routes carry the cached count in usage, as Ollama maps it: chat completions
     in prompt_tokens_details, Responses in input_tokens_details; embeddings have none."""
