@@ -24,8 +24,8 @@ template's start with any, so it may take over the slot of one still going. With
 --multiuser-cache the hosts run as with OLLAMA_MULTIUSER_CACHE=1: a request takes the slot of
 its own conversation, else the least recently used one.
 
-Usage: python bench/affinity.py [--seed 7] [--conversations 4] [--turns 6] [--multiuser-cache]
-       [--json bench/results/affinity.json]
+Usage: python bench/affinity.py [--seed 7] [--conversations 4] [--turns 6] [--think 5]
+       [--multiuser-cache] [--json bench/results/affinity.json]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ TIME_SCALE = 10.0
 SYSTEM_TOKENS = 2000
 QUESTION_TOKENS = 60
 REPLY_TOKENS = 80
-THINK_S = 5.0  # simulated seconds between a reply and the next question, on average
+THINK_S = 5.0  # simulated seconds between a reply and the next question, on average (--think)
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -112,14 +112,14 @@ async def _conversation(
     rng = random.Random(f"{seed}/{index}")
     messages = [{"role": "system", "content": f"chat {index}: " + _text(rng, args.system_tokens)}]
     turns = []
-    await asyncio.sleep(rng.uniform(0, THINK_S) / TIME_SCALE)
+    await asyncio.sleep(rng.uniform(0, args.think) / TIME_SCALE)
     for number in range(args.turns):
         question = f"question {number}: " + _text(rng, QUESTION_TOKENS)
         messages.append({"role": "user", "content": question})
         turn = await _turn(client, messages)
         messages.append({"role": "assistant", "content": turn.pop("reply")})
         turns.append({"conversation": index, "turn": number, **turn})
-        await asyncio.sleep(rng.expovariate(1 / THINK_S) / TIME_SCALE)
+        await asyncio.sleep(rng.expovariate(1 / args.think) / TIME_SCALE)
     return turns
 
 
@@ -195,6 +195,13 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=SLOTS * len(HOSTS))
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--system-tokens", type=int, default=SYSTEM_TOKENS)
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=THINK_S,
+        help="mean simulated seconds between a reply and the next question (longer: fewer "
+        "turns at once, so the first turns no longer spread over the hosts by themselves)",
+    )
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument(
         "--multiuser-cache",
@@ -217,6 +224,7 @@ def main() -> None:
         "conversations": args.conversations,
         "turns": args.turns,
         "system_tokens": args.system_tokens,
+        "think_s": args.think,
         "question_tokens": QUESTION_TOKENS,
         "reply_tokens": REPLY_TOKENS,
         "time_scale": TIME_SCALE,

@@ -351,7 +351,14 @@ class Router:
                 continue
             eligible.append(
                 self._candidate(
-                    node, key, affinity, context, request.runner_options, prompt, cached
+                    node,
+                    key,
+                    affinity,
+                    context,
+                    request.runner_options,
+                    prompt,
+                    cached,
+                    request.session_key,
                 )
             )
         if not eligible:
@@ -383,7 +390,14 @@ class Router:
 
         def candidate_on(node: Node) -> Candidate:
             return self._candidate(
-                node, key, affinity, context, request.runner_options, prompt, cached
+                node,
+                key,
+                affinity,
+                context,
+                request.runner_options,
+                prompt,
+                cached,
+                request.session_key,
             )
 
         def visit(node: Node, floor: float = -math.inf) -> None:
@@ -552,10 +566,13 @@ class Router:
         options: RunnerOptions = (),
         prompt_tokens: int = 0,
         cached_tokens: int = 0,
+        session_key: str = "",
     ) -> Candidate:
         """``prompt_tokens``: the request's prompt, of which ``cached_tokens`` are in the prompt
         cache of ``affinity_node`` (its session's last host) if the model is still loaded there.
-        The hot path of every pick, once per eligible host: locals and plain dict lookups."""
+        ``session_key``: the request's conversation, to tell whose cached prompt it would take
+        over here. The hot path of every pick, once per eligible host: locals and plain dict
+        lookups."""
         asked_model = node.installed_by_key.get(key)
         if context is not None and asked_model is not None:
             context, options = _with_defaults(asked_model, context, options)
@@ -677,6 +694,8 @@ class Router:
             fresh = prompt_tokens - cached_tokens if c.affinity and loaded else prompt_tokens
             c.prompt_tokens = max(fresh, 0)
             c.prompt_tps = self._prompt_tps(learned, node_id, size)
+        if session_key and loaded:
+            c.cache_victim_tokens = self._cache_victim(node_id, key, session_key, c.num_parallel)
         if c.loading:
             c.loading_for = time.monotonic() - node.loading[key][0]
         elif loaded and key in node.warming:
@@ -824,6 +843,17 @@ class Router:
         if session_key not in self._slot_sessions.get((affinity_node, runner), ()):
             return 0
         return self.sessions[session_key][2]
+
+    def _cache_victim(self, node_id: str, key: str, session_key: str, slots: int) -> int:
+        """The prompt tokens of the conversation whose cached prompt this session would take
+        over on ``node_id``'s instance of ``key`` (0 = none): when as many other conversations
+        hold its slots as it has, the least recently served one, if that is where it last ran
+        (its next turn there then evaluates it all again)."""
+        served = self._slot_sessions.get((node_id, key))
+        if not served or len(served) < max(slots, 1) or session_key in served:
+            return 0
+        victim = self.sessions.get(served[-1])
+        return victim[2] if victim is not None and victim[0] == node_id else 0
 
     def _into_slot(self, session_key: str, node_id: str, key: str, slots: int) -> None:
         served = self._slot_sessions.setdefault((node_id, key), [])

@@ -113,6 +113,9 @@ class Candidate:
     # The prompt_time of the requests in flight for this model here, summed: a request that
     # queues waits for their prompts too.
     prompt_ahead: float = 0.0
+    # Loaded here with every prompt-cache slot holding another conversation: the prompt tokens
+    # of the one this request would take over (its next turn here evaluates them again).
+    cache_victim_tokens: int = 0
 
 
 def decode_speed(decode_tps: float, on_gpu: bool) -> float:

@@ -58,6 +58,7 @@ from controlplane.policies.base import (
     memory_needed,
     predicted_victims,
     prompt_time,
+    seconds_per_prompt_token,
 )
 
 EXPECTED_TOKENS = 200
@@ -68,6 +69,9 @@ COLD_LOAD_PENALTY_S = 2.0  # chosen on the routing bench: see bench/README.md
 EVICT_BUSY_PENALTY_S = 1000.0
 ELSEWHERE_SHARE = 0.25  # of a victim's reload cost, when another host has it loaded too
 AFFINITY_BONUS_S = 0.75
+# The chance that a conversation whose cached prompt a request would take over comes back for
+# another turn (then evaluating it all again): even odds, knowing no more.
+CACHE_TAKEOVER_ODDS = 0.5
 UNSURE_RELOAD_ODDS = 0.5  # of a load, for a warm instance whose context length may not match
 SIZE_TIEBREAK_S_PER_BYTE = 1e-12  # 24 GiB -> 0.026 s: only decides between near-equal hosts
 
@@ -207,6 +211,9 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
         cost += load_estimate(c) * UNSURE_RELOAD_ODDS / max(c.weight, 1e-6)
     if c.affinity and c.loaded:
         cost -= AFFINITY_BONUS_S / max(c.weight, 1e-6)
+    if c.cache_victim_tokens:  # another conversation's cached prompt, lost if it comes back
+        taken = c.cache_victim_tokens * seconds_per_prompt_token(c) * CACHE_TAKEOVER_ODDS
+        cost += taken / max(c.weight, 1e-6)
     return cost, tier, wait
 
 

@@ -662,6 +662,30 @@ def test_a_conversation_loses_its_cache_once_others_took_every_slot() -> None:
     assert router._cached_tokens("t", "n", "m:latest") == 100
 
 
+def test_a_new_conversation_goes_where_it_takes_no_other_ones_cache() -> None:
+    """Two alike warm hosts, one cache slot each: a second conversation would take over the
+    first one's cached prompt on its host, so it goes to the other while that has a slot free
+    (ties once went to the lower id, so with few requests at once every conversation piled onto
+    one host and they took each other's caches turn after turn). Once every slot holds one, a
+    new conversation takes over the one with the least cached."""
+    fleet = builders.fleet()
+    for node_id in ("a", "b"):
+        builders.add_node(fleet, node_id, models=["m:latest"], loaded=["m:latest"])
+    router = builders.router(fleet, "memory_aware")
+
+    def turn(session: str, tokens: int) -> str:
+        asked = RouteRequest(model="m", edge_id="e", session_key=session, prompt_tokens=tokens)
+        outcome = router.pick(asked)
+        router.fleet.leases.close(outcome.lease_id)
+        return outcome.ranked[0].candidate.node_id
+
+    first = turn("s", 3000)
+    second = turn("t", 200)
+    assert second != first
+    assert turn("s", 3200) == first and turn("t", 300) == second  # each back to its cache
+    assert turn("u", 100) == second  # t's 300 cached tokens cost less to lose than s's 3,200
+
+
 def test_a_queue_waits_for_the_prompts_ahead_of_it_too() -> None:
     ahead = replace(BASE, loaded=True, in_flight_model=2, decode_tps=100.0, expected_tokens=100)
     assert queue_wait(ahead, service_time(ahead)) == pytest.approx(2.0)  # two replies of 1 s
