@@ -341,29 +341,38 @@ class Router:
         eligible: list[Candidate] = []
         saturated = 0
         affinity = self._affinity(request.session_key, key)
-        prompt = request.prompt_tokens
-        cached = self._cached_tokens(request.session_key, affinity, key)
+        candidate_on = self._candidates_for(request, key, context, affinity)
         for node in holders:
             if not self._passes(node, request):
                 continue
             if self._full(node, request):
                 saturated += 1
                 continue
-            eligible.append(
-                self._candidate(
-                    node,
-                    key,
-                    affinity,
-                    context,
-                    request.runner_options,
-                    prompt,
-                    cached,
-                    request.session_key,
-                )
-            )
+            eligible.append(candidate_on(node))
         if not eligible:
             return self._none_eligible(saturated)
         return tuple(self.policy.pick(request, eligible, limit))
+
+    def _candidates_for(
+        self, request: RouteRequest, key: str, context: int | None, affinity: str
+    ) -> Callable[[Node], Candidate]:
+        """The candidate each host makes for ``request``, whose session last ran on
+        ``affinity``: what that host holds cached of it is looked up once."""
+        cached = self._cached_tokens(request.session_key, affinity, key)
+
+        def candidate_on(node: Node) -> Candidate:
+            return self._candidate(
+                node,
+                key,
+                affinity,
+                context,
+                request.runner_options,
+                request.prompt_tokens,
+                cached,
+                request.session_key,
+            )
+
+        return candidate_on
 
     def _rank_bounded(
         self,
@@ -381,24 +390,11 @@ class Router:
         self._refresh_floors(policy)
         nodes = self.fleet.nodes
         affinity = self._affinity(request.session_key, key)
-        prompt = request.prompt_tokens
-        cached = self._cached_tokens(request.session_key, affinity, key)
+        candidate_on = self._candidates_for(request, key, context, affinity)
         evaluated: list[Candidate] = []
         best: list[tuple[float, str]] = []  # the ``limit`` lowest (cost, node id), sorted
         saturated = 0
         full: list[tuple[float, Node]] = []  # hosts at their cap, with their floors
-
-        def candidate_on(node: Node) -> Candidate:
-            return self._candidate(
-                node,
-                key,
-                affinity,
-                context,
-                request.runner_options,
-                prompt,
-                cached,
-                request.session_key,
-            )
 
         def visit(node: Node, floor: float = -math.inf) -> None:
             nonlocal saturated
