@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hops.v1 import admin_pb2
 
+from bench.routing import pct
 from ollamasim import textgen
 from tests.integration import fleet
 from tests.integration.fleet import wait_until
@@ -59,13 +60,6 @@ SYSTEM_TOKENS = 2000
 QUESTION_TOKENS = 60
 REPLY_TOKENS = 80
 THINK_S = 5.0  # simulated seconds between a reply and the next question, on average (--think)
-
-
-def _percentile(values: list[float], p: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))], 3)
 
 
 def _text(rng: random.Random, tokens: int) -> str:
@@ -165,10 +159,8 @@ def summary(turns: list[dict[str, Any]]) -> dict[str, Any]:
         "turns": len(turns),
         "prompt_cached_share": round(sum(t["cached_tokens"] for t in turns) / prompt, 3),
         "follow_ups_to_the_same_host": round(same / len(follow), 3) if follow else 0.0,
-        "follow_up_ttft_s": {"p50": _percentile(ttft, 0.5), "p95": _percentile(ttft, 0.95)},
-        "first_turn_ttft_s": {
-            "p50": _percentile([t["ttft_s"] for t in turns if t["turn"] == 0], 0.5)
-        },
+        "follow_up_ttft_s": {"p50": pct(ttft, 0.5), "p95": pct(ttft, 0.95)},
+        "first_turn_ttft_s": {"p50": pct([t["ttft_s"] for t in turns if t["turn"] == 0], 0.5)},
     }
 
 

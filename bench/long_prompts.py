@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hops.v1 import admin_pb2
 
+from bench.routing import pct
 from ollamasim import textgen
 from ollamasim.catalogue import CATALOGUE
 from ollamasim.profiles import PROFILES, decode_tokens_per_s
@@ -54,13 +55,6 @@ LONG_SHARE = 0.3
 LONG_TOKENS = 3000
 REPLY_TOKENS = 60
 HOSTS = {"gpu": "gpu-8g", "cpu": "cpu"}
-
-
-def _percentile(values: list[float], p: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))], 3)
 
 
 async def one(
@@ -129,7 +123,7 @@ def _kind(samples: list[dict[str, Any]]) -> dict[str, Any]:
     ttft = [s["ttft_s"] for s in samples]
     return {
         "requests": len(samples),
-        "ttft_s": {"p50": _percentile(ttft, 0.5), "p95": _percentile(ttft, 0.95)},
+        "ttft_s": {"p50": pct(ttft, 0.5), "p95": pct(ttft, 0.95)},
         "on_cpu": sum(s["node"] == "cpu" for s in samples),
     }
 
