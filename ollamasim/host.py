@@ -93,17 +93,14 @@ class Metrics:
             "total_duration": int(self.total_ns * self.scale),
             "load_duration": int(self.load_ns * self.scale),
             "prompt_eval_count": self.prompt_eval_count,
-            "prompt_eval_cached_count": self.prompt_cached_count,
             "prompt_eval_duration": int(self.prompt_eval_ns * self.scale),
             "eval_count": self.eval_count,
             "eval_duration": int(self.eval_ns * self.scale),
         }
-        # Go's omitempty drops zeros, and nil pointers (the cached count is one: 0 when set)
-        return {
-            k: v
-            for k, v in fields.items()
-            if v or (k == "prompt_eval_cached_count" and v is not None)
-        }
+        shown = {k: v for k, v in fields.items() if v}  # Go's omitempty drops zeros
+        if self.prompt_cached_count is not None:  # a pointer in Go: 0 is said once set
+            shown["prompt_eval_cached_count"] = self.prompt_cached_count
+        return shown
 
 
 Piece = tuple[str, Any]  # ("thinking", str) | ("content", str) | ("tool_calls", list)
