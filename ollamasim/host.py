@@ -128,7 +128,7 @@ class Host:
         self.blobs: dict[str, int] = {}  # uploaded blobs: digest -> size
         for age, spec in enumerate(specs):
             self.installed[names.match_key(spec.name) or spec.name] = Installed(spec, now - age)
-        default_ctx = settings.context_length or 4096
+        default_ctx = settings.automatic_context(self.vram)
         max_loaded = settings.max_loaded_models or 3
         self.scheduler = Scheduler(
             memory_bytes=self.vram if self.vram > 0 else self.ram,
@@ -188,19 +188,18 @@ class Host:
                     if req.runner_error:
                         raise RunnerError(req.runner_error)
                     tps = self.decode_tps(req.spec, runner.vram_fraction)
+                    evaluated = self._fitted(req.evaluated, runner.context_length)
                     output: list[str] = []
-                    slot, cached = runner.take_cache_slot(
-                        req.evaluated, self.settings.multiuser_cache
-                    )
+                    slot, cached = runner.take_cache_slot(evaluated, self.settings.multiuser_cache)
                     try:
                         async for piece in self._paced(
-                            req, metrics, cached, tps, slowdown, lambda: runner.active
+                            req, evaluated, metrics, cached, tps, slowdown, lambda: runner.active
                         ):
                             if piece[0] == "content":
                                 output.append(piece[1])
                             yield piece
                     finally:
-                        runner.leave_cache_slot(slot, req.evaluated + "".join(output))
+                        runner.leave_cache_slot(slot, evaluated + "".join(output))
                     completed = True
                 finally:
                     runner.active -= 1
@@ -221,9 +220,20 @@ class Host:
                 self.stats.completed += 1
             metrics.finish()
 
+    def _fitted(self, evaluated: str, context_length: int) -> str:
+        """What the runner evaluates of a prompt at ``context_length``: all of it when it fits,
+        else its last ``context_length`` tokens. Ollama does not refuse such a prompt: a chat
+        drops its oldest messages and the runner cuts the rest ("truncating input prompt" in
+        its log), and the reply reads only what is left. Counted in stats.truncated_prompts."""
+        if textgen.count_tokens(evaluated) <= context_length:
+            return evaluated
+        self.stats.truncated_prompts += 1
+        return textgen.last_tokens(evaluated, context_length)
+
     async def _paced(
         self,
         req: GenRequest,
+        evaluated: str,
         metrics: Metrics,
         cached_chars: int,
         tps: float,
@@ -231,10 +241,8 @@ class Host:
         active: Callable[[], int],
     ) -> AsyncGenerator[Piece, None]:
         scale = self.settings.time_scale
-        prompt_tokens = textgen.count_tokens(req.evaluated)
-        uncached = (
-            max(1, textgen.count_tokens(req.evaluated[cached_chars:])) if prompt_tokens else 0
-        )
+        prompt_tokens = textgen.count_tokens(evaluated)
+        uncached = max(1, textgen.count_tokens(evaluated[cached_chars:])) if prompt_tokens else 0
         prompt_start = time.monotonic()
         await self.scheduler.sleep(uncached / (tps * self.profile.prompt_speedup) * slowdown)
         metrics.prompt_eval_count = prompt_tokens

@@ -101,7 +101,10 @@ class SimSettings:
         300.0, "OLLAMA_KEEP_ALIVE default, seconds or a duration like 5m", parse=_keep_alive
     )
     context_length: int = option(
-        0, "OLLAMA_CONTEXT_LENGTH (0 = 4096, the default of the Ollama version reported)", parse=int
+        0,
+        "OLLAMA_CONTEXT_LENGTH (0 = automatic for the --version reported: 4096 before 0.15.5; "
+        "from 0.15.5 by total VRAM, 4096 under 24 GiB, 32768 under 48 GiB, else 262144)",
+        parse=int,
     )
     response_tokens: tuple[int, int] = option(
         (16, 96),
@@ -133,6 +136,16 @@ class SimSettings:
     def host_profile(self) -> Profile:
         return PROFILES[self.profile]
 
+    def automatic_context(self, vram_bytes: int) -> int:
+        """The context length of a request naming none (OLLAMA_CONTEXT_LENGTH unset): 4096 up
+        to Ollama 0.15.4; from 0.15.5, picked from the host's total VRAM."""
+        if self.context_length:
+            return self.context_length
+        if _version_tuple(self.version) < (0, 15, 5):
+            return 4096
+        gib = vram_bytes / 2**30
+        return 4096 if gib < 24 else 32768 if gib < 48 else 262144
+
 
 def load_settings(argv: Sequence[str] | None = None) -> SimSettings:
     return load(
@@ -148,3 +161,14 @@ def load_settings(argv: Sequence[str] | None = None) -> SimSettings:
         ),
         env_prefix=ENV_PREFIX,
     )
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """ "0.15.5-rc1" -> (0, 15, 5): the numeric parts before any suffix (a part that is not a
+    number ends it)."""
+    parts: list[int] = []
+    for part in version.split("-", 1)[0].split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)

@@ -20,6 +20,9 @@ class Stats:
     evictions: int = 0
     unloads: int = 0
     busy_rejections: int = 0
+    # Prompts longer than the context length they ran at, evaluated only in part (Ollama keeps
+    # their end and says so only in its log)
+    truncated_prompts: int = 0
     tokens_generated: int = 0
     pulls: int = 0
     in_flight: int = 0
@@ -37,6 +40,7 @@ class Stats:
             "evictions": self.evictions,
             "unloads": self.unloads,
             "busy_rejections": self.busy_rejections,
+            "truncated_prompts": self.truncated_prompts,
             "tokens_generated": self.tokens_generated,
             "pulls": self.pulls,
             "in_flight": self.in_flight,

@@ -30,6 +30,11 @@ def count_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4) if text else 0
 
 
+def last_tokens(text: str, n: int) -> str:
+    """The end of ``text`` that count_tokens counts as ``n`` tokens (all of it when shorter)."""
+    return text[-4 * n :] if n > 0 else ""
+
+
 def words(rng: random.Random, n: int) -> list[str]:
     """``n`` tokens of text, the first without a leading space."""
     return list(iter_words(rng, n))

@@ -259,7 +259,7 @@ def test_a_prompt_another_conversation_left_in_the_cache_does_not_inflate_the_pr
                     "model": "qwen2.5:14b",
                     "messages": [system, {"role": "user", "content": question}],
                     "stream": False,
-                    "options": {"num_predict": 4},
+                    "options": {"num_predict": 4, "num_ctx": 16384},  # 4096 cuts it
                 },
                 headers={"X-Hops-Session": session},
                 timeout=60,

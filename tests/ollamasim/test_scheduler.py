@@ -234,7 +234,7 @@ async def test_cpu_host_reports_no_vram(start_sim: SimFactory) -> None:
 
 async def test_prompt_cache_makes_follow_up_turn_cheaper(start_sim: SimFactory) -> None:
     sim = await start_sim(time_scale=2.0)
-    long_history = "word " * 4000
+    long_history = "word " * 3000  # 3,750 tokens: within the 4096 it runs at
     async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
         await _generate(client, "llama3.2", options={"num_predict": 1})
         first = await _generate(client, "llama3.2", prompt=long_history, options={"num_predict": 1})
@@ -314,6 +314,42 @@ async def test_openai_usage_tells_the_cached_part_of_the_prompt(start_sim: SimFa
     cached = usage["input_tokens_details"]["cached_tokens"]
     assert 0 < cached < usage["input_tokens"]
     assert "prompt_eval_cached_count" not in embed.json()
+
+
+async def test_the_automatic_context_length_follows_the_version_and_vram(
+    start_sim: SimFactory,
+) -> None:
+    """Up to Ollama 0.15.4 a request naming no num_ctx runs at 4096; from 0.15.5 at a length
+    picked from the host's total VRAM; OLLAMA_CONTEXT_LENGTH stands over both."""
+    found = {}
+    for profile, version, context in (
+        ("gpu-24g", "0.12.6", 0),
+        ("gpu-24g", "0.15.5", 0),
+        ("gpu-12g", "0.15.5", 0),
+        ("cpu", "0.16.0", 0),
+        ("gpu-12g", "0.15.5", 8192),
+    ):
+        sim = await start_sim(profile=profile, version=version, context_length=context)
+        async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+            await _generate(client, "llama3.2")
+            found[profile, version, context] = (await client.get("/api/ps")).json()["models"][0]
+    lengths = [m["context_length"] for m in found.values()]
+    assert lengths == [4096, 32768, 4096, 4096, 8192]
+
+
+async def test_a_prompt_over_the_context_length_is_cut_to_its_end(start_sim: SimFactory) -> None:
+    """Ollama evaluates only the last num_ctx tokens of a longer prompt, without an error: the
+    reply counts what it read, and only the log (here, the stats) says what was lost."""
+    sim = await start_sim(time_scale=20.0)
+    document = "word " * 6000  # 7,500 tokens
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        short = await _generate(client, "llama3.2", prompt=document, options={"num_predict": 1})
+        whole = await _generate(
+            client, "llama3.2", prompt=document, options={"num_predict": 1, "num_ctx": 8192}
+        )
+    assert short["prompt_eval_count"] == 4096
+    assert whole["prompt_eval_count"] == 7500
+    assert (await sim_stats(sim))["truncated_prompts"] == 1
 
 
 async def test_an_embedding_model_gets_one_slot_whatever_num_parallel_says(
