@@ -107,6 +107,16 @@ class RouteRequest:
         return self.api not in (ApiKind.SHOW, ApiKind.PULL)
 
     @property
+    def context_prompt(self) -> int:
+        """The prompt tokens that must fit the context length the request runs at, lest Ollama
+        cut them: a generation's whole prompt. 0 for an embedding, whose prompt_tokens sum
+        inputs that are each embedded apart (and each cut to fit), and for a request that
+        runs no model."""
+        if self.api in (ApiKind.EMBED, ApiKind.EMBEDDINGS, ApiKind.OPENAI_EMBEDDINGS):
+            return 0
+        return self.prompt_tokens if self.runs_model else 0
+
+    @property
     def context(self) -> int | None:
         """The context length the request runs its model with: ``num_ctx`` when asked, 0 for
         the host's automatic one; None for a request that runs none (show, pull)."""

@@ -370,6 +370,7 @@ class Router:
                 request.prompt_tokens,
                 cached,
                 request.session_key,
+                request.context_prompt,
             )
 
         return candidate_on
@@ -563,12 +564,14 @@ class Router:
         prompt_tokens: int = 0,
         cached_tokens: int = 0,
         session_key: str = "",
+        context_prompt: int = 0,
     ) -> Candidate:
         """``prompt_tokens``: the request's prompt, of which ``cached_tokens`` are in the prompt
         cache of ``affinity_node`` (its session's last host) if the model is still loaded there.
         ``session_key``: the request's conversation, to tell whose cached prompt it would take
-        over here. The hot path of every pick, once per eligible host: locals and plain dict
-        lookups."""
+        over here. ``context_prompt``: the prompt that must fit the context length the request
+        runs at here (RouteRequest.context_prompt). The hot path of every pick, once per
+        eligible host: locals and plain dict lookups."""
         asked_model = node.installed_by_key.get(key)
         if context is not None and asked_model is not None:
             context, options = _with_defaults(asked_model, context, options)
@@ -692,6 +695,14 @@ class Router:
             c.prompt_tps = self._prompt_tps(learned, node_id, size)
         if session_key and loaded:
             c.cache_victim_tokens = self._cache_victim(node_id, key, session_key, c.num_parallel)
+        if context_prompt and context is not None and not names.is_cloud(key):
+            listed = node.loaded_by_key.get(key) if loaded else None
+            # Warm: the length its instance was loaded with (Ollama runs the request there at
+            # it); else the length a load for this request takes here, 0 while not learned.
+            runs_at = listed.context_length if listed is not None else 0
+            runs_at = runs_at or node.wanted_context(key, context)
+            if runs_at and context_prompt > runs_at:
+                c.over_context = context_prompt - runs_at
         if c.loading:
             c.loading_for = time.monotonic() - node.loading[key][0]
         elif loaded and key in node.warming:

@@ -38,6 +38,12 @@ cached unless the wait there costs more than evaluating it all again elsewhere. 
 gets a small bonus (a warm prompt cache), small enough that a hot session does not pile onto a
 busy host. Among equal costs the smaller host wins,
 keeping big GPUs free for big models. Costs divide by the node's weight.
+
+A host whose context length is shorter than the request's prompt (the instance's length when
+the model is loaded there, else the one a load for it takes: the length asked, or the host's
+automatic one, which Ollama 0.15.5+ picks from its VRAM) would cut the prompt without an error:
+it ranks after every host that reads it whole (+ OVER_CONTEXT_PENALTY_S), and is chosen only
+when none can ("over-context" in X-Hops-Route).
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ LOAD_OVERHEAD_S = 0.5
 EVICT_IDLE_PENALTY_S = 2.0
 COLD_LOAD_PENALTY_S = 2.0  # chosen on the routing bench: see bench/README.md
 EVICT_BUSY_PENALTY_S = 1000.0
+# A host whose context length would cut the request's prompt ranks after every host that reads
+# it whole, even one that must wait for busy models: a late answer beats a wrong one.
+OVER_CONTEXT_PENALTY_S = 10_000.0
 ELSEWHERE_SHARE = 0.25  # of a victim's reload cost, when another host has it loaded too
 AFFINITY_BONUS_S = 0.75
 # The chance that a conversation whose cached prompt a request would take over comes back for
@@ -214,6 +223,8 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
     if c.cache_victim_tokens:  # another conversation's cached prompt, lost if it comes back
         taken = c.cache_victim_tokens * seconds_per_prompt_token(c) * CACHE_TAKEOVER_ODDS
         cost += taken / max(c.weight, 1e-6)
+    if c.over_context:
+        cost += OVER_CONTEXT_PENALTY_S / max(c.weight, 1e-6)
     return cost, tier, wait
 
 
@@ -228,6 +239,8 @@ def _reason(c: Candidate, tier: str, wait: float) -> str:
     if c.reload:  # e.g. "reload-fit": loaded with another context length
         tier = tier.replace("cold", "reload", 1)
     reason = f"queued {wait * 1000:.0f}ms" if tier == "queued" else tier
+    if c.over_context:  # no host reads the prompt whole: say so
+        reason += " over-context"
     return f"affinity {reason}" if c.affinity and c.loaded else reason
 
 

@@ -1510,3 +1510,60 @@ def test_a_reload_pays_for_the_reload_it_causes_the_instances_own_clients() -> N
     # Loaded outside HOPS (no request ever asked a length here): its clients are not seen, so
     # it is taken to be in use as much as the model is, and kept rather than reloaded.
     assert plain_picks_on_c(False) == pytest.approx(1.0)
+
+
+def test_a_prompt_goes_where_the_context_length_holds_it_whole() -> None:
+    """Ollama cuts a prompt longer than the context length it runs at, with no error. A 6,000
+    token prompt goes to the host whose instance runs at 32768, though it is busy and the
+    other host, at 4096, is free; a short one still goes to the free host."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "big", 32768)
+    _loaded_with_context(fleet, "small", 4096)
+    router = builders.router(fleet, "memory_aware")
+    assert router.pick(_req(node_id="big", prompt_tokens=100)).lease_id  # "big" is busy
+    assert router.pick(_req(prompt_tokens=100)).ranked[0].candidate.node_id == "small"
+    document = router.pick(_req(prompt_tokens=6000))
+    by_node = {r.candidate.node_id: r for r in document.ranked}
+    assert document.ranked[0].candidate.node_id == "big"
+    assert by_node["small"].candidate.over_context == 6000 - 4096
+    assert by_node["small"].reason.endswith("over-context")
+    assert by_node["big"].candidate.over_context == 0
+
+
+def test_a_prompt_no_host_holds_whole_still_goes_where_it_runs_soonest() -> None:
+    """Over every host's context length, the prompt is cut wherever it goes: the usual ranking
+    decides, and X-Hops-Route says it did not fit. Embeddings (each input cut apart) and
+    requests asking a length of their own are weighed at their own lengths."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "big", 32768)
+    _loaded_with_context(fleet, "small", 4096)
+    router = builders.router(fleet, "memory_aware")
+    huge = router.pick(_req(prompt_tokens=50_000))
+    assert {r.candidate.over_context for r in huge.ranked} == {50_000 - 32768, 50_000 - 4096}
+    assert all(r.reason.endswith("over-context") for r in huge.ranked)
+    embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=6000))
+    assert all(r.candidate.over_context == 0 for r in embed.ranked)
+    asked = router.pick(_req(prompt_tokens=6000, num_ctx=8192))
+    assert all(r.candidate.over_context == 0 for r in asked.ranked)  # a reload, at 8192
+
+
+def test_a_cold_host_is_weighed_at_its_learned_automatic_length() -> None:
+    """Not loaded anywhere: a host's automatic length, once a reply taught it, says whether the
+    prompt fits a load there; not learned, nothing is assumed."""
+
+    def two_hosts(learned: dict[str, int]) -> Router:
+        fleet = builders.fleet()
+        for node_id in ("a", "b"):
+            node = builders.add_node(fleet, node_id, models=["llama3.2:latest"], vram_gb=24)
+            if node_id in learned:
+                node.auto_context["llama3.2:latest"] = learned[node_id]
+        return builders.router(fleet, "memory_aware")
+
+    unknown = two_hosts({}).pick(_req(prompt_tokens=6000))
+    assert all(r.candidate.over_context == 0 for r in unknown.ranked)
+    learned = two_hosts({"a": 4096, "b": 32768}).pick(_req(prompt_tokens=6000))
+    assert learned.ranked[0].candidate.node_id == "b"
+    assert {r.candidate.node_id: r.candidate.over_context for r in learned.ranked} == {
+        "a": 6000 - 4096,
+        "b": 0,
+    }
