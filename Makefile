@@ -82,6 +82,7 @@ bench: install ## Run the benchmarks under bench/ (figures printed, JSON in benc
 	$(PY) bench/mixed_context.py
 	$(PY) bench/long_prompts.py
 	$(PY) bench/affinity.py
+	$(PY) bench/long_context.py
 	$(PY) bench/overhead.py
 
 clean: ## Remove the venv, buf and caches

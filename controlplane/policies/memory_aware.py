@@ -42,8 +42,8 @@ keeping big GPUs free for big models. Costs divide by the node's weight.
 A host whose context length is shorter than the request's prompt (the instance's length when
 the model is loaded there, else the one a load for it takes: the length asked, or the host's
 automatic one, which Ollama 0.15.5+ picks from its VRAM) would cut the prompt without an error:
-it ranks after every host that reads it whole (+ OVER_CONTEXT_PENALTY_S), and is chosen only
-when none can ("over-context" in X-Hops-Route).
+it ranks after every host that reads it whole (+ OVER_CONTEXT_PENALTY_S). When none can, the
+host that cuts the least is chosen ("over-context" in X-Hops-Route).
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ EVICT_IDLE_PENALTY_S = 2.0
 COLD_LOAD_PENALTY_S = 2.0  # chosen on the routing bench: see bench/README.md
 EVICT_BUSY_PENALTY_S = 1000.0
 # A host whose context length would cut the request's prompt ranks after every host that reads
-# it whole, even one that must wait for busy models: a late answer beats a wrong one.
+# it whole, even one that must wait for busy models: a late answer beats a wrong one. Among
+# hosts that all cut it, the one that cuts the least (each token cut weighs this much).
 OVER_CONTEXT_PENALTY_S = 10_000.0
+OVER_CONTEXT_S_PER_TOKEN = 1.0
 ELSEWHERE_SHARE = 0.25  # of a victim's reload cost, when another host has it loaded too
 AFFINITY_BONUS_S = 0.75
 # The chance that a conversation whose cached prompt a request would take over comes back for
@@ -224,7 +226,8 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
         taken = c.cache_victim_tokens * seconds_per_prompt_token(c) * CACHE_TAKEOVER_ODDS
         cost += taken / max(c.weight, 1e-6)
     if c.over_context:
-        cost += OVER_CONTEXT_PENALTY_S / max(c.weight, 1e-6)
+        cut = OVER_CONTEXT_PENALTY_S + c.over_context * OVER_CONTEXT_S_PER_TOKEN
+        cost += cut / max(c.weight, 1e-6)
     return cost, tier, wait
 
 

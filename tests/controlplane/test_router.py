@@ -1530,16 +1530,21 @@ def test_a_prompt_goes_where_the_context_length_holds_it_whole() -> None:
     assert by_node["big"].candidate.over_context == 0
 
 
-def test_a_prompt_no_host_holds_whole_still_goes_where_it_runs_soonest() -> None:
-    """Over every host's context length, the prompt is cut wherever it goes: the usual ranking
-    decides, and X-Hops-Route says it did not fit. Embeddings (each input cut apart) and
-    requests asking a length of their own are weighed at their own lengths."""
+def test_a_prompt_no_host_holds_whole_goes_where_the_least_is_cut() -> None:
+    """Over every host's context length, the prompt is cut wherever it goes: the host that
+    cuts the least takes it, busy or not, and X-Hops-Route says it did not fit. Embeddings
+    (each input cut apart) and requests asking a length of their own are weighed at their own
+    lengths."""
     fleet = builders.fleet()
     _loaded_with_context(fleet, "big", 32768)
     _loaded_with_context(fleet, "small", 4096)
     router = builders.router(fleet, "memory_aware")
+    assert router.pick(_req(node_id="big", prompt_tokens=100)).lease_id  # "big" is busy
     huge = router.pick(_req(prompt_tokens=50_000))
-    assert {r.candidate.over_context for r in huge.ranked} == {50_000 - 32768, 50_000 - 4096}
+    assert [(r.candidate.node_id, r.candidate.over_context) for r in huge.ranked] == [
+        ("big", 50_000 - 32768),
+        ("small", 50_000 - 4096),
+    ]
     assert all(r.reason.endswith("over-context") for r in huge.ranked)
     embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=6000))
     assert all(r.candidate.over_context == 0 for r in embed.ranked)

@@ -1,0 +1,52 @@
+"""A quick version of bench/long_context.py: on hosts whose automatic context lengths differ
+(Ollama 0.15.5 picks them from the VRAM), a document goes to the host that reads it whole,
+though a smaller, faster card would start on it sooner and cut it."""
+
+from __future__ import annotations
+
+import argparse
+
+import httpx
+import pytest
+
+from bench.long_context import HOSTS, MODEL, SLOTS, SPEED, VERSION, _warm_everywhere, run_one
+from tests.integration import fleet
+
+pytestmark = pytest.mark.slow
+
+
+def test_documents_go_where_the_context_length_holds_them_whole() -> None:
+    args = argparse.Namespace(seed=7, requests=30, rate=0.5, doc_share=0.3, doc_tokens=10_000)
+    result = run_one("memory_aware", args)
+    assert result["context_lengths"] == {"big": 32768, "mid": 4096, "small": 4096}
+    assert result["documents"] >= 5, result
+    assert result["truncated_prompts"] == 0, result
+    assert result["documents_read_in_part"] == 0, result
+    assert result["documents_by_host"]["big"] == result["documents"], result
+    # The old big card is slow: the short chats go to the faster ones.
+    assert result["short_by_host"]["big"] <= 2, result
+
+
+def test_a_prompt_no_host_holds_whole_says_so_in_x_hops_route() -> None:
+    sim = ["--version", VERSION, "--time-scale", "20", "--num-parallel", str(SLOTS)]
+    hosts = {
+        node: ["--profile", profile, *sim, "--speed", str(SPEED.get(node, 1.0))]
+        for node, profile in HOSTS.items()
+    }
+    with fleet.whole_fleet(hosts, agent_args=["--num-parallel", str(SLOTS)]) as running:
+        _warm_everywhere(running)
+        text = " ".join(f"line{i:05d}" for i in range(16_000))  # 40,000 tokens
+        reply = httpx.post(
+            running.edge.url + "/api/chat",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": text}],
+                "stream": False,
+                "options": {"num_predict": 4},
+            },
+            timeout=120,
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-hops-route"].endswith("over-context")
+        assert reply.json()["prompt_eval_count"] == 32768  # cut, on the host that cuts least
+        assert reply.headers["x-hops-node"] == "big"
