@@ -18,6 +18,7 @@ from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
 from hopscommon import names
 from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot, runs_one_at_a_time
+from hopscommon.ollama_versions import vram_context_length
 from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
 
 
@@ -76,6 +77,10 @@ class Node:
     # none (OLLAMA_CONTEXT_LENGTH or its memory tier, capped at the trained length), learned
     # from replies: no API reports it
     auto_context: dict[str, int] = field(default_factory=dict)
+    # The last automatic length learned here for a model it did not cap (below its trained
+    # length): the host's own (OLLAMA_CONTEXT_LENGTH, or its VRAM tier), which every model
+    # here gets, capped at its trained length. 0 while none is learned.
+    auto_default: int = 0
     # model key -> the runner options (num_gpu, num_thread, ...) its instance here was loaded
     # with, where HOPS routed that load; no API reports them
     runner_options: dict[str, RunnerOptions] = field(default_factory=dict)
@@ -193,7 +198,7 @@ class Node:
             listed = self.loaded_by_key.get(key)
             length = listed.context_length if listed is not None else 0
             if length and length not in before:
-                self.auto_context[self.auto_key(key)] = length
+                self.learn_auto_context(key, length)
                 del self.context_probe[key]
             elif now > until:
                 del self.context_probe[key]
@@ -259,14 +264,40 @@ class Node:
             return 0
         return self.auto_context.get(self.auto_key(key)) or self.auto_context.get(key, 0)
 
+    def learn_auto_context(self, key: str, length: int) -> None:
+        """A reply showed that a request naming no length runs ``key`` at ``length`` here."""
+        self.auto_context[self.auto_key(key)] = length
+        if 0 < length < self._trained_context(key):
+            self.auto_default = length
+
+    def _trained_context(self, key: str) -> int:
+        installed = self.installed_by_key.get(key)
+        return installed.details.context_length if installed is not None else 0
+
+    def context_guess(self, key: str, num_ctx: int) -> int:
+        """The context length a request asking ``num_ctx`` (0: none) most likely runs ``key``
+        at here: wanted_context; for none asked and none learned for its weights, the host's
+        automatic length learned from another model, else the one Ollama 0.15.5+ picks from
+        this host's VRAM (unless OLLAMA_CONTEXT_LENGTH says otherwise, which no API tells),
+        capped at the model's trained length; 0: no telling. For weighing whether a prompt
+        fits, never for telling a reload (a wrong guess there would route a warm request
+        as cold)."""
+        length = self.wanted_context(key, num_ctx)
+        if length or num_ctx:
+            return length
+        guess = self.auto_default or vram_context_length(
+            self.snapshot.ollama_version, self.vram_total
+        )
+        trained = self._trained_context(key)
+        return min(guess, trained) if trained else guess
+
     def wanted_context(self, key: str, num_ctx: int) -> int:
         """The context length a request asking for ``num_ctx`` runs ``key`` with here: capped
         at the model's trained length, when its host reports it; for 0 (none asked), the
         host's automatic length for the model, 0 while not learned."""
         if not num_ctx:
             return self.automatic_context(key)
-        installed = self.installed_by_key.get(key)
-        trained = installed.details.context_length if installed is not None else 0
+        trained = self._trained_context(key)
         return min(num_ctx, trained) if trained else num_ctx
 
     def held_options(self, key: str) -> RunnerOptions:

@@ -698,9 +698,9 @@ class Router:
         if context_prompt and context is not None and not names.is_cloud(key):
             listed = node.loaded_by_key.get(key) if loaded else None
             # Warm: the length its instance was loaded with (Ollama runs the request there at
-            # it); else the length a load for this request takes here, 0 while not learned.
+            # it); else the length a load for this request most likely takes here.
             runs_at = listed.context_length if listed is not None else 0
-            runs_at = runs_at or node.wanted_context(key, context)
+            runs_at = runs_at or node.context_guess(key, context)
             if runs_at and context_prompt > runs_at:
                 c.over_context = context_prompt - runs_at
         if c.loading:
@@ -1160,7 +1160,7 @@ class Router:
             return
         listed = found[0]
         was = node.automatic_context(key)
-        node.auto_context[node.auto_key(key)] = listed
+        node.learn_auto_context(key, listed)
         if was and was != listed and node.reloading.get(key) == was:
             # A reload routed at the length learned before, which Ollama did not make (its
             # automatic length changed, say on a restart): the mark would wait for it in vain.

@@ -12,6 +12,7 @@ from typing import Any
 from hopscommon import labels, names
 from hopscommon.fleet import Details, InstalledModel, LoadedModel
 from hopscommon.labels import Labels
+from hopscommon.ollama_versions import version_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,25 +126,16 @@ def ps(inventory: Inventory) -> dict[str, Any]:
     }
 
 
-def _version_key(text: str) -> tuple[int, ...]:
-    core = text.lstrip("v").split("-", 1)[0].split("+", 1)[0]
-    parts = []
-    for piece in core.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def lowest_version(inventory: Inventory) -> str:
     """The oldest Ollama in the fleet, compared as versions (0.9.1 < 0.12.0), not strings."""
     versions = [n.ollama_version for n in inventory.nodes if n.ollama_version]
-    return min(versions, key=_version_key) if versions else "0.0.0"
+    return min(versions, key=version_key) if versions else "0.0.0"
 
 
 def newest_first(inventory: Inventory) -> list[InventoryNode]:
     """The routable nodes, the newest Ollama first (then by id)."""
     routable = sorted((n for n in inventory.nodes if n.routable), key=lambda n: n.node_id)
-    return sorted(routable, key=lambda n: _version_key(n.ollama_version), reverse=True)
+    return sorted(routable, key=lambda n: version_key(n.ollama_version), reverse=True)
 
 
 def _openai_model(model: InstalledModel) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hopscommon.ollama_versions import vram_context_length
 from hopscommon.settings import load, option, parse_bool, parse_host_port
 from hopscommon.units import parse_bytes, parse_seconds
 from ollamasim.catalogue import ModelSpec, parse_model_arg
@@ -139,12 +140,7 @@ class SimSettings:
     def automatic_context(self, vram_bytes: int) -> int:
         """The context length of a request naming none (OLLAMA_CONTEXT_LENGTH unset): 4096 up
         to Ollama 0.15.4; from 0.15.5, picked from the host's total VRAM."""
-        if self.context_length:
-            return self.context_length
-        if _version_tuple(self.version) < (0, 15, 5):
-            return 4096
-        gib = vram_bytes / 2**30
-        return 4096 if gib < 24 else 32768 if gib < 48 else 262144
+        return self.context_length or vram_context_length(self.version, vram_bytes) or 4096
 
 
 def load_settings(argv: Sequence[str] | None = None) -> SimSettings:
@@ -161,14 +157,3 @@ def load_settings(argv: Sequence[str] | None = None) -> SimSettings:
         ),
         env_prefix=ENV_PREFIX,
     )
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    """ "0.15.5-rc1" -> (0, 15, 5): the numeric parts before any suffix (a part that is not a
-    number ends it)."""
-    parts: list[int] = []
-    for part in version.split("-", 1)[0].split("."):
-        if not part.isdigit():
-            break
-        parts.append(int(part))
-    return tuple(parts)

@@ -1572,3 +1572,58 @@ def test_a_cold_host_is_weighed_at_its_learned_automatic_length() -> None:
         "a": 6000 - 4096,
         "b": 0,
     }
+
+
+def _cold_hosts(version: str, vram_gb: dict[str, float], trained: int = 131072) -> Fleet:
+    """Hosts with llama3.2 and qwen2.5 installed (trained for ``trained`` tokens), none loaded,
+    reporting Ollama ``version``."""
+    fleet = builders.fleet()
+    details = Details(context_length=trained)
+    for node_id, gb in vram_gb.items():
+        node = builders.add_node(fleet, node_id, vram_gb=gb)
+        snap = replace(
+            node.snapshot,
+            sequence=2,
+            ollama_version=version,
+            installed=tuple(
+                InstalledModel(name=n, size_bytes=2 * builders.GB, details=details)
+                for n in ("llama3.2:latest", "qwen2.5:latest")
+            ),
+        )
+        fleet.update(node_id, node.session, snap)
+    return fleet
+
+
+def test_before_any_reply_the_automatic_length_is_taken_from_the_version_and_vram() -> None:
+    """Ollama 0.15.5+ gives a request naming no num_ctx 4096 under 24 GiB of VRAM, 32768 under
+    48: a document goes to the 24 GiB card, not the smaller one that would win the tie. An
+    older Ollama's default is not guessed."""
+    ranked = builders.router(_cold_hosts("0.15.5", {"a": 12, "b": 24}), "memory_aware").pick(
+        _req(prompt_tokens=6000)
+    )
+    assert [(r.candidate.node_id, r.candidate.over_context) for r in ranked.ranked] == [
+        ("b", 0),
+        ("a", 6000 - 4096),
+    ]
+    older = builders.router(_cold_hosts("0.12.6", {"a": 12, "b": 24}), "memory_aware").pick(
+        _req(prompt_tokens=6000)
+    )
+    assert [r.candidate.over_context for r in older.ranked] == [0, 0]
+    assert older.ranked[0].candidate.node_id == "a"  # the smaller host wins the tie
+
+
+def test_an_automatic_length_learned_for_one_model_holds_for_the_others_on_the_host() -> None:
+    """The automatic length is the host's (OLLAMA_CONTEXT_LENGTH, or its VRAM tier), capped at
+    each model's trained length: learned for llama3.2 below its trained length, it tells what
+    qwen2.5 gets there too, before the version's guess."""
+    fleet = _cold_hosts("0.15.5", {"a": 24, "b": 24})
+    fleet.nodes["a"].learn_auto_context("llama3.2:latest", 8192)  # OLLAMA_CONTEXT_LENGTH=8192
+    assert fleet.nodes["a"].context_guess("qwen2.5:latest", 0) == 8192
+    assert fleet.nodes["b"].context_guess("qwen2.5:latest", 0) == 32768
+    assert fleet.nodes["a"].context_guess("qwen2.5:latest", 16384) == 16384  # asked: as asked
+    ranked = builders.router(fleet, "memory_aware").pick(_req("qwen2.5", prompt_tokens=10_000))
+    assert ranked.ranked[0].candidate.node_id == "b"
+    capped = _cold_hosts("0.15.5", {"a": 24}, trained=2048)
+    capped.nodes["a"].learn_auto_context("llama3.2:latest", 2048)  # its trained length: capped
+    assert capped.nodes["a"].auto_default == 0
+    assert capped.nodes["a"].context_guess("qwen2.5:latest", 0) == 2048  # the guess, capped

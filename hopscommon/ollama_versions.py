@@ -1,0 +1,32 @@
+"""What Ollama does by version, where HOPS must know it: comparing versions, and the context
+length a request naming no num_ctx runs at."""
+
+from __future__ import annotations
+
+GIB = 1024**3
+# From this version, a request naming no num_ctx runs at a length picked from the host's total
+# VRAM (docs/context-length: 4096 under 24 GiB, 32768 under 48 GiB, else 262144), unless
+# OLLAMA_CONTEXT_LENGTH sets one.
+VRAM_CONTEXT_SINCE = (0, 15, 5)
+
+
+def version_key(text: str) -> tuple[int, ...]:
+    """ "v0.15.5-rc1" -> (0, 15, 5): comparable as versions (0.9.1 < 0.12.0), not strings; a part
+    without digits counts 0."""
+    core = text.lstrip("v").split("-", 1)[0].split("+", 1)[0]
+    parts = []
+    for piece in core.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def vram_context_length(version: str, vram_bytes: int) -> int:
+    """The automatic context length Ollama ``version`` gives a host with ``vram_bytes`` of GPU
+    memory in all (0: none) when OLLAMA_CONTEXT_LENGTH is not set; 0 for an older version, or
+    none given (their defaults were fixed, and changed over the years)."""
+    if not version or version_key(version) < VRAM_CONTEXT_SINCE:
+        return 0
+    if vram_bytes < 24 * GIB:
+        return 4096
+    return 32768 if vram_bytes < 48 * GIB else 262144
