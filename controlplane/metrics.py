@@ -57,6 +57,14 @@ class ControlPlaneMetrics:
             ["policy", "result"],
             registry=self.registry,
         )
+        self.over_context = PromCounter(
+            "hops_controlplane_over_context_picks",
+            "Requests sent to a host whose context length is shorter than their prompt's "
+            "estimate (Ollama cuts such a prompt, with no error), by node: no host that could "
+            "take them reads them whole",
+            ["node"],
+            registry=self.registry,
+        )
         self.reports = PromCounter(
             "hops_controlplane_reports",
             "Report calls by outcome",

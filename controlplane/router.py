@@ -175,6 +175,8 @@ class Router:
         status = "waiting_for_better" if outcome.better_busy else outcome.status.name.lower()
         self.metrics.observe_pick(outcome.policy, status, time.perf_counter() - started)
         first = outcome.ranked[0] if outcome.ranked else None
+        if first is not None and first.candidate.over_context and outcome.lease_id:
+            self.metrics.over_context.labels(first.candidate.node_id).inc()
         self.recent.append(
             Decision(
                 time.time(),

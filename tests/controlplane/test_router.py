@@ -1528,6 +1528,8 @@ def test_a_prompt_goes_where_the_context_length_holds_it_whole() -> None:
     assert by_node["small"].candidate.over_context == 6000 - 4096
     assert by_node["small"].reason.endswith("over-context")
     assert by_node["big"].candidate.over_context == 0
+    counted = router.metrics.registry.get_sample_value
+    assert counted("hops_controlplane_over_context_picks_total", {"node": "big"}) is None
 
 
 def test_a_prompt_no_host_holds_whole_goes_where_the_least_is_cut() -> None:
@@ -1546,6 +1548,8 @@ def test_a_prompt_no_host_holds_whole_goes_where_the_least_is_cut() -> None:
         ("small", 50_000 - 4096),
     ]
     assert all(r.reason.endswith("over-context") for r in huge.ranked)
+    counted = router.metrics.registry.get_sample_value
+    assert counted("hops_controlplane_over_context_picks_total", {"node": "big"}) == 1.0
     embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=6000))
     assert all(r.candidate.over_context == 0 for r in embed.ranked)
     asked = router.pick(_req(prompt_tokens=6000, num_ctx=8192))
