@@ -50,6 +50,7 @@ from hopscommon import bodies, cors, labels, names
 from hopscommon.labels import Labels
 from hopscommon.ollama_json import BodyError, decode_object
 from hopscommon.runner_options import runner_options
+from hopscommon.tokens import UNITS_PER_TOKEN, text_units
 from hopscommon.units import parse_go_duration
 
 log = logging.getLogger("hops.edge")
@@ -161,24 +162,24 @@ def num_ctx(body: dict[str, Any]) -> int:
 NOT_PROMPT = frozenset(
     {"model", "images", "image_url", "source", "options", "format", "keep_alive", "stream"}
 )
-CHARS_PER_TOKEN = 4  # about, for English text and code; Ollama's tokenizer is on the host
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
     """About how many tokens the request's prompt has: every string in the body (messages,
-    prompt, system, tools, ...) but images and settings, at CHARS_PER_TOKEN. The router weighs
-    a long prompt's evaluation on each host, and what a session's host has of it cached."""
-    chars = 0
+    prompt, system, tools, ...) but images and settings (see hopscommon.tokens). The router
+    weighs a long prompt's evaluation on each host, what a session's host has of it cached,
+    and whether it fits the context length it would run at there."""
+    units = 0
     stack: list[Any] = [body]
     while stack:
         value = stack.pop()
         if isinstance(value, str):
-            chars += len(value)
+            units += text_units(value)
         elif isinstance(value, dict):
             stack.extend(v for k, v in value.items() if k not in NOT_PROMPT)
         elif isinstance(value, list):
             stack.extend(value)
-    return min(chars // CHARS_PER_TOKEN, 2**32 - 1)
+    return min(units // UNITS_PER_TOKEN, 2**32 - 1)
 
 
 def session_key(headers: Headers, body: dict[str, Any]) -> str:

@@ -10,6 +10,8 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+from hopscommon.tokens import UNITS_PER_TOKEN, text_units
+
 _TEXT = (
     "the model answers every question with care and some light detail about routing requests "
     "across a fleet of unlike hosts where memory bandwidth decides speed and a warm cache saves "
@@ -26,13 +28,30 @@ def rng_for(seed: int, *parts: str) -> random.Random:
 
 
 def count_tokens(text: str) -> int:
-    """A rough token count (about four characters a token), at least one for non-empty text."""
-    return max(1, (len(text) + 3) // 4) if text else 0
+    """A rough token count, as a byte-level tokenizer takes text (about four ASCII characters a
+    token, about one CJK character: see hopscommon.tokens), at least one for non-empty text."""
+    if not text:
+        return 0
+    return max(1, (text_units(text) + UNITS_PER_TOKEN - 1) // UNITS_PER_TOKEN)
 
 
 def last_tokens(text: str, n: int) -> str:
     """The end of ``text`` that count_tokens counts as ``n`` tokens (all of it when shorter)."""
-    return text[-4 * n :] if n > 0 else ""
+    if n <= 0:
+        return ""
+    budget = UNITS_PER_TOKEN * n
+    if text.isascii():
+        return text[-budget:]
+    budget *= 2  # in half units: a two-byte character is two and a half
+    start = len(text)
+    while start > 0:
+        char = text[start - 1]
+        cost = 2 if char.isascii() else 3 * len(char.encode("utf-8", "surrogatepass")) - 1
+        if cost > budget:
+            break
+        budget -= cost
+        start -= 1
+    return text[start:]
 
 
 def words(rng: random.Random, n: int) -> list[str]:

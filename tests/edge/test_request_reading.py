@@ -97,6 +97,10 @@ PICTURE = "iVBORw0KGgo" * 10_000  # base64 image data: no prompt text
             303,
         ),
         ({"model": "m", "input": ["d" * 4000]}, 1000),  # embeddings count too
+        # Byte-level tokenizers take other scripts at about a token a character (Chinese) or
+        # two (Cyrillic), not four: their UTF-8 bytes are what they merge.
+        ({"model": "m", "prompt": "文" * 4000}, 4000),
+        ({"model": "m", "prompt": "д" * 4000}, 2500),
         ({"model": "m"}, 0),
     ],
 )
