@@ -50,7 +50,7 @@ from hopscommon import bodies, cors, labels, names
 from hopscommon.labels import Labels
 from hopscommon.ollama_json import BodyError, decode_object
 from hopscommon.runner_options import runner_options
-from hopscommon.tokens import UNITS_PER_TOKEN, text_units
+from hopscommon.tokens import IMAGE_TOKENS, UNITS_PER_TOKEN, text_units
 from hopscommon.units import parse_go_duration
 
 log = logging.getLogger("hops.edge")
@@ -164,9 +164,15 @@ NOT_PROMPT = frozenset(
 )
 
 
+# The content parts that carry an image: OpenAI chat's, the Responses API's, Anthropic's.
+IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+IMAGE_UNITS = IMAGE_TOKENS * UNITS_PER_TOKEN
+
+
 def prompt_tokens(body: dict[str, Any]) -> int:
     """About how many tokens the request's prompt has: every string in the body (messages,
-    prompt, system, tools, ...) but images and settings (see hopscommon.tokens). The router
+    prompt, system, tools, ...) but images' data and settings (see hopscommon.tokens), and
+    IMAGE_TOKENS an image, as Ollama counts one when fitting a chat into its context. The router
     weighs a long prompt's evaluation on each host, what a session's host has of it cached,
     and whether it fits the context length it would run at there."""
     units = 0
@@ -176,6 +182,11 @@ def prompt_tokens(body: dict[str, Any]) -> int:
         if isinstance(value, str):
             units += text_units(value)
         elif isinstance(value, dict):
+            images = value.get("images")  # Ollama's: a message's, or a generate's
+            if isinstance(images, list):
+                units += len(images) * IMAGE_UNITS
+            if value.get("type") in IMAGE_PARTS:
+                units += IMAGE_UNITS
             stack.extend(v for k, v in value.items() if k not in NOT_PROMPT)
         elif isinstance(value, list):
             stack.extend(value)

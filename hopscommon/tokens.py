@@ -12,6 +12,9 @@ taken as longer than it is goes to a host that holds it whole.
 from __future__ import annotations
 
 UNITS_PER_TOKEN = 4
+# What Ollama counts an image as when it fits a chat into the context length (chatPrompt's
+# imageNumTokens: a CLIP image's embeddings); models differ (256 to over 1,000), none is zero.
+IMAGE_TOKENS = 768
 
 
 def text_units(text: str) -> int:

@@ -11,7 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from hopscommon import names
 from ollamasim import textgen
-from ollamasim.catalogue import COMPLETION, INSERT, TOOLS, ModelSpec, blob_path
+from ollamasim.catalogue import COMPLETION, INSERT, TOOLS, VISION, ModelSpec, blob_path
 from ollamasim.errors import BadRequest, NotFound, SimError
 from ollamasim.faults import FaultSpec
 from ollamasim.host import GenRequest, Host, Installed, Metrics, Piece
@@ -231,9 +231,12 @@ async def generate(request: Request, host: Host) -> Response:
     json_mode, schema = format_of(data.get("format"))
     system = typed(data, "system", str, "GenerateRequest") or ""
     options = options_of(data)
+    # A vision model evaluates each image before the prompt; one without ignores them.
+    seen = data.get("images") or () if images and VISION in spec.capabilities else ()
+    shown = "".join(textgen.image_text(str(i)) for i in seen)
     req = gen_request(
         spec,
-        system + prompt + suffix,
+        system + shown + prompt + suffix,
         data,
         options,
         think=think(data.get("think"), spec, raw),
@@ -312,8 +315,10 @@ def _maybe_truncated(body: dict[str, Any], drop: Any) -> Response:
 ASSISTANT_TURN = "<|assistant|>"
 
 
-def render_messages(messages: list[Any]) -> str:
-    """The prompt text a chat renders to; consecutive turns share a prefix, as with a template."""
+def render_messages(messages: list[Any], vision: bool = False) -> str:
+    """The prompt text a chat renders to; consecutive turns share a prefix, as with a template.
+    For a ``vision`` model, each message's images come before its text (textgen.image_text);
+    a model without vision ignores them."""
     parts = []
     for message in messages:
         if not isinstance(message, dict):
@@ -325,7 +330,9 @@ def render_messages(messages: list[Any]) -> str:
                 "json: cannot unmarshal array into Go struct field Message.messages.content "
                 "of type string"
             )
-        parts.append(f"<|{role}|>{content}")
+        images = message.get("images") if vision else None
+        shown = "".join(textgen.image_text(str(i)) for i in images or ())
+        parts.append(f"<|{role}|>{shown}{content}")
     return "".join(parts)
 
 
@@ -350,7 +357,7 @@ def chat_request(
     )
     return gen_request(
         spec,
-        render_messages(messages),
+        render_messages(messages, VISION in spec.capabilities),
         data,
         options_of(data),
         think=think(data.get("think"), spec, raw),

@@ -10,7 +10,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from hopscommon.tokens import UNITS_PER_TOKEN, text_units
+from hopscommon.tokens import IMAGE_TOKENS, UNITS_PER_TOKEN, text_units
 
 _TEXT = (
     "the model answers every question with care and some light detail about routing requests "
@@ -33,6 +33,14 @@ def count_tokens(text: str) -> int:
     if not text:
         return 0
     return max(1, (text_units(text) + UNITS_PER_TOKEN - 1) // UNITS_PER_TOKEN)
+
+
+def image_text(data: str) -> str:
+    """What an image takes in the prompt the runner evaluates: IMAGE_TOKENS tokens of its own
+    (its embeddings), the same for the same image, so a conversation's images are cached
+    with it."""
+    tag = "<image " + hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:16] + ">"
+    return tag.ljust(IMAGE_TOKENS * UNITS_PER_TOKEN, ".")
 
 
 def last_tokens(text: str, n: int) -> str:

@@ -62,14 +62,17 @@ def test_the_context_length_asked_for(body: dict[str, Any], expected: int) -> No
     assert num_ctx(body) == expected
 
 
-PICTURE = "iVBORw0KGgo" * 10_000  # base64 image data: no prompt text
+PICTURE = "iVBORw0KGgo" * 10_000  # base64 image data: no prompt text, but 768 tokens an image
 
 
 @pytest.mark.parametrize(
     ("body", "tokens"),
     [
         ({"model": "m", "prompt": "x" * 400, "system": "y" * 40}, 110),
-        ({"model": "m", "prompt": "x" * 400, "images": [PICTURE], "options": {"stop": ["z"]}}, 100),
+        (
+            {"model": "m", "prompt": "x" * 400, "images": [PICTURE], "options": {"stop": ["z"]}},
+            100 + 768,
+        ),
         (
             {
                 "model": "m",
@@ -78,7 +81,7 @@ PICTURE = "iVBORw0KGgo" * 10_000  # base64 image data: no prompt text
                     {"role": "assistant", "content": "b" * 800},
                 ],
             },
-            302,  # the roles are text too
+            302 + 768,  # the roles are text too
         ),
         (  # OpenAI's parts, with an image as a data URI, and tools
             {
@@ -94,7 +97,22 @@ PICTURE = "iVBORw0KGgo" * 10_000  # base64 image data: no prompt text
                 ],
                 "tools": [{"type": "function", "function": {"name": "f" * 390}}],
             },
-            303,
+            303 + 768,
+        ),
+        (  # Anthropic's image block, and a Responses API input image
+            {
+                "model": "m",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "source": {"type": "base64", "data": PICTURE}},
+                            {"type": "input_image", "image_url": "data:;base64," + PICTURE},
+                        ],
+                    }
+                ],
+            },
+            2 * 768 + 5,  # and the text "user", "image", "input_image"
         ),
         ({"model": "m", "input": ["d" * 4000]}, 1000),  # embeddings count too
         # Byte-level tokenizers take other scripts at about a token a character (Chinese) or
@@ -104,5 +122,7 @@ PICTURE = "iVBORw0KGgo" * 10_000  # base64 image data: no prompt text
         ({"model": "m"}, 0),
     ],
 )
-def test_the_prompt_size_is_its_text_not_its_images(body: dict[str, Any], tokens: int) -> None:
+def test_the_prompt_size_is_its_text_and_images_not_their_data(
+    body: dict[str, Any], tokens: int
+) -> None:
     assert prompt_tokens(body) == tokens

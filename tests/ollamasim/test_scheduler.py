@@ -4,6 +4,7 @@ the simulator's own counters (fast time scale; assertions on counts and ordering
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from datetime import datetime
 from typing import Any
@@ -350,6 +351,32 @@ async def test_a_prompt_over_the_context_length_is_cut_to_its_end(start_sim: Sim
     assert short["prompt_eval_count"] == 4096
     assert whole["prompt_eval_count"] == 7500
     assert (await sim_stats(sim))["truncated_prompts"] == 1
+
+
+async def test_an_image_takes_its_tokens_in_a_vision_models_prompt(start_sim: SimFactory) -> None:
+    """A vision model evaluates each image as tokens of the prompt (768, as Ollama counts one
+    when fitting a chat into its context), cached with the conversation; a model without
+    vision ignores images."""
+    sim = await start_sim(time_scale=20.0)
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(64)).decode()
+    question = {"role": "user", "content": "what is in it?"}
+
+    async def chat(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        body = {"model": model, "messages": messages, "stream": False}
+        async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+            reply = await client.post("/api/chat", json={**body, "options": {"num_predict": 2}})
+        assert reply.status_code == 200, reply.text
+        data: dict[str, Any] = reply.json()
+        return data
+
+    with_image = await chat("gemma3:27b", [{**question, "images": [png]}])
+    again = [{**question, "images": [png]}, with_image["message"], question]
+    follow = await chat("gemma3:27b", again)
+    assert follow["prompt_eval_cached_count"] > 768
+    without = await chat("gemma3:27b", [question])
+    assert with_image["prompt_eval_count"] - without["prompt_eval_count"] == 768
+    blind = await chat("llama3.2", [{**question, "images": [png]}])
+    assert blind["prompt_eval_count"] == (await chat("llama3.2", [question]))["prompt_eval_count"]
 
 
 async def test_an_embedding_model_gets_one_slot_whatever_num_parallel_says(
