@@ -18,13 +18,14 @@ pytestmark = pytest.mark.slow
 def test_documents_go_where_the_context_length_holds_them_whole() -> None:
     args = argparse.Namespace(seed=7, requests=30, rate=0.5, doc_share=0.3, doc_tokens=10_000)
     result = run_one("memory_aware", args)
+    docs = [(c["node"], c["route"], c["prompt_tokens_sent"]) for c in result["chats"] if c["doc"]]
     assert result["context_lengths"] == {"big": 32768, "mid": 4096, "small": 4096}
-    assert result["documents"] >= 5, result
-    assert result["truncated_prompts"] == 0, result
-    assert result["documents_read_in_part"] == 0, result
-    assert result["documents_by_host"]["big"] == result["documents"], result
+    assert len(docs) >= 5, result
+    assert result["truncated_prompts"] == 0, docs
+    assert result["documents_read_in_part"] == 0, docs
+    assert result["documents_by_host"]["big"] == len(docs), docs
     # The old big card is slow: the short chats go to the faster ones.
-    assert result["short_by_host"]["big"] <= 2, result
+    assert result["short_by_host"]["big"] <= 2, result["short_by_host"]
 
 
 def test_a_prompt_no_host_holds_whole_says_so_in_x_hops_route() -> None:
