@@ -107,6 +107,7 @@ class Node:
     kv_bytes: dict[str, float] = field(default_factory=dict)
     vram_total: int = 0
     vram_free: int = 0
+    vram_context: int = 0  # the automatic length its Ollama version and VRAM imply (0: none)
 
     @property
     def node_id(self) -> str:
@@ -144,6 +145,7 @@ class Node:
         self.aliases = _aliases(self.installed_by_key, self.loaded_by_key, self.loading)
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
+        self.vram_context = vram_context_length(snapshot.ollama_version, self.vram_total)
         self._learn_kv_bytes()
         listed = {k: t for k, (t, _) in self.loading.items() if self._loaded_as_asked(k, t)}
         for key, since in listed.items():
@@ -285,9 +287,7 @@ class Node:
         length = self.wanted_context(key, num_ctx)
         if length or num_ctx:
             return length
-        guess = self.auto_default or vram_context_length(
-            self.snapshot.ollama_version, self.vram_total
-        )
+        guess = self.auto_default or self.vram_context
         trained = self._trained_context(key)
         return min(guess, trained) if trained else guess
 

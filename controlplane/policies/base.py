@@ -117,9 +117,9 @@ class Candidate:
     # of the one this request would take over (its next turn here evaluates them again).
     cache_victim_tokens: int = 0
     # The request's prompt tokens beyond the context length it runs at here (the instance's,
-    # loaded; else the length asked, or this host's automatic one once learned): Ollama cuts
-    # them, with no error, and the reply reads only the rest. 0: it fits, or that length is
-    # not known.
+    # loaded; else the length asked, or this host's automatic one, learned or guessed: see
+    # Node.context_guess): Ollama cuts them, with no error, and the reply reads only the rest.
+    # 0: it fits, or that length is not known.
     over_context: int = 0
 
 
