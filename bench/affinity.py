@@ -44,12 +44,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hops.v1 import admin_pb2
 
 from bench.routing import pct
 from ollamasim import textgen
 from tests.integration import fleet
-from tests.integration.fleet import wait_until
 
 POLICIES = ("random", "round_robin", "least_busy", "memory_aware")
 MODEL = "llama3.1:8b"
@@ -123,26 +121,6 @@ async def drive(url: str, seed: int, args: argparse.Namespace) -> list[dict[str,
         return [t for turns in await asyncio.gather(*chats) for t in turns]
 
 
-def _warm_everywhere(running: fleet.Fleet) -> None:
-    """Load the model on every host (Ollama's empty request, aimed with X-Hops-Node), and wait
-    until the control plane lists it on all of them."""
-    for node in HOSTS:
-        loaded = httpx.post(
-            running.edge.url + "/api/generate",
-            json={"model": MODEL},
-            headers={"X-Hops-Node": node},
-            timeout=120,
-        )
-        loaded.raise_for_status()
-    admin = fleet.admin(running.plane.url)
-
-    def everywhere() -> bool:
-        nodes = admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
-        return all(any(m.name == MODEL for m in n.snapshot.loaded) for n in nodes)
-
-    wait_until(everywhere, 10.0, f"{MODEL} loaded on every host")
-
-
 def summary(turns: list[dict[str, Any]]) -> dict[str, Any]:
     by_chat: dict[int, list[dict[str, Any]]] = {}
     for t in sorted(turns, key=lambda t: t["turn"]):
@@ -174,7 +152,7 @@ def run_one(policy: str, args: argparse.Namespace) -> dict[str, Any]:
         agent_args=["--num-parallel", str(SLOTS), "--log-level", "warning"],
         edge_args=["--log-level", "warning"],
     ) as running:
-        _warm_everywhere(running)
+        fleet.warm_everywhere(running, MODEL, HOSTS)
         turns = asyncio.run(drive(running.edge.url, args.seed, args))
     return {"policy": policy, **summary(turns), "turns_detail": turns}
 

@@ -38,12 +38,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hops.v1 import admin_pb2
 
 from bench.routing import pct
 from ollamasim import textgen
 from tests.integration import fleet
-from tests.integration.fleet import wait_until
 
 POLICIES = ("random", "round_robin", "least_busy", "memory_aware")
 MODEL = "llama3.1:8b"
@@ -113,26 +111,6 @@ async def drive(url: str, seed: int, args: argparse.Namespace) -> list[dict[str,
         return list(await asyncio.gather(*tasks))
 
 
-def _warm_everywhere(running: fleet.Fleet) -> None:
-    """Load the model on every host at its automatic length (Ollama's empty request, aimed
-    with X-Hops-Node), and wait until the control plane lists it on all of them."""
-    for node in HOSTS:
-        loaded = httpx.post(
-            running.edge.url + "/api/generate",
-            json={"model": MODEL},
-            headers={"X-Hops-Node": node},
-            timeout=120,
-        )
-        loaded.raise_for_status()
-    admin = fleet.admin(running.plane.url)
-
-    def everywhere() -> bool:
-        nodes = admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
-        return all(any(m.name == MODEL for m in n.snapshot.loaded) for n in nodes)
-
-    wait_until(everywhere, 10.0, f"{MODEL} loaded on every host")
-
-
 def summary(chats: list[dict[str, Any]], stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     docs = [c for c in chats if c["doc"]]
     short = [c for c in chats if not c["doc"]]
@@ -182,7 +160,7 @@ def run_one(policy: str, args: argparse.Namespace) -> dict[str, Any]:
         agent_args=["--num-parallel", str(SLOTS), "--log-level", "warning"],
         edge_args=["--log-level", "warning"],
     ) as running:
-        _warm_everywhere(running)
+        fleet.warm_everywhere(running, MODEL, HOSTS)
         chats = asyncio.run(drive(running.edge.url, args.seed, args))
         stats = {}
         for node in HOSTS:

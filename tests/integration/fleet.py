@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+import httpx
 from hops.v1 import admin_pb2, admin_pb2_grpc, router_pb2_grpc
 
 from tests import procs
@@ -187,3 +188,26 @@ def whole_fleet(
         )
         front = stack.enter_context(edge([plane.url], edge_args))
         yield Fleet(plane, front, started, agents)
+
+
+def warm_everywhere(running: Fleet, model: str, nodes: Iterable[str]) -> None:
+    """Load ``model`` on each of ``nodes`` at its automatic context length (Ollama's empty
+    request, aimed with X-Hops-Node), and wait until the control plane lists it on all."""
+    nodes = tuple(nodes)
+    for node in nodes:
+        loaded = httpx.post(
+            running.edge.url + "/api/generate",
+            json={"model": model},
+            headers={"X-Hops-Node": node},
+            timeout=120,
+        )
+        loaded.raise_for_status()
+    stub = admin(running.plane.url)
+
+    def everywhere() -> bool:
+        listed = stub.ListNodes(admin_pb2.ListNodesRequest()).nodes
+        return all(
+            any(m.name == model for m in n.snapshot.loaded) for n in listed if n.node_id in nodes
+        )
+
+    wait_until(everywhere, 10.0, f"{model} loaded on every host")

@@ -9,7 +9,7 @@ import argparse
 import httpx
 import pytest
 
-from bench.long_context import HOSTS, MODEL, SLOTS, SPEED, VERSION, _warm_everywhere, run_one
+from bench.long_context import HOSTS, MODEL, SLOTS, SPEED, VERSION, run_one
 from tests.integration import fleet
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def test_a_prompt_no_host_holds_whole_says_so_in_x_hops_route() -> None:
         for node, profile in HOSTS.items()
     }
     with fleet.whole_fleet(hosts, agent_args=["--num-parallel", str(SLOTS)]) as running:
-        _warm_everywhere(running)
+        fleet.warm_everywhere(running, MODEL, HOSTS)
         text = " ".join(f"line{i:05d}" for i in range(16_000))  # 40,000 tokens
         reply = httpx.post(
             running.edge.url + "/api/chat",
