@@ -125,6 +125,7 @@ CATALOGUE: dict[str, ModelSpec] = {
         ),
         _m("mxbai-embed-large:latest", 0.670, "bert", 0.334, _EMB, ctx=512, emb=1024, quant="F16"),
         _m("all-minilm:latest", 0.046, "bert", 0.023, _EMB, ctx=512, emb=384, quant="F16"),
+        _m("bge-m3:latest", 1.2, "bert", 0.567, _EMB, ctx=8192, emb=1024, quant="F16"),
     )
 }
 

@@ -16,7 +16,7 @@ from hopscommon import names
 from hopscommon.runner_options import RunnerOptions
 from ollamasim import textgen
 from ollamasim.catalogue import ModelSpec, lookup
-from ollamasim.errors import RunnerError, ServerBusy, SimError
+from ollamasim.errors import BadRequest, RunnerError, ServerBusy, SimError
 from ollamasim.faults import FaultState
 from ollamasim.profiles import Profile, decode_tokens_per_s
 from ollamasim.scheduler import SPAWN_SECONDS, Scheduler
@@ -299,8 +299,12 @@ class Host:
         metrics: Metrics,
         num_ctx: int | None = None,
         options: RunnerOptions = (),
-    ) -> None:
-        """Pay the load and prompt time of embedding ``texts``; the vectors come from textgen."""
+        truncate: bool = True,
+    ) -> list[str]:
+        """Pay the load and prompt time of embedding ``texts``; returns each as embedded (the
+        vectors come from textgen). An input longer than the context length the runner runs at
+        is cut to its start (counted in stats.truncated_prompts), or with ``truncate`` off,
+        refused, as Ollama does once the model is loaded."""
         metrics.scale = self.settings.time_scale
         self.stats.started += 1
         self.stats.in_flight += 1
@@ -312,6 +316,9 @@ class Host:
             metrics.load_ns = max(int(grant.load_seconds * 1e9), 1)
             try:
                 async with grant.runner.slots:
+                    texts = [
+                        self._embedded(t, grant.runner.context_length, truncate) for t in texts
+                    ]
                     tokens = sum(textgen.count_tokens(t) for t in texts)
                     tps = self.decode_tps(spec, grant.runner.vram_fraction)
                     await self.scheduler.sleep(tokens / (tps * self.profile.prompt_speedup))
@@ -327,6 +334,15 @@ class Host:
             if completed:
                 self.stats.completed += 1
             metrics.finish()
+        return texts
+
+    def _embedded(self, text: str, context_length: int, truncate: bool) -> str:
+        if textgen.count_tokens(text) <= context_length:
+            return text
+        if not truncate:
+            raise BadRequest("the input length exceeds the context length")
+        self.stats.truncated_prompts += 1
+        return textgen.first_tokens(text, context_length)
 
     async def load_only(
         self,

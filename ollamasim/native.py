@@ -461,9 +461,6 @@ async def embed(request: Request, host: Host) -> Response:
         raise BadRequest("invalid input type")
     truncate = typed(data, "truncate", bool, "EmbedRequest") is not False
     dims = typed(data, "dimensions", int, "EmbedRequest")
-    limit_chars = spec.context_length * 4
-    if not truncate and any(len(t) > limit_chars for t in texts):
-        raise BadRequest("the input length exceeds the context length")
     if dims is not None and not 0 < dims <= spec.embedding_length:
         raise BadRequest(f"invalid dimensions: {dims}")
     await request_faults(request, host)
@@ -480,12 +477,12 @@ async def embed(request: Request, host: Host) -> Response:
         metrics=metrics,
         num_ctx=option_int(options, "num_ctx"),
         options=runner_options_of(options),
+        truncate=truncate,
     )
-    await until_disconnect(request, embedding)
+    embedded = await until_disconnect(request, embedding)
     size = dims or spec.embedding_length
     vectors = [
-        textgen.embedding(host.settings.seed, spec.name, t[:limit_chars], size, normalize=True)
-        for t in texts
+        textgen.embedding(host.settings.seed, spec.name, t, size, normalize=True) for t in embedded
     ]
     return json_response(
         {
@@ -513,9 +510,10 @@ async def embeddings(request: Request, host: Host) -> Response:
         await until_disconnect(request, _load_only(host, spec, data))
         return json_response({"embedding": []})
     metrics = Metrics()
-    await until_disconnect(request, host.embed(spec, [prompt], keep_alive=ka, metrics=metrics))
+    embedding = host.embed(spec, [prompt], keep_alive=ka, metrics=metrics)
+    (embedded,) = await until_disconnect(request, embedding)
     vector = textgen.embedding(
-        host.settings.seed, spec.name, prompt, spec.embedding_length, normalize=False
+        host.settings.seed, spec.name, embedded, spec.embedding_length, normalize=False
     )
     return json_response({"embedding": vector})
 

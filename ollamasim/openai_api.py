@@ -307,10 +307,11 @@ async def embeddings(request: Request, host: Host) -> Response:
     dims = typed(data, "dimensions", int, "EmbedRequest")
     await request_faults(request, host)
     metrics = Metrics()
-    await until_disconnect(request, host.embed(spec, texts, keep_alive=None, metrics=metrics))
+    embedding = host.embed(spec, texts, keep_alive=None, metrics=metrics)
+    embedded = await until_disconnect(request, embedding)
     size = dims if dims and 0 < dims <= spec.embedding_length else spec.embedding_length
     items = []
-    for i, text in enumerate(texts):
+    for i, text in enumerate(embedded):
         vector = textgen.embedding(host.settings.seed, spec.name, text, size, normalize=True)
         encoded: Any = vector
         if encoding == "base64":

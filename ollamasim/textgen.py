@@ -43,6 +43,11 @@ def image_text(data: str) -> str:
     return tag.ljust(IMAGE_TOKENS * UNITS_PER_TOKEN, ".")
 
 
+def first_tokens(text: str, n: int) -> str:
+    """The start of ``text`` that count_tokens counts as ``n`` tokens (all of it when shorter)."""
+    return last_tokens(text[::-1], n)[::-1]
+
+
 def last_tokens(text: str, n: int) -> str:
     """The end of ``text`` that count_tokens counts as ``n`` tokens (all of it when shorter)."""
     if n <= 0:

@@ -353,6 +353,30 @@ async def test_a_prompt_over_the_context_length_is_cut_to_its_end(start_sim: Sim
     assert (await sim_stats(sim))["truncated_prompts"] == 1
 
 
+async def test_an_embedding_input_over_the_context_length_is_cut_or_refused(
+    start_sim: SimFactory,
+) -> None:
+    """Ollama embeds each input at the runner's context length (from 0.15.5 the VRAM's tier,
+    capped at the model's trained length): a longer one is cut to its start, or with
+    truncate false refused, once the model is loaded. bge-m3 is trained for 8192 tokens."""
+    chunk = "word " * 4800  # 6,000 tokens
+    counts = {}
+    for profile in ("gpu-12g", "gpu-24g"):
+        sim = await start_sim(profile=profile, version="0.15.5", models="bge-m3:latest")
+        async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+            body = {"model": "bge-m3", "input": [chunk, "short"]}
+            cut = await client.post("/api/embed", json=body)
+            refused = await client.post("/api/embed", json={**body, "truncate": False})
+        counts[profile] = cut.json()["prompt_eval_count"], refused.status_code
+        if refused.status_code == 400:
+            assert refused.json() == {"error": "the input length exceeds the context length"}
+        counts[profile, "cut"] = (await sim_stats(sim))["truncated_prompts"]
+    assert counts["gpu-12g"] == (4096 + 2, 400)
+    assert counts["gpu-12g", "cut"] == 1
+    assert counts["gpu-24g"] == (6000 + 2, 200)  # 8192: whole
+    assert counts["gpu-24g", "cut"] == 0
+
+
 async def test_an_image_takes_its_tokens_in_a_vision_models_prompt(start_sim: SimFactory) -> None:
     """A vision model evaluates each image as tokens of the prompt (768, as Ollama counts one
     when fitting a chat into its context), cached with the conversation; a model without
