@@ -94,6 +94,7 @@ class RouteRequest:
     label_selector: tuple[tuple[str, str], ...] = ()
     node_id: str = ""
     prompt_tokens: int = 0
+    longest_input: int = 0  # an embedding's longest input, in tokens; 0 = not one, or unknown
     max_candidates: int = 0
     num_ctx: int = 0  # the context length asked for; 0 = none
     runner_options: RunnerOptions = ()  # the other load-time options asked for
@@ -109,11 +110,11 @@ class RouteRequest:
     @property
     def context_prompt(self) -> int:
         """The prompt tokens that must fit the context length the request runs at, lest Ollama
-        cut them: a generation's whole prompt. 0 for an embedding, whose prompt_tokens sum
-        inputs that are each embedded apart (and each cut to fit), and for a request that
-        runs no model."""
+        cut them: a generation's whole prompt; an embedding's longest input (its prompt_tokens
+        sum inputs that are each embedded, and cut, apart); 0 for a request that runs no
+        model."""
         if self.api in (ApiKind.EMBED, ApiKind.EMBEDDINGS, ApiKind.OPENAI_EMBEDDINGS):
-            return 0
+            return self.longest_input
         return self.prompt_tokens if self.runs_model else 0
 
     @property

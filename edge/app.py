@@ -98,6 +98,13 @@ ROUTED: dict[str, Routed] = {
     "/v1/completions": Routed(router_pb2.API_KIND_OPENAI_COMPLETIONS, "CompletionRequest", _quoted),
     "/v1/embeddings": Routed(router_pb2.API_KIND_OPENAI_EMBEDDINGS, "EmbedRequest", _quoted),
 }
+EMBEDDING_APIS = frozenset(
+    {
+        router_pb2.API_KIND_EMBED,
+        router_pb2.API_KIND_EMBEDDINGS,
+        router_pb2.API_KIND_OPENAI_EMBEDDINGS,
+    }
+)
 # Other POST routes whose model is in a multipart form field, not a JSON body.
 FORM_MODEL = frozenset({"model"})
 KNOWN_ROUTES = frozenset(
@@ -191,6 +198,26 @@ def prompt_tokens(body: dict[str, Any]) -> int:
         elif isinstance(value, list):
             stack.extend(value)
     return min(units // UNITS_PER_TOKEN, 2**32 - 1)
+
+
+def longest_input(body: dict[str, Any]) -> int:
+    """About how many tokens an embedding's longest input has: ``input`` (a text, texts, or
+    OpenAI's token arrays, counted as they are), else the old ``prompt``. Ollama embeds each
+    input apart, and cuts one longer than the context length it runs at."""
+    value = body.get("input", body.get("prompt"))
+    inputs = value if isinstance(value, list) and not _tokens(value) else [value]
+    longest = 0
+    for one in inputs:
+        if isinstance(one, str):
+            longest = max(longest, text_units(one) // UNITS_PER_TOKEN)
+        elif isinstance(one, list) and _tokens(one):
+            longest = max(longest, len(one))
+    return min(longest, 2**32 - 1)
+
+
+def _tokens(value: list[Any]) -> bool:
+    """Whether ``value`` is one input given as token ids (OpenAI's embeddings accept them)."""
+    return bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 def session_key(headers: Headers, body: dict[str, Any]) -> str:
@@ -401,6 +428,7 @@ class EdgeApp:
             node_id=headers.get("x-hops-node", ""),
             labels=self._labels(headers),
             prompt_tokens=prompt_tokens(body),
+            longest_input=longest_input(body) if api in EMBEDDING_APIS else 0,
             num_ctx=num_ctx(body) if native else 0,
             runner_options=runner_options(body.get("options")) if native else (),
         )

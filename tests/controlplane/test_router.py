@@ -1536,7 +1536,7 @@ def test_a_prompt_no_host_holds_whole_goes_where_the_least_is_cut() -> None:
     """Over every host's context length, the prompt is cut wherever it goes: the host that
     cuts the least takes it, busy or not, and X-Hops-Route says it did not fit. Embeddings
     (each input cut apart) and requests asking a length of their own are weighed at their own
-    lengths."""
+    lengths; an embedding by its longest input."""
     fleet = builders.fleet()
     _loaded_with_context(fleet, "big", 32768)
     _loaded_with_context(fleet, "small", 4096)
@@ -1550,8 +1550,10 @@ def test_a_prompt_no_host_holds_whole_goes_where_the_least_is_cut() -> None:
     assert all(r.reason.endswith("over-context") for r in huge.ranked)
     counted = router.metrics.registry.get_sample_value
     assert counted("hops_controlplane_over_context_picks_total", {"node": "big"}) == 1.0
-    embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=6000))
-    assert all(r.candidate.over_context == 0 for r in embed.ranked)
+    embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=60_000, longest_input=3000))
+    assert all(r.candidate.over_context == 0 for r in embed.ranked)  # each input fits
+    long_input = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=6000, longest_input=6000))
+    assert long_input.ranked[0].candidate.node_id == "big"
     asked = router.pick(_req(prompt_tokens=6000, num_ctx=8192))
     assert all(r.candidate.over_context == 0 for r in asked.ranked)  # a reload, at 8192
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge.app import num_ctx, prompt_tokens, unloads
+from edge.app import longest_input, num_ctx, prompt_tokens, unloads
 
 
 @pytest.mark.parametrize(
@@ -126,3 +126,19 @@ def test_the_prompt_size_is_its_text_and_images_not_their_data(
     body: dict[str, Any], tokens: int
 ) -> None:
     assert prompt_tokens(body) == tokens
+
+
+@pytest.mark.parametrize(
+    ("body", "tokens"),
+    [
+        ({"model": "m", "input": ["a" * 400, "b" * 4000, "c"]}, 1000),  # each embedded apart
+        ({"model": "m", "input": "文" * 300}, 300),
+        ({"model": "m", "prompt": "d" * 800}, 200),  # the old /api/embeddings
+        ({"model": "m", "input": [1, 2, 3]}, 3),  # OpenAI's token ids: one input
+        ({"model": "m", "input": [[1, 2], [3, 4, 5, 6]]}, 4),
+        ({"model": "m", "input": [True, "x" * 40]}, 10),  # a bool is no token id
+        ({"model": "m"}, 0),
+    ],
+)
+def test_an_embeddings_longest_input(body: dict[str, Any], tokens: int) -> None:
+    assert longest_input(body) == tokens

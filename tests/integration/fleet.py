@@ -190,13 +190,16 @@ def whole_fleet(
         yield Fleet(plane, front, started, agents)
 
 
-def warm_everywhere(running: Fleet, model: str, nodes: Iterable[str]) -> None:
+def warm_everywhere(
+    running: Fleet, model: str, nodes: Iterable[str], route: str = "/api/generate"
+) -> None:
     """Load ``model`` on each of ``nodes`` at its automatic context length (Ollama's empty
-    request, aimed with X-Hops-Node), and wait until the control plane lists it on all."""
+    request on ``route``: /api/embed for an embedding model; aimed with X-Hops-Node), and wait
+    until the control plane lists it on all."""
     nodes = tuple(nodes)
     for node in nodes:
         loaded = httpx.post(
-            running.edge.url + "/api/generate",
+            running.edge.url + route,
             json={"model": model},
             headers={"X-Hops-Node": node},
             timeout=120,

@@ -51,3 +51,29 @@ def test_a_prompt_no_host_holds_whole_says_so_in_x_hops_route() -> None:
         assert reply.headers["x-hops-route"].endswith("over-context")
         assert reply.json()["prompt_eval_count"] == 32768  # cut, on the host that cuts least
         assert reply.headers["x-hops-node"] == "big"
+
+
+def test_an_embedding_input_goes_where_it_is_embedded_whole() -> None:
+    """bge-m3 (trained for 8192 tokens) runs at 4096 on the 12 GB card and 8192 on the 24 GB
+    one: a 6,000-token chunk goes to the latter though the former is faster; short inputs
+    still go to the former."""
+    sim = ["--version", VERSION, "--time-scale", "20", "--models", "bge-m3:latest"]
+    hosts = {"big": ["--profile", "gpu-24g", *sim, "--speed", "0.35"]}
+    hosts["mid"] = ["--profile", "gpu-12g", *sim]
+    with fleet.whole_fleet(hosts) as running:
+        fleet.warm_everywhere(running, "bge-m3:latest", hosts, "/api/embed")
+
+        def embed(texts: list[str]) -> httpx.Response:
+            reply = httpx.post(
+                running.edge.url + "/api/embed",
+                json={"model": "bge-m3", "input": texts},
+                timeout=60,
+            )
+            assert reply.status_code == 200, reply.text
+            return reply
+
+        long = embed(["a few words", "word " * 4800])  # 6,000 tokens
+        assert long.headers["x-hops-node"] == "big", long.headers["x-hops-route"]
+        assert long.json()["prompt_eval_count"] > 6000
+        short = embed(["a few words", "and a few more"])
+        assert short.headers["x-hops-node"] == "mid", short.headers["x-hops-route"]

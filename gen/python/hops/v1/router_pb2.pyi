@@ -223,6 +223,7 @@ class PickRequest(_message.Message):
     MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
     NUM_CTX_FIELD_NUMBER: _builtins.int
     RUNNER_OPTIONS_FIELD_NUMBER: _builtins.int
+    LONGEST_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     edge_id: _builtins.str
     """The edge asking; its leases are released when its session closes."""
     model: _builtins.str
@@ -240,6 +241,10 @@ class PickRequest(_message.Message):
     num_ctx: _builtins.int
     """The context length asked for (options.num_ctx on Ollama's native routes); 0 = none asked.
     Ollama reloads a model loaded with another one, so a host where it is loaded so is not warm.
+    """
+    longest_input_tokens: _builtins.int
+    """For an embedding: the rough size in tokens of its longest input (Ollama embeds each input
+    apart, and cuts one longer than the context length it runs at); 0 otherwise or unknown.
     """
     @_builtins.property
     def exclude_node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -271,10 +276,11 @@ class PickRequest(_message.Message):
         max_candidates: _builtins.int = ...,
         num_ctx: _builtins.int = ...,
         runner_options: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        longest_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "edge_id", b"edge_id", "exclude_node_ids", b"exclude_node_ids", "label_selector", b"label_selector", "max_candidates", b"max_candidates", "model", b"model", "node_id", b"node_id", "num_ctx", b"num_ctx", "prompt_tokens", b"prompt_tokens", "runner_options", b"runner_options", "session_key", b"session_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "edge_id", b"edge_id", "exclude_node_ids", b"exclude_node_ids", "label_selector", b"label_selector", "longest_input_tokens", b"longest_input_tokens", "max_candidates", b"max_candidates", "model", b"model", "node_id", b"node_id", "num_ctx", b"num_ctx", "prompt_tokens", b"prompt_tokens", "runner_options", b"runner_options", "session_key", b"session_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
