@@ -200,6 +200,8 @@ class Host:
                             yield piece
                     finally:
                         runner.leave_cache_slot(slot, evaluated + "".join(output))
+                        if metrics.prompt_eval_count + metrics.eval_count > runner.context_length:
+                            self.stats.context_shifts += 1  # Ollama drops half and goes on
                     completed = True
                 finally:
                     runner.active -= 1

@@ -23,6 +23,9 @@ class Stats:
     # Prompts longer than the context length they ran at, evaluated only in part (Ollama keeps
     # their end and says so only in its log)
     truncated_prompts: int = 0
+    # Replies that outgrew the context length left by their prompt (Ollama then drops half of
+    # the context after its first tokens, the prompt's start, and goes on)
+    context_shifts: int = 0
     tokens_generated: int = 0
     pulls: int = 0
     in_flight: int = 0
@@ -41,6 +44,7 @@ class Stats:
             "unloads": self.unloads,
             "busy_rejections": self.busy_rejections,
             "truncated_prompts": self.truncated_prompts,
+            "context_shifts": self.context_shifts,
             "tokens_generated": self.tokens_generated,
             "pulls": self.pulls,
             "in_flight": self.in_flight,

@@ -353,6 +353,18 @@ async def test_a_prompt_over_the_context_length_is_cut_to_its_end(start_sim: Sim
     assert (await sim_stats(sim))["truncated_prompts"] == 1
 
 
+async def test_a_reply_outgrowing_the_context_length_is_counted(start_sim: SimFactory) -> None:
+    """A prompt that fits leaves the reply the rest of the context; a longer reply makes Ollama
+    drop half of the context (the prompt's start) and go on, which only its log tells."""
+    sim = await start_sim(time_scale=50.0, response_tokens=(200, 200))
+    prompt = "word " * 3200  # 4,000 tokens of 4096
+    async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+        await _generate(client, "llama3.2", prompt=prompt, options={"num_predict": 50})
+        assert (await sim_stats(sim))["context_shifts"] == 0
+        await _generate(client, "llama3.2", prompt=prompt + "!")  # 200 tokens
+    assert (await sim_stats(sim))["context_shifts"] == 1
+
+
 async def test_an_embedding_input_over_the_context_length_is_cut_or_refused(
     start_sim: SimFactory,
 ) -> None:
