@@ -16,7 +16,8 @@ REQUESTS chats on /api/chat with Poisson arrivals at RATE per second, naming no 
 most clients do, and every OpenAI-style one); a share DOC_SHARE carry a document of about
 DOC_TOKENS tokens with a question about it, the rest a short question. Reported per policy:
 how many prompts were cut (the simulated hosts' own count, and the documents whose reply
-counted fewer prompt tokens than the document has), the hosts the documents went to, and time
+counted fewer prompt tokens than the document has) and how many replies outgrew what their
+prompt left of the context (Ollama then drops half of it), the hosts the documents went to, and time
 to first token p50/p95 of documents and short chats apart.
 
 Usage: python bench/long_context.py [--seed 7] [--requests 60] [--policies memory_aware,...]
@@ -118,6 +119,7 @@ def summary(chats: list[dict[str, Any]], stats: dict[str, dict[str, Any]]) -> di
         "requests": len(chats),
         "documents": len(docs),
         "truncated_prompts": sum(s["truncated_prompts"] for s in stats.values()),
+        "context_shifts": sum(s["context_shifts"] for s in stats.values()),
         "documents_read_in_part": sum(
             c["prompt_eval_count"] < c["prompt_tokens_sent"] for c in docs
         ),

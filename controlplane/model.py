@@ -113,9 +113,13 @@ class RouteRequest:
         cut them: a generation's whole prompt; an embedding's longest input (its prompt_tokens
         sum inputs that are each embedded, and cut, apart); 0 for a request that runs no
         model."""
-        if self.api in (ApiKind.EMBED, ApiKind.EMBEDDINGS, ApiKind.OPENAI_EMBEDDINGS):
+        if self.is_embedding:
             return self.longest_input
         return self.prompt_tokens if self.runs_model else 0
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.api in (ApiKind.EMBED, ApiKind.EMBEDDINGS, ApiKind.OPENAI_EMBEDDINGS)
 
     @property
     def context(self) -> int | None:

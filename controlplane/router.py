@@ -361,6 +361,12 @@ class Router:
         """The candidate each host makes for ``request``, whose session last ran on
         ``affinity``: what that host holds cached of it is looked up once."""
         cached = self._cached_tokens(request.session_key, affinity, key)
+        # What must fit the context length it runs at: the prompt, and a generation's reply
+        # (the model's average so far): a reply that outgrows it makes Ollama drop half of
+        # the context, the prompt's start, and go on without it.
+        fit = request.context_prompt
+        if fit and not request.is_embedding and key in self._tokens:
+            fit += int(self._tokens[key][1])
 
         def candidate_on(node: Node) -> Candidate:
             return self._candidate(
@@ -372,7 +378,7 @@ class Router:
                 request.prompt_tokens,
                 cached,
                 request.session_key,
-                request.context_prompt,
+                fit,
             )
 
         return candidate_on
@@ -571,9 +577,9 @@ class Router:
         """``prompt_tokens``: the request's prompt, of which ``cached_tokens`` are in the prompt
         cache of ``affinity_node`` (its session's last host) if the model is still loaded there.
         ``session_key``: the request's conversation, to tell whose cached prompt it would take
-        over here. ``context_prompt``: the prompt that must fit the context length the request
-        runs at here (RouteRequest.context_prompt). The hot path of every pick, once per
-        eligible host: locals and plain dict lookups."""
+        over here. ``context_prompt``: the tokens that must fit the context length the request
+        runs at here (its prompt, and a generation's expected reply). The hot path of every
+        pick, once per eligible host: locals and plain dict lookups."""
         asked_model = node.installed_by_key.get(key)
         if context is not None and asked_model is not None:
             context, options = _with_defaults(asked_model, context, options)

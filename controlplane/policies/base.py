@@ -116,10 +116,11 @@ class Candidate:
     # Loaded here with every prompt-cache slot holding another conversation: the prompt tokens
     # of the one this request would take over (its next turn here evaluates them again).
     cache_victim_tokens: int = 0
-    # The request's prompt tokens beyond the context length it runs at here (the instance's,
-    # loaded; else the length asked, or this host's automatic one, learned or guessed: see
-    # Node.context_guess): Ollama cuts them, with no error, and the reply reads only the rest.
-    # 0: it fits, or that length is not known.
+    # The request's tokens beyond the context length it runs at here (the instance's, loaded;
+    # else the length asked, or this host's automatic one, learned or guessed: see
+    # Node.context_guess), its prompt's and a generation's expected reply's: Ollama cuts the
+    # prompt to fit, and a reply that outgrows the rest drops half of it, with no error.
+    # 0: it all fits, or that length is not known.
     over_context: int = 0
 
 

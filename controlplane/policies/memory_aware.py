@@ -39,11 +39,12 @@ gets a small bonus (a warm prompt cache), small enough that a hot session does n
 busy host. Among equal costs the smaller host wins,
 keeping big GPUs free for big models. Costs divide by the node's weight.
 
-A host whose context length is shorter than the request's prompt (the instance's length when
-the model is loaded there, else the one a load for it takes: the length asked, or the host's
-automatic one, learned or guessed: see Node.context_guess) would cut the prompt without an error:
-it ranks after every host that reads it whole (+ OVER_CONTEXT_PENALTY_S). When none can, the
-host that cuts the least is chosen ("over-context" in X-Hops-Route).
+A host whose context length is shorter than the request's prompt and expected reply (the
+instance's length when the model is loaded there, else the one a load for it takes: the length
+asked, or the host's automatic one, learned or guessed: see Node.context_guess) would cut the
+prompt, or drop its start mid-reply, without an error: it ranks after every host that reads it
+whole (+ OVER_CONTEXT_PENALTY_S). When none can, the host that cuts the least is chosen
+("over-context" in X-Hops-Route).
 """
 
 from __future__ import annotations

@@ -1633,3 +1633,25 @@ def test_an_automatic_length_learned_for_one_model_holds_for_the_others_on_the_h
     capped.nodes["a"].learn_auto_context("llama3.2:latest", 2048)  # its trained length: capped
     assert capped.nodes["a"].auto_default == 0
     assert capped.nodes["a"].context_guess("qwen2.5:latest", 0) == 2048  # the guess, capped
+
+
+def test_a_generations_reply_must_fit_beside_its_prompt() -> None:
+    """A reply that outgrows what its prompt leaves of the context makes Ollama drop half of
+    it, the prompt's start. Once the model's replies are known to run to 300 tokens, a 3,900
+    token prompt no longer fits 4096; an embedding has no reply."""
+    fleet = builders.fleet()
+    _loaded_with_context(fleet, "big", 32768)
+    _loaded_with_context(fleet, "small", 4096)
+    router = builders.router(fleet, "memory_aware")
+    assert router.pick(_req(node_id="big", prompt_tokens=100)).lease_id  # "big" is busy
+    assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.node_id == "small"
+    outcome = router.pick(_req(node_id="small"))
+    stats = GenerationStats(eval_count=300, eval_duration_ns=10**9)
+    router.report(Report(outcome.lease_id, "small", Outcome.OK, http_status=200, stats=stats))
+    ranked = {
+        r.candidate.node_id: r.candidate for r in router.pick(_req(prompt_tokens=3900)).ranked
+    }
+    assert ranked["small"].over_context == 3900 + 300 - 4096
+    assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.node_id == "big"
+    embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=3900, longest_input=3900))
+    assert all(r.candidate.over_context == 0 for r in embed.ranked)
