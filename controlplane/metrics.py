@@ -60,8 +60,8 @@ class ControlPlaneMetrics:
         self.over_context = PromCounter(
             "hops_controlplane_over_context_picks",
             "Requests sent to a host whose context length is shorter than their prompt's "
-            "estimate (Ollama cuts such a prompt, with no error), by node: no host that could "
-            "take them reads them whole",
+            "estimate and expected reply (Ollama cuts such a prompt, or drops its start "
+            "mid-reply, with no error), by node: no host that could take them holds them whole",
             ["node"],
             registry=self.registry,
         )
