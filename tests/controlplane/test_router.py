@@ -1512,15 +1512,22 @@ def test_a_reload_pays_for_the_reload_it_causes_the_instances_own_clients() -> N
     assert plain_picks_on_c(False) == pytest.approx(1.0)
 
 
-def test_a_prompt_goes_where_the_context_length_holds_it_whole() -> None:
-    """Ollama cuts a prompt longer than the context length it runs at, with no error. A 6,000
-    token prompt goes to the host whose instance runs at 32768, though it is busy and the
-    other host, at 4096, is free; a short one still goes to the free host."""
+def _big_busy_small_free() -> Router:
+    """llama3.2 loaded at 32768 on "big", with a request in flight there, and at 4096 on the
+    idle "small"."""
     fleet = builders.fleet()
     _loaded_with_context(fleet, "big", 32768)
     _loaded_with_context(fleet, "small", 4096)
     router = builders.router(fleet, "memory_aware")
-    assert router.pick(_req(node_id="big", prompt_tokens=100)).lease_id  # "big" is busy
+    assert router.pick(_req(node_id="big", prompt_tokens=100)).lease_id
+    return router
+
+
+def test_a_prompt_goes_where_the_context_length_holds_it_whole() -> None:
+    """Ollama cuts a prompt longer than the context length it runs at, with no error. A 6,000
+    token prompt goes to the host whose instance runs at 32768, though it is busy and the
+    other host, at 4096, is free; a short one still goes to the free host."""
+    router = _big_busy_small_free()
     assert router.pick(_req(prompt_tokens=100)).ranked[0].candidate.node_id == "small"
     document = router.pick(_req(prompt_tokens=6000))
     by_node = {r.candidate.node_id: r for r in document.ranked}
@@ -1537,11 +1544,7 @@ def test_a_prompt_no_host_holds_whole_goes_where_the_least_is_cut() -> None:
     cuts the least takes it, busy or not, and X-Hops-Route says it did not fit. Embeddings
     (each input cut apart) and requests asking a length of their own are weighed at their own
     lengths; an embedding by its longest input."""
-    fleet = builders.fleet()
-    _loaded_with_context(fleet, "big", 32768)
-    _loaded_with_context(fleet, "small", 4096)
-    router = builders.router(fleet, "memory_aware")
-    assert router.pick(_req(node_id="big", prompt_tokens=100)).lease_id  # "big" is busy
+    router = _big_busy_small_free()
     huge = router.pick(_req(prompt_tokens=50_000))
     assert [(r.candidate.node_id, r.candidate.over_context) for r in huge.ranked] == [
         ("big", 50_000 - 32768),
@@ -1639,11 +1642,7 @@ def test_a_generations_reply_must_fit_beside_its_prompt() -> None:
     """A reply that outgrows what its prompt leaves of the context makes Ollama drop half of
     it, the prompt's start. Once the model's replies are known to run to 300 tokens, a 3,900
     token prompt no longer fits 4096; an embedding has no reply."""
-    fleet = builders.fleet()
-    _loaded_with_context(fleet, "big", 32768)
-    _loaded_with_context(fleet, "small", 4096)
-    router = builders.router(fleet, "memory_aware")
-    assert router.pick(_req(node_id="big", prompt_tokens=100)).lease_id  # "big" is busy
+    router = _big_busy_small_free()
     assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.node_id == "small"
     outcome = router.pick(_req(node_id="small"))
     stats = GenerationStats(eval_count=300, eval_duration_ns=10**9)
