@@ -40,7 +40,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from bench.routing import pct
+from bench.routing import each_policy, pct
 from ollamasim import textgen
 from tests.integration import fleet
 
@@ -184,11 +184,7 @@ def main() -> None:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--json", default="bench/results/long_context.json")
     args = parser.parse_args()
-    results = []
-    for policy in args.policies.split(","):
-        result = run_one(policy, args)
-        print(json.dumps({k: v for k, v in result.items() if k != "chats"}), flush=True)
-        results.append(result)
+    results = each_policy(run_one, args, "chats")
     report = {
         "benchmark": "long_context",
         "seed": args.seed,

@@ -31,6 +31,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,21 @@ def pct(values: list[float], p: float) -> float:
         return 0.0
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))], 3)
+
+
+def each_policy(
+    run: Callable[[str, argparse.Namespace], dict[str, Any]],
+    args: argparse.Namespace,
+    detail: str,
+) -> list[dict[str, Any]]:
+    """``run`` once per policy of ``args.policies`` (comma-separated), each result printed as
+    it comes, but for its per-request ``detail``."""
+    results = []
+    for policy in args.policies.split(","):
+        result = run(policy, args)
+        print(json.dumps({k: v for k, v in result.items() if k != detail}), flush=True)
+        results.append(result)
+    return results
 
 
 def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]:
