@@ -60,18 +60,21 @@ REPLY_TOKENS = 80
 THINK_S = 5.0  # simulated seconds between a reply and the next question, on average (--think)
 
 
-def _text(rng: random.Random, tokens: int) -> str:
+def text_of(rng: random.Random, tokens: int) -> str:
     return "".join(textgen.words(rng, tokens * 4 // 6))  # about six characters a word
 
 
-async def _turn(client: httpx.AsyncClient, messages: list[dict[str, str]]) -> dict[str, Any]:
-    """One streamed turn: where it went and why, its time to first token, its reply, and the
-    prompt counts of Ollama's final chunk."""
+async def stream_turn(
+    client: httpx.AsyncClient, messages: list[dict[str, str]], reply_tokens: int = REPLY_TOKENS
+) -> dict[str, Any]:
+    """One streamed /api/chat turn for MODEL: where it went and why, its time to first token
+    (simulated seconds at TIME_SCALE), its reply, and the prompt counts of Ollama's final
+    chunk."""
     body = {
         "model": MODEL,
         "messages": messages,
         "stream": True,
-        "options": {"num_predict": REPLY_TOKENS},
+        "options": {"num_predict": reply_tokens},
     }
     started = time.monotonic()
     first, reply, final = 0.0, [], {}
@@ -102,13 +105,13 @@ async def _conversation(
     client: httpx.AsyncClient, index: int, seed: int, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     rng = random.Random(f"{seed}/{index}")
-    messages = [{"role": "system", "content": f"chat {index}: " + _text(rng, args.system_tokens)}]
+    messages = [{"role": "system", "content": f"chat {index}: " + text_of(rng, args.system_tokens)}]
     turns = []
     await asyncio.sleep(rng.uniform(0, args.think) / TIME_SCALE)
     for number in range(args.turns):
-        question = f"question {number}: " + _text(rng, QUESTION_TOKENS)
+        question = f"question {number}: " + text_of(rng, QUESTION_TOKENS)
         messages.append({"role": "user", "content": question})
-        turn = await _turn(client, messages)
+        turn = await stream_turn(client, messages)
         messages.append({"role": "assistant", "content": turn.pop("reply")})
         turns.append({"conversation": index, "turn": number, **turn})
         await asyncio.sleep(rng.expovariate(1 / args.think) / TIME_SCALE)

@@ -40,12 +40,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+from bench.affinity import MODEL, TIME_SCALE, stream_turn, text_of
 from bench.routing import each_policy, pct
 from ollamasim import textgen
 from tests.integration import fleet
 
 POLICIES = ("random", "round_robin", "least_busy", "memory_aware")
-MODEL = "llama3.1:8b"
 HOSTS = {"big": "gpu-24g", "mid": "gpu-12g", "small": "gpu-8g"}
 # The big card is an older one (a 24 GB Tesla P40 beside newer 12 and 8 GB cards, as in many
 # home labs): a third of the speed, so it is not the fastest place for a prompt, only the one
@@ -53,7 +53,6 @@ HOSTS = {"big": "gpu-24g", "mid": "gpu-12g", "small": "gpu-8g"}
 SPEED = {"big": 0.35}
 VERSION = "0.15.5"  # the first Ollama whose automatic context length follows the VRAM
 SLOTS = 2
-TIME_SCALE = 10.0
 REQUESTS = 60
 RATE = 0.5  # per simulated second
 DOC_SHARE = 0.25
@@ -62,39 +61,17 @@ QUESTION_TOKENS = 30
 REPLY_TOKENS = 60
 
 
-def _text(rng: random.Random, tokens: int) -> str:
-    return "".join(textgen.words(rng, tokens * 4 // 6))  # about six characters a word
-
-
 async def _chat(client: httpx.AsyncClient, text: str, doc: bool, begun: float) -> dict[str, Any]:
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": text}],
-        "stream": True,
-        "options": {"num_predict": REPLY_TOKENS},
-    }
     started = time.monotonic()
-    first = 0.0
-    final: dict[str, Any] = {}
-    async with client.stream("POST", "/api/chat", json=body) as answer:
-        answer.raise_for_status()
-        node, route = answer.headers["x-hops-node"], answer.headers["x-hops-route"]
-        async for line in answer.aiter_lines():
-            if not line:
-                continue
-            chunk = json.loads(line)
-            if not first and chunk.get("message", {}).get("content"):
-                first = time.monotonic() - started
-            if chunk.get("done"):
-                final = chunk
+    turn = await stream_turn(client, [{"role": "user", "content": text}], REPLY_TOKENS)
     return {
         "doc": doc,
         "at": round((started - begun) * TIME_SCALE, 2),
-        "node": node,
-        "route": route,
-        "ttft_s": round(first * TIME_SCALE, 3),
+        "node": turn["node"],
+        "route": turn["route"],
+        "ttft_s": turn["ttft_s"],
         "prompt_tokens_sent": textgen.count_tokens(text),
-        "prompt_eval_count": final.get("prompt_eval_count", 0),
+        "prompt_eval_count": turn["prompt_tokens"],
     }
 
 
@@ -105,8 +82,8 @@ async def drive(url: str, seed: int, args: argparse.Namespace) -> list[dict[str,
         begun = time.monotonic()
         for i in range(args.requests):
             doc = rng.random() < args.doc_share
-            question = f"question {i}: " + _text(rng, QUESTION_TOKENS)
-            text = _text(rng, args.doc_tokens) + "\n\n" + question if doc else question
+            question = f"question {i}: " + text_of(rng, QUESTION_TOKENS)
+            text = text_of(rng, args.doc_tokens) + "\n\n" + question if doc else question
             tasks.append(asyncio.create_task(_chat(client, text, doc, begun)))
             await asyncio.sleep(rng.expovariate(args.rate) / TIME_SCALE)
         return list(await asyncio.gather(*tasks))
