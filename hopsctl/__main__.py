@@ -86,6 +86,12 @@ def node_detail(n: admin_pb2.Node) -> str:
         f"cordoned:  {'yes' if n.cordoned else 'no'}   draining: {'yes' if n.draining else 'no'}"
         f"   in flight: {n.in_flight_total}",
     ]
+    if n.default_context_length:
+        source = {"learned": "learned from a reply", "vram": "Ollama's tier for this VRAM"}
+        lines.append(
+            f"context:   {n.default_context_length} for a request naming no num_ctx "
+            f"({source.get(n.default_context_source, n.default_context_source)})"
+        )
     if snap.ollama_error:
         lines.append(f"error:     {snap.ollama_error}")
     for g in snap.gpus:

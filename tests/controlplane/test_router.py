@@ -1632,6 +1632,15 @@ def test_an_automatic_length_learned_for_one_model_holds_for_the_others_on_the_h
     assert fleet.nodes["a"].context_guess("qwen2.5:latest", 16384) == 16384  # asked: as asked
     ranked = builders.router(fleet, "memory_aware").pick(_req("qwen2.5", prompt_tokens=10_000))
     assert ranked.ranked[0].candidate.node_id == "b"
+    shown = {n: convert.node_pb(fleet.nodes[n], fleet) for n in ("a", "b")}
+    assert (shown["a"].default_context_length, shown["a"].default_context_source) == (
+        8192,
+        "learned",
+    )
+    assert (shown["b"].default_context_length, shown["b"].default_context_source) == (
+        32768,
+        "vram",
+    )
     capped = _cold_hosts("0.15.5", {"a": 24}, trained=2048)
     capped.nodes["a"].learn_auto_context("llama3.2:latest", 2048)  # its trained length: capped
     assert capped.nodes["a"].auto_default == 0

@@ -19,12 +19,22 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 def test_dashboard_shows_the_fleet_live() -> None:
-    hosts = {"big": ["--profile", "gpu-24g"], "laptop": ["--profile", "gpu-8g"]}
+    hosts = {
+        "big": ["--profile", "gpu-24g", "--version", "0.15.5"],
+        "laptop": ["--profile", "gpu-8g"],
+    }
     with fleet.whole_fleet(hosts) as running, browser() as page:
         url = fleet.metrics_url(running.plane).removesuffix("/metrics") + "/"
         page.do(op="goto", url=url)
         for node in ("big", "laptop"):
             page.do(op="wait", selector=f'[data-node="{node}"] .state', text="online")
+        # The length a request naming no num_ctx gets, from Ollama 0.15.5's VRAM tiers.
+        page.do(
+            op="wait",
+            selector='[data-node="big"] .context',
+            text="context: 32768 tokens for a request naming none (by VRAM)",
+        )
+        assert page.do(op="texts", selector='[data-node="laptop"] .context')["texts"] == []
         installed = page.do(op="texts", selector='[data-node="laptop"] tr.installed td:first-child')
         assert "llama3.2:latest" in installed["texts"]
         assert page.do(op="texts", selector='[data-node="big"] tr.loaded')["texts"] == []

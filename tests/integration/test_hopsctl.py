@@ -39,6 +39,7 @@ def ok(plane: str, *args: str) -> str:
 
 def test_hopsctl_reads_and_changes_the_fleet() -> None:
     hosts = {"big": ["--profile", "gpu-24g"], "laptop": ["--profile", "gpu-8g"]}
+    hosts["laptop"] += ["--version", "0.15.5"]  # its automatic context length follows its VRAM
     with fleet.whole_fleet(hosts) as running:
         plane = running.plane.url
         nodes = ok(plane, "nodes").splitlines()
@@ -54,7 +55,13 @@ def test_hopsctl_reads_and_changes_the_fleet() -> None:
         )
 
         ok(plane, "preload", "laptop", "llama3.2")
-        loaded = ok(plane, "node", "laptop").split("loaded:")[1].split("installed:")[0]
+        detail = ok(plane, "node", "laptop")
+        assert (
+            "context:   4096 for a request naming no num_ctx (Ollama's tier for this VRAM)"
+            in detail
+        )
+        assert "context:" not in ok(plane, "node", "big")  # Ollama 0.12.6: nothing to tell
+        loaded = detail.split("loaded:")[1].split("installed:")[0]
         row = next(line.split() for line in loaded.splitlines() if "llama3.2:latest" in line)
         # Its context length; the automatic one not yet learned; Ollama's default options.
         assert row[-3:] == ["4096", "?", "-"]

@@ -302,6 +302,8 @@ class Node(_message.Message):
     AUTOMATIC_CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     LEARNED_FIELD_NUMBER: _builtins.int
     RUNNER_OPTIONS_FIELD_NUMBER: _builtins.int
+    DEFAULT_CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    DEFAULT_CONTEXT_SOURCE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     ollama_url: _builtins.str
@@ -320,6 +322,17 @@ class Node(_message.Message):
     """Agent instance id."""
     weight: _builtins.float
     """Routing weight."""
+    default_context_length: _builtins.int
+    """The context length a request naming no num_ctx most likely runs a model at here when that
+    model's own is not learned (capped at each model's trained length): the host's setting as
+    a reply for another model showed it, else the one Ollama 0.15.5+ picks from this node's
+    VRAM. 0 when neither tells. Routing weighs whether a prompt fits it.
+    """
+    default_context_source: _builtins.str
+    """Where default_context_length comes from: "learned" (a reply showed it) or "vram" (Ollama's
+    tiers for the version and VRAM reported; OLLAMA_CONTEXT_LENGTH, which no API reports, may
+    set another); empty when it is 0.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Its labels."""
@@ -394,10 +407,12 @@ class Node(_message.Message):
         automatic_context_length: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         learned: _abc.Iterable[Global___LearnedSpeed] | None = ...,
         runner_options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        default_context_length: _builtins.int = ...,
+        default_context_source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "capacity", b"capacity", "connected_since", b"connected_since", "last_seen", b"last_seen", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic_context_length", b"automatic_context_length", "breaker", b"breaker", "capacity", b"capacity", "conflicts", b"conflicts", "connected_since", b"connected_since", "cordoned", b"cordoned", "draining", b"draining", "hostname", b"hostname", "in_flight", b"in_flight", "in_flight_total", b"in_flight_total", "instance_id", b"instance_id", "labels", b"labels", "last_seen", b"last_seen", "learned", b"learned", "node_id", b"node_id", "ollama_url", b"ollama_url", "runner_options", b"runner_options", "snapshot", b"snapshot", "state", b"state", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic_context_length", b"automatic_context_length", "breaker", b"breaker", "capacity", b"capacity", "conflicts", b"conflicts", "connected_since", b"connected_since", "cordoned", b"cordoned", "default_context_length", b"default_context_length", "default_context_source", b"default_context_source", "draining", b"draining", "hostname", b"hostname", "in_flight", b"in_flight", "in_flight_total", b"in_flight_total", "instance_id", b"instance_id", "labels", b"labels", "last_seen", b"last_seen", "learned", b"learned", "node_id", b"node_id", "ollama_url", b"ollama_url", "runner_options", b"runner_options", "snapshot", b"snapshot", "state", b"state", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
