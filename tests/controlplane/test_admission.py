@@ -1,4 +1,5 @@
 import asyncio
+from dataclasses import replace
 
 from controlplane.admission import Admission
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
@@ -212,4 +213,36 @@ async def test_with_the_line_full_a_request_waiting_for_a_better_host_takes_a_fr
     assert second.status is PickStatus.OK and second.ranked[0].candidate.node_id == "cpu"
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
+    await admission.close()
+
+
+def _long_and_short_context() -> Admission:
+    """The model loaded at 32768 on "big", at its cap of one request, and at 4096 on the free
+    "small"."""
+    fleet = builders.fleet()
+    for node_id, context, cap in (("big", 32768, 1), ("small", 4096, 0)):
+        node = builders.add_node(
+            fleet, node_id, models=["m:latest"], loaded=["m:latest"], max_in_flight=cap
+        )
+        listed = replace(node.snapshot.loaded[0], context_length=context)
+        fleet.update(node_id, node.session, replace(node.snapshot, sequence=2, loaded=(listed,)))
+    admission = Admission(builders.router(fleet, "memory_aware"), max_wait=2.0, per_model=8)
+    fleet.leases.on_release = admission.on_release
+    return admission
+
+
+async def test_a_prompt_the_free_host_would_cut_waits_for_the_busy_one_that_holds_it() -> None:
+    admission = _long_and_short_context()
+    router = admission.router
+    busy = router.pick(RouteRequest(model="m", edge_id="e", node_id="big"))
+    short = await asyncio.wait_for(admission.pick(_asking(100)), 0.5)
+    assert short.ranked[0].candidate.node_id == "small"
+    router.fleet.leases.close(short.lease_id)
+    waiting = asyncio.create_task(admission.pick(_asking(6000)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and admission.waiting["m:latest"] == 1
+    router.fleet.leases.close(busy.lease_id)
+    served = await asyncio.wait_for(waiting, 1.0)
+    assert served.ranked[0].candidate.node_id == "big"
+    assert served.ranked[0].candidate.over_context == 0
     await admission.close()
