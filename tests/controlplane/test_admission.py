@@ -3,7 +3,7 @@ from dataclasses import replace
 
 from controlplane.admission import Admission
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
-from controlplane.router import PickStatus
+from controlplane.router import PickOutcome, PickStatus
 from tests.controlplane import builders
 
 
@@ -166,6 +166,16 @@ def _asking(tokens: int) -> RouteRequest:
     return RouteRequest(model="m", edge_id="e", prompt_tokens=tokens)
 
 
+async def _held_until_freed(admission: Admission, busy: str, request: RouteRequest) -> PickOutcome:
+    """``request`` waits in admission while lease ``busy`` holds the host it wants, and is
+    served once that lease closes."""
+    waiting = asyncio.create_task(admission.pick(request))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and admission.waiting["m:latest"] == 1
+    admission.router.fleet.leases.close(busy)
+    return await asyncio.wait_for(waiting, 1.0)
+
+
 async def test_a_long_prompt_waits_for_the_busy_gpu_rather_than_take_the_free_cpu() -> None:
     admission = _gpu_and_cpu(max_wait=2.0)
     router = admission.router
@@ -183,11 +193,7 @@ async def test_a_long_prompt_waits_for_the_busy_gpu_rather_than_take_the_free_cp
     assert short.ranked[0].candidate.node_id == "cpu"
     assert short.ranked[0].reason == "warm"
     router.fleet.leases.close(short.lease_id)
-    waiting = asyncio.create_task(admission.pick(_asking(4000)))
-    await asyncio.sleep(0.05)
-    assert not waiting.done() and admission.waiting["m:latest"] == 1
-    router.fleet.leases.close(busy.lease_id)
-    served = await asyncio.wait_for(waiting, 1.0)
+    served = await _held_until_freed(admission, busy.lease_id, _asking(4000))
     assert served.ranked[0].candidate.node_id == "gpu"
     assert served.ranked[0].reason.startswith("queued ")
     await admission.close()
@@ -238,11 +244,7 @@ async def test_a_prompt_the_free_host_would_cut_waits_for_the_busy_one_that_hold
     short = await asyncio.wait_for(admission.pick(_asking(100)), 0.5)
     assert short.ranked[0].candidate.node_id == "small"
     router.fleet.leases.close(short.lease_id)
-    waiting = asyncio.create_task(admission.pick(_asking(6000)))
-    await asyncio.sleep(0.05)
-    assert not waiting.done() and admission.waiting["m:latest"] == 1
-    router.fleet.leases.close(busy.lease_id)
-    served = await asyncio.wait_for(waiting, 1.0)
+    served = await _held_until_freed(admission, busy.lease_id, _asking(6000))
     assert served.ranked[0].candidate.node_id == "big"
     assert served.ranked[0].candidate.over_context == 0
     await admission.close()
