@@ -100,9 +100,11 @@ def _string_map(value: Any, what: str, where: str) -> tuple[tuple[str, str], ...
 
 
 def _number(entry: dict[str, Any], key: str, default: float, where: str) -> float:
+    """A number from 0 to 2**32 - 1: the capacities travel as uint32 (the admin RPCs show them)."""
     value = entry.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise HostsFileError(f"{where}: {key} must be a number >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**32:
+        most = 2**32 - 1
+        raise HostsFileError(f"{where}: {key} must be a number from 0 to {most}, got {value!r}")
     return value
 
 

@@ -96,8 +96,12 @@ class AgentSettings:
             raise ValueError("--poll-interval and --keepalive-interval must be > 0")
         if not 0 < self.backoff_min <= self.backoff_max:
             raise ValueError("need 0 < --backoff-min <= --backoff-max")
-        if self.num_parallel < 1:
-            raise ValueError("--num-parallel must be >= 1")
+        if not 1 <= self.num_parallel < 2**32:
+            raise ValueError("--num-parallel must be a whole number from 1 to 4294967295")
+        for name in ("max_loaded_models", "max_queue", "max_in_flight"):
+            if not 0 <= getattr(self, name) < 2**32:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be a whole number from 0 to {2**32 - 1}")
         self.channel_credentials()
         if self.gpu == "static" and self.gpu_memory <= 0:
             raise ValueError("--gpu static needs --gpu-memory (e.g. 24GiB)")

@@ -69,7 +69,10 @@ def test_full_entry() -> None:
         ([{"url": "http://a:1", "headers": {"Bad Name": "x"}}], "token name"),
         ([{"url": "http://a:1", "headers": {"X": "a\nb"}}], "one line"),
         ([{"url": "http://a:1", "vram": "lots"}], "vram"),
-        ([{"url": "http://a:1", "num_parallel": -1}], "num_parallel must be a number >= 0"),
+        ([{"url": "http://a:1", "num_parallel": -1}], "num_parallel must be a number from 0"),
+        # Beyond a uint32, the admin RPCs could not show it (and inf failed int()).
+        ([{"url": "http://a:1", "max_in_flight": 2**32}], "max_in_flight must be a number"),
+        ([{"url": "http://a:1", "weight": float("inf")}], "weight must be"),
     ],
 )
 def test_bad_entries_are_refused_with_where_and_why(document: Any, reason: str) -> None:

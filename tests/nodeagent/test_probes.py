@@ -107,3 +107,23 @@ def test_fingerprint_ignores_expiry_jitter_but_not_real_changes() -> None:
 def test_static_gpu_needs_a_size() -> None:
     with pytest.raises(ValueError, match="--gpu-memory"):
         AgentSettings(gpu="static").validate()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("num_parallel", 0, "--num-parallel"),
+        ("num_parallel", 2**32, "--num-parallel"),
+        ("max_queue", -1, "--max-queue"),
+        ("max_loaded_models", -1, "--max-loaded-models"),
+        ("max_in_flight", 2**32, "--max-in-flight"),
+    ],
+)
+def test_capacity_the_hello_cannot_carry_is_refused_at_start(
+    field: str, value: int, flag: str
+) -> None:
+    # Each is a uint32 on the wire: out of range, building the hello raised a bare ValueError
+    # traceback instead of a usage error naming the flag.
+    with pytest.raises(ValueError, match=flag):
+        AgentSettings(**{field: value}).validate()  # type: ignore[arg-type]
+
