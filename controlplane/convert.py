@@ -192,10 +192,8 @@ def node_pb(
             key: length for key in node.installed_by_key if (length := node.automatic_context(key))
         },
         runner_options={key: describe(o) for key, o in node.runner_options.items() if o},
-        default_context_length=node.auto_default or node.vram_context,
-        default_context_source=(
-            "learned" if node.auto_default else "vram" if node.vram_context else ""
-        ),
+        default_context_length=node.default_context[0],
+        default_context_source=node.default_context[1],
         capacity=capacity_pb(node.hello.capacity),
         connected_since=ts(node.connected_since) if node.session is not None else None,
         last_seen=ts(node.last_seen),

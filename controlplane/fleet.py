@@ -279,17 +279,29 @@ class Node:
     def context_guess(self, key: str, num_ctx: int) -> int:
         """The context length a request asking ``num_ctx`` (0: none) most likely runs ``key``
         at here: wanted_context; for none asked and none learned for its weights, the host's
-        automatic length learned from another model, else the one Ollama 0.15.5+ picks from
-        this host's VRAM (unless OLLAMA_CONTEXT_LENGTH says otherwise, which no API tells),
-        capped at the model's trained length; 0: no telling. For weighing whether a prompt
-        fits, never for telling a reload (a wrong guess there would route a warm request
-        as cold)."""
+        default_context, capped at the model's trained length; 0: no telling. For weighing
+        whether a prompt fits, never for telling a reload (a wrong guess there would route a
+        warm request as cold)."""
         length = self.wanted_context(key, num_ctx)
         if length or num_ctx:
             return length
-        guess = self.auto_default or self.vram_context
+        guess, _ = self.default_context
         trained = self._trained_context(key)
         return min(guess, trained) if trained else guess
+
+    @property
+    def default_context(self) -> tuple[int, str]:
+        """The host's automatic length and where it comes from: learned from a reply for
+        another model ("learned"), else the OLLAMA_CONTEXT_LENGTH its agent declares
+        ("declared"), else the one Ollama 0.15.5+ picks from this host's VRAM ("vram"); (0, "")
+        when none tells. A reply is Ollama's own word, so it outranks the declaration."""
+        if self.auto_default:
+            return self.auto_default, "learned"
+        if self.hello.capacity.context_length:
+            return self.hello.capacity.context_length, "declared"
+        if self.vram_context:
+            return self.vram_context, "vram"
+        return 0, ""
 
     def wanted_context(self, key: str, num_ctx: int) -> int:
         """The context length a request asking for ``num_ctx`` runs ``key`` with here: capped

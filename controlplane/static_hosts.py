@@ -41,11 +41,22 @@ hosts:
     labels: {zone: eu}                       # for label routing
     vram: 24GiB                              # GPU memory, for memory-aware routing
     num_parallel: 4                          # the host's OLLAMA_NUM_PARALLEL
+    context_length: 8192                     # its OLLAMA_CONTEXT_LENGTH, where set
     max_in_flight: 0                         # 0: num_parallel x --queue-per-slot
     weight: 1.0
 """
 KEYS = frozenset(
-    {"url", "name", "headers", "labels", "vram", "num_parallel", "max_in_flight", "weight"}
+    {
+        "url",
+        "name",
+        "headers",
+        "labels",
+        "vram",
+        "num_parallel",
+        "context_length",
+        "max_in_flight",
+        "weight",
+    }
 )
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -139,6 +150,7 @@ def parse_hosts(document: Any, source: str = "hosts file") -> list[StaticHost]:
             capacity=Capacity(
                 num_parallel=max(1, int(_number(entry, "num_parallel", 1, where))),
                 max_in_flight=int(_number(entry, "max_in_flight", 0, where)),
+                context_length=int(_number(entry, "context_length", 0, where)),
             ),
             weight=float(_number(entry, "weight", 1.0, where)) or 1.0,
         )

@@ -117,6 +117,8 @@ class Capacity:
     max_loaded_models: int = 0
     max_queue: int = 512
     max_in_flight: int = 0
+    # OLLAMA_CONTEXT_LENGTH as declared for the host (0 = not set, or not declared)
+    context_length: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,6 +170,7 @@ def capacity_pb(c: Capacity) -> fleet_pb2.NodeCapacity:
         max_loaded_models=c.max_loaded_models,
         max_queue=c.max_queue,
         max_in_flight=c.max_in_flight,
+        context_length=c.context_length,
     )
 
 
@@ -184,6 +185,7 @@ def hello(msg: agent_pb2.Hello) -> Hello:
             max_loaded_models=cap.max_loaded_models,
             max_queue=cap.max_queue or 512,
             max_in_flight=cap.max_in_flight,
+            context_length=cap.context_length,
         ),
         instance_id=msg.instance_id,
         hostname=msg.hostname,

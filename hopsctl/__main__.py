@@ -87,7 +87,11 @@ def node_detail(n: admin_pb2.Node) -> str:
         f"   in flight: {n.in_flight_total}",
     ]
     if n.default_context_length:
-        source = {"learned": "learned from a reply", "vram": "Ollama's tier for this VRAM"}
+        source = {
+            "learned": "learned from a reply",
+            "declared": "the agent's --context-length",
+            "vram": "Ollama's tier for this VRAM",
+        }
         lines.append(
             f"context:   {n.default_context_length} for a request naming no num_ctx "
             f"({source.get(n.default_context_source, n.default_context_source)})"

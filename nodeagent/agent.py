@@ -111,6 +111,7 @@ class Agent:
                 max_loaded_models=settings.max_loaded_models,
                 max_queue=settings.max_queue,
                 max_in_flight=settings.max_in_flight,
+                context_length=settings.context_length,
             ),
             instance_id=os.urandom(8).hex(),
             hostname=socket.gethostname(),

@@ -60,6 +60,13 @@ class AgentSettings:
     )
     max_loaded_models: int = option(0, "OLLAMA_MAX_LOADED_MODELS of this host", parse=int)
     max_queue: int = option(512, "OLLAMA_MAX_QUEUE of this host", parse=int)
+    context_length: int = option(
+        0,
+        "OLLAMA_CONTEXT_LENGTH of this host, where set (0 = not set). Ollama runs a request "
+        "naming no num_ctx at it, and no API says what it is: routing guesses the host's "
+        "automatic length from its VRAM (Ollama 0.15.5+) until a reply shows it",
+        parse=int,
+    )
     max_in_flight: int = option(
         0, "most requests HOPS may send here at once (0 = no limit of its own)", parse=int
     )
@@ -98,7 +105,7 @@ class AgentSettings:
             raise ValueError("need 0 < --backoff-min <= --backoff-max")
         if not 1 <= self.num_parallel < 2**32:
             raise ValueError("--num-parallel must be a whole number from 1 to 4294967295")
-        for name in ("max_loaded_models", "max_queue", "max_in_flight"):
+        for name in ("max_loaded_models", "max_queue", "max_in_flight", "context_length"):
             if not 0 <= getattr(self, name) < 2**32:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} must be a whole number from 0 to {2**32 - 1}")

@@ -47,12 +47,15 @@ def add_node(
     num_parallel: int = 1,
     vram_gb: float = 24.0,
     hostname: str | None = None,
+    context_length: int = 0,
 ) -> Node:
     hello = Hello(
         node_id=node_id,
         ollama_url=f"http://{node_id}.test:11434",
         labels=tuple(sorted((labels or {}).items())),
-        capacity=Capacity(num_parallel=num_parallel, max_in_flight=max_in_flight),
+        capacity=Capacity(
+            num_parallel=num_parallel, max_in_flight=max_in_flight, context_length=context_length
+        ),
         instance_id=f"{node_id}-1",
         hostname=hostname or node_id,
     )

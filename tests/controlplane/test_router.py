@@ -1583,13 +1583,20 @@ def test_a_cold_host_is_weighed_at_its_learned_automatic_length() -> None:
     }
 
 
-def _cold_hosts(version: str, vram_gb: dict[str, float], trained: int = 131072) -> Fleet:
+def _cold_hosts(
+    version: str,
+    vram_gb: dict[str, float],
+    trained: int = 131072,
+    declared: dict[str, int] | None = None,
+) -> Fleet:
     """Hosts with llama3.2 and qwen2.5 installed (trained for ``trained`` tokens), none loaded,
-    reporting Ollama ``version``."""
+    reporting Ollama ``version``; ``declared``: node -> the OLLAMA_CONTEXT_LENGTH its agent
+    declares."""
     fleet = builders.fleet()
     details = Details(context_length=trained)
     for node_id, gb in vram_gb.items():
-        node = builders.add_node(fleet, node_id, vram_gb=gb)
+        length = (declared or {}).get(node_id, 0)
+        node = builders.add_node(fleet, node_id, vram_gb=gb, context_length=length)
         snap = replace(
             node.snapshot,
             sequence=2,
@@ -1645,6 +1652,33 @@ def test_an_automatic_length_learned_for_one_model_holds_for_the_others_on_the_h
     capped.nodes["a"].learn_auto_context("llama3.2:latest", 2048)  # its trained length: capped
     assert capped.nodes["a"].auto_default == 0
     assert capped.nodes["a"].context_guess("qwen2.5:latest", 0) == 2048  # the guess, capped
+
+
+def test_a_declared_context_length_is_believed_until_a_reply_shows_the_hosts_own() -> None:
+    """A 12 GiB card whose Ollama runs with OLLAMA_CONTEXT_LENGTH=32768, as its agent declares,
+    holds a 6,000-token document before any reply: it wins the tie with the 24 GiB card
+    (before, it was taken at its VRAM tier, 4096, and the document went to the bigger card).
+    Declared lengths count on older Ollama too, whose default is not guessed; a reply's
+    length outranks the declaration, and the length is capped at each model's trained one."""
+    fleet = _cold_hosts("0.15.5", {"a": 12, "b": 24}, declared={"a": 32768})
+    ranked = builders.router(fleet, "memory_aware").pick(_req(prompt_tokens=6000))
+    assert [(r.candidate.node_id, r.candidate.over_context) for r in ranked.ranked] == [
+        ("a", 0),
+        ("b", 0),
+    ]
+    shown = convert.node_pb(fleet.nodes["a"], fleet)
+    assert (shown.default_context_length, shown.default_context_source) == (32768, "declared")
+    older = _cold_hosts("0.12.6", {"a": 12, "b": 24}, declared={"a": 4096})
+    ranked = builders.router(older, "memory_aware").pick(_req(prompt_tokens=6000))
+    assert [(r.candidate.node_id, r.candidate.over_context) for r in ranked.ranked] == [
+        ("b", 0),  # no telling: taken to fit, as before
+        ("a", 6000 - 4096),
+    ]
+    fleet.nodes["a"].learn_auto_context("llama3.2:latest", 4096)  # the declaration was stale
+    assert fleet.nodes["a"].context_guess("qwen2.5:latest", 0) == 4096
+    assert fleet.nodes["a"].default_context == (4096, "learned")
+    capped = _cold_hosts("0.15.5", {"a": 24}, trained=2048, declared={"a": 32768})
+    assert capped.nodes["a"].context_guess("qwen2.5:latest", 0) == 2048
 
 
 def test_a_generations_reply_must_fit_beside_its_prompt() -> None:

@@ -46,12 +46,14 @@ def test_full_entry() -> None:
                 "labels": {"zone": "eu", "fast": True},
                 "vram": "8GiB",
                 "num_parallel": 4,
+                "context_length": 8192,
                 "weight": 2,
             }
         ]
     )
     hello = host.hello()
     assert (hello.node_id, hello.weight, hello.capacity.num_parallel) == ("box", 2.0, 4)
+    assert hello.capacity.context_length == 8192
     assert hello.labels == (("fast", "true"), ("zone", "eu"))
     assert hello.upstream_headers == (("Authorization", "Bearer x"),)
     assert host.vram_bytes == 8 * 1024**3
@@ -73,6 +75,7 @@ def test_full_entry() -> None:
         # Beyond a uint32, the admin RPCs could not show it (and inf failed int()).
         ([{"url": "http://a:1", "max_in_flight": 2**32}], "max_in_flight must be a number"),
         ([{"url": "http://a:1", "weight": float("inf")}], "weight must be"),
+        ([{"url": "http://a:1", "context_length": -1}], "context_length must be"),
     ],
 )
 def test_bad_entries_are_refused_with_where_and_why(document: Any, reason: str) -> None:

@@ -21,9 +21,10 @@ ARTIFACTS = ROOT / "test-artifacts"
 def test_dashboard_shows_the_fleet_live() -> None:
     hosts = {
         "big": ["--profile", "gpu-24g", "--version", "0.15.5"],
-        "laptop": ["--profile", "gpu-8g"],
+        "laptop": ["--profile", "gpu-8g", "--context-length", "8192"],
     }
-    with fleet.whole_fleet(hosts) as running, browser() as page:
+    declared = {"laptop": ["--context-length", "8192"]}  # the host's OLLAMA_CONTEXT_LENGTH
+    with fleet.whole_fleet(hosts, agent_args_of=declared) as running, browser() as page:
         url = fleet.metrics_url(running.plane).removesuffix("/metrics") + "/"
         page.do(op="goto", url=url)
         for node in ("big", "laptop"):
@@ -34,7 +35,11 @@ def test_dashboard_shows_the_fleet_live() -> None:
             selector='[data-node="big"] .context',
             text="context: 32768 tokens for a request naming none (by VRAM)",
         )
-        assert page.do(op="texts", selector='[data-node="laptop"] .context')["texts"] == []
+        page.do(
+            op="wait",
+            selector='[data-node="laptop"] .context',
+            text="context: 8192 tokens for a request naming none (declared)",
+        )
         installed = page.do(op="texts", selector='[data-node="laptop"] tr.installed td:first-child')
         assert "llama3.2:latest" in installed["texts"]
         assert page.do(op="texts", selector='[data-node="big"] tr.loaded')["texts"] == []

@@ -40,7 +40,10 @@ def ok(plane: str, *args: str) -> str:
 def test_hopsctl_reads_and_changes_the_fleet() -> None:
     hosts = {"big": ["--profile", "gpu-24g"], "laptop": ["--profile", "gpu-8g"]}
     hosts["laptop"] += ["--version", "0.15.5"]  # its automatic context length follows its VRAM
-    with fleet.whole_fleet(hosts) as running:
+    # big's Ollama runs with OLLAMA_CONTEXT_LENGTH=8192, and its agent says so.
+    hosts["big"] += ["--context-length", "8192"]
+    declared = {"big": ["--context-length", "8192"]}
+    with fleet.whole_fleet(hosts, agent_args_of=declared) as running:
         plane = running.plane.url
         nodes = ok(plane, "nodes").splitlines()
         assert nodes[0].split()[:4] == ["NODE", "STATE", "VRAM", "LOADED"]
@@ -60,7 +63,10 @@ def test_hopsctl_reads_and_changes_the_fleet() -> None:
             "context:   4096 for a request naming no num_ctx (Ollama's tier for this VRAM)"
             in detail
         )
-        assert "context:" not in ok(plane, "node", "big")  # Ollama 0.12.6: nothing to tell
+        assert (
+            "context:   8192 for a request naming no num_ctx (the agent's --context-length)"
+            in ok(plane, "node", "big")
+        )
         loaded = detail.split("loaded:")[1].split("installed:")[0]
         row = next(line.split() for line in loaded.splitlines() if "llama3.2:latest" in line)
         # Its context length; the automatic one not yet learned; Ollama's default options.

@@ -77,3 +77,32 @@ def test_an_embedding_input_goes_where_it_is_embedded_whole() -> None:
         assert long.json()["prompt_eval_count"] > 6000
         short = embed(["a few words", "and a few more"])
         assert short.headers["x-hops-node"] == "mid", short.headers["x-hops-route"]
+
+
+def test_a_declared_context_length_is_routed_by_before_any_reply() -> None:
+    """The 12 GB card's Ollama runs with OLLAMA_CONTEXT_LENGTH=16384 and its agent declares
+    it (--context-length): the first document, before any reply has shown a length, goes to
+    that card (faster, and the smaller of two that read it whole) and is read whole. Taken at
+    its VRAM tier (4096), it went to the slow 24 GB card."""
+    sim = ["--version", VERSION, "--time-scale", "20"]
+    hosts = {
+        "big": ["--profile", "gpu-24g", *sim, "--speed", "0.35"],
+        "mid": ["--profile", "gpu-12g", *sim, "--context-length", "16384"],
+    }
+    declared = {"mid": ["--context-length", "16384"]}
+    with fleet.whole_fleet(hosts, agent_args_of=declared) as running:
+        document = " ".join(f"line{i:05d}" for i in range(4_000))  # 10,000 tokens
+        reply = httpx.post(
+            running.edge.url + "/api/chat",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": document}],
+                "stream": False,
+                "options": {"num_predict": 4},
+            },
+            timeout=120,
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-hops-node"] == "mid", reply.headers["x-hops-route"]
+        assert "over-context" not in reply.headers["x-hops-route"]
+        assert reply.json()["prompt_eval_count"] >= 10_000  # read whole

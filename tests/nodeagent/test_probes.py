@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 
 from hopscommon.fleet import GpuSource, InstalledModel, LoadedModel, Snapshot
-from nodeagent.agent import fingerprint
+from nodeagent.agent import Agent, fingerprint
 from nodeagent.gpu import GpuProbe, parse_nvidia_smi
 from nodeagent.ollama import parse_ps, parse_tags, parse_time
 from nodeagent.settings import AgentSettings
@@ -117,6 +117,7 @@ def test_static_gpu_needs_a_size() -> None:
         ("max_queue", -1, "--max-queue"),
         ("max_loaded_models", -1, "--max-loaded-models"),
         ("max_in_flight", 2**32, "--max-in-flight"),
+        ("context_length", -4096, "--context-length"),
     ],
 )
 def test_capacity_the_hello_cannot_carry_is_refused_at_start(
@@ -127,3 +128,9 @@ def test_capacity_the_hello_cannot_carry_is_refused_at_start(
     with pytest.raises(ValueError, match=flag):
         AgentSettings(**{field: value}).validate()  # type: ignore[arg-type]
 
+
+def test_the_declared_context_length_goes_out_in_the_hello() -> None:
+    agent = Agent(AgentSettings(context_length=32768, num_parallel=2))
+    assert agent.hello.capacity.context_length == 32768
+    assert agent.hello_pb.capacity.context_length == 32768
+    assert agent.hello_pb.capacity.num_parallel == 2

@@ -325,13 +325,14 @@ class Node(_message.Message):
     default_context_length: _builtins.int
     """The context length a request naming no num_ctx most likely runs a model at here when that
     model's own is not learned (capped at each model's trained length): the host's setting as
-    a reply for another model showed it, else the one Ollama 0.15.5+ picks from this node's
-    VRAM. 0 when neither tells. Routing weighs whether a prompt fits it.
+    a reply for another model showed it, else the OLLAMA_CONTEXT_LENGTH its agent declares,
+    else the one Ollama 0.15.5+ picks from this node's VRAM. 0 when none tells. Routing weighs
+    whether a prompt fits it.
     """
     default_context_source: _builtins.str
-    """Where default_context_length comes from: "learned" (a reply showed it) or "vram" (Ollama's
-    tiers for the version and VRAM reported; OLLAMA_CONTEXT_LENGTH, which no API reports, may
-    set another); empty when it is 0.
+    """Where default_context_length comes from: "learned" (a reply showed it), "declared" (the
+    agent's --context-length) or "vram" (Ollama's tiers for the version and VRAM reported);
+    empty when it is 0.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

@@ -309,6 +309,7 @@ class NodeCapacity(_message.Message):
     MAX_LOADED_MODELS_FIELD_NUMBER: _builtins.int
     MAX_QUEUE_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     num_parallel: _builtins.int
     """OLLAMA_NUM_PARALLEL: requests decoded at once per loaded model."""
     max_loaded_models: _builtins.int
@@ -317,6 +318,10 @@ class NodeCapacity(_message.Message):
     """OLLAMA_MAX_QUEUE: requests that may wait for a load before Ollama answers 503."""
     max_in_flight: _builtins.int
     """The most requests HOPS may have in flight on this node at once (0 = no limit of its own)."""
+    context_length: _builtins.int
+    """OLLAMA_CONTEXT_LENGTH: the context length of a request naming no num_ctx, capped at each
+    model's trained length (0 = not set: Ollama's automatic length, which no API reports).
+    """
     def __init__(
         self,
         *,
@@ -324,10 +329,11 @@ class NodeCapacity(_message.Message):
         max_loaded_models: _builtins.int = ...,
         max_queue: _builtins.int = ...,
         max_in_flight: _builtins.int = ...,
+        context_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_in_flight", b"max_in_flight", "max_loaded_models", b"max_loaded_models", "max_queue", b"max_queue", "num_parallel", b"num_parallel"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "max_in_flight", b"max_in_flight", "max_loaded_models", b"max_loaded_models", "max_queue", b"max_queue", "num_parallel", b"num_parallel"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
