@@ -51,6 +51,7 @@ def route_request(msg: router_pb2.PickRequest, request_id: int = 0) -> RouteRequ
         node_id=msg.node_id,
         prompt_tokens=msg.prompt_tokens,
         longest_input=msg.longest_input_tokens,
+        max_reply=msg.max_reply_tokens,
         max_candidates=msg.max_candidates,
         num_ctx=msg.num_ctx,
         runner_options=from_map(dict(msg.runner_options)) if msg.runner_options else (),

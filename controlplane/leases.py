@@ -62,6 +62,9 @@ class Lease:
     # usage), its evaluation there is known better than the edge's estimate at pick.
     prompt_per_token: float = 0.0
     prompt_credit: int = 0
+    # The most tokens its reply may run to (0: no limit asked): a reply stopped there says
+    # only that the model's usual one is at least as long.
+    max_reply: int = 0
 
 
 class LeaseTable:

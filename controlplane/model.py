@@ -95,6 +95,7 @@ class RouteRequest:
     node_id: str = ""
     prompt_tokens: int = 0
     longest_input: int = 0  # an embedding's longest input, in tokens; 0 = not one, or unknown
+    max_reply: int = 0  # the most tokens a generation's reply may run to; 0 = no limit asked
     max_candidates: int = 0
     num_ctx: int = 0  # the context length asked for; 0 = none
     runner_options: RunnerOptions = ()  # the other load-time options asked for

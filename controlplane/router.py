@@ -235,6 +235,7 @@ class Router:
             ranked = tuple(replace(r, reason=NO_LOAD) for r in ranked)
             return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
         first.breaker.on_dispatch(lease.lease_id)
+        lease.max_reply = request.max_reply
         if asked == 0:
             listed = first.loaded_by_key.get(key)
             lengths = {listed.context_length} if listed is not None else set()
@@ -362,11 +363,13 @@ class Router:
         ``affinity``: what that host holds cached of it is looked up once."""
         cached = self._cached_tokens(request.session_key, affinity, key)
         # What must fit the context length it runs at: the prompt, and a generation's reply
-        # (the model's average so far): a reply that outgrows it makes Ollama drop half of
-        # the context, the prompt's start, and go on without it.
+        # (the model's average so far, or the most the request lets it run to when fewer): a
+        # reply that outgrows it makes Ollama drop half of the context, the prompt's start,
+        # and go on without it.
         fit = request.context_prompt
         if fit and not request.is_embedding and key in self._tokens:
-            fit += int(self._tokens[key][1])
+            reply = int(self._tokens[key][1])
+            fit += min(reply, request.max_reply) if request.max_reply else reply
 
         def candidate_on(node: Node) -> Candidate:
             return self._candidate(
@@ -919,6 +922,7 @@ class Router:
                 prompt=(_prompt_spent(lease, report.stats), lease.prompt_measured)
                 if first_try
                 else (0.0, False),
+                reply_limit=lease.max_reply,
             )
             stats = report.stats
             # An edge-timed reply cannot tell a load from a slow prompt: it teaches no length.
@@ -1033,6 +1037,7 @@ class Router:
         ready: bool,
         fresh_prompt: bool = True,
         prompt: tuple[float, bool] = (0.0, False),
+        reply_limit: int = 0,
     ) -> None:
         """Fold one reply's figures in. Its load_duration (for a reply timed by the edge, its
         time to the first token) teaches load speed only when ``clean_load``: a request that
@@ -1044,7 +1049,9 @@ class Router:
         that says how many it found there (newer Ollama) teaches it from the others, wherever
         it was sent.
         ``prompt``: its prompt's evaluation there as estimated when picked, and whether at a
-        measured speed, which the edge's times hold (see _less_prompt)."""
+        measured speed, which the edge's times hold (see _less_prompt). A reply that ran to
+        ``reply_limit``, the most its request let it (0: no limit), was cut short: it teaches
+        no reply length."""
         stats = report.stats
         if stats is None:
             return
@@ -1086,7 +1093,7 @@ class Router:
         learned.samples += 1
         if node is not None:
             self._refresh_floor(node, model)
-        if stats.eval_count:
+        if stats.eval_count and not 0 < reply_limit <= stats.eval_count:
             self._learn_tokens(model, stats.eval_count)
 
     def _split_reply(

@@ -215,6 +215,25 @@ def longest_input(body: dict[str, Any]) -> int:
     return min(longest, 2**32 - 1)
 
 
+# Where each API bounds its reply: OpenAI chat's newer and older names, the Responses API's, and
+# /v1/completions' and Anthropic's max_tokens. (Ollama's native routes: options.num_predict.)
+REPLY_LIMITS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
+
+
+def max_reply(body: dict[str, Any], native: bool) -> int:
+    """The most tokens a generation's reply may run to, 0 for no limit asked (a negative
+    num_predict is Ollama's "no limit" too): a reply expected shorter than the model's usual
+    one needs less room beside its prompt."""
+    if native:
+        options = body.get("options")
+        value = options.get("num_predict") if isinstance(options, dict) else None
+    else:
+        value = next((body[k] for k in REPLY_LIMITS if body.get(k) is not None), None)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return 0
+    return int(min(value, 2**32 - 1))
+
+
 def _tokens(value: list[Any]) -> bool:
     """Whether ``value`` is one input given as token ids (OpenAI's embeddings accept them)."""
     return bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
@@ -429,6 +448,7 @@ class EdgeApp:
             labels=self._labels(headers),
             prompt_tokens=prompt_tokens(body),
             longest_input=longest_input(body) if api in EMBEDDING_APIS else 0,
+            max_reply=max_reply(body, native) if api not in EMBEDDING_APIS else 0,
             num_ctx=num_ctx(body) if native else 0,
             runner_options=runner_options(body.get("options")) if native else (),
         )

@@ -87,6 +87,7 @@ class Call:
     labels: Labels = ()  # the labels every host it may use must carry (X-Hops-Labels)
     prompt_tokens: int = 0  # about how long its prompt is (see edge.app.prompt_tokens)
     longest_input: int = 0  # an embedding's longest input (see edge.app.longest_input)
+    max_reply: int = 0  # the most tokens the reply may run to (see edge.app.max_reply); 0 = any
     num_ctx: int = 0  # the context length asked for (options.num_ctx); 0 = none
     runner_options: RunnerOptions = ()  # the other load-time options asked for
     # Awaited with the host's id once its reply ended well, before the response ends: until
@@ -213,6 +214,7 @@ class Proxy:
             num_ctx=call.num_ctx,
             prompt_tokens=call.prompt_tokens,
             longest_input_tokens=call.longest_input,
+            max_reply_tokens=call.max_reply,
         )
         if call.runner_options:
             request.runner_options.update(call.runner_options)

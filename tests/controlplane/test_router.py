@@ -1695,5 +1695,25 @@ def test_a_generations_reply_must_fit_beside_its_prompt() -> None:
     }
     assert ranked["small"].over_context == 3900 + 300 - 4096
     assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.node_id == "big"
+    # A request that lets its reply run to 50 tokens leaves room enough; one allowing more
+    # than the usual reply is expected to reply as usual.
+    short = router.pick(_req(prompt_tokens=3900, max_reply=50))
+    assert (short.ranked[0].candidate.node_id, short.ranked[0].candidate.over_context) == (
+        "small",
+        0,
+    )
+    long = {
+        r.candidate.node_id: r.candidate
+        for r in router.pick(_req(prompt_tokens=3900, max_reply=8000)).ranked
+    }
+    assert long["small"].over_context == 3900 + 300 - 4096
+    # The short request's reply, stopped at its 50 tokens, says nothing of the usual length;
+    # a reply of 50 that stopped by itself does.
+    cut = GenerationStats(eval_count=50, eval_duration_ns=10**9)
+    router.report(Report(short.lease_id, "small", Outcome.OK, http_status=200, stats=cut))
+    assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.expected_tokens == 300
+    ended = router.pick(_req(node_id="small", max_reply=8000))
+    router.report(Report(ended.lease_id, "small", Outcome.OK, http_status=200, stats=cut))
+    assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.expected_tokens < 300
     embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=3900, longest_input=3900))
     assert all(r.candidate.over_context == 0 for r in embed.ranked)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge.app import longest_input, num_ctx, prompt_tokens, unloads
+from edge.app import longest_input, max_reply, num_ctx, prompt_tokens, unloads
 
 
 @pytest.mark.parametrize(
@@ -142,3 +142,26 @@ def test_the_prompt_size_is_its_text_and_images_not_their_data(
 )
 def test_an_embeddings_longest_input(body: dict[str, Any], tokens: int) -> None:
     assert longest_input(body) == tokens
+
+
+@pytest.mark.parametrize(
+    ("body", "native", "tokens"),
+    [
+        ({"model": "m", "options": {"num_predict": 64}}, True, 64),
+        ({"model": "m", "options": {"num_predict": -1}}, True, 0),  # Ollama's "no limit"
+        ({"model": "m", "options": {"num_predict": -2}}, True, 0),  # "fill the context"
+        ({"model": "m", "options": {"num_predict": "64"}}, True, 0),  # the host's 400 to give
+        ({"model": "m", "options": {"num_predict": True}}, True, 0),
+        ({"model": "m", "options": "x"}, True, 0),
+        ({"model": "m", "max_tokens": 64}, True, 0),  # not a native field
+        ({"model": "m", "max_tokens": 64}, False, 64),  # OpenAI, /v1/completions, Anthropic
+        ({"model": "m", "max_completion_tokens": 32, "max_tokens": 64}, False, 32),
+        ({"model": "m", "max_completion_tokens": None, "max_tokens": 64}, False, 64),
+        ({"model": "m", "max_output_tokens": 48}, False, 48),  # the Responses API
+        ({"model": "m", "max_tokens": 1e12}, False, 2**32 - 1),
+        ({"model": "m", "max_tokens": float("nan")}, False, 0),
+        ({"model": "m"}, False, 0),
+    ],
+)
+def test_the_most_a_reply_may_run_to(body: dict[str, Any], native: bool, tokens: int) -> None:
+    assert max_reply(body, native) == tokens

@@ -8,6 +8,7 @@ import argparse
 
 import httpx
 import pytest
+from hops.v1 import admin_pb2
 
 from bench.long_context import HOSTS, MODEL, SLOTS, SPEED, VERSION, run_one
 from tests.integration import fleet
@@ -106,3 +107,54 @@ def test_a_declared_context_length_is_routed_by_before_any_reply() -> None:
         assert reply.headers["x-hops-node"] == "mid", reply.headers["x-hops-route"]
         assert "over-context" not in reply.headers["x-hops-route"]
         assert reply.json()["prompt_eval_count"] >= 10_000  # read whole
+
+
+def test_a_reply_asked_short_leaves_its_prompt_room_on_the_shorter_context() -> None:
+    """Replies run to 300 tokens here. A 3,900-token prompt with them would outgrow the 12 GB
+    card's 4096 (Ollama would drop its start mid-reply), so it goes to the slow 24 GB card; the
+    same prompt asking for at most 8 tokens (num_predict, or OpenAI's max_tokens) fits the
+    faster card and goes there."""
+    sim = ["--version", VERSION, "--time-scale", "20", "--response-tokens", "300-300"]
+    hosts = {
+        "big": ["--profile", "gpu-24g", *sim, "--speed", "0.35"],
+        "mid": ["--profile", "gpu-12g", *sim],
+    }
+    with fleet.whole_fleet(hosts) as running:
+        fleet.warm_everywhere(running, MODEL, hosts)
+
+        def chat(
+            text: str, route: str = "/api/chat", node: str = "", **extra: object
+        ) -> httpx.Response:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": text}], **extra}
+            reply = httpx.post(
+                running.edge.url + route,
+                json={**body, "stream": False},
+                headers={"X-Hops-Node": node} if node else {},
+                timeout=120,
+            )
+            assert reply.status_code == 200, reply.text
+            return reply
+
+        # A reply on each host teaches its decode speed (the old card's is slow) and the
+        # model's usual reply: 300 tokens.
+        stub = fleet.admin(running.plane.url)
+        for node in hosts:
+            chat("hi", node=node)
+
+        def taught() -> bool:
+            return all(
+                learned.decode_tokens_per_second > 0
+                for node in hosts
+                for learned in stub.GetNode(admin_pb2.GetNodeRequest(node_id=node)).node.learned
+            )
+
+        fleet.wait_until(taught, 5.0, "the replies learned from")
+        # Three documents of 3,900 tokens (three conversations: no affinity between them).
+        document = " ".join(f"line{i:05d}" for i in range(1_559))
+        short = chat("a " + document, options={"num_predict": 8})
+        assert short.headers["x-hops-node"] == "mid", short.headers["x-hops-route"]
+        assert short.json()["eval_count"] == 8
+        openai = chat("b " + document, "/v1/chat/completions", max_tokens=8)
+        assert openai.headers["x-hops-node"] == "mid", openai.headers["x-hops-route"]
+        whole = chat("c " + document)
+        assert whole.headers["x-hops-node"] == "big", whole.headers["x-hops-route"]

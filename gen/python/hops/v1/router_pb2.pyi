@@ -224,6 +224,7 @@ class PickRequest(_message.Message):
     NUM_CTX_FIELD_NUMBER: _builtins.int
     RUNNER_OPTIONS_FIELD_NUMBER: _builtins.int
     LONGEST_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_REPLY_TOKENS_FIELD_NUMBER: _builtins.int
     edge_id: _builtins.str
     """The edge asking; its leases are released when its session closes."""
     model: _builtins.str
@@ -245,6 +246,12 @@ class PickRequest(_message.Message):
     longest_input_tokens: _builtins.int
     """For an embedding: the rough size in tokens of its longest input (Ollama embeds each input
     apart, and cuts one longer than the context length it runs at); 0 otherwise or unknown.
+    """
+    max_reply_tokens: _builtins.int
+    """For a generation: the most tokens its reply may run to (options.num_predict; OpenAI's
+    max_tokens, max_completion_tokens or max_output_tokens; Anthropic's max_tokens); 0 = no
+    limit asked. The reply expected to fit beside the prompt is the model's usual one, or this
+    when shorter.
     """
     @_builtins.property
     def exclude_node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -277,10 +284,11 @@ class PickRequest(_message.Message):
         num_ctx: _builtins.int = ...,
         runner_options: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         longest_input_tokens: _builtins.int = ...,
+        max_reply_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "edge_id", b"edge_id", "exclude_node_ids", b"exclude_node_ids", "label_selector", b"label_selector", "longest_input_tokens", b"longest_input_tokens", "max_candidates", b"max_candidates", "model", b"model", "node_id", b"node_id", "num_ctx", b"num_ctx", "prompt_tokens", b"prompt_tokens", "runner_options", b"runner_options", "session_key", b"session_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "edge_id", b"edge_id", "exclude_node_ids", b"exclude_node_ids", "label_selector", b"label_selector", "longest_input_tokens", b"longest_input_tokens", "max_candidates", b"max_candidates", "max_reply_tokens", b"max_reply_tokens", "model", b"model", "node_id", b"node_id", "num_ctx", b"num_ctx", "prompt_tokens", b"prompt_tokens", "runner_options", b"runner_options", "session_key", b"session_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
