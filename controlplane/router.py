@@ -1050,8 +1050,9 @@ class Router:
         it was sent.
         ``prompt``: its prompt's evaluation there as estimated when picked, and whether at a
         measured speed, which the edge's times hold (see _less_prompt). A reply that ran to
-        ``reply_limit``, the most its request let it (0: no limit), was cut short: it teaches
-        no reply length."""
+        ``reply_limit``, the most its request let it (0: no limit), was cut short: it says the
+        model's usual reply is at least that long, which teaches only when the average so far
+        is shorter."""
         stats = report.stats
         if stats is None:
             return
@@ -1093,8 +1094,10 @@ class Router:
         learned.samples += 1
         if node is not None:
             self._refresh_floor(node, model)
-        if stats.eval_count and not 0 < reply_limit <= stats.eval_count:
-            self._learn_tokens(model, stats.eval_count)
+        count = stats.eval_count
+        cut = 0 < reply_limit <= count
+        if count and not (cut and count <= self._tokens.get(model, (0.0, 0.0))[0]):
+            self._learn_tokens(model, count)
 
     def _split_reply(
         self,

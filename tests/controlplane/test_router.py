@@ -1707,13 +1707,19 @@ def test_a_generations_reply_must_fit_beside_its_prompt() -> None:
         for r in router.pick(_req(prompt_tokens=3900, max_reply=8000)).ranked
     }
     assert long["small"].over_context == 3900 + 300 - 4096
-    # The short request's reply, stopped at its 50 tokens, says nothing of the usual length;
-    # a reply of 50 that stopped by itself does.
+    # The short request's reply, stopped at its 50 tokens, says only that the usual one is at
+    # least that long: nothing new; a reply of 50 that stopped by itself does. (A cut reply
+    # longer than the average so far teaches, as the least the usual reply runs to.)
     cut = GenerationStats(eval_count=50, eval_duration_ns=10**9)
     router.report(Report(short.lease_id, "small", Outcome.OK, http_status=200, stats=cut))
     assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.expected_tokens == 300
     ended = router.pick(_req(node_id="small", max_reply=8000))
     router.report(Report(ended.lease_id, "small", Outcome.OK, http_status=200, stats=cut))
-    assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.expected_tokens < 300
+    shorter = router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.expected_tokens
+    assert shorter < 300
+    limited = router.pick(_req(node_id="small", max_reply=1000))
+    at_limit = GenerationStats(eval_count=1000, eval_duration_ns=10**9)
+    router.report(Report(limited.lease_id, "small", Outcome.OK, http_status=200, stats=at_limit))
+    assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.expected_tokens > shorter
     embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=3900, longest_input=3900))
     assert all(r.candidate.over_context == 0 for r in embed.ranked)
