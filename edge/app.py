@@ -192,7 +192,8 @@ def prompt_tokens(body: dict[str, Any]) -> int:
             images = value.get("images")  # Ollama's: a message's, or a generate's
             if isinstance(images, list):
                 units += len(images) * IMAGE_UNITS
-            if value.get("type") in IMAGE_PARTS:
+            kind = value.get("type")
+            if isinstance(kind, str) and kind in IMAGE_PARTS:
                 units += IMAGE_UNITS
             stack.extend(v for k, v in value.items() if k not in NOT_PROMPT)
         elif isinstance(value, list):

@@ -63,7 +63,22 @@ bodies = st.one_of(
     json_values.map(lambda v: json.dumps(v).encode()),
     st.dictionaries(
         st.sampled_from(
-            ["model", "name", "messages", "prompt", "stream", "input", "source", "destination"]
+            [
+                "model",
+                "name",
+                "messages",
+                "prompt",
+                "stream",
+                "input",
+                "source",
+                "destination",
+                "keep_alive",
+                "options",
+                "images",
+                "max_tokens",
+                "type",
+                "content",
+            ]
         ),
         json_values,
         max_size=5,
@@ -98,6 +113,11 @@ async def test_fuzzed_bodies_get_a_clean_4xx_or_503(
         ("POST", "/api/blobs/sha256-abc", b"data", {}),
         ("POST", "/api/create", b'{"model": "m"}', {"x-hops-node": b"\xe9\xe9\xe9"}),
         ("POST", "/api/chat", b'{"model": "m"}', {"x-hops-session": b"\xff" * 300}),
+        # A content part whose type is not a string (raised TypeError: unhashable), and an
+        # empty keep_alive on an unload (raised IndexError): Ollama's 400s to give.
+        ("POST", "/api/chat", b'{"model": "m", "messages": [{"content": [{"type": []}]}]}', {}),
+        ("POST", "/v1/chat/completions", b'{"model": "m", "input": [{"type": {}}]}', {}),
+        ("POST", "/api/generate", b'{"model": "m", "keep_alive": ""}', {}),
     ],
 )
 async def test_hostile_table(

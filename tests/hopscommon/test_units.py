@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from hopscommon.units import parse_bytes, parse_go_duration, parse_seconds
@@ -38,6 +40,9 @@ def test_unitless_duration_string_is_rejected_like_go() -> None:
         parse_go_duration("300")
     with pytest.raises(ValueError, match='time: invalid duration "soon"'):
         parse_go_duration("soon")
+    for empty in ("", "-", "+"):  # "" used to raise IndexError
+        with pytest.raises(ValueError, match=re.escape(f'time: invalid duration "{empty}"')):
+            parse_go_duration(empty)
     with pytest.raises(ValueError, match='time: unknown unit "x" in duration "5x"'):
         parse_go_duration("5x")
     with pytest.raises(ValueError, match='time: unknown unit "min" in duration "1h5min"'):

@@ -113,6 +113,12 @@ async def test_sse_stream_ends_with_done(http: httpx.AsyncClient) -> None:
         ),
         (
             "/api/generate",
+            {"model": "llama3.2", "keep_alive": ""},  # an unload with an empty duration
+            400,
+            'time: invalid duration ""',
+        ),
+        (
+            "/api/generate",
             {"model": "llama3.2", "prompt": "x", "raw": True, "system": "s"},
             400,
             "raw mode does not support template, system, or context",
