@@ -18,7 +18,7 @@ from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
 from hopscommon import names
 from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot, runs_one_at_a_time
-from hopscommon.ollama_versions import vram_context_length
+from hopscommon.ollama_versions import VRAM_CONTEXT_SINCE, automatic_context_length, version_key
 from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
 
 
@@ -107,7 +107,9 @@ class Node:
     kv_bytes: dict[str, float] = field(default_factory=dict)
     vram_total: int = 0
     vram_free: int = 0
-    vram_context: int = 0  # the automatic length its Ollama version and VRAM imply (0: none)
+    # The automatic length its Ollama version (from 0.15.5, with its VRAM) implies (0: none),
+    # and whether the VRAM picked it ("vram") or the version's fixed default did ("version").
+    version_context: tuple[int, str] = (0, "")
 
     @property
     def node_id(self) -> str:
@@ -145,7 +147,10 @@ class Node:
         self.aliases = _aliases(self.installed_by_key, self.loaded_by_key, self.loading)
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
-        self.vram_context = vram_context_length(snapshot.ollama_version, self.vram_total)
+        version = snapshot.ollama_version
+        length = automatic_context_length(version, self.vram_total)
+        by_vram = bool(length) and version_key(version) >= VRAM_CONTEXT_SINCE
+        self.version_context = (length, "vram" if by_vram else "version" if length else "")
         self._learn_kv_bytes()
         listed = {k: t for k, (t, _) in self.loading.items() if self._loaded_as_asked(k, t)}
         for key, since in listed.items():
@@ -293,15 +298,14 @@ class Node:
     def default_context(self) -> tuple[int, str]:
         """The host's automatic length and where it comes from: learned from a reply for
         another model ("learned"), else the OLLAMA_CONTEXT_LENGTH its agent declares
-        ("declared"), else the one Ollama 0.15.5+ picks from this host's VRAM ("vram"); (0, "")
-        when none tells. A reply is Ollama's own word, so it outranks the declaration."""
+        ("declared"), else the one Ollama 0.15.5+ picks from this host's VRAM ("vram") or an
+        older version's fixed default ("version"); (0, "") when none tells. A reply is
+        Ollama's own word, so it outranks the declaration."""
         if self.auto_default:
             return self.auto_default, "learned"
         if self.hello.capacity.context_length:
             return self.hello.capacity.context_length, "declared"
-        if self.vram_context:
-            return self.vram_context, "vram"
-        return 0, ""
+        return self.version_context
 
     def wanted_context(self, key: str, num_ctx: int) -> int:
         """The context length a request asking for ``num_ctx`` runs ``key`` with here: capped

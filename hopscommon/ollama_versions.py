@@ -4,9 +4,10 @@ length a request naming no num_ctx runs at."""
 from __future__ import annotations
 
 GIB = 1024**3
-# From this version, a request naming no num_ctx runs at a length picked from the host's total
-# VRAM (docs/context-length: 4096 under 24 GiB, 32768 under 48 GiB, else 262144), unless
-# OLLAMA_CONTEXT_LENGTH sets one.
+# The length a request naming no num_ctx runs at, unless OLLAMA_CONTEXT_LENGTH sets one: 2048
+# at first, 4096 from 0.6.7 (its release notes), and from 0.15.5 a length picked from the
+# host's total VRAM (docs/context-length: 4096 under 24 GiB, 32768 under 48 GiB, else 262144).
+CONTEXT_4096_SINCE = (0, 6, 7)
 VRAM_CONTEXT_SINCE = (0, 15, 5)
 
 
@@ -21,12 +22,15 @@ def version_key(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def vram_context_length(version: str, vram_bytes: int) -> int:
+def automatic_context_length(version: str, vram_bytes: int) -> int:
     """The automatic context length Ollama ``version`` gives a host with ``vram_bytes`` of GPU
-    memory in all (0: none) when OLLAMA_CONTEXT_LENGTH is not set; 0 for an older version, or
-    none given (their defaults were fixed, and changed over the years)."""
-    if not version or version_key(version) < VRAM_CONTEXT_SINCE:
+    memory in all (0: none) when OLLAMA_CONTEXT_LENGTH is not set, before capping it at a
+    model's trained length; 0 when no version is given."""
+    if not version:
         return 0
-    if vram_bytes < 24 * GIB:
+    key = version_key(version)
+    if key < CONTEXT_4096_SINCE:
+        return 2048
+    if key < VRAM_CONTEXT_SINCE or vram_bytes < 24 * GIB:
         return 4096
     return 32768 if vram_bytes < 48 * GIB else 262144

@@ -91,6 +91,7 @@ def node_detail(n: admin_pb2.Node) -> str:
             "learned": "learned from a reply",
             "declared": "the agent's --context-length",
             "vram": "Ollama's tier for this VRAM",
+            "version": "Ollama's default for its version",
         }
         lines.append(
             f"context:   {n.default_context_length} for a request naming no num_ctx "

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hopscommon.ollama_versions import vram_context_length
+from hopscommon.ollama_versions import automatic_context_length
 from hopscommon.settings import load, option, parse_bool, parse_host_port
 from hopscommon.units import parse_bytes, parse_seconds
 from ollamasim.catalogue import ModelSpec, parse_model_arg
@@ -103,8 +103,9 @@ class SimSettings:
     )
     context_length: int = option(
         0,
-        "OLLAMA_CONTEXT_LENGTH (0 = automatic for the --version reported: 4096 before 0.15.5; "
-        "from 0.15.5 by total VRAM, 4096 under 24 GiB, 32768 under 48 GiB, else 262144)",
+        "OLLAMA_CONTEXT_LENGTH (0 = automatic for the --version reported: 2048 before 0.6.7, "
+        "then 4096; from 0.15.5 by total VRAM, 4096 under 24 GiB, 32768 under 48 GiB, else "
+        "262144)",
         parse=int,
     )
     response_tokens: tuple[int, int] = option(
@@ -138,9 +139,10 @@ class SimSettings:
         return PROFILES[self.profile]
 
     def automatic_context(self, vram_bytes: int) -> int:
-        """The context length of a request naming none (OLLAMA_CONTEXT_LENGTH unset): 4096 up
-        to Ollama 0.15.4; from 0.15.5, picked from the host's total VRAM."""
-        return self.context_length or vram_context_length(self.version, vram_bytes) or 4096
+        """The context length of a request naming none: OLLAMA_CONTEXT_LENGTH, else Ollama's
+        default for the version (2048 before 0.6.7, then 4096; from 0.15.5 picked from the
+        host's total VRAM)."""
+        return self.context_length or automatic_context_length(self.version, vram_bytes) or 4096
 
 
 def load_settings(argv: Sequence[str] | None = None) -> SimSettings:

@@ -1613,7 +1613,7 @@ def _cold_hosts(
 def test_before_any_reply_the_automatic_length_is_taken_from_the_version_and_vram() -> None:
     """Ollama 0.15.5+ gives a request naming no num_ctx 4096 under 24 GiB of VRAM, 32768 under
     48: a document goes to the 24 GiB card, not the smaller one that would win the tie. An
-    older Ollama's default is not guessed."""
+    older Ollama's default is fixed (4096 from 0.6.7, 2048 before), whatever the VRAM."""
     ranked = builders.router(_cold_hosts("0.15.5", {"a": 12, "b": 24}), "memory_aware").pick(
         _req(prompt_tokens=6000)
     )
@@ -1622,10 +1622,20 @@ def test_before_any_reply_the_automatic_length_is_taken_from_the_version_and_vra
         ("a", 6000 - 4096),
     ]
     older = builders.router(_cold_hosts("0.12.6", {"a": 12, "b": 24}), "memory_aware").pick(
-        _req(prompt_tokens=6000)
+        _req(prompt_tokens=3000)
     )
     assert [r.candidate.over_context for r in older.ranked] == [0, 0]
     assert older.ranked[0].candidate.node_id == "a"  # the smaller host wins the tie
+    cut = builders.router(_cold_hosts("0.12.6", {"a": 12, "b": 24}), "memory_aware").pick(
+        _req(prompt_tokens=6000)
+    )
+    assert [r.candidate.over_context for r in cut.ranked] == [6000 - 4096, 6000 - 4096]
+    oldest = builders.router(_cold_hosts("0.6.5", {"a": 24}), "memory_aware").pick(
+        _req(prompt_tokens=3000)
+    )
+    assert oldest.ranked[0].candidate.over_context == 3000 - 2048
+    shown = convert.node_pb(_cold_hosts("0.12.6", {"a": 12}).nodes["a"], builders.fleet())
+    assert (shown.default_context_length, shown.default_context_source) == (4096, "version")
 
 
 def test_an_automatic_length_learned_for_one_model_holds_for_the_others_on_the_host() -> None:
@@ -1658,7 +1668,7 @@ def test_a_declared_context_length_is_believed_until_a_reply_shows_the_hosts_own
     """A 12 GiB card whose Ollama runs with OLLAMA_CONTEXT_LENGTH=32768, as its agent declares,
     holds a 6,000-token document before any reply: it wins the tie with the 24 GiB card
     (before, it was taken at its VRAM tier, 4096, and the document went to the bigger card).
-    Declared lengths count on older Ollama too, whose default is not guessed; a reply's
+    On older Ollama a declared length stands over the version's fixed default; a reply's
     length outranks the declaration, and the length is capped at each model's trained one."""
     fleet = _cold_hosts("0.15.5", {"a": 12, "b": 24}, declared={"a": 32768})
     ranked = builders.router(fleet, "memory_aware").pick(_req(prompt_tokens=6000))
@@ -1668,11 +1678,11 @@ def test_a_declared_context_length_is_believed_until_a_reply_shows_the_hosts_own
     ]
     shown = convert.node_pb(fleet.nodes["a"], fleet)
     assert (shown.default_context_length, shown.default_context_source) == (32768, "declared")
-    older = _cold_hosts("0.12.6", {"a": 12, "b": 24}, declared={"a": 4096})
+    older = _cold_hosts("0.12.6", {"a": 12, "b": 24}, declared={"b": 8192})
     ranked = builders.router(older, "memory_aware").pick(_req(prompt_tokens=6000))
     assert [(r.candidate.node_id, r.candidate.over_context) for r in ranked.ranked] == [
-        ("b", 0),  # no telling: taken to fit, as before
-        ("a", 6000 - 4096),
+        ("b", 0),
+        ("a", 6000 - 4096),  # Ollama 0.12.6's default
     ]
     fleet.nodes["a"].learn_auto_context("llama3.2:latest", 4096)  # the declaration was stale
     assert fleet.nodes["a"].context_guess("qwen2.5:latest", 0) == 4096

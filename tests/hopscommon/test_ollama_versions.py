@@ -1,4 +1,4 @@
-from hopscommon.ollama_versions import GIB, version_key, vram_context_length
+from hopscommon.ollama_versions import GIB, automatic_context_length, version_key
 
 
 def test_versions_compare_as_versions() -> None:
@@ -7,10 +7,12 @@ def test_versions_compare_as_versions() -> None:
     assert version_key("") == (0,)
 
 
-def test_the_automatic_context_length_follows_the_vram_from_0_15_5() -> None:
-    assert vram_context_length("0.15.4", 80 * GIB) == 0  # older: not guessed
-    assert vram_context_length("", 80 * GIB) == 0
-    assert vram_context_length("0.15.5", 0) == 4096  # a CPU-only host
-    assert vram_context_length("0.15.5", 24 * GIB - 1) == 4096
-    assert vram_context_length("0.15.5", 24 * GIB) == 32768
-    assert vram_context_length("0.16.0", 48 * GIB) == 262144
+def test_the_automatic_context_length_follows_the_version_and_from_0_15_5_the_vram() -> None:
+    assert automatic_context_length("", 80 * GIB) == 0  # no version: no telling
+    assert automatic_context_length("0.6.6", 80 * GIB) == 2048  # the first fixed default
+    assert automatic_context_length("0.6.7", 80 * GIB) == 4096  # raised in 0.6.7
+    assert automatic_context_length("0.15.4", 80 * GIB) == 4096  # whatever the VRAM
+    assert automatic_context_length("0.15.5", 0) == 4096  # a CPU-only host
+    assert automatic_context_length("0.15.5", 24 * GIB - 1) == 4096
+    assert automatic_context_length("0.15.5", 24 * GIB) == 32768
+    assert automatic_context_length("0.16.0", 48 * GIB) == 262144

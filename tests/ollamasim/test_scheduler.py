@@ -320,10 +320,11 @@ async def test_openai_usage_tells_the_cached_part_of_the_prompt(start_sim: SimFa
 async def test_the_automatic_context_length_follows_the_version_and_vram(
     start_sim: SimFactory,
 ) -> None:
-    """Up to Ollama 0.15.4 a request naming no num_ctx runs at 4096; from 0.15.5 at a length
-    picked from the host's total VRAM; OLLAMA_CONTEXT_LENGTH stands over both."""
+    """A request naming no num_ctx runs at 2048 before Ollama 0.6.7, then at 4096; from 0.15.5
+    at a length picked from the host's total VRAM; OLLAMA_CONTEXT_LENGTH stands over all."""
     found = {}
     for profile, version, context in (
+        ("gpu-24g", "0.6.5", 0),
         ("gpu-24g", "0.12.6", 0),
         ("gpu-24g", "0.15.5", 0),
         ("gpu-12g", "0.15.5", 0),
@@ -335,7 +336,7 @@ async def test_the_automatic_context_length_follows_the_version_and_vram(
             await _generate(client, "llama3.2")
             found[profile, version, context] = (await client.get("/api/ps")).json()["models"][0]
     lengths = [m["context_length"] for m in found.values()]
-    assert lengths == [4096, 32768, 4096, 4096, 8192]
+    assert lengths == [2048, 4096, 32768, 4096, 4096, 8192]
 
 
 async def test_a_prompt_over_the_context_length_is_cut_to_its_end(start_sim: SimFactory) -> None:

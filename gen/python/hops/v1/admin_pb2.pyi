@@ -326,13 +326,13 @@ class Node(_message.Message):
     """The context length a request naming no num_ctx most likely runs a model at here when that
     model's own is not learned (capped at each model's trained length): the host's setting as
     a reply for another model showed it, else the OLLAMA_CONTEXT_LENGTH its agent declares,
-    else the one Ollama 0.15.5+ picks from this node's VRAM. 0 when none tells. Routing weighs
-    whether a prompt fits it.
+    else Ollama's default for the version reported (from 0.15.5 picked from this node's VRAM).
+    0 when none tells. Routing weighs whether a prompt fits it.
     """
     default_context_source: _builtins.str
     """Where default_context_length comes from: "learned" (a reply showed it), "declared" (the
-    agent's --context-length) or "vram" (Ollama's tiers for the version and VRAM reported);
-    empty when it is 0.
+    agent's --context-length), "vram" (Ollama 0.15.5+'s tiers for the VRAM reported) or
+    "version" (an older Ollama's fixed default: 2048 before 0.6.7, then 4096); empty when 0.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
