@@ -63,8 +63,8 @@ class AgentSettings:
     context_length: int = option(
         0,
         "OLLAMA_CONTEXT_LENGTH of this host, where set (0 = not set). Ollama runs a request "
-        "naming no num_ctx at it, and no API says what it is: routing guesses the host's "
-        "automatic length from its VRAM (Ollama 0.15.5+) until a reply shows it",
+        "naming no num_ctx at it, and no API says what it is: unset, routing takes Ollama's "
+        "default for the version (from 0.15.5 by VRAM) until a reply shows the length",
         parse=int,
     )
     max_in_flight: int = option(
