@@ -16,6 +16,22 @@ from tests.integration import fleet
 pytestmark = pytest.mark.slow
 
 
+def chat(
+    edge: str, text: str, route: str = "/api/chat", node: str = "", **extra: object
+) -> httpx.Response:
+    """One unstreamed chat turn for MODEL carrying ``text``, through the edge at ``edge``
+    (aimed at ``node`` when given); ``extra``: more body fields."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], **extra}
+    reply = httpx.post(
+        edge + route,
+        json={**body, "stream": False},
+        headers={"X-Hops-Node": node} if node else {},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    return reply
+
+
 def test_documents_go_where_the_context_length_holds_them_whole() -> None:
     args = argparse.Namespace(seed=7, requests=30, rate=0.5, doc_share=0.3, doc_tokens=10_000)
     result = run_one("memory_aware", args)
@@ -38,17 +54,7 @@ def test_a_prompt_no_host_holds_whole_says_so_in_x_hops_route() -> None:
     with fleet.whole_fleet(hosts, agent_args=["--num-parallel", str(SLOTS)]) as running:
         fleet.warm_everywhere(running, MODEL, HOSTS)
         text = " ".join(f"line{i:05d}" for i in range(16_000))  # 40,000 tokens
-        reply = httpx.post(
-            running.edge.url + "/api/chat",
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": text}],
-                "stream": False,
-                "options": {"num_predict": 4},
-            },
-            timeout=120,
-        )
-        assert reply.status_code == 200, reply.text
+        reply = chat(running.edge.url, text, options={"num_predict": 4})
         assert reply.headers["x-hops-route"].endswith("over-context")
         assert reply.json()["prompt_eval_count"] == 32768  # cut, on the host that cuts least
         assert reply.headers["x-hops-node"] == "big"
@@ -93,17 +99,7 @@ def test_a_declared_context_length_is_routed_by_before_any_reply() -> None:
     declared = {"mid": ["--context-length", "16384"]}
     with fleet.whole_fleet(hosts, agent_args_of=declared) as running:
         document = " ".join(f"line{i:05d}" for i in range(4_000))  # 10,000 tokens
-        reply = httpx.post(
-            running.edge.url + "/api/chat",
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": document}],
-                "stream": False,
-                "options": {"num_predict": 4},
-            },
-            timeout=120,
-        )
-        assert reply.status_code == 200, reply.text
+        reply = chat(running.edge.url, document, options={"num_predict": 4})
         assert reply.headers["x-hops-node"] == "mid", reply.headers["x-hops-route"]
         assert "over-context" not in reply.headers["x-hops-route"]
         assert reply.json()["prompt_eval_count"] >= 10_000  # read whole
@@ -121,25 +117,12 @@ def test_a_reply_asked_short_leaves_its_prompt_room_on_the_shorter_context() -> 
     }
     with fleet.whole_fleet(hosts) as running:
         fleet.warm_everywhere(running, MODEL, hosts)
-
-        def chat(
-            text: str, route: str = "/api/chat", node: str = "", **extra: object
-        ) -> httpx.Response:
-            body = {"model": MODEL, "messages": [{"role": "user", "content": text}], **extra}
-            reply = httpx.post(
-                running.edge.url + route,
-                json={**body, "stream": False},
-                headers={"X-Hops-Node": node} if node else {},
-                timeout=120,
-            )
-            assert reply.status_code == 200, reply.text
-            return reply
-
+        edge = running.edge.url
         # A reply on each host teaches its decode speed (the old card's is slow) and the
         # model's usual reply: 300 tokens.
         stub = fleet.admin(running.plane.url)
         for node in hosts:
-            chat("hi", node=node)
+            chat(edge, "hi", node=node)
 
         def taught() -> bool:
             return all(
@@ -151,10 +134,10 @@ def test_a_reply_asked_short_leaves_its_prompt_room_on_the_shorter_context() -> 
         fleet.wait_until(taught, 5.0, "the replies learned from")
         # Three documents of 3,900 tokens (three conversations: no affinity between them).
         document = " ".join(f"line{i:05d}" for i in range(1_559))
-        short = chat("a " + document, options={"num_predict": 8})
+        short = chat(edge, "a " + document, options={"num_predict": 8})
         assert short.headers["x-hops-node"] == "mid", short.headers["x-hops-route"]
         assert short.json()["eval_count"] == 8
-        openai = chat("b " + document, "/v1/chat/completions", max_tokens=8)
+        openai = chat(edge, "b " + document, "/v1/chat/completions", max_tokens=8)
         assert openai.headers["x-hops-node"] == "mid", openai.headers["x-hops-route"]
-        whole = chat("c " + document)
+        whole = chat(edge, "c " + document)
         assert whole.headers["x-hops-node"] == "big", whole.headers["x-hops-route"]
