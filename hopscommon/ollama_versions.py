@@ -25,10 +25,11 @@ def version_key(text: str) -> tuple[int, ...]:
 def automatic_context_length(version: str, vram_bytes: int) -> int:
     """The automatic context length Ollama ``version`` gives a host with ``vram_bytes`` of GPU
     memory in all (0: none) when OLLAMA_CONTEXT_LENGTH is not set, before capping it at a
-    model's trained length; 0 when no version is given."""
-    if not version:
-        return 0
+    model's trained length; 0 when no version is given, or Ollama built from source (which
+    reports 0.0.0 whatever its code)."""
     key = version_key(version)
+    if not any(key):
+        return 0
     if key < CONTEXT_4096_SINCE:
         return 2048
     if key < VRAM_CONTEXT_SINCE or vram_bytes < 24 * GIB:

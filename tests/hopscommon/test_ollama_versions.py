@@ -9,6 +9,7 @@ def test_versions_compare_as_versions() -> None:
 
 def test_the_automatic_context_length_follows_the_version_and_from_0_15_5_the_vram() -> None:
     assert automatic_context_length("", 80 * GIB) == 0  # no version: no telling
+    assert automatic_context_length("0.0.0", 80 * GIB) == 0  # built from source: neither
     assert automatic_context_length("0.6.6", 80 * GIB) == 2048  # the first fixed default
     assert automatic_context_length("0.6.7", 80 * GIB) == 4096  # raised in 0.6.7
     assert automatic_context_length("0.15.4", 80 * GIB) == 4096  # whatever the VRAM
