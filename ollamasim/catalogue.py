@@ -43,6 +43,7 @@ class ModelSpec:
     digest: str  # manifest, 64 hex; a copy made with /api/copy keeps it
     weights: str  # the weights blob, 64 hex: its runner's key (Ollama's ModelPath)
     lines: tuple[str, ...] = ()  # Modelfile lines /api/create added (SYSTEM, PARAMETER, ...)
+    system: str = ""  # its SYSTEM: the system prompt of a request that gives none
     num_ctx: int = 0  # PARAMETER num_ctx: the context length of a request naming none
     options: RunnerOptions = ()  # the runner options a request naming none runs with
     adapters: tuple[str, ...] = ()  # ADAPTER blobs

@@ -102,6 +102,7 @@ async def create(request: Request, host: Host) -> Response:
             spec,
             digest=digest,
             lines=spec.lines + lines,
+            system=typed(data, "system", str, "CreateRequest") or spec.system,
             num_ctx=num_ctx,
             options=with_defaults(spec.options, runner_options(parameters)),
             adapters=spec.adapters + tuple(_digest(str(d)) for d in adapters),

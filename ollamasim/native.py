@@ -229,7 +229,7 @@ async def generate(request: Request, host: Host) -> Response:
             }
         )
     json_mode, schema = format_of(data.get("format"))
-    system = typed(data, "system", str, "GenerateRequest") or ""
+    system = typed(data, "system", str, "GenerateRequest") or ("" if raw_mode else spec.system)
     options = options_of(data)
     # A vision model evaluates each image before the prompt; one without ignores them.
     seen = data.get("images") or () if images and VISION in spec.capabilities else ()
@@ -355,6 +355,12 @@ def chat_request(
             typed(message, "images", list, "Message.messages") or [], "Message.messages.images"
         )
     )
+    # A model made with a SYSTEM opens a chat that brings no system message with it, as
+    # Ollama's chat handler does: its tokens are evaluated (and counted) with the prompt.
+    if spec.system and not any(
+        isinstance(m, dict) and str(m.get("role", "")).lower() == "system" for m in messages
+    ):
+        messages = [{"role": "system", "content": spec.system}, *messages]
     return gen_request(
         spec,
         render_messages(messages, VISION in spec.capabilities),

@@ -105,3 +105,26 @@ async def test_options_a_request_names_stand_over_the_modelfiles_even_at_the_def
     assert await loads_after(num_gpu=10) == 4
     assert await loads_after(num_gpu=-1) == 4  # any instance will do
     assert await loads_after() == 5  # the modelfile's 20 again
+
+
+async def test_a_models_system_prompt_is_evaluated_with_requests_that_bring_none(
+    start_sim: SimFactory,
+) -> None:
+    """Ollama gives a chat without a system message, and a generate without ``system``, the
+    model's SYSTEM: its tokens are evaluated and counted with the prompt (one that brings its
+    own, or a raw generate, goes without)."""
+    sim = await start_sim(models="llama3.2")
+    client = ollama.AsyncClient(host=sim.url)
+    briefing = "Answer as a ship's engineer would. " * 100  # about 900 tokens
+    await client.create("engineer", from_="llama3.2", system=briefing)
+    ask = [{"role": "user", "content": "hi"}]
+    plain = await client.chat("llama3.2", messages=ask, options={"num_predict": 1})
+    briefed = await client.chat("engineer", messages=ask, options={"num_predict": 1})
+    assert briefed.prompt_eval_count - plain.prompt_eval_count >= 850
+    own = [{"role": "system", "content": "Be brief."}, *ask]
+    brought = await client.chat("engineer", messages=own, options={"num_predict": 1})
+    assert brought.prompt_eval_count < plain.prompt_eval_count + 10
+    generated = await client.generate("engineer", "hi", options={"num_predict": 1})
+    assert generated.prompt_eval_count >= 850
+    raw = await client.generate("engineer", "hi", raw=True, options={"num_predict": 1})
+    assert raw.prompt_eval_count < 10
