@@ -65,6 +65,9 @@ class Lease:
     # The most tokens its reply may run to (0: no limit asked): a reply stopped there says
     # only that the model's usual one is at least as long.
     max_reply: int = 0
+    # A generation's prompt as the edge estimated it (0: an embedding, or not to learn from),
+    # to learn what Ollama's count makes of such estimates (see Router._prompt_scale).
+    prompt_estimate: int = 0
 
 
 class LeaseTable:

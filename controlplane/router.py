@@ -53,6 +53,11 @@ DEMAND_DECAY = 1.0 - 1.0 / DEMAND_WINDOW
 DEMAND_FORGOTTEN = 0.01  # decayed below this (about 230 picks of other keys), a key is dropped
 NO_LOAD = "no-load"  # the route reason of a show or a pull: Ollama loads no model for it
 TOKENS_STEP = 0.2
+# A generation's real prompt against the edge's estimate of it, per model (see _prompt_scale):
+# a prompt estimated under this many tokens teaches what the model's template and default
+# system prompt add; a longer one, how many tokens its tokenizer makes of one the edge counts.
+PROMPT_SCALE_LONG = 1024
+PROMPT_RATIO_RANGE = (0.25, 4.0)
 LOAD_RATE_STEP = 0.2
 DECODE_RATE_STEP = 0.2
 PROMPT_RATE_STEP = 0.2
@@ -143,6 +148,11 @@ class Router:
     # Per model key, reply length in tokens: (running average, the figure policies see). The
     # second moves only when the first drifts by TOKENS_STEP, since every host's floor uses it.
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Per model key, what Ollama counts of a generation's prompt against the edge's estimate:
+    # (tokens its template and default system prompt add, real tokens per estimated one; 0 =
+    # not learned), from the prompt_eval_count of replies. Ollama cuts a prompt over its
+    # context length by its own count, so fitting a prompt weighs that count.
+    _prompt_scale: dict[str, tuple[float, float]] = field(default_factory=dict)
     # Per node, its load speed in bytes/s (model size / load time, over every model loaded
     # there): (running average, the figure candidates see, moved like _tokens). It estimates
     # the load time of a model never loaded on that host yet.
@@ -286,6 +296,8 @@ class Router:
         lease.prompt_measured = chosen.prompt_tps > 0
         lease.prompt_per_token = seconds_per_prompt_token(chosen)
         lease.prompt_credit = max(request.prompt_tokens - chosen.prompt_tokens, 0)
+        if not request.is_embedding and not chosen.over_context:  # a cut prompt counts less
+            lease.prompt_estimate = request.context_prompt
         self._remember(request.session_key, first.node_id, asked_for, request.prompt_tokens)
         if request.session_key:
             self._into_slot(request.session_key, first.node_id, key, chosen.num_parallel)
@@ -367,9 +379,11 @@ class Router:
         # reply that outgrows it makes Ollama drop half of the context, the prompt's start,
         # and go on without it.
         fit = request.context_prompt
-        if fit and not request.is_embedding and key in self._tokens:
-            reply = int(self._tokens[key][1])
-            fit += min(reply, request.max_reply) if request.max_reply else reply
+        if fit and not request.is_embedding:
+            fit = self._counted_prompt(key, fit)
+            if key in self._tokens:
+                reply = int(self._tokens[key][1])
+                fit += min(reply, request.max_reply) if request.max_reply else reply
 
         def candidate_on(node: Node) -> Candidate:
             return self._candidate(
@@ -925,6 +939,10 @@ class Router:
                 reply_limit=lease.max_reply,
             )
             stats = report.stats
+            if first_try and lease.prompt_estimate and stats and stats.prompt_eval_count:
+                self._learn_prompt_scale(
+                    lease.model, lease.prompt_estimate, stats.prompt_eval_count
+                )
             # An edge-timed reply cannot tell a load from a slow prompt: it teaches no length.
             if first_try and lease.auto_from is not None and stats and stats.from_ollama:
                 self._learn_auto_context(node, lease.model, lease.auto_from, stats)
@@ -1183,6 +1201,24 @@ class Router:
             # A reload routed at the length learned before, which Ollama did not make (its
             # automatic length changed, say on a restart): the mark would wait for it in vain.
             self._forget_loads(node, lambda k, _: k == key)
+
+    def _counted_prompt(self, key: str, estimate: int) -> int:
+        """The tokens Ollama will most likely count of a generation's prompt the edge estimated
+        at ``estimate``: what the model's template adds, and the estimate scaled by what its
+        tokenizer makes of it, when that is more (an estimate that errs long stays as it is:
+        it is kept long on purpose)."""
+        extra, ratio = self._prompt_scale.get(key, (0.0, 0.0))
+        return int(extra + estimate * max(ratio, 1.0))
+
+    def _learn_prompt_scale(self, model: str, estimate: int, count: int) -> None:
+        """One reply said Ollama counted ``count`` tokens of a prompt estimated at ``estimate``."""
+        extra, ratio = self._prompt_scale.get(model, (0.0, 0.0))
+        if estimate < PROMPT_SCALE_LONG:
+            extra = _ewma(extra, max(count - estimate, 0))
+        else:
+            low, high = PROMPT_RATIO_RANGE
+            ratio = _ewma(ratio, min(max((count - extra) / estimate, low), high))
+        self._prompt_scale[model] = (extra, ratio)
 
     def _learn_tokens(self, model: str, count: int) -> None:
         self._tokens[model], moved = _stepped(self._tokens.get(model), count, TOKENS_STEP)

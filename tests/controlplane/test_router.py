@@ -1691,6 +1691,40 @@ def test_a_declared_context_length_is_believed_until_a_reply_shows_the_hosts_own
     assert capped.nodes["a"].context_guess("qwen2.5:latest", 0) == 2048
 
 
+def test_a_prompt_is_fitted_as_ollama_counts_it_once_replies_showed_how() -> None:
+    """The edge estimates a prompt from its bytes; Ollama counts it with the model's tokenizer,
+    after its template and default system prompt. Replies teach both, per model: here short
+    prompts come back 300 tokens longer (a long SYSTEM in the modelfile) and long ones 1.3x
+    as long besides (dense text). Then a 3,000-token estimate (4,200 tokens counted) no longer
+    fits the free 4096 host with its reply. A cut prompt teaches nothing; a tokenizer that
+    counts fewer than the estimate does not shrink it; embeddings are weighed as they are."""
+    router = _big_busy_small_free()
+
+    def cut_on_small(estimate: int) -> int:
+        ranked = router.pick(_req(prompt_tokens=estimate)).ranked
+        return next(r.candidate.over_context for r in ranked if r.candidate.node_id == "small")
+
+    def replied(estimate: int, counted: int, node: str = "small") -> None:
+        outcome = router.pick(_req(node_id=node, prompt_tokens=estimate))
+        stats = GenerationStats(prompt_eval_count=counted, eval_count=1, eval_duration_ns=10**7)
+        router.report(Report(outcome.lease_id, node, Outcome.OK, http_status=200, stats=stats))
+
+    assert cut_on_small(3000) == 0
+    replied(100, 400)
+    assert cut_on_small(3000) == 0  # 300 + 3,000 + a one-token reply
+    replied(2000, 300 + 2600)
+    assert cut_on_small(3000) == 300 + 3900 + 1 - 4096
+    assert router.pick(_req(prompt_tokens=3000)).ranked[0].candidate.node_id == "big"
+    embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=4000, longest_input=4000))
+    assert {r.candidate.over_context for r in embed.ranked} == {0}
+    replied(6000, 4096)  # cut on the 4096 host: says nothing of the tokenizer
+    assert router._prompt_scale["llama3.2:latest"] == (300.0, 1.3)
+    router = _big_busy_small_free()
+    replied(2000, 1000, node="big")  # counted at half: the estimate stands
+    assert router._prompt_scale["llama3.2:latest"] == (0.0, 0.5)
+    assert router._counted_prompt("llama3.2:latest", 2000) == 2000
+
+
 def test_a_generations_reply_must_fit_beside_its_prompt() -> None:
     """A reply that outgrows what its prompt leaves of the context makes Ollama drop half of
     it, the prompt's start. Once the model's replies are known to run to 300 tokens, a 3,900

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 def chat(
     edge: str, text: str, route: str = "/api/chat", node: str = "", **extra: object
 ) -> httpx.Response:
-    """One unstreamed chat turn for MODEL carrying ``text``, through the edge at ``edge``
-    (aimed at ``node`` when given); ``extra``: more body fields."""
+    """One unstreamed chat turn carrying ``text`` (for MODEL, unless ``extra`` names another),
+    through the edge at ``edge`` (aimed at ``node`` when given); ``extra``: more body fields."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": text}], **extra}
     reply = httpx.post(
         edge + route,
@@ -141,3 +141,38 @@ def test_a_reply_asked_short_leaves_its_prompt_room_on_the_shorter_context() -> 
         assert openai.headers["x-hops-node"] == "mid", openai.headers["x-hops-route"]
         whole = chat(edge, "c " + document)
         assert whole.headers["x-hops-node"] == "big", whole.headers["x-hops-route"]
+
+
+def test_a_prompt_is_fitted_with_what_the_model_adds_to_it() -> None:
+    """A model made with a long SYSTEM (about 1,300 tokens) carries it in every chat that
+    brings none; the edge cannot see it, but replies show it. Once two short chats have, a
+    3,000-token document (4,300 tokens with the briefing) goes to the card that holds it
+    whole, not the faster 4096 one that would cut it."""
+    sim = ["--version", VERSION, "--time-scale", "20"]
+    hosts = {
+        "big": ["--profile", "gpu-24g", *sim, "--speed", "0.1"],
+        "mid": ["--profile", "gpu-12g", *sim],
+    }
+    with fleet.whole_fleet(hosts) as running:
+        edge = running.edge.url
+        briefing = "Answer as the ship's engineer would, in full. " * 115
+        made = httpx.post(
+            edge + "/api/create",
+            json={"model": "engineer", "from": MODEL, "system": briefing, "stream": False},
+            timeout=60,
+        )
+        assert made.status_code == 200, made.text
+        stub = fleet.admin(running.plane.url)
+
+        def everywhere() -> bool:
+            listed = stub.ListModels(admin_pb2.ListModelsRequest()).models
+            return any(m.name == "engineer:latest" and len(m.installed_on) == 2 for m in listed)
+
+        fleet.wait_until(everywhere, 5.0, "the new model on both hosts")
+        for node in hosts:  # what the briefing adds, learned from Ollama's counts
+            taught = chat(edge, "hi", node=node, model="engineer", options={"num_predict": 4})
+            assert taught.json()["prompt_eval_count"] > 1_300
+        document = " ".join(f"line{i:05d}" for i in range(1_200))  # 3,000 tokens
+        reply = chat(edge, document, model="engineer", options={"num_predict": 4})
+        assert reply.headers["x-hops-node"] == "big", reply.headers["x-hops-route"]
+        assert reply.json()["prompt_eval_count"] > 4_300  # read whole
