@@ -117,6 +117,15 @@ def loaded_pb(m: LoadedModel) -> fleet_pb2.LoadedModel:
     )
 
 
+def _gpu_source(value: int) -> GpuSource:
+    """An enum value this side does not know (an agent built from a newer contract: proto
+    enums are open) reads as unspecified."""
+    try:
+        return GpuSource(value)
+    except ValueError:
+        return GpuSource.UNSPECIFIED
+
+
 def snapshot(
     msg: fleet_pb2.NodeSnapshot, same_installed: tuple[InstalledModel, ...] | None = None
 ) -> Snapshot:
@@ -133,7 +142,7 @@ def snapshot(
         ),
         loaded=tuple(loaded(m) for m in msg.loaded),
         gpus=tuple(Gpu(g.index, g.name, g.uuid, g.total_bytes, g.free_bytes) for g in msg.gpus),
-        gpu_source=GpuSource(msg.gpu_source),
+        gpu_source=_gpu_source(msg.gpu_source),
         system_memory_total_bytes=msg.system_memory_total_bytes,
         system_memory_free_bytes=msg.system_memory_free_bytes,
     )

@@ -45,8 +45,14 @@ def gib(n: int) -> str:
     return f"{n / GiB:.1f}G"
 
 
-def short(enum_name: str, prefix: str) -> str:
-    return enum_name.removeprefix(prefix).lower()
+def short(enum: Any, value: int, prefix: str) -> str:
+    """``value``'s name in ``enum`` without ``prefix``, lowercased; a value this hopsctl does
+    not know (a newer control plane's) as its number."""
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(prefix).lower()
 
 
 def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
@@ -56,11 +62,11 @@ def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
         total = sum(g.total_bytes for g in snap.gpus)
         free = sum(g.free_bytes for g in snap.gpus)
         flags = [f for f, on in (("cordoned", n.cordoned), ("draining", n.draining)) if on]
-        breaker = short(admin_pb2.BreakerState.Name(n.breaker.state), "BREAKER_STATE_")
+        breaker = short(admin_pb2.BreakerState, n.breaker.state, "BREAKER_STATE_")
         rows.append(
             [
                 n.node_id,
-                short(admin_pb2.NodeState.Name(n.state), "NODE_STATE_"),
+                short(admin_pb2.NodeState, n.state, "NODE_STATE_"),
                 f"{gib(total - free)}/{gib(total)}" if total else "no GPU",
                 ",".join(m.name for m in snap.loaded) or "-",
                 len(snap.installed),
@@ -77,11 +83,11 @@ def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
 def node_detail(n: admin_pb2.Node) -> str:
     snap = n.snapshot
     lines = [
-        f"node:      {n.node_id}  ({short(admin_pb2.NodeState.Name(n.state), 'NODE_STATE_')})",
+        f"node:      {n.node_id}  ({short(admin_pb2.NodeState, n.state, 'NODE_STATE_')})",
         f"ollama:    {n.ollama_url}  version {snap.ollama_version or '?'}",
         f"host:      {n.hostname}  weight {n.weight:g}",
         f"labels:    {', '.join(f'{k}={v}' for k, v in sorted(n.labels.items())) or '-'}",
-        f"breaker:   {short(admin_pb2.BreakerState.Name(n.breaker.state), 'BREAKER_STATE_')}"
+        f"breaker:   {short(admin_pb2.BreakerState, n.breaker.state, 'BREAKER_STATE_')}"
         + (f"  last failure: {n.breaker.last_failure}" if n.breaker.last_failure else ""),
         f"cordoned:  {'yes' if n.cordoned else 'no'}   draining: {'yes' if n.draining else 'no'}"
         f"   in flight: {n.in_flight_total}",

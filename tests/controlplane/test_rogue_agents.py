@@ -130,3 +130,22 @@ async def test_a_snapshot_flood_is_bounded_not_applied() -> None:
         assert await asyncio.wait_for(_agent(plane.address, frames), 10) == grpc.StatusCode.OK
         applied = plane.fleet.nodes["chatty"].snapshot.sequence
         assert 1 <= applied <= 2 * 20  # at most 20 a second, and this took well under two
+
+
+async def test_a_newer_agents_unknown_gpu_source_reads_as_unspecified() -> None:
+    """Proto enums are open: an agent built from a newer contract may name a GPU source this
+    control plane does not know. Its snapshot is applied with the source unspecified; it used
+    to raise ValueError while converting, which ended the stream."""
+    settings = ControlPlaneSettings(listen=("127.0.0.1", 0), metrics_listen=None)
+    async with running(settings) as plane:
+        hold = asyncio.Event()
+        newer = [_hello("newer"), _snapshot(1, gpu_source=99)]
+        agent = asyncio.create_task(_agent(plane.address, newer, hold))
+        for _ in range(200):
+            if "newer" in await _online(plane.address):
+                break
+            await asyncio.sleep(0.01)
+        assert await _online(plane.address) == {"newer"}
+        assert plane.fleet.nodes["newer"].snapshot.gpu_source.value == 0
+        hold.set()
+        assert await asyncio.wait_for(agent, 10) == grpc.StatusCode.OK

@@ -1,0 +1,20 @@
+"""hopsctl's views of admin records, without a control plane."""
+
+from __future__ import annotations
+
+from hops.v1 import admin_pb2
+
+from hopsctl.__main__ import node_detail, node_rows
+
+
+def test_states_a_newer_control_plane_adds_show_as_numbers() -> None:
+    """Proto enums are open: a control plane built from a newer contract may send a node or
+    breaker state this hopsctl does not know. It is shown as its number; it used to raise
+    ValueError (EnumTypeWrapper.Name) and end hopsctl with a traceback."""
+    node = admin_pb2.Node(node_id="gpu-1", state=42, breaker=admin_pb2.Breaker(state=7))
+    rows = node_rows([node]).splitlines()
+    assert rows[1].split()[:2] == ["gpu-1", "42"]
+    detail = node_detail(node)
+    assert "node:      gpu-1  (42)" in detail and "breaker:   7" in detail
+    known = admin_pb2.Node(node_id="gpu-2", state=admin_pb2.NODE_STATE_ONLINE)
+    assert node_rows([known]).splitlines()[1].split()[:2] == ["gpu-2", "online"]
