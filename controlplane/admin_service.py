@@ -98,7 +98,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListModels(
         self, request: admin_pb2.ListModelsRequest, context: Context
     ) -> admin_pb2.ListModelsResponse:
-        return admin_pb2.ListModelsResponse(models=convert.fleet_models(self.fleet))
+        models = convert.fleet_models(self.fleet, self.router.model_figures)
+        return admin_pb2.ListModelsResponse(models=models)
 
     async def PullModel(
         self, request: admin_pb2.PullModelRequest, context: Context

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from hops.v1 import admin_pb2, router_pb2
 
@@ -232,7 +232,11 @@ def learned_by_node(
     return out
 
 
-def fleet_models(fleet: Fleet) -> Iterable[admin_pb2.FleetModel]:
+def fleet_models(
+    fleet: Fleet, figures: Callable[[str], tuple[float, float, float]] | None = None
+) -> Iterable[admin_pb2.FleetModel]:
+    """Every model on a connected node; ``figures``: what routing learned of a model key (its
+    usual reply, a prompt's added tokens and token ratio: Router.model_figures)."""
     models: dict[str, admin_pb2.FleetModel] = {}
     for node in sorted(fleet.nodes.values(), key=lambda n: n.node_id):
         if node.session is None:
@@ -249,5 +253,8 @@ def fleet_models(fleet: Fleet) -> Iterable[admin_pb2.FleetModel]:
             entry = models.setdefault(loaded.name, admin_pb2.FleetModel(name=loaded.name))
             entry.loaded_on.append(node.node_id)
     for name, entry in models.items():
-        entry.in_flight = fleet.leases.model_total(model_key(name))
+        key = model_key(name)
+        entry.in_flight = fleet.leases.model_total(key)
+        if figures is not None:
+            entry.reply_tokens, entry.prompt_added_tokens, entry.prompt_token_ratio = figures(key)
     return [models[k] for k in sorted(models)]

@@ -1202,6 +1202,12 @@ class Router:
             # automatic length changed, say on a restart): the mark would wait for it in vain.
             self._forget_loads(node, lambda k, _: k == key)
 
+    def model_figures(self, key: str) -> tuple[float, float, float]:
+        """What replies taught of ``key``'s generations: its usual reply, what Ollama's count
+        adds to a prompt's estimate, and its tokens per estimated one (each 0 until known)."""
+        added, ratio = self._prompt_scale.get(key, (0.0, 0.0))
+        return self._tokens.get(key, (0.0, 0.0))[0], added, ratio
+
     def _counted_prompt(self, key: str, estimate: int) -> int:
         """The tokens Ollama will most likely count of a generation's prompt the edge estimated
         at ``estimate``: what the model's template adds, and the estimate scaled by what its

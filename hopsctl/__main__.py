@@ -153,6 +153,9 @@ def _when(epoch: int) -> str:
 
 
 def model_rows(models: Sequence[admin_pb2.FleetModel]) -> str:
+    """One row a model; REPLY and PROMPT are what routing learned from its replies (its usual
+    reply, and what Ollama's count of a prompt adds to the edge's estimate and its tokens per
+    estimated one), "-" until learned."""
     rows = [
         [
             m.name,
@@ -160,10 +163,23 @@ def model_rows(models: Sequence[admin_pb2.FleetModel]) -> str:
             ",".join(m.installed_on) or "-",
             ",".join(m.loaded_on) or "-",
             m.in_flight,
+            f"{m.reply_tokens:.0f}" if m.reply_tokens else "-",
+            _prompt_scale(m),
         ]
         for m in models
     ]
-    return table(["MODEL", "SIZE", "INSTALLED ON", "LOADED ON", "IN-FLIGHT"], rows)
+    headers = ["MODEL", "SIZE", "INSTALLED ON", "LOADED ON", "IN-FLIGHT", "REPLY", "PROMPT"]
+    return table(headers, rows)
+
+
+def _prompt_scale(m: admin_pb2.FleetModel) -> str:
+    """e.g. "+1302 x1.30": tokens added to a prompt's estimate, and tokens per estimated one."""
+    parts = []
+    if m.prompt_added_tokens:
+        parts.append(f"+{m.prompt_added_tokens:.0f}")
+    if m.prompt_token_ratio:
+        parts.append(f"x{m.prompt_token_ratio:.2f}")
+    return " ".join(parts) or "-"
 
 
 class Ctl:

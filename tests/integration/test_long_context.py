@@ -172,6 +172,13 @@ def test_a_prompt_is_fitted_with_what_the_model_adds_to_it() -> None:
         for node in hosts:  # what the briefing adds, learned from Ollama's counts
             taught = chat(edge, "hi", node=node, model="engineer", options={"num_predict": 4})
             assert taught.json()["prompt_eval_count"] > 1_300
+
+        def added() -> float:
+            listed = stub.ListModels(admin_pb2.ListModelsRequest()).models
+            return next(m.prompt_added_tokens for m in listed if m.name == "engineer:latest")
+
+        shown = fleet.wait_until(added, 5.0, "what the briefing adds, as the admin sees it")
+        assert shown == pytest.approx(taught.json()["prompt_eval_count"] - 1, abs=30)
         document = " ".join(f"line{i:05d}" for i in range(1_200))  # 3,000 tokens
         reply = chat(edge, document, model="engineer", options={"num_predict": 4})
         assert reply.headers["x-hops-node"] == "big", reply.headers["x-hops-route"]

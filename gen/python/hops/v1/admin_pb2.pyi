@@ -687,12 +687,27 @@ class FleetModel(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    REPLY_TOKENS_FIELD_NUMBER: _builtins.int
+    PROMPT_ADDED_TOKENS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKEN_RATIO_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Normalised model name."""
     size_bytes: _builtins.int
     """Size on disk in bytes (from the first node that reports it)."""
     in_flight: _builtins.int
     """Open leases for this model across the fleet."""
+    reply_tokens: _builtins.float
+    """What routing learned from this model's replies, to weigh whether a generation fits the
+    context length it would run at; each 0 until learned. Its usual reply, in tokens.
+    """
+    prompt_added_tokens: _builtins.float
+    """What Ollama's count of a prompt adds to the edge's estimate of it: the chat template and
+    the model's SYSTEM, when the request brings none.
+    """
+    prompt_token_ratio: _builtins.float
+    """Tokens Ollama counts for each one the edge estimates, in long prompts (the model's
+    tokenizer on the text clients send); only a figure above 1 makes the estimate longer.
+    """
     @_builtins.property
     def installed_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Nodes that have it on disk."""
@@ -714,10 +729,13 @@ class FleetModel(_message.Message):
         size_bytes: _builtins.int = ...,
         details: _fleet_pb2.ModelDetails | None = ...,
         in_flight: _builtins.int = ...,
+        reply_tokens: _builtins.float = ...,
+        prompt_added_tokens: _builtins.float = ...,
+        prompt_token_ratio: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "in_flight", b"in_flight", "installed_on", b"installed_on", "loaded_on", b"loaded_on", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "in_flight", b"in_flight", "installed_on", b"installed_on", "loaded_on", b"loaded_on", "name", b"name", "prompt_added_tokens", b"prompt_added_tokens", "prompt_token_ratio", b"prompt_token_ratio", "reply_tokens", b"reply_tokens", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
