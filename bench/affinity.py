@@ -45,7 +45,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from bench.routing import each_policy, pct
+from bench.routing import each_policy, pct, policy_fleet
 from ollamasim import textgen
 from tests.integration import fleet
 
@@ -149,12 +149,7 @@ def run_one(policy: str, args: argparse.Namespace) -> dict[str, Any]:
     sim = ["--profile", "gpu-12g", "--time-scale", str(TIME_SCALE), "--num-parallel", str(SLOTS)]
     if args.multiuser_cache:
         sim.append("--multiuser-cache")
-    with fleet.whole_fleet(
-        {node: sim for node in HOSTS},
-        plane_args=["--policy", policy, "--seed", str(args.seed)],
-        agent_args=["--num-parallel", str(SLOTS), "--log-level", "warning"],
-        edge_args=["--log-level", "warning"],
-    ) as running:
+    with policy_fleet({node: sim for node in HOSTS}, policy, args.seed, SLOTS) as running:
         fleet.warm_everywhere(running, MODEL, HOSTS)
         turns = asyncio.run(drive(running.edge.url, args.seed, args))
     return {"policy": policy, **summary(turns), "turns_detail": turns}

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 from bench.affinity import MODEL, TIME_SCALE, stream_turn, text_of
-from bench.routing import each_policy, pct
+from bench.routing import each_policy, pct, policy_fleet
 from ollamasim import textgen
 from tests.integration import fleet
 
@@ -133,12 +133,7 @@ def run_one(policy: str, args: argparse.Namespace) -> dict[str, Any]:
         ]
         for node, profile in HOSTS.items()
     }
-    with fleet.whole_fleet(
-        hosts,
-        plane_args=["--policy", policy, "--seed", str(args.seed)],
-        agent_args=["--num-parallel", str(SLOTS), "--log-level", "warning"],
-        edge_args=["--log-level", "warning"],
-    ) as running:
+    with policy_fleet(hosts, policy, args.seed, SLOTS) as running:
         fleet.warm_everywhere(running, MODEL, HOSTS)
         chats = asyncio.run(drive(running.edge.url, args.seed, args))
         stats = {}

@@ -278,16 +278,24 @@ def each_policy(
     return results
 
 
+def policy_fleet(
+    hosts: dict[str, list[str]], policy: str, seed: int, slots: int
+) -> contextlib.AbstractContextManager[fleet.Fleet]:
+    """A fresh fleet of ``hosts`` (node id -> simulator args) whose control plane routes by
+    ``policy`` (seeded), its agents declaring ``slots`` parallel slots; quiet logs."""
+    return fleet.whole_fleet(
+        hosts,
+        plane_args=["--policy", policy, "--seed", str(seed)],
+        agent_args=["--num-parallel", str(slots), "--log-level", "warning"],
+        edge_args=["--log-level", "warning"],
+    )
+
+
 def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]:
     scale = args.time_scale
     sim_args = ["--time-scale", str(scale), "--response-tokens", "40-120", "--num-parallel", "2"]
     hosts = {node: [*profile, *sim_args] for node, profile in HOSTS.items()}
-    with fleet.whole_fleet(
-        hosts,
-        plane_args=["--policy", policy, "--seed", str(args.seed)],
-        agent_args=["--num-parallel", "2", "--log-level", "warning"],
-        edge_args=["--log-level", "warning"],
-    ) as running:
+    with policy_fleet(hosts, policy, args.seed, 2) as running:
         workload = Workload(args.seed, args.requests, LEVELS[level])
         samples, elapsed = asyncio.run(
             drive(running.edge.url, workload, scale, args.api, not args.no_stream, args.show_first)
