@@ -155,14 +155,24 @@ def unloads(path: str, body: dict[str, Any]) -> bool:
     return False
 
 
-def num_ctx(body: dict[str, Any]) -> int:
-    """The context length a native request asks for (``options.num_ctx``), 0 for none: a host
-    with the model loaded at another length reloads it. (Ollama's /v1 routes take no options.)"""
+def _option(body: dict[str, Any], name: str) -> object:
+    """``options[name]`` of a native request's body, None when not there."""
     options = body.get("options")
-    value = options.get("num_ctx") if isinstance(options, dict) else None
+    return options.get(name) if isinstance(options, dict) else None
+
+
+def _uint32(value: object) -> int:
+    """A JSON number as a PickRequest uint32 field takes it: clamped to 0..2**32-1, and 0 for
+    anything else (a bool, a string, NaN), which is the host's error to give."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return 0
     return int(min(max(value, 0), 2**32 - 1))
+
+
+def num_ctx(body: dict[str, Any]) -> int:
+    """The context length a native request asks for (``options.num_ctx``), 0 for none: a host
+    with the model loaded at another length reloads it. (Ollama's /v1 routes take no options.)"""
+    return _uint32(_option(body, "num_ctx"))
 
 
 # Keys whose values are not prompt text: images (base64, or a data URI), and request settings.
@@ -226,13 +236,8 @@ def max_reply(body: dict[str, Any], native: bool) -> int:
     num_predict is Ollama's "no limit" too): a reply expected shorter than the model's usual
     one needs less room beside its prompt."""
     if native:
-        options = body.get("options")
-        value = options.get("num_predict") if isinstance(options, dict) else None
-    else:
-        value = next((body[k] for k in REPLY_LIMITS if body.get(k) is not None), None)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        return 0
-    return int(min(value, 2**32 - 1))
+        return _uint32(_option(body, "num_predict"))
+    return _uint32(next((body[k] for k in REPLY_LIMITS if body.get(k) is not None), None))
 
 
 def _tokens(value: list[Any]) -> bool:
