@@ -171,6 +171,7 @@ def node_pb(
     in_flight = fleet.leases.by_model(node.node_id)
     breaker = node.breaker
     wall_open_until = time.time() + max(breaker.open_until - breaker.clock(), 0.0)
+    default_length, default_source = node.default_context
     return admin_pb2.Node(
         node_id=node.node_id,
         ollama_url=node.hello.ollama_url,
@@ -193,8 +194,8 @@ def node_pb(
             key: length for key in node.installed_by_key if (length := node.automatic_context(key))
         },
         runner_options={key: describe(o) for key, o in node.runner_options.items() if o},
-        default_context_length=node.default_context[0],
-        default_context_source=node.default_context[1],
+        default_context_length=default_length,
+        default_context_source=default_source,
         capacity=capacity_pb(node.hello.capacity),
         connected_since=ts(node.connected_since) if node.session is not None else None,
         last_seen=ts(node.last_seen),
