@@ -42,7 +42,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return self._views([node])[0]
 
     def _views(self, nodes: Iterable[Node]) -> list[admin_pb2.Node]:
-        learned = convert.learned_by_node(self.router.learned)
+        learned = convert.learned_by_node(self.router.learning.learned)
         return [convert.node_pb(n, self.fleet, learned.get(n.node_id, ())) for n in nodes]
 
     @grpc_errors
@@ -98,7 +98,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListModels(
         self, request: admin_pb2.ListModelsRequest, context: Context
     ) -> admin_pb2.ListModelsResponse:
-        models = convert.fleet_models(self.fleet, self.router.model_figures)
+        models = convert.fleet_models(self.fleet, self.router.learning.model_figures)
         return admin_pb2.ListModelsResponse(models=models)
 
     async def PullModel(

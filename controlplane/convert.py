@@ -26,8 +26,9 @@ __all__ = ["duration", "hello", "snapshot"]
 from controlplane.breaker import BreakerState
 from controlplane.errors import InvalidRequest
 from controlplane.fleet import Fleet, Node, NodeState, model_key
+from controlplane.learning import Learned
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
-from controlplane.router import Learned, PickOutcome, PickStatus
+from controlplane.router import PickOutcome, PickStatus
 
 MAX_ERROR_TEXT = 256  # of a report's error text kept: the wire's bound, whatever an edge sends
 MAX_DIGEST = 64  # of a report's request digest kept
@@ -237,7 +238,7 @@ def fleet_models(
     fleet: Fleet, figures: Callable[[str], tuple[float, float, float]] | None = None
 ) -> Iterable[admin_pb2.FleetModel]:
     """Every model on a connected node; ``figures``: what routing learned of a model key (its
-    usual reply, a prompt's added tokens and token ratio: Router.model_figures)."""
+    usual reply, a prompt's added tokens and token ratio: Learning.model_figures)."""
     models: dict[str, admin_pb2.FleetModel] = {}
     for node in sorted(fleet.nodes.values(), key=lambda n: n.node_id):
         if node.session is None:

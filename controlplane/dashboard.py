@@ -26,7 +26,7 @@ def state(router: Router) -> dict[str, Any]:
     """Everything the page shows, JSON-ready. Node ids and model names are data, never markup:
     the page inserts them as text."""
     fleet = router.fleet
-    learned = convert.learned_by_node(router.learned)
+    learned = convert.learned_by_node(router.learning.learned)
     nodes = []
     for n in sorted(fleet.nodes.values(), key=lambda n: n.node_id):
         view = MessageToDict(
@@ -61,7 +61,7 @@ def _loaded(
     """One loaded model's row: its memory, requests in flight, and the decode and prompt
     speeds learned for it there (None while not measured)."""
     key = model_key(model.name)
-    learned = router.learned.get((node_id, key))
+    learned = router.learning.learned.get((node_id, key))
     return {
         "name": model.name,
         "sizeVramBytes": model.size_vram_bytes,

@@ -395,7 +395,7 @@ def _aliases(
     manifest, so the same digest; a model made ``FROM`` another has another digest and the
     same runner_id (read by the agent from its modelfile). Requests for either go to that
     runner: warm, or a reload where they run with another context length, runner options or
-    adapters (its modelfile's PARAMETERs and ADAPTERs too, see Router._candidate). A load
+    adapters (its modelfile's PARAMETERs and ADAPTERs too, see Candidates.build). A load
     routed here (``loading``) and not listed yet serves them the same way once done: they join
     it, or reload it after, rather than load the same weights a second time."""
     serving: dict[tuple[str, str], str] = {}

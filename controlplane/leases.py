@@ -15,7 +15,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class HeldFailure:
     """A retried request's failure not yet fed to its node's breaker: a 5xx with an error text,
-    which the next attempt may show to be the request's fault (Router.report)."""
+    which the next attempt may show to be the request's fault (see controlplane.blame)."""
 
     node_id: str
     http_status: int
@@ -66,7 +66,7 @@ class Lease:
     # only that the model's usual one is at least as long.
     max_reply: int = 0
     # A generation's prompt as the edge estimated it (0: an embedding, or not to learn from),
-    # to learn what Ollama's count makes of such estimates (see Router._prompt_scale).
+    # to learn what Ollama's count makes of such estimates (see Learning.prompt_scale).
     prompt_estimate: int = 0
 
 

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane import router as router_module
+from controlplane.candidates import Candidates
 from controlplane.fleet import Node, model_key
 from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import REGISTRY, Candidate
@@ -211,13 +212,13 @@ def test_a_big_fleet_builds_candidates_only_for_the_hosts_that_could_win(
         )
     router = builders.router(fleet, "memory_aware")
     built: list[str] = []
-    build = Router._candidate
+    build = Candidates.build
 
-    def counting(self: Router, node: Node, key: str, affinity: str, *rest: Any) -> Candidate:
+    def counting(self: Candidates, node: Node, key: str, affinity: str, *rest: Any) -> Candidate:
         built.append(node.node_id)
         return build(self, node, key, affinity, *rest)
 
-    monkeypatch.setattr(Router, "_candidate", counting)
+    monkeypatch.setattr(Candidates, "build", counting)
     router.pick(RouteRequest(model="model-5", edge_id="e"))  # builds the floor index
     built.clear()
     outcome = router.pick(RouteRequest(model="model-7", edge_id="e", max_candidates=3))

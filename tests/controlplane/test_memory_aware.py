@@ -5,6 +5,7 @@ from unittest import mock
 import pytest
 
 from controlplane import router as router_module
+from controlplane.demand import DEMAND_WINDOW
 from controlplane.fleet import Fleet, Node
 from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import Candidate
@@ -23,7 +24,7 @@ from controlplane.policies.memory_aware import (
     queue_wait,
     service_time,
 )
-from controlplane.router import DEMAND_WINDOW, Router
+from controlplane.router import Router
 from hopscommon.fleet import Gpu, InstalledModel, LoadedModel, Snapshot
 from tests.controlplane import builders
 
@@ -146,9 +147,9 @@ def test_a_candidate_counts_a_load_under_way_from_when_it_was_routed() -> None:
     router.pick(RouteRequest(model="m", edge_id="e"))
     node = fleet.nodes["a"]
     with mock.patch.object(router_module.time, "monotonic", return_value=routed_at + 2.5):
-        c = router._candidate(node, "m:latest", "")
+        c = router.candidates.build(node, "m:latest", "")
     assert c.loading and c.loading_for == pytest.approx(2.5, abs=0.2)
-    assert router._candidate(node, "other:latest", "").loading_for == 0.0
+    assert router.candidates.build(node, "other:latest", "").loading_for == 0.0
 
 
 def test_a_model_listed_while_its_routed_load_goes_on_costs_what_is_left_of_it() -> None:
@@ -181,10 +182,10 @@ def test_a_routed_load_listed_by_a_snapshot_is_warming_until_a_reply_comes() -> 
     listed(2, "m:latest")
     assert not node.loading and node.warming == {"m:latest": pytest.approx(routed_at, abs=0.2)}
     with mock.patch.object(router_module.time, "monotonic", return_value=routed_at + 1.5):
-        c = router._candidate(node, "m:latest", "")
+        c = router.candidates.build(node, "m:latest", "")
     assert c.loaded and c.warming and c.loading_for == pytest.approx(1.5, abs=0.2)
     router.report(Report(first.lease_id, "a", Outcome.OK, http_status=200))
-    assert not node.warming and not router._candidate(node, "m:latest", "").warming
+    assert not node.warming and not router.candidates.build(node, "m:latest", "").warming
     second = router.pick(RouteRequest(model="m", edge_id="e", node_id="a"))
     assert second.ranked[0].reason == "warm"  # no load routed: nothing to count down
     listed(3, "m:latest")
@@ -213,8 +214,8 @@ def test_session_affinity_follows_the_session_and_is_forgotten_on_unload() -> No
     router.fleet.leases.close(again.lease_id)
     node = fleet.nodes[home]
     fleet.update(home, node.session, replace(node.snapshot, sequence=9, loaded=()))
-    assert router._affinity("s1", "m:latest") == ""  # the host unloaded it: forgotten
-    assert "s1" not in router.sessions
+    assert router.sessions.affinity("s1", "m:latest") == ""  # the host unloaded it: forgotten
+    assert "s1" not in router.sessions.last
 
 
 def test_max_loaded_models_makes_a_load_evict_even_with_free_memory() -> None:
@@ -331,18 +332,18 @@ def test_a_load_that_must_wait_for_busy_models_evicts_those_least_needed() -> No
 def test_a_candidate_lists_the_busy_models_its_load_would_wait_for() -> None:
     fleet, small, _, router = _m1_on_a_full_small_host()
     busy = router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))
-    waits = router._candidate(small, "m2:latest", "")
+    waits = router.candidates.build(small, "m2:latest", "")
     assert [(b.key, b.in_flight, b.loading) for b in waits.busy_victims] == [
         ("m1:latest", 1, False)
     ]
-    assert waits.busy_victims[0].demand == pytest.approx(router.demand("m1:latest"))
+    assert waits.busy_victims[0].demand == pytest.approx(router.demand.of("m1:latest"))
     assert waits.busy_victims[0].demand > 0 and not waits.busy_victims[0].elsewhere
     other = fleet.nodes["other"]
     warm_there = replace(other.snapshot, sequence=2, loaded=(LoadedModel(name="m1:latest"),))
     fleet.update("other", other.session, warm_there)
-    assert router._candidate(small, "m2:latest", "").busy_victims[0].elsewhere
+    assert router.candidates.build(small, "m2:latest", "").busy_victims[0].elsewhere
     fleet.leases.close(busy.lease_id)  # m1 idle: evicting it makes room, nothing to wait for
-    assert router._candidate(small, "m2:latest", "").busy_victims == ()
+    assert router.candidates.build(small, "m2:latest", "").busy_victims == ()
 
 
 def test_a_busy_model_still_loading_counts_as_warm_elsewhere_if_loaded_on_one_other_host() -> None:
@@ -351,7 +352,7 @@ def test_a_busy_model_still_loading_counts_as_warm_elsewhere_if_loaded_on_one_ot
     builders.add_node(fleet, "other", models=["m1:latest"], loaded=["m1:latest"])
     router = builders.router(fleet, "memory_aware")
     router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))  # loads there, busy
-    (victim,) = router._candidate(small, "m2:latest", "").busy_victims
+    (victim,) = router.candidates.build(small, "m2:latest", "").busy_victims
     assert (victim.key, victim.loading, victim.elsewhere) == ("m1:latest", True, True)
 
 
@@ -367,7 +368,7 @@ def test_a_busy_model_listed_while_its_routed_load_goes_on_is_warming() -> None:
         "small", small.session, replace(small.snapshot, sequence=2, loaded=listed, gpus=used)
     )
     with mock.patch.object(router_module.time, "monotonic", return_value=routed_at + 1.5):
-        (victim,) = router._candidate(small, "m2:latest", "").busy_victims
+        (victim,) = router.candidates.build(small, "m2:latest", "").busy_victims
     assert (victim.key, victim.loading, victim.warming) == ("m1:latest", False, True)
     assert victim.loading_for == pytest.approx(1.5, abs=0.2)
 
@@ -396,7 +397,7 @@ def test_a_load_that_waited_for_a_busy_model_teaches_no_load_time() -> None:
     assert load.ranked[0].reason == "cold-evict-busy"
     waited = GenerationStats(load_duration_ns=9 * 10**9, eval_count=1)  # m1's reply, then m2
     assert router.report(Report(load.lease_id, "small", Outcome.OK, stats=waited))
-    assert router.learned[("small", "m2:latest")].load_seconds == 0.0
+    assert router.learning.learned[("small", "m2:latest")].load_seconds == 0.0
 
 
 def test_a_model_still_loading_that_a_later_load_will_evict_is_not_sent_there() -> None:
@@ -433,12 +434,12 @@ def test_a_model_another_load_will_evict_is_not_counted_as_warm_elsewhere() -> N
     router = builders.router(fleet, "memory_aware")
     for _ in range(3):  # m1 is in demand, then idle
         router.fleet.leases.close(router.pick(RouteRequest(model="m1", edge_id="e")).lease_id)
-    before = router._candidate(fleet.nodes["b"], "m2:latest", "")
+    before = router.candidates.build(fleet.nodes["b"], "m2:latest", "")
     assert [(r.key, r.elsewhere) for r in before.idle_loaded] == [("m1:latest", True)]
     load = router.pick(RouteRequest(model="m2", edge_id="e", node_id="a"))
     assert load.ranked[0].reason == "cold-evict-idle"
     assert fleet.warm == {"m1:latest": 1}  # a's copy is on its way out
-    after = router._candidate(fleet.nodes["b"], "m2:latest", "")
+    after = router.candidates.build(fleet.nodes["b"], "m2:latest", "")
     assert [(r.key, r.elsewhere) for r in after.idle_loaded] == [("m1:latest", False)]
     assert eviction_cost(after) > eviction_cost(before)  # its last copy: the full reload
     # The load is done and took m1's place on a (a snapshot says so): counted as it is.
@@ -454,10 +455,10 @@ def test_demand_is_each_models_share_of_recent_picks() -> None:
     for i in range(40):
         outcome = router.pick(RouteRequest(model="b" if i % 4 == 3 else "a", edge_id="e"))
         router.fleet.leases.close(outcome.lease_id)
-    a, b = router.demand("a:latest"), router.demand("b:latest")
+    a, b = router.demand.of("a:latest"), router.demand.of("b:latest")
     assert a + b == pytest.approx(DEMAND_WINDOW)  # every pick was one of the two
     assert 2.5 < a / b < 3.5
-    assert router.demand("c:latest") == 0.0
+    assert router.demand.of("c:latest") == 0.0
 
 
 def test_reply_length_is_learned_from_reports() -> None:
@@ -468,7 +469,7 @@ def test_reply_length_is_learned_from_reports() -> None:
         outcome = router.pick(RouteRequest(model="m", edge_id="e"))
         stats = GenerationStats(eval_count=80, eval_duration_ns=10**9)
         router.report(Report(outcome.lease_id, "n", Outcome.OK, stats=stats))
-    learned = router._candidate(fleet.nodes["n"], "m:latest", "")
+    learned = router.candidates.build(fleet.nodes["n"], "m:latest", "")
     assert learned.expected_tokens == pytest.approx(80, rel=0.2)
     assert service_time(learned) == pytest.approx(1.0, rel=0.2)  # 80 tokens at 80 tokens/s
 
@@ -501,8 +502,8 @@ def test_a_hosts_load_speed_estimates_the_models_never_loaded_there() -> None:
         lease = router.pick(RouteRequest(model="small", edge_id="e", node_id=node_id)).lease_id
         stats = GenerationStats(load_duration_ns=load_s * 10**9, eval_count=1)
         router.report(Report(lease, node_id, Outcome.OK, stats=stats))
-    fast = router._candidate(fleet.nodes["fast"], "big:latest", "")
-    slow = router._candidate(fleet.nodes["slow"], "big:latest", "")
+    fast = router.candidates.build(fleet.nodes["fast"], "big:latest", "")
+    slow = router.candidates.build(fleet.nodes["slow"], "big:latest", "")
     assert (fast.load_seconds, slow.load_seconds) == (pytest.approx(4.0), pytest.approx(16.0))
     # Without the hosts' speeds both would cost the same estimate and the smaller host win.
     outcome = router.pick(RouteRequest(model="big", edge_id="e"))
@@ -533,11 +534,11 @@ def test_a_hosts_decode_bandwidth_estimates_the_models_never_run_there() -> None
         router.report(Report(lease, node_id, Outcome.OK, stats=stats))
 
     decode("slow", 5, 0.5)  # split with the CPU: decodes at the CPU's pace, says nothing
-    assert router._candidate(fleet.nodes["slow"], "big:latest", "").decode_tps == 0.0
+    assert router.candidates.build(fleet.nodes["slow"], "big:latest", "").decode_tps == 0.0
     decode("fast", 100, 1.0)  # 2 GB at 100 and 25 tokens/s: 200 and 50 GB/s of weights
     decode("slow", 25, 1.0)
-    fast = router._candidate(fleet.nodes["fast"], "big:latest", "")
-    slow = router._candidate(fleet.nodes["slow"], "big:latest", "")
+    fast = router.candidates.build(fleet.nodes["fast"], "big:latest", "")
+    slow = router.candidates.build(fleet.nodes["slow"], "big:latest", "")
     assert (fast.decode_tps, slow.decode_tps) == (pytest.approx(25.0), pytest.approx(6.25))
     # Without the hosts' speeds both would decode at one default and the smaller host win.
     outcome = router.pick(RouteRequest(model="big", edge_id="e"))
@@ -566,17 +567,17 @@ def test_prompt_speed_is_learned_from_prompts_not_found_in_a_cache() -> None:
     node = fleet.nodes["n"]
     run(20, 50.0)  # too short a prompt to tell the speed from a batch's fixed cost
     # Until a speed is measured, a GPU host's is taken as 10x its decoding (50 tokens/s here).
-    assert prompt_time(router._candidate(node, "m:latest", "", prompt_tokens=1000)) == 2.0
+    assert prompt_time(router.candidates.build(node, "m:latest", "", prompt_tokens=1000)) == 2.0
     run(2000, 1000.0, "chat")  # the session's first turn: nothing of it was cached
-    ask = router._candidate(node, "m:latest", "", prompt_tokens=1000)
+    ask = router.candidates.build(node, "m:latest", "", prompt_tokens=1000)
     assert prompt_time(ask) == pytest.approx(1.0)
     # Its next turn goes back to the same host, which times only the part it had not cached:
     # Ollama counts every token, so that reply would make the host look 20x faster.
     run(2100, 20_000.0, "chat")
-    ask = router._candidate(node, "m:latest", "", prompt_tokens=1000)
+    ask = router.candidates.build(node, "m:latest", "", prompt_tokens=1000)
     assert prompt_time(ask) == pytest.approx(1.0)
     # The session's host has its last prompt cached: only the new part costs there.
-    mine = router._candidate(node, "m:latest", "n", prompt_tokens=2600, cached_tokens=2100)
+    mine = router.candidates.build(node, "m:latest", "n", prompt_tokens=2600, cached_tokens=2100)
     assert mine.affinity and prompt_time(mine) == pytest.approx(0.5)
 
 
@@ -603,7 +604,7 @@ def test_a_long_prompt_goes_where_it_is_evaluated_soonest() -> None:
     long = router.pick(RouteRequest(model="m", edge_id="e", prompt_tokens=4000))
     assert long.ranked[0].candidate.node_id == "gpu"  # 80 s of prompt on the CPU: wait
     assert long.ranked[0].reason.startswith("queued")
-    other = router._candidate(fleet.nodes["cpu"], "other:latest", "", prompt_tokens=100)
+    other = router.candidates.build(fleet.nodes["cpu"], "other:latest", "", prompt_tokens=100)
     assert prompt_time(other) == pytest.approx(2.0)  # the same size: the host's rate
 
 
@@ -634,7 +635,7 @@ def test_a_long_conversation_stays_where_it_is_cached_unless_the_wait_costs_more
         router.pick(RouteRequest(model="m", edge_id="e", node_id=home))
     asked = RouteRequest(model="m", edge_id="e", session_key="t", prompt_tokens=400)
     router.fleet.leases.close(router.pick(asked).lease_id)
-    router.sessions["t"] = (home, "m:latest", 400)
+    router.sessions.last["t"] = (home, "m:latest", 400)
     assert router.pick(replace(asked, prompt_tokens=500)).ranked[0].candidate.node_id == other
 
 
@@ -651,15 +652,17 @@ def test_a_conversation_loses_its_cache_once_others_took_every_slot() -> None:
             RouteRequest(model="m", edge_id="e", session_key=session, prompt_tokens=tokens)
         )
         router.fleet.leases.close(outcome.lease_id)
-        return router._cached_tokens(session, router._affinity(session, "m:latest"), "m:latest")
+        return router.sessions.cached_tokens(
+            session, router.sessions.affinity(session, "m:latest"), "m:latest"
+        )
 
     turn("s", 3000)
     assert turn("s", 3500) == 3500  # what its next turn finds cached: this one's prompt
     turn("t", 100)  # one other conversation: the second slot
-    assert router._cached_tokens("s", "n", "m:latest") == 3500
+    assert router.sessions.cached_tokens("s", "n", "m:latest") == 3500
     turn("u", 100)  # a third: the oldest slot, s's, is given to it
-    assert router._cached_tokens("s", "n", "m:latest") == 0
-    assert router._cached_tokens("t", "n", "m:latest") == 100
+    assert router.sessions.cached_tokens("s", "n", "m:latest") == 0
+    assert router.sessions.cached_tokens("t", "n", "m:latest") == 100
 
 
 def test_a_new_conversation_goes_where_it_takes_no_other_ones_cache() -> None:

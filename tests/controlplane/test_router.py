@@ -7,8 +7,9 @@ from controlplane import convert
 from controlplane.breaker import BreakerState
 from controlplane.errors import InvalidRequest
 from controlplane.fleet import Fleet
+from controlplane.learning import Learned
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
-from controlplane.router import Learned, PickStatus, Router
+from controlplane.router import PickStatus, Router
 from hopscommon.fleet import Details, Gpu, InstalledModel, LoadedModel
 from hopscommon.runner_options import runner_options
 from tests.controlplane import builders
@@ -107,7 +108,7 @@ def test_report_closes_or_moves_the_lease() -> None:
     )
     assert router.report(Report(outcome.lease_id, second, Outcome.OK, stats=stats))
     assert len(fleet.leases) == 0
-    learned = router.learned[(second, "llama3.2:latest")]
+    learned = router.learning.learned[(second, "llama3.2:latest")]
     # The fallback was not routed as a load of its own: its load_duration may hold a wait.
     assert (learned.decode_tps, learned.load_seconds) == (50.0, 0.0)
     assert not router.report(Report(outcome.lease_id, second, Outcome.OK))  # already closed
@@ -281,10 +282,10 @@ def test_only_a_load_that_started_at_once_teaches_the_load_time() -> None:
     ]
     report(joins_a.lease_id, 0.5)
     report(behind_a.lease_id, 5.0)
-    assert router.learned[("n", "a:latest")].load_seconds == 0.0
-    assert router.learned[("n", "b:latest")].load_seconds == 0.0
+    assert router.learning.learned[("n", "a:latest")].load_seconds == 0.0
+    assert router.learning.learned[("n", "b:latest")].load_seconds == 0.0
     report(loads_a.lease_id, 2.0)
-    assert router.learned[("n", "a:latest")].load_seconds == 2.0
+    assert router.learning.learned[("n", "a:latest")].load_seconds == 2.0
 
 
 def test_a_reply_timed_by_the_edge_teaches_speeds_but_no_context_length() -> None:
@@ -298,9 +299,9 @@ def test_a_reply_timed_by_the_edge_teaches_speeds_but_no_context_length() -> Non
     joins = router.pick(_req("a"))  # came while a loads: its first token waited for the rest
     timed = GenerationStats(eval_count=80, eval_duration_ns=2 * 10**9, first_token_ns=3 * 10**9)
     assert router.report(Report(joins.lease_id, "n", Outcome.OK, http_status=200, stats=timed))
-    assert router.learned[("n", "a:latest")].load_seconds == 0.0
+    assert router.learning.learned[("n", "a:latest")].load_seconds == 0.0
     assert router.report(Report(loads.lease_id, "n", Outcome.OK, http_status=200, stats=timed))
-    learned = router.learned[("n", "a:latest")]
+    learned = router.learning.learned[("n", "a:latest")]
     assert (learned.load_seconds, learned.decode_tps) == (3.0, 40.0)
 
     fleet = builders.fleet()
@@ -328,10 +329,10 @@ def test_a_reply_timed_whole_by_the_edge_teaches_what_its_route_lets_it() -> Non
     assert ready.ranked[0].reason == "warm"
     assert queued.ranked[0].reason.startswith("queued")
     report(queued.lease_id, replace(whole, reply_ns=9 * 10**9))
-    assert router.learned[("n", "a:latest")].decode_tps == 0.0  # its time holds the wait
-    assert router._tokens["a:latest"][1] == 80  # its length still counts
+    assert router.learning.learned[("n", "a:latest")].decode_tps == 0.0  # its time holds the wait
+    assert router.learning.tokens["a:latest"][1] == 80  # its length still counts
     report(ready.lease_id)
-    assert router.learned[("n", "a:latest")].decode_tps == 40.0
+    assert router.learning.learned[("n", "a:latest")].decode_tps == 40.0
 
     # 5 s in all: with 80 tokens at 40 tokens/s decoding, 3 s to the first token.
     for decode_tps, load_s in ((0.0, 0.0), (40.0, 3.0)):
@@ -339,11 +340,11 @@ def test_a_reply_timed_whole_by_the_edge_teaches_what_its_route_lets_it() -> Non
         builders.add_node(fleet, "n", models=["a:latest"])
         router = builders.router(fleet, "memory_aware")
         if decode_tps:
-            router.learned[("n", "a:latest")] = Learned(decode_tps=decode_tps)
+            router.learning.learned[("n", "a:latest")] = Learned(decode_tps=decode_tps)
         cold = router.pick(_req("a"))
         assert cold.ranked[0].reason == "cold-fit"
         report(cold.lease_id, replace(whole, reply_ns=5 * 10**9))
-        assert router.learned[("n", "a:latest")].load_seconds == load_s
+        assert router.learning.learned[("n", "a:latest")].load_seconds == load_s
 
 
 def test_an_edge_timed_reply_sets_its_prompts_evaluation_apart() -> None:
@@ -358,11 +359,11 @@ def test_an_edge_timed_reply_sets_its_prompts_evaluation_apart() -> None:
         fleet = builders.fleet()
         builders.add_node(fleet, "n", models=["a:latest"], loaded=["a:latest"])
         router = builders.router(fleet, "memory_aware")
-        router.learned[("n", "a:latest")] = Learned(prompt_tps=prompt_tps)
+        router.learning.learned[("n", "a:latest")] = Learned(prompt_tps=prompt_tps)
         ready = router.pick(_req("a", prompt_tokens=prompt_tokens))
         assert ready.ranked[0].reason == "warm"
         router.report(Report(ready.lease_id, "n", Outcome.OK, http_status=200, stats=whole))
-        return router.learned[("n", "a:latest")]
+        return router.learning.learned[("n", "a:latest")]
 
     # 3,000 tokens at 1,000/s measured: 3 s of the 5 were the prompt, 80 tokens in 2 s.
     assert warm(1000.0, 3000).decode_tps == 40.0
@@ -377,12 +378,12 @@ def test_an_edge_timed_reply_sets_its_prompts_evaluation_apart() -> None:
     fleet = builders.fleet()
     builders.add_node(fleet, "n", models=["a:latest"])
     router = builders.router(fleet, "memory_aware")
-    router.learned[("n", "a:latest")] = Learned(prompt_tps=1000.0)
+    router.learning.learned[("n", "a:latest")] = Learned(prompt_tps=1000.0)
     cold = router.pick(_req("a", prompt_tokens=3000))
     assert cold.ranked[0].reason == "cold-fit"
     timed = GenerationStats(eval_count=80, eval_duration_ns=2 * 10**9, first_token_ns=5 * 10**9)
     router.report(Report(cold.lease_id, "n", Outcome.OK, http_status=200, stats=timed))
-    learned = router.learned[("n", "a:latest")]
+    learned = router.learning.learned[("n", "a:latest")]
     assert (learned.load_seconds, learned.decode_tps) == (2.0, 40.0)
 
 
@@ -403,11 +404,11 @@ def test_an_edge_timed_reply_mostly_prompt_teaches_the_prompt_speed() -> None:
         fleet = builders.fleet()
         builders.add_node(fleet, "n", models=["a:latest"], loaded=["a:latest"])
         router = builders.router(fleet, "memory_aware")
-        router.learned[("n", "a:latest")] = Learned(decode_tps=40.0)
+        router.learning.learned[("n", "a:latest")] = Learned(decode_tps=40.0)
         ready = router.pick(_req("a", prompt_tokens=3000))
         assert ready.ranked[0].reason == "warm"
         router.report(Report(ready.lease_id, "n", Outcome.OK, http_status=200, stats=stats))
-        learned = router.learned[("n", "a:latest")]
+        learned = router.learning.learned[("n", "a:latest")]
         # 80 tokens at 40/s: 2 s of decoding (or 25 ms for the first token); the rest, 3 s,
         # was the prompt. The decode speed is not taught by a reply that was mostly prompt.
         assert learned.prompt_tps == pytest.approx(1000.0)
@@ -440,7 +441,7 @@ def test_a_reply_that_tells_its_cached_prompt_teaches_the_prompt_speed_from_the_
         turn = router.pick(_req("a", session_key=key, prompt_tokens=3000))
         assert turn.ranked[0].reason == ("affinity warm" if session else "warm")
         assert router.report(Report(turn.lease_id, "n", Outcome.OK, http_status=200, stats=stats))
-        return router.learned[("n", "a:latest")].prompt_tps
+        return router.learning.learned[("n", "a:latest")].prompt_tps
 
     assert learned(told, session=True) == pytest.approx(1000.0)
     assert learned(untold, session=True) == 0.0  # older Ollama: no telling how much was new
@@ -460,12 +461,12 @@ def test_an_edge_timed_reply_sets_apart_the_prompt_its_usage_counts() -> None:
         fleet = builders.fleet()
         builders.add_node(fleet, "n", models=["a:latest"], loaded=["a:latest"])
         router = builders.router(fleet, "memory_aware")
-        router.learned[("n", "a:latest")] = Learned(prompt_tps=1000.0)
+        router.learning.learned[("n", "a:latest")] = Learned(prompt_tps=1000.0)
         ready = router.pick(_req("a", prompt_tokens=2000))  # the edge guessed 2,000 tokens
         assert ready.ranked[0].reason == "warm"
         router.report(Report(ready.lease_id, "n", Outcome.OK, http_status=200, stats=stats))
         # 3,000 tokens evaluated at 1,000/s: 3 s of the 5; 80 tokens in the other 2.
-        assert router.learned[("n", "a:latest")].decode_tps == pytest.approx(40.0)
+        assert router.learning.learned[("n", "a:latest")].decode_tps == pytest.approx(40.0)
 
 
 def test_only_ollamas_own_durations_teach_the_automatic_context_length() -> None:
@@ -700,7 +701,7 @@ def test_an_instance_loaded_with_other_runner_options_is_not_warm() -> None:
     assert plain.ranked[0].candidate.node_id == "b" and by_node["a"].reason == "reload-fit"
     replaced = by_node["a"].candidate.replaced  # priced with the whole model's demand
     assert replaced is not None
-    assert replaced.demand == pytest.approx(router.demand("llama3.2:latest"), rel=0.01)
+    assert replaced.demand == pytest.approx(router.demand.of("llama3.2:latest"), rel=0.01)
     both = (("num_gpu", 20), *threads)
     assert reasons(runner_options=both) == {"a": "reload-fit", "b": "reload-fit"}
     fleet.update("a", node.session, replace(node.snapshot, sequence=4))
@@ -858,8 +859,8 @@ def test_a_copy_of_a_loaded_model_runs_warm_on_its_instance() -> None:
     warm = router.pick(_req("mycopy", session_key="s", max_candidates=1))
     assert [(r.candidate.node_id, r.reason) for r in warm.ranked] == [("b", "warm")]
     assert not b.loading and fleet.leases.in_flight("b", "llama3.2:latest") == 1
-    assert router._floor_of["b"]["mycopy:latest"] == router.policy.floor(  # type: ignore[attr-defined]
-        router._candidate(b, "mycopy:latest", "")
+    assert router.floors.of_node["b"]["mycopy:latest"] == router.policy.floor(  # type: ignore[attr-defined]
+        router.candidates.build(b, "mycopy:latest", "")
     )
     # Its session comes back to it, queued behind the request on the instance's one slot.
     again = router.pick(_req("mycopy", session_key="s")).ranked[0]
@@ -960,9 +961,9 @@ def test_evicting_an_instance_costs_the_demand_of_every_model_on_its_weights() -
     for _ in range(3):
         asked = router.pick(_req("bot", node_id="b"))
         router.report(Report(asked.lease_id, "b", Outcome.CLIENT_CANCELLED))
-    (resident,) = router._candidate(a, "other:latest", "", 0).idle_loaded
+    (resident,) = router.candidates.build(a, "other:latest", "", 0).idle_loaded
     assert resident.key == "llama3.2:latest"
-    assert resident.demand == router.demand("bot:latest") > 0
+    assert resident.demand == router.demand.of("bot:latest") > 0
 
 
 def test_a_model_on_the_weights_of_a_load_under_way_joins_it() -> None:
@@ -1158,7 +1159,7 @@ def test_a_show_loads_nothing_counts_no_demand_and_keeps_no_model_busy() -> None
     shown = router.pick(_req(api=ApiKind.SHOW))
     assert shown.status is PickStatus.OK
     assert (set(node.loading), node.evicting) == (set(), {})
-    assert router.demand("llama3.2:latest") == 0
+    assert router.demand.of("llama3.2:latest") == 0
     assert (fleet.leases.in_flight("a", "llama3.2:latest"), fleet.leases.in_flight("a")) == (0, 1)
     other = router.pick(_req("other", api=ApiKind.SHOW))  # the loaded model stays idle
     assert fleet.leases.in_flight("a", "other:latest") == 0
@@ -1503,7 +1504,7 @@ def test_a_reload_pays_for_the_reload_it_causes_the_instances_own_clients() -> N
             router.report(Report(outcome.lease_id, "c", Outcome.OK, http_status=200))
         by_node = {r.candidate.node_id: r.candidate for r in router.pick(_req()).ranked}
         assert by_node["a"].reload and by_node["a"].replaced is not None
-        return by_node["a"].replaced.demand / router.demand("llama3.2:latest")
+        return by_node["a"].replaced.demand / router.demand.of("llama3.2:latest")
 
     # Its clients asked once in six picks: their share of the model's demand is about that.
     assert 0.1 < plain_picks_on_c(True) < 0.2
@@ -1718,11 +1719,11 @@ def test_a_prompt_is_fitted_as_ollama_counts_it_once_replies_showed_how() -> Non
     embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=4000, longest_input=4000))
     assert {r.candidate.over_context for r in embed.ranked} == {0}
     replied(6000, 4096)  # cut on the 4096 host: says nothing of the tokenizer
-    assert router._prompt_scale["llama3.2:latest"] == (300.0, 1.3)
+    assert router.learning.prompt_scale["llama3.2:latest"] == (300.0, 1.3)
     router = _big_busy_small_free()
     replied(2000, 1000, node="big")  # counted at half: the estimate stands
-    assert router._prompt_scale["llama3.2:latest"] == (0.0, 0.5)
-    assert router._counted_prompt("llama3.2:latest", 2000) == 2000
+    assert router.learning.prompt_scale["llama3.2:latest"] == (0.0, 0.5)
+    assert router.learning.counted_prompt("llama3.2:latest", 2000) == 2000
 
 
 def test_a_generations_reply_must_fit_beside_its_prompt() -> None:
