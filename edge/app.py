@@ -1,25 +1,23 @@
 """The edge's ASGI application: Ollama's route table over the fleet.
 
 Routed requests (the body names a model) go through the Proxy; fleet-wide reads are answered from
-the control plane's inventory; model management fans out to the hosts concerned. Plain ASGI on
-the hot path: the body is read once (size-capped), only ``model``, ``stream`` and the leading
-messages are looked at, and the bytes go upstream unchanged.
+the control plane's inventory; model management fans out to the hosts concerned (edge.management).
+Plain ASGI on the hot path: the body is read once (size-capped), only what routing needs is
+looked at (edge.reading), and the bytes go upstream unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from hops.v1 import router_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
@@ -27,38 +25,37 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from edge import inventory as inv
-from edge import placement
 from edge.auth import Forbidden
 from edge.cpclient import ControlPlaneClient
 from edge.errors import (
-    OLLAMA,
+    JSON_TYPE,
     BadRequest,
-    BodyTimeout,
     BodyTooLarge,
     ControlPlaneDown,
     EdgeError,
     ModelNotFound,
-    NoHealthyHost,
     dialect_of,
     error_response,
 )
+from edge.management import BLOBS, Management
 from edge.metrics import EdgeMetrics
-from edge.proxy import Call, Proxy, Result, StreamedBody, Target, wait_disconnect
+from edge.proxy import Call, Proxy, Result, Target
+from edge.reading import (
+    RequestReader,
+    longest_input,
+    max_reply,
+    num_ctx,
+    prompt_tokens,
+    session_key,
+    unloads,
+)
 from edge.settings import EdgeSettings
-from edge.upstream import Upstream, request_headers, with_host_headers
-from hopscommon import bodies, cors, labels, names
+from edge.upstream import Upstream, request_headers
+from hopscommon import bodies, cors, names
 from hopscommon.labels import Labels
-from hopscommon.ollama_json import BodyError, decode_object
 from hopscommon.runner_options import runner_options
-from hopscommon.tokens import IMAGE_TOKENS, UNITS_PER_TOKEN, text_units
-from hopscommon.units import parse_go_duration
 
 log = logging.getLogger("hops.edge")
-JSON_TYPE = "application/json; charset=utf-8"
-FAN_OUT_TIMEOUT_S = 30.0  # an unload, delete or copy on a host: no answer by then is a failure
-# How long a pull, create, copy or delete waits before answering for the inventory to show what
-# it changed (agents see it at their next poll of /api/tags, each second by default).
-SETTLE_S = 5.0
 EXPOSE_HEADERS = (b"access-control-expose-headers", b"X-Hops-Node, X-Hops-Route")
 
 
@@ -129,150 +126,7 @@ NATIVE_INFERENCE = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/
 NODE_ONLY = {"/api/create": "POST", "/api/push": "POST"}
 # Where Ollama adds routes; an unknown path elsewhere is the edge's own 404.
 NEWER_ROUTES = ("/api/", "/v1/")
-BLOBS = re.compile(r"/api/blobs/(?P<digest>[^/]+)")
 V1_MODEL = re.compile(r"/v1/models/(?P<model>[^/]+)")
-Handler = Callable[[Scope, Receive, Send], Awaitable[Result | None]]
-
-
-def unloads(path: str, body: dict[str, Any]) -> bool:
-    """Whether this is Ollama's unload request: a generate without a prompt, or a chat without
-    messages, with ``keep_alive`` 0 (what `ollama stop` and Open WebUI's unload send). The model
-    may be loaded on several hosts, so every one of them must hear it, not one picked host."""
-    if path == "/api/generate":
-        empty = body.get("prompt") in (None, "")
-    elif path == "/api/chat":
-        empty = body.get("messages") in (None, [])
-    else:
-        return False
-    value = body.get("keep_alive")
-    if not empty or isinstance(value, bool):
-        return False
-    if isinstance(value, int | float):
-        return value == 0
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):  # a bad value is the host's 400 to give
-            return parse_go_duration(value) == 0
-    return False
-
-
-def _option(body: dict[str, Any], name: str) -> object:
-    """``options[name]`` of a native request's body, None when not there."""
-    options = body.get("options")
-    return options.get(name) if isinstance(options, dict) else None
-
-
-def _uint32(value: object) -> int:
-    """A JSON number as a PickRequest uint32 field takes it: clamped to 0..2**32-1, and 0 for
-    anything else (a bool, a string, NaN), which is the host's error to give."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        return 0
-    return int(min(max(value, 0), 2**32 - 1))
-
-
-def num_ctx(body: dict[str, Any]) -> int:
-    """The context length a native request asks for (``options.num_ctx``), 0 for none: a host
-    with the model loaded at another length reloads it. (Ollama's /v1 routes take no options.)"""
-    return _uint32(_option(body, "num_ctx"))
-
-
-# Keys whose values are not prompt text: images (base64, or a data URI), and request settings.
-NOT_PROMPT = frozenset(
-    {"model", "images", "image_url", "source", "options", "format", "keep_alive", "stream"}
-)
-
-
-# The content parts that carry an image: OpenAI chat's, the Responses API's, Anthropic's.
-IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
-IMAGE_UNITS = IMAGE_TOKENS * UNITS_PER_TOKEN
-
-
-def prompt_tokens(body: dict[str, Any]) -> int:
-    """About how many tokens the request's prompt has: every string in the body (messages,
-    prompt, system, tools, ...) but images' data and settings (see hopscommon.tokens), and
-    IMAGE_TOKENS an image, as Ollama counts one when fitting a chat into its context. The router
-    weighs a long prompt's evaluation on each host, what a session's host has of it cached,
-    and whether it fits the context length it would run at there."""
-    units = 0
-    stack: list[Any] = [body]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            units += text_units(value)
-        elif isinstance(value, dict):
-            images = value.get("images")  # Ollama's: a message's, or a generate's
-            if isinstance(images, list):
-                units += len(images) * IMAGE_UNITS
-            kind = value.get("type")
-            if isinstance(kind, str) and kind in IMAGE_PARTS:
-                units += IMAGE_UNITS
-            stack.extend(v for k, v in value.items() if k not in NOT_PROMPT)
-        elif isinstance(value, list):
-            stack.extend(value)
-    return min(units // UNITS_PER_TOKEN, 2**32 - 1)
-
-
-def longest_input(body: dict[str, Any]) -> int:
-    """About how many tokens an embedding's longest input has: ``input`` (a text, texts, or
-    OpenAI's token arrays, counted as they are), else the old ``prompt``. Ollama embeds each
-    input apart, and cuts one longer than the context length it runs at."""
-    value = body.get("input", body.get("prompt"))
-    inputs = value if isinstance(value, list) and not _tokens(value) else [value]
-    longest = 0
-    for one in inputs:
-        if isinstance(one, str):
-            longest = max(longest, text_units(one) // UNITS_PER_TOKEN)
-        elif isinstance(one, list) and _tokens(one):
-            longest = max(longest, len(one))
-    return min(longest, 2**32 - 1)
-
-
-# Where each API bounds its reply: OpenAI chat's newer and older names, the Responses API's, and
-# /v1/completions' and Anthropic's max_tokens. (Ollama's native routes: options.num_predict.)
-REPLY_LIMITS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
-
-
-def max_reply(body: dict[str, Any], native: bool) -> int:
-    """The most tokens a generation's reply may run to, 0 for no limit asked (a negative
-    num_predict is Ollama's "no limit" too): a reply expected shorter than the model's usual
-    one needs less room beside its prompt."""
-    if native:
-        return _uint32(_option(body, "num_predict"))
-    return _uint32(next((body[k] for k in REPLY_LIMITS if body.get(k) is not None), None))
-
-
-def _tokens(value: list[Any]) -> bool:
-    """Whether ``value`` is one input given as token ids (OpenAI's embeddings accept them)."""
-    return bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-
-
-def session_key(headers: Headers, body: dict[str, Any]) -> str:
-    """X-Hops-Session, else Open WebUI's chat id, else OpenAI's ``prompt_cache_key``, else a hash
-    of the conversation's start: its system prompt (Anthropic's ``system``, the Responses API's
-    ``instructions``) and messages (or Responses ``input`` items) up to the first user turn, or
-    the prompt (or ``input`` text)."""
-    explicit = headers.get("x-hops-session") or headers.get("x-openwebui-chat-id")
-    if explicit:
-        return explicit[:200]
-    cache_key = body.get("prompt_cache_key")  # OpenAI's own affinity hint (Responses, chat)
-    if isinstance(cache_key, str) and cache_key:
-        return "p:" + cache_key[:200]
-    system = body.get("system") or body.get("instructions") or ""
-    messages = body.get("messages") or body.get("input")
-    prompt = body.get("prompt") or body.get("input")
-    if isinstance(messages, list) and messages:
-        # The conversation's opening (system prompt and first user turn) is the same in every
-        # later turn, so all turns of one conversation share the key.
-        opening = [system] if system else []
-        for message in messages:
-            opening.append(message)
-            if isinstance(message, dict) and message.get("role") == "user":
-                break
-        basis = json.dumps(opening, sort_keys=True, default=str)[:4096]
-    elif isinstance(prompt, str) and prompt:
-        basis = str(system) + prompt[:512]
-    else:
-        return ""
-    return "h:" + hashlib.sha1(basis.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 class EdgeApp:
@@ -285,12 +139,14 @@ class EdgeApp:
     ) -> None:
         self.settings = settings
         self.cp = cp
-        self.upstream = upstream
         self.metrics = metrics
         self.proxy = Proxy(settings, cp, upstream, metrics)
+        self.reader = RequestReader(settings)
+        self.management = Management(
+            settings, cp, upstream, self.proxy, self.reader, self.inventory
+        )
         self.keys = settings.key_check()
         self.origins = cors.Origins.with_extra(settings.origins)
-        self.labels = labels.selector(settings.labels)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -356,75 +212,17 @@ class EdgeApp:
             wanted = "DELETE" if path == "/api/delete" else "POST"
             if method != wanted:
                 return await _plain(scope, receive, send, 405), "-"
-            return await self._fan_out(scope, receive, send, path)
+            return await self.management.fan_out(scope, receive, send, path)
         if path in NODE_ONLY or BLOBS.fullmatch(path):
             allowed = (NODE_ONLY[path],) if path in NODE_ONLY else ("HEAD", "POST")
             if method not in allowed:
                 return await _plain(scope, receive, send, 405), "-"
-            return await self._node_only(scope, receive, send, path, method), "-"
+            return await self.management.node_only(scope, receive, send, path, method), "-"
         if method == "POST":
             return await self._unknown_post(scope, receive, send, path)
         if path.startswith(NEWER_ROUTES):
             return await self._to_newest(scope, receive, send, b""), "-"
         return await _plain(scope, receive, send, 404), "-"
-
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        headers = Headers(scope=scope)
-        declared = headers.get("content-length")
-        limit = self.settings.max_body
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise BodyTooLarge(f"request body larger than {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.settings.body_timeout):  # a slow client holds nothing
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise EdgeError("client disconnected while sending the body")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise BodyTooLarge(f"request body larger than {limit} bytes")
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        return b"".join(chunks)
-        except TimeoutError:
-            raise BodyTimeout(
-                f"request body not received within {self.settings.body_timeout:g}s"
-            ) from None
-
-    async def _json_body(
-        self, scope: Scope, receive: Receive, go_type: str
-    ) -> tuple[bytes, dict[str, Any]]:
-        """The body as sent and as a JSON object, or BadRequest in the words Ollama would use."""
-        raw = await self._body(scope, receive)
-        try:
-            return raw, decode_object(raw, go_type)
-        except BodyError as exc:
-            raise BadRequest(str(exc)) from None
-
-    def _labels(self, headers: Headers) -> Labels:
-        """The labels every host this request may use must carry: the edge's --labels,
-        narrowed by the request's X-Hops-Labels (``KEY=VALUE[, KEY=VALUE ...]``)."""
-        asked = headers.get("x-hops-labels")
-        if asked is None:
-            return self.labels
-        try:
-            wanted = labels.parse_selector(asked)
-        except ValueError as exc:
-            raise BadRequest(f"X-Hops-Labels: {exc}") from None
-        own = dict(self.labels)
-        for key, value in wanted:
-            if own.get(key, value) != value:
-                raise BadRequest(
-                    f"X-Hops-Labels asks {key}={value}, but this edge serves only hosts "
-                    f"with {key}={own[key]}"
-                )
-        try:
-            return labels.selector((*self.labels, *wanted))
-        except ValueError as exc:
-            raise BadRequest(f"X-Hops-Labels: {exc}") from None
 
     def _call(
         self,
@@ -451,7 +249,7 @@ class EdgeApp:
             not_found=not_found,
             session_key=session_key(headers, body),
             node_id=headers.get("x-hops-node", ""),
-            labels=self._labels(headers),
+            labels=self.reader.labels_of(headers),
             prompt_tokens=prompt_tokens(body),
             longest_input=longest_input(body) if api in EMBEDDING_APIS else 0,
             max_reply=max_reply(body, native) if api not in EMBEDDING_APIS else 0,
@@ -462,7 +260,7 @@ class EdgeApp:
     async def _routed(
         self, scope: Scope, receive: Receive, send: Send, routed: Routed, path: str
     ) -> tuple[Result, str]:
-        raw, body = await self._json_body(scope, receive, routed.go_type)
+        raw, body = await self.reader.json_body(scope, receive, routed.go_type)
         model = body.get("model") if "model" in body else body.get("name")
         if model is not None and not isinstance(model, str):
             raise BadRequest(
@@ -474,37 +272,19 @@ class EdgeApp:
                 raise ModelNotFound(_quoted(model or ""))
             raise BadRequest("model is required")
         if unloads(path, body) and names.match_key(model) is not None:
-            return await self._unload(scope, receive, send, raw, model, path), model
+            return await self.management.unload(scope, receive, send, raw, model, path), model
         call = self._call(scope, raw, body, model, routed.api, routed.not_found(model), path)
         return await self.proxy.handle(call, receive, send), model
 
-    async def _unload(
-        self, scope: Scope, receive: Receive, send: Send, raw: bytes, model: str, path: str
-    ) -> Result:
-        """Unload ``model`` everywhere: every connected host is asked, as the inventory may lag a
-        load by a poll (where the model is not loaded Ollama answers the same and does nothing;
-        a host without it answers 404). The reply is one host's own."""
-        headers = Headers(scope=scope)
-        current = await self.inventory(self._labels(headers))
-        node_id = headers.get("x-hops-node", "")
-        targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
-        done = await self._on_each(scope, targets, path, raw)
-        if not done:
-            raise ModelNotFound(_quoted(model))
-        reply = done[0][1]
-        content_type = reply.headers.get("content-type", JSON_TYPE)
-        await Response(reply.content, media_type=content_type)(scope, receive, send)
-        return Result(status=200, outcome="ok", route=path, node=_ids([n for n, _ in done]))
-
     async def _pull(self, scope: Scope, receive: Receive, send: Send) -> tuple[Result, str]:
-        raw, body = await self._json_body(scope, receive, "PullRequest")
+        raw, body = await self.reader.json_body(scope, receive, "PullRequest")
         model = body.get("model") or body.get("name")
         if not isinstance(model, str) or not model.strip():
             raise BadRequest("model is required")
         call = self._call(
             scope, raw, body, model, router_pb2.API_KIND_PULL, _quoted(model), "/api/pull"
         )
-        call.settle = self._settle_on(model)
+        call.settle = self.management.settle_on(model)
         return await self.proxy.handle(call, receive, send), model
 
     async def _unknown_post(
@@ -514,7 +294,7 @@ class EdgeApp:
         /v1/messages, /v1/audio/transcriptions, ...) goes to a host with the model it names;
         without a model, to the newest Ollama (_to_newest). The bytes go upstream as they
         came."""
-        raw = await self._body(scope, receive)
+        raw = await self.reader.body(scope, receive)
         body = self._readable(scope, raw)
         model = body.get("model") if body is not None else None
         if not isinstance(model, str) or not model.strip():
@@ -532,12 +312,12 @@ class EdgeApp:
         the fleet answers it, so a route any host has works through the edge, and one none has
         gets a host's own 404. The next newest is tried as for any request: when one cannot be
         reached, or answers 5xx."""
-        current = await self.inventory(self._labels(Headers(scope=scope)))
+        current = await self.inventory(self.reader.labels_of(Headers(scope=scope)))
         nodes = inv.newest_first(current)[: self.settings.max_attempts]
         if not nodes:
             return await _plain(scope, receive, send, 404)
         targets = [Target(n.node_id, n.ollama_url, "newest", n.headers) for n in nodes]
-        return await self.proxy.handle(self._plain_call(scope, raw), receive, send, targets)
+        return await self.proxy.handle(Call.given(scope, raw), receive, send, targets)
 
     def _readable(self, scope: Scope, raw: bytes) -> dict[str, Any] | None:
         """What the edge can read of an unknown route's body to route it: a JSON object (after
@@ -562,7 +342,7 @@ class EdgeApp:
 
     async def inventory(self, wanted: Labels = ()) -> inv.Inventory:
         """The freshest usable inventory, or ControlPlaneDown; only the hosts carrying
-        ``wanted``, when given (see _labels)."""
+        ``wanted``, when given (see RequestReader.labels_of)."""
         current = self.cp.inventory
         if current is None:
             with contextlib.suppress(TimeoutError):
@@ -586,7 +366,7 @@ class EdgeApp:
         if path == "/":
             await PlainTextResponse("Ollama is running")(scope, receive, send)
             return Result(status=200, outcome="ok", route=path)
-        current = await self.inventory(self._labels(Headers(scope=scope)))
+        current = await self.inventory(self.reader.labels_of(Headers(scope=scope)))
         match = V1_MODEL.fullmatch(path)
         status = 200
         if path == "/api/version":
@@ -605,276 +385,6 @@ class EdgeApp:
                 raise ModelNotFound(f'model "{raw}" not found')
         await _json(payload, status)(scope, receive, send)
         return Result(status=status, outcome="ok", route=path)
-
-    async def _fan_out(
-        self, scope: Scope, receive: Receive, send: Send, path: str
-    ) -> tuple[Result, str]:
-        """/api/delete and /api/copy: apply to every host that has the model.
-
-        Every connected host is asked (the inventory may lag a just-made copy by a poll); a 404
-        from a host only means it had no such model. 404 overall when no host had it.
-        """
-        go_type = "DeleteRequest" if path == "/api/delete" else "CopyRequest"
-        raw, body = await self._json_body(scope, receive, go_type)
-        if path == "/api/delete":
-            model = body.get("model") or body.get("name")
-            if not isinstance(model, str) or not model:
-                raise BadRequest("model is required")
-            missing = f"model '{model}' not found"
-        else:
-            model = body.get("source")
-            if not isinstance(model, str) or not model or not body.get("destination"):
-                raise BadRequest("source and destination are required")
-            missing = f'model "{model}" not found'
-        headers = Headers(scope=scope)
-        current = await self.inventory(self._labels(headers))
-        node_id = headers.get("x-hops-node", "")
-        targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
-        done = await self._on_each(scope, targets, path, raw)
-        if not done:
-            raise ModelNotFound(missing)
-        made, gone = (body.get("destination"), False) if path == "/api/copy" else (model, True)
-        await self._settled((n.node_id for n, _ in done), str(made), gone=gone)
-        await Response(b"", status_code=200)(scope, receive, send)
-        return Result(status=200, outcome="ok", route=path, node=_ids([n for n, _ in done])), model
-
-    async def _on_each(
-        self, scope: Scope, nodes: list[inv.InventoryNode], path: str, raw: bytes
-    ) -> list[tuple[inv.InventoryNode, httpx.Response]]:
-        """Send the request to every node at once; the nodes that answered 200, with their
-        replies. A 404 only means that host has no such model; any other answer, or a host not
-        reached or silent for FAN_OUT_TIMEOUT_S (these are bookkeeping on the host, not
-        inference), fails the whole request, naming each host that failed."""
-        headers = request_headers(scope["headers"])
-        query = scope.get("query_string", b"").decode("latin-1")
-        replies = await asyncio.gather(
-            *(
-                self.upstream.client.request(
-                    scope["method"],
-                    node.ollama_url.rstrip("/") + path + ("?" + query if query else ""),
-                    content=raw,
-                    headers=with_host_headers(headers, node.headers),
-                    timeout=httpx.Timeout(FAN_OUT_TIMEOUT_S, connect=self.settings.connect_timeout),
-                )
-                for node in nodes
-            ),
-            return_exceptions=True,
-        )
-        done, failures = [], []
-        for node, reply in zip(nodes, replies, strict=True):
-            if isinstance(reply, httpx.HTTPError):
-                failures.append(f"{node.node_id}: {type(reply).__name__}")
-            elif isinstance(reply, BaseException):
-                raise reply
-            elif reply.status_code == 200:
-                done.append((node, reply))
-            elif reply.status_code != 404:
-                failures.append(f"{node.node_id}: {reply.status_code} {reply.text[:200]}")
-        if failures:
-            raise EdgeError(f"{path} failed on {len(failures)} hosts: " + "; ".join(failures))
-        return done
-
-    async def _node_only(
-        self, scope: Scope, receive: Receive, send: Send, path: str, method: str
-    ) -> Result:
-        """/api/create, /api/push and blobs belong to one host: the one named by X-Hops-Node, or,
-        when none is named, the one (or, for a create, each one) that has what they need."""
-        headers = Headers(scope=scope)
-        node_id = headers.get("x-hops-node", "")
-        wanted = self._labels(headers)
-        current = await self.inventory(wanted)
-        blob = BLOBS.fullmatch(path)
-        if not node_id:
-            if blob is not None:
-                return await self._blob(scope, receive, send, current, blob.group("digest"))
-            return await self._placed(scope, receive, send, path, current)
-        node = next((n for n in current.nodes if n.node_id == node_id), None)
-        if node is None:
-            everywhere = self.cp.inventory
-            if wanted and everywhere and any(n.node_id == node_id for n in everywhere.nodes):
-                shown = labels.shown(wanted)
-                raise ModelNotFound(f"node '{node_id}' does not carry the labels {shown}")
-            raise ModelNotFound(f"node '{node_id}' is not connected")
-        streamed = blob is not None and method == "POST"
-        body: bytes | Any = StreamedBody(receive) if streamed else await self._body(scope, receive)
-        target = Target(node.node_id, node.ollama_url, "x-hops-node", node.headers)
-        call = self._plain_call(scope, body)
-        if path == "/api/create" and isinstance(body, bytes):
-            call.settle = self._settle_on(_created(body))
-        return await self.proxy.handle(call, receive, send, [target])
-
-    def _settle_on(self, model: str) -> Callable[[str], Awaitable[None]]:
-        """A Call.settle: until ``model`` shows installed on the host that made it."""
-
-        async def settle(node_id: str) -> None:
-            await self._settled((node_id,), model)
-
-        return settle
-
-    async def _settled(self, node_ids: Iterable[str], model: str, *, gone: bool = False) -> None:
-        """Wait, at most SETTLE_S, until the inventory shows ``model`` installed on every host
-        in ``node_ids`` (``gone``: on none of them). Ollama answers a pull, create, copy or
-        delete once it is done, and its clients go on at once (`ollama run` asks a show first,
-        and pulls the model when the show is 404): they must find what they just made."""
-        key = names.match_key(model)
-        wanted = set(node_ids)
-        if key is None or not wanted or not self.cp.connected.is_set():
-            return  # no control plane: no inventory to wait for
-
-        def shown(current: inv.Inventory) -> bool:
-            return all(n.has(key) != gone for n in current.nodes if n.node_id in wanted)
-
-        if not await self.cp.until(shown, SETTLE_S):
-            log.warning(
-                "model %s still %s in the inventory of %s after %.0fs",
-                key,
-                "listed" if gone else "missing",
-                ",".join(sorted(wanted)),
-                SETTLE_S,
-            )
-
-    def _plain_call(self, scope: Scope, body: bytes | Any) -> Call:
-        """A request for hosts given by the edge, not picked: no lease, Ollama's errors."""
-        return Call(
-            method=scope["method"],
-            path=scope["path"],
-            query=scope.get("query_string", b""),
-            headers=request_headers(scope["headers"]),
-            body=body,
-            model="-",
-            api=0,
-            route=scope["path"],
-            dialect=OLLAMA,
-            not_found="",
-        )
-
-    async def _blob(
-        self, scope: Scope, receive: Receive, send: Send, current: inv.Inventory, digest: str
-    ) -> Result:
-        """HEAD: whether any host has the blob. POST: nothing to do if one has it, else it goes
-        to the blob home, where the create that uses it will find it."""
-        routable = [n for n in current.nodes if n.routable]
-        holders = await placement.blob_holders(
-            self.upstream.client, routable, digest, request_headers(scope["headers"])
-        )
-        method = scope["method"]
-        if method == "HEAD" or holders:
-            status = 200 if holders else 404
-            await Response(b"", status_code=status)(scope, receive, send)
-            return Result(status=status, outcome="ok", route=scope["path"], node=_ids(holders))
-        home = placement.blob_home(current)
-        if home is None:
-            raise NoHealthyHost("no host can take the blob now", retry_after=2.0)
-        target = Target(home.node_id, home.ollama_url, "blob-home", home.headers)
-        call = self._plain_call(scope, StreamedBody(receive))
-        return await self.proxy.handle(call, receive, send, [target])
-
-    async def _placed(
-        self, scope: Scope, receive: Receive, send: Send, path: str, current: inv.Inventory
-    ) -> Result:
-        """A create goes to every routable host that has its ``from`` model and blobs (one
-        streams its progress; several are made one after another and answered together); a
-        push to the first routable host that has the model."""
-        go_type = "CreateRequest" if path == "/api/create" else "PushRequest"
-        raw, body = await self._json_body(scope, receive, go_type)
-        routable = [n for n in current.nodes if n.routable]
-        if path == "/api/push":
-            model = body.get("model") or body.get("name")
-            key = names.match_key(model) if isinstance(model, str) else None
-            targets = [n for n in routable if key and n.has(key)]
-            if not targets:
-                raise ModelNotFound(f"model '{model}' not found")
-        else:
-            targets = await self._create_targets(scope, body, routable)
-        found = [Target(n.node_id, n.ollama_url, "has-model", n.headers) for n in targets]
-        call = self._plain_call(scope, raw)
-        if path == "/api/push":
-            return await self.proxy.handle(call, receive, send, found)
-        call.settle = self._settle_on(_created(raw))
-        if len(found) == 1:
-            return await self.proxy.handle(call, receive, send, found)
-        return await self._create_on_each(scope, receive, send, raw, targets, call.settle)
-
-    async def _create_targets(
-        self, scope: Scope, body: dict[str, Any], routable: list[inv.InventoryNode]
-    ) -> list[inv.InventoryNode]:
-        source, digests = placement.create_needs(body)
-        if source:
-            routable = [n for n in routable if n.has(source)]
-            if not routable:
-                raise ModelNotFound(f"model '{body.get('from')}' not found")
-        elif not digests:
-            raise BadRequest("neither 'from' nor 'files' was specified")
-        headers = request_headers(scope["headers"])
-        for digest in digests:
-            routable = await placement.blob_holders(self.upstream.client, routable, digest, headers)
-        if not routable:
-            raise BadRequest(
-                "no host has every blob this model is made from (upload them first, or name "
-                "the host that has them with X-Hops-Node)"
-            )
-        return routable
-
-    async def _create_on_each(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        raw: bytes,
-        nodes: list[inv.InventoryNode],
-        settle: Callable[[str], Awaitable[None]],
-    ) -> Result:
-        """The same create on several hosts, one after another; the client gets the first
-        host's answer if every host succeeded (once the inventory shows the model on each, by
-        ``settle``), else an error naming those that failed. A client that leaves stops it: the
-        host creating now sees its request closed, the rest are not asked."""
-        headers = request_headers(scope["headers"])
-
-        async def make_each() -> tuple[list[httpx.Response], list[str]]:
-            answers, failures = [], []
-            for node in nodes:
-                try:
-                    response = await self.upstream.client.post(
-                        node.ollama_url.rstrip("/") + "/api/create",
-                        content=raw,
-                        headers=with_host_headers(headers, node.headers),
-                    )
-                except httpx.HTTPError as exc:
-                    failures.append(f"{node.node_id}: {type(exc).__name__}")
-                    continue
-                error = placement.progress_error(response)
-                if error:
-                    failures.append(f"{node.node_id}: {error}")
-                else:
-                    answers.append(response)
-            if not failures:
-                await asyncio.gather(*(settle(node.node_id) for node in nodes))
-            return answers, failures
-
-        work = asyncio.ensure_future(make_each())
-        gone = asyncio.ensure_future(wait_disconnect(receive))  # the body is read: only a leave
-        try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
-        if work.cancelled():
-            return Result(outcome="client_cancelled", route="/api/create", node=_ids(nodes))
-        answers, failures = work.result()
-        if failures:
-            raise EdgeError(
-                f"create failed on {len(failures)} of {len(nodes)} hosts: " + "; ".join(failures)
-            )
-        first = answers[0]
-        await Response(
-            first.content,
-            status_code=first.status_code,
-            media_type=first.headers.get("content-type"),
-        )(scope, receive, send)
-        return Result(status=first.status_code, outcome="ok", route="/api/create", node=_ids(nodes))
 
     def _log(self, method: str, path: str, model: str, result: Result, elapsed: float) -> None:
         log.info(
@@ -898,10 +408,6 @@ class EdgeApp:
         if result.ttfb:
             self.metrics.ttfb.labels(route).observe(result.ttfb)
         self.metrics.duration.labels(route).observe(elapsed)
-
-
-def _ids(nodes: list[inv.InventoryNode]) -> str:
-    return ",".join(n.node_id for n in nodes) or "-"
 
 
 def _route_label(path: str) -> str:
@@ -933,16 +439,6 @@ def _with_origin(send: Send, origin: str) -> Send:
     """``send`` adding the allowed origin to the response headers, and letting the page's script
     read X-Hops-Node and X-Hops-Route."""
     return cors.adding(send, [*cors.allowed_origin_headers(origin), EXPOSE_HEADERS])
-
-
-def _created(raw: bytes) -> str:
-    """The model a create request makes ("" when its body names none)."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        return ""
-    model = body.get("model") or body.get("name") if isinstance(body, dict) else ""
-    return model if isinstance(model, str) else ""
 
 
 async def _plain(scope: Scope, receive: Receive, send: Send, status: int) -> Result:

@@ -29,11 +29,12 @@ from typing import Any
 import grpc
 import httpx
 from hops.v1 import router_pb2
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 from edge.cpclient import ControlPlaneClient, ControlPlaneUnavailable, PickRefused
 from edge.errors import (
     ANTHROPIC,
+    OLLAMA,
     OPENAI,
     BadRequest,
     ControlPlaneDown,
@@ -48,7 +49,14 @@ from edge.errors import (
 from edge.hostclient import HostResponse
 from edge.metrics import EdgeMetrics
 from edge.settings import EdgeSettings
-from edge.upstream import ReadReply, Reply, Upstream, response_headers, with_host_headers
+from edge.upstream import (
+    ReadReply,
+    Reply,
+    Upstream,
+    request_headers,
+    response_headers,
+    with_host_headers,
+)
 from hopscommon import names
 from hopscommon.fleet_convert import duration
 from hopscommon.labels import Labels
@@ -85,14 +93,30 @@ class Call:
     session_key: str = ""
     node_id: str = ""
     labels: Labels = ()  # the labels every host it may use must carry (X-Hops-Labels)
-    prompt_tokens: int = 0  # about how long its prompt is (see edge.app.prompt_tokens)
-    longest_input: int = 0  # an embedding's longest input (see edge.app.longest_input)
-    max_reply: int = 0  # the most tokens the reply may run to (see edge.app.max_reply); 0 = any
+    prompt_tokens: int = 0  # about how long its prompt is (see edge.reading.prompt_tokens)
+    longest_input: int = 0  # an embedding's longest input (see edge.reading.longest_input)
+    max_reply: int = 0  # the most tokens the reply may run to (see edge.reading.max_reply); 0 = any
     num_ctx: int = 0  # the context length asked for (options.num_ctx); 0 = none
     runner_options: RunnerOptions = ()  # the other load-time options asked for
     # Awaited with the host's id once its reply ended well, before the response ends: until
     # what the reply made (a pulled or created model) shows in the inventory.
     settle: Callable[[str], Awaitable[None]] | None = None
+
+    @classmethod
+    def given(cls, scope: Scope, body: bytes | AsyncIterator[bytes]) -> Call:
+        """A request for hosts the edge gives, not picked: no lease, Ollama's errors."""
+        return cls(
+            method=scope["method"],
+            path=scope["path"],
+            query=scope.get("query_string", b""),
+            headers=request_headers(scope["headers"]),
+            body=body,
+            model="-",
+            api=0,
+            route=scope["path"],
+            dialect=OLLAMA,
+            not_found="",
+        )
 
 
 @dataclass(slots=True)

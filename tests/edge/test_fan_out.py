@@ -12,8 +12,8 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from edge import app as edge_app_module
 from edge import inventory as inv
+from edge import management
 from edge.cpclient import ControlPlaneClient
 from hopscommon.fleet import InstalledModel
 from tests.edge.planeless import edge_app
@@ -22,7 +22,7 @@ from tests.edge.planeless import edge_app
 async def test_a_silent_host_fails_an_unload_after_the_timeout_naming_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(edge_app_module, "FAN_OUT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(management, "FAN_OUT_TIMEOUT_S", 0.5)
     held: list[asyncio.StreamWriter] = []
 
     async def accept_and_stay_silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

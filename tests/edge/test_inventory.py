@@ -1,7 +1,7 @@
 from starlette.datastructures import Headers
 
 from edge import inventory as inv
-from edge.app import session_key
+from edge.reading import session_key
 from hopscommon.fleet import Details, InstalledModel, LoadedModel
 
 

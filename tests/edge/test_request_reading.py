@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge.app import longest_input, max_reply, num_ctx, prompt_tokens, unloads
+from edge.reading import longest_input, max_reply, num_ctx, prompt_tokens, unloads
 
 
 @pytest.mark.parametrize(
