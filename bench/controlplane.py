@@ -6,7 +6,9 @@ second (in its own process, as agents live on other machines, so building their 
 not stall the clients' event loop); then this script, also on core 1, on uvloop as the edge is:
   1. fan-in: the control plane's CPU over a quiet window with only those snapshots flowing
      (share of one core; target < 10%);
-  2. Pick+Report: C concurrent clients loop Pick then Report (outcome OK) for D seconds, first
+  2. Pick+Report: C concurrent clients loop Pick then Report (outcome OK, carrying Ollama's
+     final-chunk counters with reply lengths that vary as real ones do: see usage_pool, since
+     what a Report teaches is part of its cost) for D seconds, first
      as unary calls over one channel (the fallback), then as calls on one Route stream over
      gRPC, then on the route socket (the edge's own client, as edges send them when the control
      plane offers the socket); reported: pair latency p50/p99, pairs/s, and the control plane's
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -61,6 +64,38 @@ from tests import procs
 
 GIB = 1024**3
 Stream = RouteStream | SocketRouteStream
+
+
+def usage_pool(nodes: int, seed: int = 1, size: int = 50) -> dict[str, list[Any]]:
+    """Per node, Ollama's final-chunk counters as its replies carry them, which every Report
+    brings and the control plane learns from: reply lengths lognormal about a median of 200
+    tokens (half of them between 117 and 342), prompts about 300 tokens, decoding at the node's
+    own speed (30-80 tokens/s, within 3% from one reply to the next). Built once, so the
+    clients spend no time on them."""
+    rng = random.Random(seed)
+    pool: dict[str, list[Any]] = {}
+    for node in range(nodes):
+        speed = rng.uniform(30.0, 80.0)
+        replies = pool[f"node-{node:03d}"] = []
+        for _ in range(size):
+            reply = max(1, int(rng.lognormvariate(math.log(200), 0.8)))
+            prompt = max(1, int(rng.lognormvariate(math.log(300), 0.5)))
+            tps = speed * rng.uniform(0.97, 1.03)
+            replies.append(
+                router_pb2.GenerationStats(
+                    load_duration_ns=50_000_000,
+                    prompt_eval_count=prompt,
+                    prompt_eval_duration_ns=int(prompt / (tps * 20) * 1e9),
+                    eval_count=reply,
+                    eval_duration_ns=int(reply / tps * 1e9),
+                )
+            )
+    return pool
+
+
+def usage(pool: dict[str, list[Any]], node_id: str, rng: random.Random) -> Any:
+    """One reply's counters from ``node_id``."""
+    return rng.choice(pool[node_id])
 
 
 def snapshot(node: int, models: int, tick: int) -> fleet_pb2.NodeSnapshot:
@@ -135,7 +170,11 @@ class Tally:
 
 
 async def pick_report_loop(
-    stub: router_pb2_grpc.RouterServiceAsyncStub, models: int, until: float, tally: Tally
+    stub: router_pb2_grpc.RouterServiceAsyncStub,
+    models: int,
+    until: float,
+    tally: Tally,
+    pool: dict[str, list[Any]],
 ) -> None:
     rng = random.Random()
     while time.perf_counter() < until:
@@ -150,13 +189,17 @@ async def pick_report_loop(
                 lease_id=picked.lease_id,
                 node_id=picked.candidates[0].node_id,
                 outcome=router_pb2.OUTCOME_OK,
+                stats=usage(pool, picked.candidates[0].node_id, rng),
             )
         )
         tally.latencies.append(time.perf_counter() - start)
 
 
-async def stream_pair(stream: Stream, model: str, tally: Tally) -> None:
-    """One Pick then Report on the edge's own Route stream client; its latency is recorded."""
+async def stream_pair(
+    stream: Stream, model: str, tally: Tally, pool: dict[str, list[Any]], rng: random.Random
+) -> None:
+    """One Pick then Report (with the counters of a reply from the ``pool`` of the node picked)
+    on the edge's own Route stream client; its latency is recorded."""
     start = time.perf_counter()
     try:
         picked = await stream.pick(router_pb2.PickRequest(edge_id="bench", model=model), 10.0)
@@ -170,6 +213,7 @@ async def stream_pair(stream: Stream, model: str, tally: Tally) -> None:
             lease_id=picked.lease_id,
             node_id=picked.candidates[0].node_id,
             outcome=router_pb2.OUTCOME_OK,
+            stats=usage(pool, picked.candidates[0].node_id, rng),
         )
     )
     tally.latencies.append(time.perf_counter() - start)
@@ -180,11 +224,12 @@ async def stream_loop(
     models: int,
     until: float,
     tally: Tally,
+    pool: dict[str, list[Any]],
 ) -> None:
     """As pick_report_loop, on the Route stream (one stream, shared by the clients)."""
     rng = random.Random()
     while time.perf_counter() < until:
-        await stream_pair(stream, f"model-{rng.randrange(models)}", tally)
+        await stream_pair(stream, f"model-{rng.randrange(models)}", tally, pool, rng)
 
 
 async def paced_loop(
@@ -193,6 +238,7 @@ async def paced_loop(
     rate: float,
     seconds: float,
     tally: Tally,
+    pool: dict[str, list[Any]],
 ) -> None:
     """Open loop: a pair starts every 1/rate seconds whether or not earlier ones are answered
     (timers fire about once a millisecond, so starts come in small bursts, as requests do)."""
@@ -206,7 +252,7 @@ async def paced_loop(
         if delay > 0:
             await asyncio.sleep(delay)
         model = f"model-{rng.randrange(models)}"
-        pairs.append(asyncio.create_task(stream_pair(stream, model, tally)))
+        pairs.append(asyncio.create_task(stream_pair(stream, model, tally, pool, rng)))
     await asyncio.gather(*pairs)
 
 
@@ -255,11 +301,13 @@ async def run(
     tally = Tally()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
-        await pick_report_loop(stub, args.models, time.perf_counter() + 1.0, Tally())  # warm up
+        pool = usage_pool(args.nodes)
+        warm_until = time.perf_counter() + 1.0
+        await pick_report_loop(stub, args.models, warm_until, Tally(), pool)  # warm up
         before, t0 = cpu_seconds(plane), time.perf_counter()
         until = t0 + args.seconds
         await asyncio.gather(
-            *(pick_report_loop(stub, args.models, until, tally) for _ in range(args.clients))
+            *(pick_report_loop(stub, args.models, until, tally, pool) for _ in range(args.clients))
         )
         elapsed = time.perf_counter() - t0
         plane_cpu = cpu_seconds(plane) - before
@@ -269,12 +317,14 @@ async def run(
         host, _, _ = address.rpartition(":")
         hello = router_pb2.RouteHello(edge_id="bench")
         socket = SocketRouteStream(await SocketCall.open(host, route_port, hello))
-        looped, paced = await both_ways(socket, args, plane, admin)
-        grpc_looped, grpc_paced = await both_ways(RouteStream(stub.Route()), args, plane, admin)
+        looped, paced = await both_ways(socket, args, plane, admin, pool)
+        grpc_stream = RouteStream(stub.Route())
+        grpc_looped, grpc_paced = await both_ways(grpc_stream, args, plane, admin, pool)
     return {
         "nodes": args.nodes,
         "models_per_node": args.models,
         "policy": args.policy,
+        "reports_carry_usage": True,  # see usage_pool
         "fan_in_cpu_share_of_one_core": round(fan_in_share, 4),
         "pick_report": looped,  # what edges use: the route socket, as fast as it goes
         "pick_report_paced": paced,  # the same at a fixed offered rate
@@ -304,21 +354,22 @@ async def both_ways(
     args: argparse.Namespace,
     plane: psutil.Process,
     admin: admin_pb2_grpc.AdminServiceAsyncStub,
+    pool: dict[str, list[Any]],
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Pairs on ``stream`` looping with C clients, then paced at the offered rate; each phase
     starts with no lease open, so one phase's backlog does not weigh on the next."""
-    await stream_loop(stream, args.models, time.perf_counter() + 1.0, Tally())  # warm up
+    await stream_loop(stream, args.models, time.perf_counter() + 1.0, Tally(), pool)  # warm up
     tally = Tally()
     before, t0 = cpu_seconds(plane), time.perf_counter()
     until = t0 + args.seconds
     await asyncio.gather(
-        *(stream_loop(stream, args.models, until, tally) for _ in range(args.clients))
+        *(stream_loop(stream, args.models, until, tally, pool) for _ in range(args.clients))
     )
     looped = summary(tally, time.perf_counter() - t0, cpu_seconds(plane) - before, args.clients)
     looped["leases_open_after"] = await settled(admin)
     tally = Tally()
     before, t0 = cpu_seconds(plane), time.perf_counter()
-    await paced_loop(stream, args.models, args.rate, args.seconds, tally)
+    await paced_loop(stream, args.models, args.rate, args.seconds, tally, pool)
     paced = summary(tally, time.perf_counter() - t0, cpu_seconds(plane) - before, 0)
     paced["offered_pairs_per_s"] = args.rate
     paced["leases_open_after"] = await settled(admin)
