@@ -21,6 +21,13 @@ EWMA_ALPHA = 0.3
 # A load_duration up to this is Ollama handing over a loaded model (tens of ms), not a load.
 WARM_HANDOVER_NS = 100_000_000
 TOKENS_STEP = 0.2
+# A model's reply lengths vary far more than its speeds do (a title, a paragraph, a page), and
+# what ranking needs is their mean: the usual reply is the mean of the first REPLY_WINDOW
+# replies, then a mean weighted over about as many. Following the last few replies (weight
+# EWMA_ALPHA) kept it a quarter off the mean half the time, and moved it (and so every host's
+# floor for the model: a candidate built per host) on four Reports in ten; this window, 5% off
+# and once in 250 (lengths lognormal, half within 0.6-1.7x their median).
+REPLY_WINDOW = 50
 # A generation's real prompt against the edge's estimate of it, per model (see prompt_scale):
 # a prompt estimated under this many tokens teaches what the model's template and default
 # system prompt add; a longer one, how many tokens its tokenizer makes of one the edge counts.
@@ -67,6 +74,7 @@ class Learning:
     # Per model key, reply length in tokens: (running average, the figure policies see). The
     # second moves only when the first drifts by TOKENS_STEP, since every host's floor uses it.
     tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
+    replies: dict[str, int] = field(default_factory=dict)  # per model key, replies counted
     # Per model key, what Ollama counts of a generation's prompt against the edge's estimate:
     # (tokens its template and default system prompt add, real tokens per estimated one; 0 =
     # not learned), from the prompt_eval_count of replies. Ollama cuts a prompt over its
@@ -245,7 +253,9 @@ class Learning:
         self.prompt_scale[model] = (extra, ratio)
 
     def _learn_tokens(self, model: str, count: int) -> None:
-        self.tokens[model], moved = _stepped(self.tokens.get(model), count, TOKENS_STEP)
+        replies = self.replies[model] = self.replies.get(model, 0) + 1
+        weight = 1.0 / min(replies, REPLY_WINDOW)
+        self.tokens[model], moved = _stepped(self.tokens.get(model), count, TOKENS_STEP, weight)
         if moved:  # every host's cost, and so floor, for this model changed
             for node in self.fleet.holders.get(model, {}).values():
                 self.moved(node, model)
@@ -319,17 +329,17 @@ def _less_prompt(span_ns: int, prompt_seconds: float, measured: bool) -> int:
     return span_ns - prompt_ns if measured else span_ns
 
 
-def _ewma(old: float, new: float) -> float:
-    return new if old == 0 else old + EWMA_ALPHA * (new - old)
+def _ewma(old: float, new: float, alpha: float = EWMA_ALPHA) -> float:
+    return new if old == 0 else old + alpha * (new - old)
 
 
 def _stepped(
-    seen: tuple[float, float] | None, sample: float, step: float
+    seen: tuple[float, float] | None, sample: float, step: float, alpha: float = EWMA_ALPHA
 ) -> tuple[tuple[float, float], bool]:
-    """Fold ``sample`` into (running average, the figure policies see); the figure follows the
-    average only when it drifts by ``step`` (floors depend on it). Returns the pair and whether
-    the figure moved."""
+    """Fold ``sample`` into (running average, weighing it ``alpha``; the figure policies see);
+    the figure follows the average only when it drifts by ``step`` (floors depend on it).
+    Returns the pair and whether the figure moved."""
     average, used = seen or (0.0, 0.0)
-    average = _ewma(average, sample)
+    average = _ewma(average, sample, alpha)
     moved = not used or abs(average - used) > step * used
     return (average, average if moved else used), moved

@@ -1,3 +1,6 @@
+import itertools
+import math
+import random
 import time
 from dataclasses import replace
 from unittest import mock
@@ -472,6 +475,29 @@ def test_reply_length_is_learned_from_reports() -> None:
     learned = router.candidates.build(fleet.nodes["n"], "m:latest", "")
     assert learned.expected_tokens == pytest.approx(80, rel=0.2)
     assert service_time(learned) == pytest.approx(1.0, rel=0.2)  # 80 tokens at 80 tokens/s
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_usual_reply_is_the_mean_of_replies_that_vary_and_seldom_moves(seed: int) -> None:
+    """Reply lengths vary widely from one reply to the next; what ranking needs is their mean.
+    A figure that follows the last few replies is far from it and moves on most Reports, and
+    each move refreshes the floor of every host that has the model."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["m:latest"], loaded=["m"])
+    router = builders.router(fleet, "memory_aware")
+    rng = random.Random(seed)
+    lengths, figures = [], []
+    for _ in range(100):
+        outcome = router.pick(RouteRequest(model="m", edge_id="e"))
+        count = max(1, int(rng.lognormvariate(math.log(200), 0.8)))  # half within 117-342
+        lengths.append(count)
+        stats = GenerationStats(eval_count=count, eval_duration_ns=10**9)
+        router.report(Report(outcome.lease_id, "n", Outcome.OK, http_status=200, stats=stats))
+        figures.append(router.candidates.build(fleet.nodes["n"], "m:latest", "").expected_tokens)
+    mean = sum(lengths) / len(lengths)
+    assert all(abs(f - mean) < 0.5 * mean for f in figures[40:]), (mean, figures[40:])
+    moves = sum(before != after for before, after in itertools.pairwise(figures[20:]))
+    assert moves <= 8  # of 79 Reports (following the last few replies: about 35)
 
 
 def test_a_cold_load_waits_for_the_loads_routed_to_its_host_before_it() -> None:
