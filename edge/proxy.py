@@ -7,7 +7,7 @@ response, and 5xx answers (Ollama's busy 503 among them) move on to the next can
 typed option, an invalid format, an unreadable image): any host would answer it the same, so it
 goes to the client at once. A failure's report carries its error text (a 5xx's, or the line
 that ends a stream) and a digest of the request, for the control plane to tell a host's
-failure from the request's (Router.report). Once the first byte went out there is no
+failure from the request's (controlplane.blame). Once the first byte went out there is no
 retry: a failure mid-stream ends the stream with an Ollama-style error line. A client that goes
 away closes the upstream connection at once (that is what stops Ollama generating) and the lease
 is reported cancelled.
@@ -19,12 +19,10 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import httpx
@@ -46,11 +44,17 @@ from edge.errors import (
     error_body,
     error_response,
 )
-from edge.hostclient import HostResponse
 from edge.metrics import EdgeMetrics
+from edge.replies import (
+    TAIL_BYTES,
+    error_reply,
+    error_text,
+    final_stats,
+    in_band_failure,
+    requests_fault,
+)
 from edge.settings import EdgeSettings
 from edge.upstream import (
-    ReadReply,
     Reply,
     Upstream,
     request_headers,
@@ -60,11 +64,10 @@ from edge.upstream import (
 from hopscommon import names
 from hopscommon.fleet_convert import duration
 from hopscommon.labels import Labels
-from hopscommon.ollama_json import count
 from hopscommon.runner_options import RunnerOptions
 
 log = logging.getLogger("hops.edge")
-TAIL_BYTES = 16 * 1024
+STREAM_ERROR = "stream_error"  # the access log's outcome for Ollama's in-band failure
 RETRYABLE = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
@@ -349,7 +352,7 @@ class Proxy:
                 and not isinstance(call.body, AsyncIterator)
             ):
                 busy = response.status_code == 503
-                read = None if busy else await _error_reply(response)
+                read = None if busy else await error_reply(response)
                 error = error_text(read.body) if read is not None else ""
                 if read is not None and requests_fault(error):
                     # Any host would answer the same: this one's answer is the client's.
@@ -433,7 +436,7 @@ class Proxy:
             # Judged before the last send: a client that leaves on reading the error line
             # may cancel it.
             if outcome == router_pb2.OUTCOME_OK:
-                failure = _in_band_failure(b"".join(tail), content_type, call.path)
+                failure = in_band_failure(b"".join(tail), content_type, call.path)
                 if failure is not None:
                     outcome = self._failed_mid_stream(target, result)
                     error = failure
@@ -470,7 +473,7 @@ class Proxy:
             elif (
                 outcome == router_pb2.OUTCOME_OK
                 and "ndjson" in content_type
-                and (failure := _in_band_failure(b"".join(tail), content_type, call.path))
+                and (failure := in_band_failure(b"".join(tail), content_type, call.path))
                 is not None
             ):  # Ollama's error line ends its stream: the client left after the host failed
                 outcome = self._failed_mid_stream(target, result)
@@ -492,7 +495,7 @@ class Proxy:
                 ttfb=ttfb,
                 error=error,
                 digest=_digest(call) if error else "",
-                stats=_final_stats(
+                stats=final_stats(
                     b"".join(tail), ttfb, finished, events - 1 if count_events else 0, streamed
                 ),
             )
@@ -564,165 +567,12 @@ class Proxy:
         self.metrics.generated_tokens.labels(node_id).inc(stats.eval_count)
 
 
-def _final_stats(
-    tail: bytes,
-    ttfb: float = 0.0,
-    finished: float = 0.0,
-    events: int = 0,
-    streamed: bool = True,
-) -> router_pb2.GenerationStats | None:
-    """Counters from Ollama's final chunk (the last line with "done":true), if it is in ``tail``;
-    else those the edge measures (the OpenAI, Responses and Anthropic routes: no durations).
-    They are the tokens of the last ``usage`` object there, else ``events`` (a stream's token
-    events counted); and for a reply that ended well ``finished`` seconds after it began, when
-    ``streamed`` the times to its first token (``ttfb``) and from there to the last, else the
-    whole reply's time (its first byte was its last)."""
-    for line in reversed(tail.strip().split(b"\n")):
-        if b'"done":true' not in line.replace(b" ", b""):
-            continue
-        try:
-            final = json.loads(line)
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(final, dict):
-            return None
-        # What the host says is data: a count that is not one (a string, a negative or
-        # oversized number) counts as not said, and never keeps the lease from its report.
-        return router_pb2.GenerationStats(
-            total_duration_ns=count(final.get("total_duration")) or 0,
-            load_duration_ns=count(final.get("load_duration")) or 0,
-            prompt_eval_count=count(final.get("prompt_eval_count")) or 0,
-            prompt_eval_duration_ns=count(final.get("prompt_eval_duration")) or 0,
-            eval_count=count(final.get("eval_count")) or 0,
-            eval_duration_ns=count(final.get("eval_duration")) or 0,
-            prompt_eval_cached_count=count(final.get("prompt_eval_cached_count")),
-        )
-    stats = _usage_stats(tail)
-    if not streamed:
-        if stats is not None and stats.eval_count and finished > 0:
-            stats.reply_ns = int(finished * 1e9)
-        return stats
-    # Only a stream that ended with OpenAI's success marker: a cut stream's events, or those
-    # before an error event, are not the reply's length.
-    if stats is None and events > 0 and finished and tail.rstrip().endswith(b"data: [DONE]"):
-        stats = router_pb2.GenerationStats(eval_count=events)
-    if stats is not None and finished > ttfb > 0:
-        stats.first_token_ns = int(ttfb * 1e9)
-        stats.eval_duration_ns = int((finished - ttfb) * 1e9)
-    return stats
-
-
-ERROR_TEXT_MAX = 256  # characters of a 5xx's error text sent to the control plane
-ERROR_READ_S = 2.0  # for a 5xx's body before the next host is tried: Ollama sends it at once
-# Ollama's 500s that the request earns itself, on any host alike: a wrongly typed option
-# (api/types.go Options.FromMap), a format neither "json" nor a schema (the runner's check), an
-# image no image decoder knows (the runner's inputs).
-REQUEST_FAULTS = re.compile(
-    r'option "[^"]*" must be of |invalid format: |failed to process inputs: image: unknown format'
-)
-
-
-async def _error_reply(response: httpx.Response | HostResponse) -> ReadReply | None:
-    """``response`` (an error status) read whole, or None when its body is over TAIL_BYTES or
-    does not come within ERROR_READ_S (then it is not read on: the next host is tried)."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(ERROR_READ_S):
-            async for chunk in response.aiter_raw():
-                size += len(chunk)
-                if size > TAIL_BYTES:
-                    return None
-                chunks.append(chunk)
-    except (TimeoutError, httpx.HTTPError, OSError):
-        return None
-    return ReadReply(response.status_code, response.headers, b"".join(chunks), response)
-
-
-def error_text(body: bytes) -> str:
-    """The error message a reply carries: Ollama's ``{"error": "..."}``, or the message of the
-    OpenAI or Anthropic shape (``{"error": {"message": ...}}``); "" for anything else."""
-    try:
-        reply = json.loads(body)
-    except (ValueError, RecursionError):
-        return ""
-    return _message(reply)
-
-
-def _message(reply: Any) -> str:
-    """error_text of a reply already parsed."""
-    error = reply.get("error") if isinstance(reply, dict) else None
-    if isinstance(error, dict):
-        error = error.get("message")
-    return error[:ERROR_TEXT_MAX] if isinstance(error, str) else ""
-
-
 def _digest(call: Call) -> str:
     """A digest of the request as the client sent it (its route and body), for a failure's
     report; "" for a body passed on as it arrived (never held whole)."""
     if not isinstance(call.body, bytes):
         return ""
     return hashlib.sha256(call.path.encode() + b"\n" + call.body).hexdigest()[:32]
-
-
-def requests_fault(error: str) -> bool:
-    """Whether a 5xx's error text is one Ollama gives for the request's own fault."""
-    return REQUEST_FAULTS.match(error) is not None
-
-
-STREAM_ERROR = "stream_error"  # the access log's outcome for Ollama's in-band failure
-GENERATING = ("/api/generate", "/api/chat")
-OPENAI_STREAMS = ("/v1/chat/completions", "/v1/completions")  # these end with data: [DONE]
-
-
-def _in_band_failure(tail: bytes, content_type: str, path: str) -> str | None:
-    """Whether a generation stream that began with a 2xx ended with Ollama's word that its
-    runner failed, and that word: an ``{"error": ...}`` line closing an NDJSON stream (its
-    text), or an OpenAI chat or completions stream ending without its ``data: [DONE]`` (""):
-    Ollama swallows the error there. None when it did not fail so. Other streams' errors (a
-    pull of a name the registry lacks) are not the host's fault."""
-    end = tail.rstrip()
-    if "ndjson" in content_type and path in GENERATING:
-        last = end.rsplit(b"\n", 1)[-1]
-        if b'"error"' not in last:
-            return None
-        try:
-            line = json.loads(last)
-        except (ValueError, RecursionError):
-            return None
-        if not (isinstance(line, dict) and "error" in line and "done" not in line):
-            return None
-        return _message(line)
-    if "event-stream" in content_type and path in OPENAI_STREAMS:
-        return None if end.endswith(b"data: [DONE]") else ""
-    return None
-
-
-USAGE = re.compile(rb'"usage"\s*:\s*')
-
-
-def _usage_stats(tail: bytes) -> router_pb2.GenerationStats | None:
-    """The token counts of the last ``usage`` object in ``tail``: OpenAI's prompt_tokens and
-    completion_tokens, or input_tokens and output_tokens (Responses, Anthropic), and the cached
-    part of the prompt where it is told (prompt_tokens_details / input_tokens_details)."""
-    starts = [m.end() for m in USAGE.finditer(tail)]
-    if not starts:
-        return None
-    try:
-        usage, _ = json.JSONDecoder().raw_decode(tail[starts[-1] :].decode("utf-8", "replace"))
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(usage, dict):
-        return None
-    output = count(usage.get("completion_tokens", usage.get("output_tokens")))
-    if not output:
-        return None
-    prompt = count(usage.get("prompt_tokens", usage.get("input_tokens"))) or 0
-    details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return router_pb2.GenerationStats(
-        prompt_eval_count=prompt, eval_count=output, prompt_eval_cached_count=count(cached)
-    )
 
 
 async def _no_receive() -> dict[str, object]:

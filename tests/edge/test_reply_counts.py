@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edge.proxy import _final_stats, _in_band_failure
+from edge.replies import final_stats, in_band_failure
 
 
 def _sse(*events: dict[str, object]) -> bytes:
@@ -52,7 +52,7 @@ def _sse(*events: dict[str, object]) -> bytes:
     ],
 )
 def test_reply_counts_from_the_tail(tail: bytes, counts: tuple[int, int]) -> None:
-    stats = _final_stats(tail)
+    stats = final_stats(tail)
     assert stats is not None
     assert (stats.prompt_eval_count, stats.eval_count) == counts
 
@@ -67,7 +67,7 @@ def test_reply_counts_from_the_tail(tail: bytes, counts: tuple[int, int]) -> Non
     ],
 )
 def test_no_counts_without_a_whole_usage(tail: bytes) -> None:
-    assert _final_stats(tail) is None
+    assert final_stats(tail) is None
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_the_cached_part_of_the_prompt_when_the_reply_tells_it(
 ) -> None:
     """Newer Ollama says how many prompt tokens its cache held (its prompt_eval_duration times
     only the others); a reply that does not say, or says it wrongly, leaves it unset."""
-    stats = _final_stats(tail, streamed=False)
+    stats = final_stats(tail, streamed=False)
     assert stats is not None and stats.prompt_eval_count == 40
     told = stats.prompt_eval_cached_count if stats.HasField("prompt_eval_cached_count") else None
     assert told == cached
@@ -132,7 +132,7 @@ def test_a_count_that_is_not_one_is_not_taken_and_raises_nothing(bad: str) -> No
     """A host's final chunk or usage is data from the network: a count that is not a count
     (a string, negative, a float, too big for the report) counts as not said. Raising there
     used to lose the attempt's report, leaving its lease (and the host's slot) held."""
-    native = _final_stats(
+    native = final_stats(
         f'{{"done":true,"eval_count":{bad},"eval_duration":{bad},"prompt_eval_count":3,'
         f'"load_duration":{bad},"total_duration":{bad},"prompt_eval_duration":{bad},'
         f'"prompt_eval_cached_count":{bad}}}'.encode()
@@ -143,7 +143,7 @@ def test_a_count_that_is_not_one_is_not_taken_and_raises_nothing(bad: str) -> No
     usage = {"prompt_tokens": 3, "completion_tokens": 9, "prompt_tokens_details": {}}
     for field in ("prompt_tokens", "completion_tokens"):
         tail = json.dumps({"usage": usage}).replace(f'"{field}": ', f'"{field}": {bad}, "x": ')
-        stats = _final_stats(tail.encode(), streamed=False)
+        stats = final_stats(tail.encode(), streamed=False)
         if field == "completion_tokens":
             assert stats is None  # no length: nothing to learn
         else:
@@ -152,15 +152,15 @@ def test_a_count_that_is_not_one_is_not_taken_and_raises_nothing(bad: str) -> No
 
 def test_a_reply_nested_too_deep_to_read_gives_no_counts() -> None:
     deep = b"[" * 5000 + b"]" * 5000
-    assert _final_stats(b'{"done":true,"eval_count":' + deep + b"}") is None
-    assert _final_stats(b'{"usage": {"completion_tokens": 3, "x": ' + deep + b"}}") is None
+    assert final_stats(b'{"done":true,"eval_count":' + deep + b"}") is None
+    assert final_stats(b'{"usage": {"completion_tokens": 3, "x": ' + deep + b"}}") is None
 
 
 def test_a_stream_without_durations_is_timed_by_the_edge() -> None:
     """An OpenAI-compatible stream (no durations, no usage unless asked): its events counted,
     and the edge's own times to the first token and from there to the last."""
     tail = _sse({"choices": [{"delta": {"content": "x"}}]}) + b"data: [DONE]\n\n"
-    stats = _final_stats(tail, 1.5, 4.0, 50)
+    stats = final_stats(tail, 1.5, 4.0, 50)
     assert stats is not None
     assert (stats.eval_count, stats.first_token_ns, stats.eval_duration_ns) == (
         50,
@@ -168,7 +168,7 @@ def test_a_stream_without_durations_is_timed_by_the_edge() -> None:
         2_500_000_000,
     )
     # With usage asked for, its count wins over the events, and the times are the same.
-    with_usage = _final_stats(
+    with_usage = final_stats(
         tail + _sse({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}),
         1.5,
         4.0,
@@ -184,21 +184,21 @@ def test_a_reply_not_streamed_is_timed_whole_by_the_edge() -> None:
     body = json.dumps(
         {"choices": [{"message": {"content": "hi"}}], "usage": {"completion_tokens": 12}}
     ).encode()
-    stats = _final_stats(body, 3.9, 4.0, 0, streamed=False)
+    stats = final_stats(body, 3.9, 4.0, 0, streamed=False)
     assert stats is not None
     assert (stats.eval_count, stats.reply_ns) == (12, 4_000_000_000)
     assert (stats.first_token_ns, stats.eval_duration_ns) == (0, 0)
     # One that did not end well (finished 0) is not timed.
-    failed = _final_stats(body, 3.9, 0.0, 0, streamed=False)
+    failed = final_stats(body, 3.9, 0.0, 0, streamed=False)
     assert failed is not None and failed.reply_ns == 0
     # Ollama's own non-streamed reply keeps its durations.
-    native = _final_stats(b'{"done":true,"eval_count":7,"eval_duration":9}', 1.0, 2.0, 0, False)
+    native = final_stats(b'{"done":true,"eval_count":7,"eval_duration":9}', 1.0, 2.0, 0, False)
     assert native is not None and (native.eval_duration_ns, native.reply_ns) == (9, 0)
 
 
 def test_ollamas_own_durations_are_never_replaced_by_the_edges() -> None:
     tail = b'{"done":true,"eval_count":7,"eval_duration":1000000,"load_duration":5}\n'
-    stats = _final_stats(tail, 1.5, 4.0, 0)
+    stats = final_stats(tail, 1.5, 4.0, 0)
     assert stats is not None
     assert (stats.eval_duration_ns, stats.load_duration_ns, stats.first_token_ns) == (10**6, 5, 0)
 
@@ -206,9 +206,9 @@ def test_ollamas_own_durations_are_never_replaced_by_the_edges() -> None:
 def test_a_stream_that_did_not_end_well_teaches_nothing() -> None:
     # Cut, cancelled or failed (finished 0): its events so far are not the reply's length.
     tail = _sse({"choices": [{"delta": {"content": "x"}}]})
-    assert _final_stats(tail, 1.5, 0.0, 30) is None
+    assert final_stats(tail, 1.5, 0.0, 30) is None
     # Ended, but with an error event where OpenAI's [DONE] should be.
-    assert _final_stats(tail + _sse({"error": {"message": "model crashed"}}), 1.5, 4.0, 30) is None
+    assert final_stats(tail + _sse({"error": {"message": "model crashed"}}), 1.5, 4.0, 30) is None
 
 
 @pytest.mark.parametrize(
@@ -258,4 +258,4 @@ def test_a_stream_that_did_not_end_well_teaches_nothing() -> None:
 def test_a_stream_ended_by_ollamas_in_band_error(
     tail: bytes, content_type: str, path: str, failed: bool
 ) -> None:
-    assert (_in_band_failure(tail, content_type, path) is not None) is failed
+    assert (in_band_failure(tail, content_type, path) is not None) is failed
