@@ -58,8 +58,8 @@ from hops.v1 import (
 )
 
 from bench.sim_capacity import pin
-from edge.cpclient import RouteStream, SocketRouteStream
 from edge.routesocket import SocketCall
+from edge.routestreams import RouteStream, SocketRouteStream
 from tests import procs
 
 GIB = 1024**3

@@ -29,7 +29,7 @@ import httpx
 from hops.v1 import router_pb2
 from starlette.types import Receive, Scope, Send
 
-from edge.cpclient import ControlPlaneClient, ControlPlaneUnavailable, PickRefused
+from edge.cpclient import ControlPlaneClient, ControlPlaneUnavailable
 from edge.errors import (
     ANTHROPIC,
     OLLAMA,
@@ -53,6 +53,7 @@ from edge.replies import (
     in_band_failure,
     requests_fault,
 )
+from edge.routestreams import PickRefused
 from edge.settings import EdgeSettings
 from edge.upstream import (
     Reply,

@@ -1,6 +1,6 @@
 """The edge's end of a control plane's route socket (controlplane/route_socket.py): the Route
 stream's messages as frames on one TCP connection, written as they are made and handled as
-their bytes arrive, with no task in between (cpclient.SocketRouteStream drives it)."""
+their bytes arrive, with no task in between (routestreams.SocketRouteStream drives it)."""
 
 from __future__ import annotations
 

@@ -14,8 +14,9 @@ from hops.v1 import router_pb2, router_pb2_grpc
 
 from controlplane.server import ControlPlane, running
 from controlplane.settings import ControlPlaneSettings
-from edge import cpclient
-from edge.cpclient import ControlPlaneClient, RouteStream
+from edge import routestreams
+from edge.cpclient import ControlPlaneClient
+from edge.routestreams import RouteStream, StreamBroken
 from tests.controlplane.builders import add_node
 from tests.simfixtures import eventually
 
@@ -163,7 +164,7 @@ async def test_a_report_with_no_pick_in_flight_goes_at_once(
 ) -> None:
     # Waiting for a pick to ride with would make the next request's pick carry the report, and
     # the control plane would apply it while that pick waits for its answer.
-    monkeypatch.setattr(cpclient, "REPORT_DELAY_S", 60.0)
+    monkeypatch.setattr(routestreams, "REPORT_DELAY_S", 60.0)
     settings = ControlPlaneSettings(listen=("127.0.0.1", 0), metrics_listen=None)
     async with running(settings) as plane, _route_stream(plane) as stream:
         add_node(plane.fleet, "solo")
@@ -176,7 +177,7 @@ async def test_a_report_with_no_pick_in_flight_goes_at_once(
 async def test_a_report_made_while_a_pick_is_in_flight_rides_with_the_next_pick(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(cpclient, "REPORT_DELAY_S", 60.0)
+    monkeypatch.setattr(routestreams, "REPORT_DELAY_S", 60.0)
     settings = ControlPlaneSettings(
         listen=("127.0.0.1", 0), metrics_listen=None, admission_wait=5.0
     )
@@ -239,7 +240,7 @@ async def test_a_broken_stream_names_the_picks_it_has_no_answers_for() -> None:
     sent = [c.request_id for m in call.written for c in m.calls]
     assert len(sent) == 2
     stream.close()
-    with pytest.raises(cpclient._StreamBroken):
+    with pytest.raises(StreamBroken):
         await waiting
     assert sorted(lost) == sorted(sent)
 
