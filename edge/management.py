@@ -61,11 +61,7 @@ class Management:
         """Unload ``model`` everywhere: every connected host is asked, as the inventory may lag a
         load by a poll (where the model is not loaded Ollama answers the same and does nothing;
         a host without it answers 404). The reply is one host's own."""
-        headers = Headers(scope=scope)
-        current = await self.inventory(self.reader.labels_of(headers))
-        node_id = headers.get("x-hops-node", "")
-        targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
-        done = await self._on_each(scope, targets, path, raw)
+        done = await self._on_every_host(scope, path, raw)
         if not done:
             raise ModelNotFound(f"model '{model}' not found")
         reply = done[0][1]
@@ -93,17 +89,24 @@ class Management:
             if not isinstance(model, str) or not model or not body.get("destination"):
                 raise BadRequest("source and destination are required")
             missing = f'model "{model}" not found'
-        headers = Headers(scope=scope)
-        current = await self.inventory(self.reader.labels_of(headers))
-        node_id = headers.get("x-hops-node", "")
-        targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
-        done = await self._on_each(scope, targets, path, raw)
+        done = await self._on_every_host(scope, path, raw)
         if not done:
             raise ModelNotFound(missing)
         made, gone = (body.get("destination"), False) if path == "/api/copy" else (model, True)
         await self._settled((n.node_id for n, _ in done), str(made), gone=gone)
         await Response(b"", status_code=200)(scope, receive, send)
         return Result(status=200, outcome="ok", route=path, node=_ids([n for n, _ in done])), model
+
+    async def _on_every_host(
+        self, scope: Scope, path: str, raw: bytes
+    ) -> list[tuple[inv.InventoryNode, httpx.Response]]:
+        """_on_each for every connected host carrying the request's labels, or only the one
+        its X-Hops-Node names."""
+        headers = Headers(scope=scope)
+        current = await self.inventory(self.reader.labels_of(headers))
+        node_id = headers.get("x-hops-node", "")
+        targets = [n for n in current.nodes if not node_id or n.node_id == node_id]
+        return await self._on_each(scope, targets, path, raw)
 
     async def _on_each(
         self, scope: Scope, nodes: list[inv.InventoryNode], path: str, raw: bytes
