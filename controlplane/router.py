@@ -216,7 +216,8 @@ class Router:
             context = wanted if chosen.reload else 0
             victims = self.candidates.victims(first, key, chosen)
             realiased = first.mark_loading(key, memory, victims, context, asked=lease.context)
-            self.fleet.warm_changed(first.node_id, realiased)
+            # Loading here now: its floor falls to the loading tier's (see BoundedPicker).
+            self.fleet.warm_changed(first.node_id, realiased | {key})
             if not chosen.loading:  # its own load: the instance will have its runner options
                 first.load_options[key] = options
             self.fleet.count_warm(first)

@@ -203,9 +203,11 @@ class BoundedPicker(Picker, Protocol):
     the same answer as ranking every host, at a fraction of the work on a big fleet.
 
     ``floor(c)`` must not exceed ``cost(x)`` for any candidate ``x`` of the same host and model
-    built while the host's hello, snapshot and learned figures are those of ``c``: that is, it
-    must hold whatever the in-flight counts, the routed-load marks and the free and idle memory
-    figures derived from them. Affinity is excluded (the session's host is always evaluated).
+    built while the host's hello, snapshot, learned figures and routed load of that model (if
+    any) are those of ``c``: that is, it must hold whatever the in-flight counts, the other
+    models' routed loads and evictions, and the free and idle memory figures derived from them.
+    The router refreshes a floor when the model starts or stops being warm or loading there.
+    Affinity is excluded (the session's host is always evaluated).
     """
 
     def cost(self, c: Candidate) -> float: ...

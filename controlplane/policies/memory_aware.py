@@ -264,10 +264,17 @@ class MemoryAwarePicker:
         return _cost(c)[0]
 
     def floor(self, c: Candidate) -> float:
-        """The least the host can cost: no queue for a loaded model, else half a load (the
-        loading tier, the cheapest for a model not loaded). Only what snapshots and Reports
-        change enters: loaded or not, model size, learned speeds, memory size, weight."""
-        return _total(0.0 if c.loaded else load_estimate(c) / 2, service_time(c), c)
+        """The least the host can cost: no queue for a loaded model; half a load for one being
+        loaded there (the loading tier); else a whole load and COLD_LOAD_PENALTY_S (the
+        cheapest cold tier). Only what snapshots, routed loads and Reports change enters:
+        loaded, loading or neither, model size, learned speeds, memory size, weight."""
+        if c.loaded:
+            wait = 0.0
+        elif c.loading:
+            wait = load_estimate(c) / 2
+        else:
+            wait = load_estimate(c) + COLD_LOAD_PENALTY_S
+        return _total(wait, service_time(c), c)
 
     def pick(
         self, request: RouteRequest, candidates: Sequence[Candidate], limit: int

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from controlplane import router as router_module
 from controlplane.candidates import Candidates
 from controlplane.fleet import Node, model_key
+from controlplane.learning import Learned
 from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import REGISTRY, Candidate
 from controlplane.router import PickOutcome, Router
@@ -230,3 +231,34 @@ def test_a_big_fleet_builds_candidates_only_for_the_hosts_that_could_win(
     built.clear()
     router.pick(RouteRequest(model="model-7", edge_id="e"))
     assert len(built) == 100
+
+
+def test_hosts_that_must_load_the_model_are_not_visited_when_warm_hosts_serve_sooner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host with the model neither loaded nor loading costs at least a whole load: its floor
+    says so, so a pick the warm hosts answer sooner visits none of them, even when they decode
+    faster than the warm hosts (whose reply takes 4 s here, against 2.5 s plus a load)."""
+    fleet = builders.fleet()
+    for n in range(100):
+        builders.add_node(fleet, f"node-{n:03d}", ["m:latest"], loaded=["m"] if n < 5 else [])
+    router = builders.router(fleet, "memory_aware")
+    for n in range(100):
+        tps = 50.0 if n < 5 else 80.0
+        router.learning.learned[(f"node-{n:03d}", "m:latest")] = Learned(
+            decode_tps=tps, load_seconds=1.5
+        )
+    built: list[str] = []
+    build = Candidates.build
+
+    def counting(self: Candidates, node: Node, key: str, affinity: str, *rest: Any) -> Candidate:
+        built.append(node.node_id)
+        return build(self, node, key, affinity, *rest)
+
+    monkeypatch.setattr(Candidates, "build", counting)
+    first = router.pick(RouteRequest(model="m", edge_id="e"))  # builds the floor index
+    fleet.leases.close(first.lease_id)
+    built.clear()
+    outcome = router.pick(RouteRequest(model="m", edge_id="e", max_candidates=3))
+    assert [r.reason for r in outcome.ranked] == ["warm"] * 3
+    assert len(built) <= 5, built  # the five warm hosts at most
