@@ -78,6 +78,7 @@ demo: install ## A local fleet (control plane, 4 simulated hosts + agents, edge)
 bench: install ## Run the benchmarks under bench/ (figures printed, JSON in bench/results/)
 	$(PY) bench/sim_capacity.py
 	$(PY) bench/controlplane.py
+	$(PY) bench/routing_cost.py
 	$(PY) bench/routing.py
 	$(PY) bench/mixed_context.py
 	$(PY) bench/long_prompts.py
