@@ -202,6 +202,19 @@ def test_bounded_ranking_equals_ranking_every_host(seed: int) -> None:
             router.policy = REGISTRY["memory_aware"](1)
 
 
+def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The node ids of the candidate records built from now on, in order."""
+    built: list[str] = []
+    build = Candidates.build
+
+    def counting(self: Candidates, node: Node, key: str, affinity: str, *rest: Any) -> Candidate:
+        built.append(node.node_id)
+        return build(self, node, key, affinity, *rest)
+
+    monkeypatch.setattr(Candidates, "build", counting)
+    return built
+
+
 def test_a_big_fleet_builds_candidates_only_for_the_hosts_that_could_win(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -212,14 +225,7 @@ def test_a_big_fleet_builds_candidates_only_for_the_hosts_that_could_win(
             fleet, f"node-{n:03d}", models, loaded=[models[n % 20], models[(n + 1) % 20]]
         )
     router = builders.router(fleet, "memory_aware")
-    built: list[str] = []
-    build = Candidates.build
-
-    def counting(self: Candidates, node: Node, key: str, affinity: str, *rest: Any) -> Candidate:
-        built.append(node.node_id)
-        return build(self, node, key, affinity, *rest)
-
-    monkeypatch.setattr(Candidates, "build", counting)
+    built = _counting_builds(monkeypatch)
     router.pick(RouteRequest(model="model-5", edge_id="e"))  # builds the floor index
     built.clear()
     outcome = router.pick(RouteRequest(model="model-7", edge_id="e", max_candidates=3))
@@ -248,14 +254,7 @@ def test_hosts_that_must_load_the_model_are_not_visited_when_warm_hosts_serve_so
         router.learning.learned[(f"node-{n:03d}", "m:latest")] = Learned(
             decode_tps=tps, load_seconds=1.5
         )
-    built: list[str] = []
-    build = Candidates.build
-
-    def counting(self: Candidates, node: Node, key: str, affinity: str, *rest: Any) -> Candidate:
-        built.append(node.node_id)
-        return build(self, node, key, affinity, *rest)
-
-    monkeypatch.setattr(Candidates, "build", counting)
+    built = _counting_builds(monkeypatch)
     first = router.pick(RouteRequest(model="m", edge_id="e"))  # builds the floor index
     fleet.leases.close(first.lease_id)
     built.clear()
