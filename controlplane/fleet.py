@@ -557,7 +557,7 @@ class Fleet:
         self.count_warm(node)
 
     def warm_changed(self, node_id: str, keys: set[str]) -> None:
-        if keys:  # the router refreshes the floors of their copies too (_refresh_floor)
+        if keys:  # the router refreshes the floors of their copies too (FloorIndex.refresh)
             self.rekeyed.setdefault(node_id, set()).update(keys)
 
     def count_warm(self, node: Node) -> None:
