@@ -4,7 +4,8 @@ its node id. A pick visits hosts in this order and stops once no host left could
 Router._rank_bounded), so a big fleet builds only a handful of candidates per pick.
 
 The index follows the fleet: ``refresh_all`` before each bounded pick takes in the hosts whose
-hello, inventory or warm models changed; ``refresh`` one (node, model) whose learned figures
+hello or inventory changed, and the models that became or stopped being warm on a host or
+had a load routed there (Fleet.rekeyed); ``refresh`` one (node, model) whose learned figures
 moved. Runs on the control plane's event loop, called by the Router.
 """
 

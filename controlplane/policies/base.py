@@ -206,7 +206,9 @@ class BoundedPicker(Picker, Protocol):
     built while the host's hello, snapshot, learned figures and routed load of that model (if
     any) are those of ``c``: that is, it must hold whatever the in-flight counts, the other
     models' routed loads and evictions, and the free and idle memory figures derived from them.
-    The router refreshes a floor when the model starts or stops being warm or loading there.
+    The router refreshes a floor when the model becomes or stops being warm there, and when a
+    load of it is routed there; not when such a load ends unseen, so a floor must not fall
+    then.
     Affinity is excluded (the session's host is always evaluated).
     """
 
