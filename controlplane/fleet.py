@@ -18,7 +18,7 @@ from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
 from hopscommon import names
 from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot, runs_one_at_a_time
-from hopscommon.ollama_versions import VRAM_CONTEXT_SINCE, automatic_context_length, version_key
+from hopscommon.ollama_versions import automatic_context
 from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
 
 
@@ -147,10 +147,7 @@ class Node:
         self.aliases = _aliases(self.installed_by_key, self.loaded_by_key, self.loading)
         self.vram_total = snapshot.vram_total
         self.vram_free = snapshot.vram_free
-        version = snapshot.ollama_version
-        length = automatic_context_length(version, self.vram_total)
-        by_vram = bool(length) and version_key(version) >= VRAM_CONTEXT_SINCE
-        self.version_context = (length, "vram" if by_vram else "version" if length else "")
+        self.version_context = automatic_context(snapshot.ollama_version, self.vram_total)
         self._learn_kv_bytes()
         listed = {k: t for k, (t, _) in self.loading.items() if self._loaded_as_asked(k, t)}
         for key, since in listed.items():

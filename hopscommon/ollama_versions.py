@@ -27,11 +27,19 @@ def automatic_context_length(version: str, vram_bytes: int) -> int:
     memory in all (0: none) when OLLAMA_CONTEXT_LENGTH is not set, before capping it at a
     model's trained length; 0 when no version is given, or Ollama built from source (which
     reports 0.0.0 whatever its code)."""
+    return automatic_context(version, vram_bytes)[0]
+
+
+def automatic_context(version: str, vram_bytes: int) -> tuple[int, str]:
+    """automatic_context_length, and what picked it: "vram" (0.15.5 and later), "version" (an
+    older version's fixed default), "" for none."""
     key = version_key(version)
     if not any(key):
-        return 0
+        return 0, ""
     if key < CONTEXT_4096_SINCE:
-        return 2048
-    if key < VRAM_CONTEXT_SINCE or vram_bytes < 24 * GIB:
-        return 4096
-    return 32768 if vram_bytes < 48 * GIB else 262144
+        return 2048, "version"
+    if key < VRAM_CONTEXT_SINCE:
+        return 4096, "version"
+    if vram_bytes < 24 * GIB:
+        return 4096, "vram"
+    return (32768 if vram_bytes < 48 * GIB else 262144), "vram"
