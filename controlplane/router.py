@@ -369,7 +369,7 @@ class Router:
     def _refresh_floor(self, node: Node, key: str) -> None:
         """What was learned about (node, key) changed: refresh its floors if indexed for the
         policy in use (a policy without floors, or one not yet indexed, needs none)."""
-        if self.floors.policy is not None and self.floors.policy is self.policy:
+        if self.floors.policy is self.policy:  # never None: the router always has a policy
             self.floors.refresh(node, key)
 
     def _full(self, node: Node, request: RouteRequest) -> bool:
