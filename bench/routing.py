@@ -58,6 +58,8 @@ HOSTS = {
     "gpu-8g": ["--profile", "gpu-8g"],
     "cpu": ["--profile", "cpu"],
 }
+# Every simulator's flags but its profile and time scale: replies of 40-120 tokens, two slots.
+SIM_ARGS = ("--response-tokens", "40-120", "--num-parallel", "2")
 LEVELS = {"low": 0.25, "middle": 0.5, "high": 1.0}  # simulated requests per second
 # A result's single figures; with --repeat, each is the median over the runs.
 SCALARS = (
@@ -293,7 +295,7 @@ def policy_fleet(
 
 def run_one(policy: str, level: str, args: argparse.Namespace) -> dict[str, Any]:
     scale = args.time_scale
-    sim_args = ["--time-scale", str(scale), "--response-tokens", "40-120", "--num-parallel", "2"]
+    sim_args = ["--time-scale", str(scale), *SIM_ARGS]
     hosts = {node: [*profile, *sim_args] for node, profile in HOSTS.items()}
     with policy_fleet(hosts, policy, args.seed, 2) as running:
         workload = Workload(args.seed, args.requests, LEVELS[level])

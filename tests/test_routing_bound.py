@@ -1,0 +1,74 @@
+"""bench/routing_bound.py: the exact search behind the routing bench's offline bound."""
+
+from bench.routing_bound import Machine, bench_machines, frontier, frontier_with_waits, replay
+
+GIB = 1024**3
+
+
+def _machines() -> list[Machine]:
+    # C fits only the big card, and not beside A; A loads fast there and slowly on the small one.
+    big = Machine("big", 10, 3, {"A": 4, "C": 9}, {"A": 1.0, "C": 6.0})
+    small = Machine("small", 5, 3, {"A": 4}, {"A": 5.0})
+    return [big, small]
+
+
+def test_the_bound_finds_the_placement_that_stops_a_big_model_thrashing() -> None:
+    found = frontier(_machines(), ["C", "A", "C", "A", "C"], slow_load_s=4.5)
+    # A on the small card costs one slow load once; A beside C is impossible, so A on the big
+    # card makes every later C a slow reload (5 loads, 3 slow). Two loads, two slow, is best.
+    assert list(found) == [2]
+    slow, steps = found[2]
+    assert slow == 2
+    assert [(model, machine, late) for _, model, machine, _, late in steps] == [
+        ("C", "big", True),
+        ("A", "small", True),
+    ]
+
+
+def test_more_loads_are_on_the_frontier_only_when_they_save_a_slow_request() -> None:
+    # A, C, A: A on the small card at once is 2 loads, 2 slow (A there, then C); A on the big
+    # card, evicted by C and loaded there again, is 3 loads, 1 slow (C).
+    found = frontier(_machines(), ["A", "C", "A"], slow_load_s=4.5)
+    assert {loads: slow for loads, (slow, _) in found.items()} == {2: 2, 3: 1}
+    _, steps = found[3]
+    assert [(model, machine, evicted) for _, model, machine, evicted, _ in steps] == [
+        ("A", "big", ()),
+        ("C", "big", ("A",)),
+        ("A", "big", ("C",)),
+    ]
+
+
+def test_the_replay_adds_the_waits_the_search_leaves_out() -> None:
+    big = Machine("big", 10, 3, {"A": 4, "C": 9}, {"A": 1.0, "C": 6.0}, {"A": 2.0, "C": 3.0})
+    plan = [(0.0, "A"), (1.5, "A"), (2.0, "C")]
+    schedule = [(0, "A", "big", (), False), (2, "C", "big", ("A",), True)]
+    firsts = replay([big], plan, schedule, margin=0.0)
+    # A loads for 1 s; its second request waits for the one slot (free at 3 s); C's load waits
+    # for both of A's replies (done at 5 s), then takes 6 s.
+    assert firsts == [1.0, 1.5, 9.0]
+
+
+def test_with_the_waits_a_load_behind_a_busy_model_is_late() -> None:
+    big = Machine("big", 10, 3, {"A": 4, "C": 9}, {"A": 1.0, "C": 3.0}, {"A": 2.0, "C": 3.0})
+    small = Machine("small", 5, 3, {"A": 4}, {"A": 5.0}, {"A": 4.0})
+    plan = [(0.0, "A"), (0.5, "C")]
+    # Relaxed, C's 3 s load is under the line wherever A went.
+    assert {n: slow for n, (slow, _) in frontier([big, small], ["A", "C"], 4.0).items()} == {2: 0}
+    # With the waits, C's load waits for A's reply on the big card (until 3 s): 5.5 s late;
+    # A on the small card is late itself (5 s). Either way one request is.
+    timed = frontier_with_waits([big, small], plan, line=4.0, margin=0.0)
+    assert {n: slow for n, (slow, _) in timed.items()} == {2: 1}
+    _, steps = timed[2]
+    assert sum(first > 4.0 for first in replay([big, small], plan, steps, 0.0)) == 1
+
+
+def test_the_bench_fleet_is_read_from_the_simulator() -> None:
+    machines = {m.name: m for m in bench_machines(["qwen2.5:32b", "qwen2.5:14b"])}
+    # The 32b is installed only on the 24 GB card, and takes most of it with its KV cache.
+    assert [name for name, m in machines.items() if "qwen2.5:32b" in m.needs] == ["gpu-24g"]
+    big = machines["gpu-24g"]
+    assert 20 * GIB < big.needs["qwen2.5:32b"] < big.memory == 24 * GIB
+    assert not big.fits(frozenset({"qwen2.5:32b", "qwen2.5:14b"}))
+    assert big.slots == 2  # the bench's --num-parallel
+    # A host loads faster the faster its disk: the 14b takes longer on the 12 GB card.
+    assert machines["gpu-12g"].load_s["qwen2.5:14b"] > big.load_s["qwen2.5:14b"] + 1.5
