@@ -98,13 +98,16 @@ def pick_response(outcome: PickOutcome) -> router_pb2.PickResponse:
 
 
 def report(msg: router_pb2.ReportRequest) -> Report:
-    """Raises InvalidRequest for a report without a lease or with an unknown outcome."""
+    """Raises InvalidRequest for a report without a lease. An outcome this control plane does
+    not know (a newer edge's) counts as none given: the lease still ends, and no host is
+    blamed or cleared for it. Refusing the report would hold the lease, and the host's slot,
+    until its TTL."""
     if not msg.lease_id:
         raise InvalidRequest("lease_id is required")
     try:
         outcome = Outcome(msg.outcome)
     except ValueError:
-        raise InvalidRequest(f"unknown outcome {msg.outcome}") from None
+        outcome = Outcome.UNSPECIFIED
     stats = None
     if msg.HasField("stats"):
         s = msg.stats

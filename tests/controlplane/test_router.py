@@ -244,6 +244,21 @@ def test_a_reports_error_text_and_request_error_outcome_come_off_the_wire() -> N
     assert report.request_digest == "d" * convert.MAX_DIGEST
 
 
+def test_an_outcome_from_a_newer_edge_ends_the_lease_and_blames_no_host() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", max_in_flight=1)
+    router = builders.router(fleet)
+    picked = router.pick(_req())
+    newer = router_pb2.ReportRequest(lease_id=picked.lease_id, node_id="a", outcome=42)  # type: ignore[arg-type]
+    report = convert.report(newer)
+    assert report.outcome is Outcome.UNSPECIFIED
+    assert router.report(report)
+    # The host's one slot is free at once, not after the lease's TTL; its breaker saw nothing.
+    assert fleet.leases.get(picked.lease_id) is None
+    assert router.pick(_req()).status is PickStatus.OK
+    assert fleet.nodes["a"].breaker.consecutive_failures == 0
+
+
 def test_a_500_with_no_other_host_to_try_counts_at_once() -> None:
     fleet = builders.fleet()
     builders.add_node(fleet, "a")
