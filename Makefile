@@ -80,7 +80,7 @@ bench: install ## Run the benchmarks under bench/ (figures printed, JSON in benc
 	$(PY) bench/controlplane.py
 	$(PY) bench/routing_cost.py
 	$(PY) bench/routing.py
-	$(PY) bench/routing_bound.py --seeds 7,8,9,10,11,12,13,14,15
+	$(PY) bench/routing_bound.py --against bench/results/routing.json
 	$(PY) bench/mixed_context.py
 	$(PY) bench/long_prompts.py
 	$(PY) bench/affinity.py

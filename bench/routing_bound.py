@@ -18,7 +18,8 @@ models it evicts, a request waits for its model's load and for a free slot, each
 length at the host's decode speed) it keeps only the best clock per placement, so it finds a
 schedule, not surely the best: its counts are what is reachable, an upper bound on the best.
 
-Usage: python bench/routing_bound.py [--seeds 7,8,9] [--level middle] [--line 4.7]
+Usage: python bench/routing_bound.py [--against bench/results/routing_seeds.json]
+                                     [--seeds 7,8,9] [--level middle] [--line 4.7]
                                      [--loads 20] [--json PATH]
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.routing import HOSTS, LEVELS, SIM_ARGS, Workload
+from bench.routing import HOSTS, LEVELS, LOADS_TARGET, P95_TARGET, SIM_ARGS, Workload
 from ollamasim.catalogue import lookup
 from ollamasim.host import Host
 from ollamasim.settings import load_settings
@@ -281,18 +283,24 @@ def frontier_with_waits(
     return {loads: (value[0], _steps(value[2])) for loads, value in _pareto(best).items()}
 
 
-def bound(seed: int, level: str, requests: int, line: float, margin: float) -> dict[str, Any]:
+def bound(
+    seed: int, level: str, requests: int, line: float, margin: float, budget: int
+) -> dict[str, Any]:
     plan = Workload(seed, requests, LEVELS[level]).plan()
     arrivals = [(at, model) for at, model, _ in plan]
     machines = bench_machines(sorted({model for _, model in arrivals}))
     relaxed = frontier(machines, [model for _, model in arrivals], line - margin)
     timed = frontier_with_waits(machines, arrivals, line, margin)
+    # The p95 of bench/routing.py is the sorted list's [int(0.95 n)]: this many may be slow.
+    allowed = len(arrivals) - 1 - int(len(arrivals) * 0.95)
     return {
         "seed": seed,
         "level": level,
         "requests": len(arrivals),
-        # The p95 of bench/routing.py is the sorted list's [int(0.95 n)]: this many may be slow.
-        "slow_allowed": len(arrivals) - 1 - int(len(arrivals) * 0.95),
+        "line_s": round(line, 3),
+        "loads_budget": budget,
+        "slow_allowed": allowed,
+        "verdict": verdict(relaxed, timed, budget, allowed),
         "at_least": [{"loads": n, "slow": slow} for n, (slow, _) in relaxed.items()],
         "found": [
             {"loads": n, "slow": slow, "schedule": steps} for n, (slow, steps) in timed.items()
@@ -301,10 +309,32 @@ def bound(seed: int, level: str, requests: int, line: float, margin: float) -> d
     }
 
 
-def report(result: dict[str, Any], budget: int) -> None:
+def verdict(
+    relaxed: dict[int, tuple[int, list[Step]]],
+    timed: dict[int, tuple[int, list[Step]]],
+    budget: int,
+    allowed: int,
+) -> str:
+    """Whether a p95 under the line with at most ``budget`` loads is "reachable" (a schedule
+    with the waits does it), "impossible" (even relaxed, every schedule has more slow
+    requests than ``allowed``) or "open" (between the two)."""
+
+    def least(points: dict[int, tuple[int, list[Step]]]) -> float:
+        return min((slow for n, (slow, _) in points.items() if n <= budget), default=math.inf)
+
+    if least(timed) <= allowed:
+        return "reachable"
+    if least(relaxed) > allowed:
+        return "impossible"
+    return "open"
+
+
+def report(result: dict[str, Any]) -> None:
+    budget = result["loads_budget"]
     print(
-        f"seed {result['seed']}, {result['level']} level, {result['requests']} requests "
-        f"({result['slow_allowed']} may be slow for the p95 to stay under the line)"
+        f"seed {result['seed']}, {result['level']} level, {result['requests']} requests: "
+        f"p95 under {result['line_s']} s with at most {budget} loads is {result['verdict']} "
+        f"({result['slow_allowed']} requests may be slow)"
     )
     print("  relaxed (a lower bound): " + _points(result["at_least"]))
     print("  with the waits (found):  " + _points(result["found"]))
@@ -330,7 +360,7 @@ def main() -> None:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--seeds", default="7", help="comma-separated workload seeds")
+    parser.add_argument("--seeds", default="", help="comma-separated workload seeds (default 7)")
     parser.add_argument("--level", default="middle", choices=list(LEVELS))
     parser.add_argument("--requests", type=int, default=120)
     parser.add_argument(
@@ -343,19 +373,44 @@ def main() -> None:
         help="seconds from a load's end to the first token",
     )
     parser.add_argument(
-        "--loads", type=int, default=DEFAULT_LOADS, help="the load budget whose schedule is shown"
+        "--loads",
+        type=int,
+        default=DEFAULT_LOADS,
+        help="the most loads a schedule may make (the issue: 3x fewer than random)",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="a bench/routing.py JSON with random's runs: each seed's line is half random's "
+        "p95 and its load budget a third of random's loads there (the issue's targets), "
+        "instead of --line and --loads; --seeds defaults to its seeds",
     )
     parser.add_argument("--json", type=Path, default=Path("bench/results/routing_bound.json"))
     args = parser.parse_args()
+    targets = random_targets(args.against, args.level) if args.against else {}
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else sorted(targets) or [7]
     results = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        result = bound(seed, args.level, args.requests, args.line, args.margin)
-        report(result, args.loads)
+    for seed in seeds:
+        line, budget = targets.get(seed, (args.line, args.loads))
+        result = bound(seed, args.level, args.requests, line, args.margin, budget)
+        report(result)
         results.append(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"line_s": args.line, "margin_s": args.margin, "results": results}
+        payload = {"margin_s": args.margin, "against": str(args.against or ""), "results": results}
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def random_targets(path: Path, level: str) -> dict[int, tuple[float, int]]:
+    """Per seed in a bench/routing.py JSON, the issue's targets against its random run at
+    ``level``: (half its p95 time to first token, a third of its loads)."""
+    runs = json.loads(path.read_text())["results"]
+    return {
+        run["seed"]: (run["ttft_s"]["p95"] / P95_TARGET, int(run["loads"] / LOADS_TARGET))
+        for run in runs
+        if run["policy"] == "random" and run["level"] == level
+    }
 
 
 if __name__ == "__main__":

@@ -1,6 +1,17 @@
 """bench/routing_bound.py: the exact search behind the routing bench's offline bound."""
 
-from bench.routing_bound import Machine, bench_machines, frontier, frontier_with_waits, replay
+import json
+from pathlib import Path
+
+from bench.routing_bound import (
+    Machine,
+    bench_machines,
+    frontier,
+    frontier_with_waits,
+    random_targets,
+    replay,
+    verdict,
+)
 
 GIB = 1024**3
 
@@ -72,3 +83,25 @@ def test_the_bench_fleet_is_read_from_the_simulator() -> None:
     assert big.slots == 2  # the bench's --num-parallel
     # A host loads faster the faster its disk: the 14b takes longer on the 12 GB card.
     assert machines["gpu-12g"].load_s["qwen2.5:14b"] > big.load_s["qwen2.5:14b"] + 1.5
+
+
+def test_the_verdict_reads_the_two_searches_against_the_budget() -> None:
+    relaxed = {10: (6, []), 14: (4, []), 30: (1, [])}
+    found = {10: (8, []), 14: (6, []), 18: (5, [])}
+    assert verdict(relaxed, found, budget=20, allowed=5) == "reachable"  # found: 18 loads, 5 slow
+    assert verdict(relaxed, found, budget=15, allowed=5) == "open"  # 4 to 6 slow within 15 loads
+    assert verdict(relaxed, found, budget=12, allowed=5) == "impossible"  # at least 6
+    assert verdict(relaxed, found, budget=9, allowed=5) == "impossible"  # no schedule at all
+
+
+def test_the_targets_are_those_of_the_issue_against_each_seeds_random_run(tmp_path: Path) -> None:
+    runs = [
+        {"policy": "random", "level": "middle", "seed": 7, "ttft_s": {"p95": 9.4}, "loads": 61},
+        {"policy": "random", "level": "low", "seed": 7, "ttft_s": {"p95": 8.0}, "loads": 50},
+        {"policy": "memory_aware", "level": "middle", "seed": 7, "ttft_s": {"p95": 5}, "loads": 9},
+        {"policy": "random", "level": "middle", "seed": 8, "ttft_s": {"p95": 10.0}, "loads": 57},
+    ]
+    path = tmp_path / "routing.json"
+    path.write_text(json.dumps({"results": runs}))
+    # Half random's p95; at most a third of its loads (3x fewer: 61 / 3 -> 20).
+    assert random_targets(path, "middle") == {7: (4.7, 20), 8: (5.0, 19)}
