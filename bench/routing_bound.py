@@ -7,7 +7,8 @@ there (weights plus KV cache at the host's automatic context, two slots), the me
 OLLAMA_MAX_LOADED_MODELS limits, each host's load time and decode speed. A search over every
 way to serve the sequence, loading a model only when a request asks for it (no preloading; a
 second copy of a warm one may be loaded, the request served by the warm one; any models may be
-evicted for a load), finds for each number of loads the fewest requests whose first token comes
+evicted for a load: Ollama alone evicts the idle ones soonest to expire, a router chooses by
+unloading them first), finds for each number of loads the fewest requests whose first token comes
 after the line (by default 4.7 s: half of random's p95 at the middle level, 9.40 s, so the
 issue's 2x target). The search knows the future, so no routing policy can do better than it.
 
@@ -361,8 +362,10 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--seeds", default="", help="comma-separated workload seeds (default 7)")
-    parser.add_argument("--level", default="middle", choices=list(LEVELS))
-    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument(
+        "--level", default="middle", choices=list(LEVELS), help="the arrival rate's level"
+    )
+    parser.add_argument("--requests", type=int, default=120, help="requests per sequence")
     parser.add_argument(
         "--line", type=float, default=DEFAULT_LINE_S, help="first-token seconds counted slow"
     )
@@ -386,7 +389,12 @@ def main() -> None:
         "p95 and its load budget a third of random's loads there (the issue's targets), "
         "instead of --line and --loads; --seeds defaults to its seeds",
     )
-    parser.add_argument("--json", type=Path, default=Path("bench/results/routing_bound.json"))
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("bench/results/routing_bound.json"),
+        help="where the bounds and the schedules found go",
+    )
     args = parser.parse_args()
     targets = random_targets(args.against, args.level) if args.against else {}
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else sorted(targets) or [7]
