@@ -46,8 +46,8 @@ from ollamasim.settings import load_settings
 DEFAULT_LINE_S = 4.7
 DEFAULT_MARGIN_S = 0.15  # a cold request's first token after its load: 4.80 s load -> 4.92 s
 DEFAULT_LOADS = 20  # 3x fewer than random's 60 at seed 7, the middle level
-MAX_LOADS = 40
-V = TypeVar("V", bound=tuple[Any, ...])  # the search keeps no schedule with more loads than this
+MAX_LOADS = 40  # the search keeps no schedule with more loads than this
+V = TypeVar("V", bound=tuple[Any, ...])
 
 
 @dataclass(frozen=True)
@@ -226,22 +226,6 @@ class Clock:
         return start - at, Clock(ready, busy, loader_free)
 
 
-def replay(
-    machines: Sequence[Machine],
-    plan: Sequence[tuple[float, str]],
-    schedule: Sequence[Step],
-    margin: float,
-) -> list[float]:
-    """Each request's first-token time when ``schedule`` is run on the Clock."""
-    by_name = {m.name: m for m in machines}
-    loads = {index: (machine, evicted) for index, _, machine, evicted, _ in schedule}
-    clock, firsts = Clock(), []
-    for index, (at, model) in enumerate(plan):
-        wait, clock = clock.serve(by_name, at, model, loads.get(index))
-        firsts.append(wait + margin)
-    return firsts
-
-
 def frontier_with_waits(
     machines: Sequence[Machine], plan: Sequence[tuple[float, str]], line: float, margin: float
 ) -> dict[int, tuple[int, list[Step]]]:
@@ -255,7 +239,6 @@ def frontier_with_waits(
     states: Timed = {start: {0: (0, 0.0, None, Clock())}}
     for index, (at, model) in enumerate(plan):
         following: Timed = {}
-
         for state, by_loads in states.items():
             warm = any(model in loaded for loaded in state)
             for loads, (slow, waited, path, clock) in by_loads.items():
