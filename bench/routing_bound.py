@@ -4,20 +4,23 @@ Method: the request sequence of bench/routing.py (same seed, count and rate: whi
 request asks for, and when) is replayed against the same four simulated hosts, with every
 figure taken from the simulator itself: which models each host has, the memory a model takes
 there (weights plus KV cache at the host's automatic context, two slots), the memory and
-OLLAMA_MAX_LOADED_MODELS limits, each host's load time and decode speed. A search over every
-way to serve the sequence, loading a model only when a request asks for it (no preloading; a
-second copy of a warm one may be loaded, the request served by the warm one; any models may be
-evicted for a load: Ollama alone evicts the idle ones soonest to expire, a router chooses by
-unloading them first), finds for each number of loads the fewest requests whose first token comes
-after the line (by default 4.7 s: half of random's p95 at the middle level, 9.40 s, so the
-issue's 2x target). The search knows the future, so no routing policy can do better than it.
+OLLAMA_MAX_LOADED_MODELS limits, each host's load time and decode speed. A search over the ways
+to serve the sequence that load a model only when a request asks for it (no preloading; a
+second copy of a warm one may be loaded, the request served by the warm one) finds for each
+number of loads the fewest requests whose first token comes after the line (by default 4.7 s:
+half of random's p95 at the middle level, 9.40 s, so the issue's 2x target). It knows the
+future, so no routing policy of that kind does better.
 
-It runs twice. Relaxed, it is exact: a load of L seconds makes its request L + --margin late
-(the prompt and the hop), and nothing else waits, so its counts are a lower bound. With the
-waits a real host adds (one load at a time per host, a load waits for the requests on the
-models it evicts, a request waits for its model's load and for a free slot, each reply the mean
-length at the host's decode speed) it keeps only the best clock per placement, so it finds a
-schedule, not surely the best: its counts are what is reachable, an upper bound on the best.
+It runs twice:
+- relaxed, exact, and a lower bound: a load of L seconds makes its request L + --margin late
+  (the prompt and the hop), nothing else waits, and a load may evict any models (a router can
+  choose them by unloading them first);
+- with what a real host adds, what is reachable: one load at a time per host; a load evicts
+  what Ollama would (the idle models used longest ago, until it fits, waiting for busy ones
+  when none is idle), so a router that only chooses hosts can follow the schedule; a request
+  waits for its model's load and for a free slot, each reply the mean length at the host's
+  decode speed. This search keeps only the best clock per placement, so it finds a schedule,
+  not surely the best: its counts are an upper bound on the best.
 
 Usage: python bench/routing_bound.py [--against bench/results/routing_seeds.json]
                                      [--seeds 7,8,9] [--level middle] [--line 4.7]
@@ -225,15 +228,37 @@ class Clock:
         busy[key] = tuple(slots)
         return start - at, Clock(ready, busy, loader_free)
 
+    def ollama_victims(
+        self, machine: Machine, loaded: frozenset[str], model: str, at: float
+    ) -> tuple[str, ...]:
+        """The models Ollama evicts on ``machine`` to load ``model`` there at ``at``: once the
+        host's loader is free, the idle ones least recently used first (the keep-alive is the
+        same for all) until it fits; when none is idle, the first to become so."""
+        now = max(at, self.loader_free.get(machine.name, 0.0))
+        left, evicted = set(loaded), []
+        while not machine.fits(frozenset(left | {model})):
+            free_at = {m: max(self.busy[machine.name, m]) for m in left}
+            # A model never used since its load was last used then.
+            used = {m: max(free_at[m], self.ready[machine.name, m]) for m in left}
+            idle = [m for m in left if free_at[m] <= now]
+            if not idle:
+                now = min(free_at.values())
+                continue
+            victim = min(idle, key=lambda m: (used[m], m))
+            left.discard(victim)
+            evicted.append(victim)
+        return tuple(sorted(evicted))
+
 
 def frontier_with_waits(
     machines: Sequence[Machine], plan: Sequence[tuple[float, str]], line: float, margin: float
 ) -> dict[int, tuple[int, list[Step]]]:
-    """The same search on the Clock: for each number of loads, the fewest requests whose first
-    token comes after ``line``, and a schedule that does it. A state keeps, per load count,
-    only its best clock (fewest slow, then least waiting), so this finds a schedule, not
-    always the best one: its counts bound the best from above, as the relaxed search's bound
-    it from below."""
+    """The same search on the Clock, where a load evicts what Ollama would (Clock.ollama_victims):
+    the schedules of a router that only chooses hosts. For each number of loads, the fewest
+    requests whose first token comes after ``line``, and a schedule that does it. A state
+    keeps, per load count, only its best clock (fewest slow, then least waiting), so this
+    finds a schedule, not always the best one: its counts bound the best from above, as the
+    relaxed search's bound it from below."""
     by_name = {m.name: m for m in machines}
     start: State = tuple(frozenset() for _ in machines)
     states: Timed = {start: {0: (0, 0.0, None, Clock())}}
@@ -250,14 +275,14 @@ def frontier_with_waits(
                 for i, machine in enumerate(machines):
                     if model not in machine.needs or model in state[i]:
                         continue
-                    for after in _room_for(machine, state[i], model):
-                        evicted = tuple(sorted(state[i] - after))
-                        wait, after_clock = clock.serve(by_name, at, model, (machine.name, evicted))
-                        late = wait + margin > line
-                        step = (index, model, machine.name, evicted, late)
-                        changed = (*state[:i], after, *state[i + 1 :])
-                        value = (slow + late, waited + wait, (path, step), after_clock)
-                        _keep_timed(following, changed, loads + 1, value)
+                    evicted = clock.ollama_victims(machine, state[i], model, at)
+                    wait, after_clock = clock.serve(by_name, at, model, (machine.name, evicted))
+                    late = wait + margin > line
+                    step = (index, model, machine.name, evicted, late)
+                    after = (state[i] - set(evicted)) | {model}
+                    changed = (*state[:i], after, *state[i + 1 :])
+                    value = (slow + late, waited + wait, (path, step), after_clock)
+                    _keep_timed(following, changed, loads + 1, value)
         states = {state: _pareto(by_loads) for state, by_loads in following.items()}
     best: dict[int, tuple[int, float, Path_, Clock]] = {}
     for by_loads in states.values():

@@ -119,3 +119,40 @@ def test_the_targets_are_those_of_the_issue_against_each_seeds_random_run(tmp_pa
     path.write_text(json.dumps({"results": runs}))
     # Half random's p95; at most a third of its loads (3x fewer: 61 / 3 -> 20).
     assert random_targets(path, "middle") == {7: (4.7, 20), 8: (5.0, 19)}
+
+
+def test_ollama_evicts_the_least_recently_used_idle_model_and_waits_for_a_busy_one() -> None:
+    needs, load_s = {"A": 4, "B": 4, "C": 4}, {"A": 1.0, "B": 1.0, "C": 1.0}
+    m = Machine("m", 9, 3, needs, load_s, {"A": 2.0, "B": 2.0}, 1)  # two fit, not three
+    by_name = {"m": m}
+    clock = Clock()
+    _, clock = clock.serve(by_name, 0.0, "A", ("m", ()))  # ready at 1, its reply ends at 3
+    _, clock = clock.serve(by_name, 0.5, "B", ("m", ()))  # loads after A: ready 2, ends at 4
+    loaded = frozenset({"A", "B"})
+    assert clock.ollama_victims(m, loaded, "C", at=10.0) == ("A",)  # used longest ago
+    assert clock.ollama_victims(m, loaded, "C", at=3.5) == ("A",)  # B is still busy
+    _, clock = clock.serve(by_name, 5.0, "A", None)  # A used again: its reply ends at 7
+    assert clock.ollama_victims(m, loaded, "C", at=10.0) == ("B",)
+    assert clock.ollama_victims(m, loaded, "C", at=6.0) == ("B",)  # A is busy, B idle
+    # Nothing idle at 2.5: Ollama waits for the first to finish (A at 3) and evicts it.
+    early = Clock().serve(by_name, 0.0, "A", ("m", ()))[1].serve(by_name, 0.5, "B", ("m", ()))[1]
+    assert early.ollama_victims(m, loaded, "C", at=2.5) == ("A",)
+
+
+def test_with_the_waits_a_load_evicts_what_ollama_would() -> None:
+    # A loads slowly; C fits beside one of A and B. Ollama evicts A, used longest ago.
+    needs, load_s = {"A": 4, "B": 4, "C": 5}, {"A": 5.0, "B": 1.0, "C": 1.0}
+    card = Machine("card", 10, 3, needs, load_s, {"A": 1.0, "B": 1.0, "C": 1.0}, 1)
+    plan = [(0.0, "A"), (8.0, "B"), (20.0, "C"), (21.0, "A")]
+    relaxed = frontier([card], [model for _, model in plan], slow_load_s=4.0)
+    timed = frontier_with_waits([card], plan, line=4.0, margin=0.0)
+    # Choosing, C would evict B and A stay warm: 3 loads, A's first slow. Ollama evicts A,
+    # whose next request reloads it: 4 loads, 2 slow.
+    assert {n: slow for n, (slow, _) in relaxed.items()} == {3: 1}
+    assert {n: slow for n, (slow, _) in timed.items()} == {4: 2}
+    assert [(model, evicted) for _, model, _, evicted, _ in timed[4][1]] == [
+        ("A", ()),
+        ("B", ()),
+        ("C", ("A",)),
+        ("A", ("B",)),
+    ]
