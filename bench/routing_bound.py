@@ -5,22 +5,23 @@ request asks for, and when) is replayed against the same four simulated hosts, w
 figure taken from the simulator itself: which models each host has, the memory a model takes
 there (weights plus KV cache at the host's automatic context, two slots), the memory and
 OLLAMA_MAX_LOADED_MODELS limits, each host's load time and decode speed. A search over the ways
-to serve the sequence that load a model only when a request asks for it (no preloading; a
-second copy of a warm one may be loaded, the request served by the warm one) finds for each
-number of loads the fewest requests whose first token comes after the line (by default 4.7 s:
-half of random's p95 at the middle level, 9.40 s, so the issue's 2x target). It knows the
-future, so no routing policy of that kind does better.
+to serve the sequence that load a model only when a request asks for it (no preloading) finds
+for each number of loads the fewest requests whose first token comes after the line (by
+default 4.7 s: half of random's p95 at the middle level, 9.40 s, so the issue's 2x target). It
+knows the future, so no routing policy of that kind does better.
 
 It runs twice:
 - relaxed, exact, and a lower bound: a load of L seconds makes its request L + --margin late
-  (the prompt and the hop), nothing else waits, and a load may evict any models (a router can
-  choose them by unloading them first);
-- with what a real host adds, what is reachable: one load at a time per host; a load evicts
-  what Ollama would (the idle models used longest ago, until it fits, waiting for busy ones
-  when none is idle), so a router that only chooses hosts can follow the schedule; a request
-  waits for its model's load and for a free slot, each reply the mean length at the host's
-  decode speed. This search keeps only the best clock per placement, so it finds a schedule,
-  not surely the best: its counts are an upper bound on the best.
+  (the prompt and the hop) and nothing else waits; a load may evict any models (a router can
+  choose them by unloading them first), and may add a second copy of a model while the warm
+  copy serves the request (as a preload would);
+- with what a real host adds, what is reachable by choosing hosts alone: a request goes where
+  its model is or is loaded (a second copy serves the request that asked for it, after its
+  load); one load at a time per host; a load evicts what Ollama would (the idle models used
+  longest ago, until it fits, waiting for busy ones when none is idle); a request waits for
+  its model's load and for a free slot, each reply the mean length at the host's decode
+  speed. This search keeps only the best clock per placement, so it finds a schedule, not
+  surely the best: its counts are an upper bound on the best.
 
 Usage: python bench/routing_bound.py [--against bench/results/routing_seeds.json]
                                      [--seeds 7,8,9] [--level middle] [--line 4.7]
@@ -206,8 +207,8 @@ class Clock:
         load: tuple[str, tuple[str, ...]] | None,
     ) -> tuple[float, Clock]:
         """Seconds from ``at`` until the request starts, and the clock after it: with ``load``
-        (host, evicted models) its model is loaded there first; a load beside a warm copy
-        serves the request from the warm one, else it goes to the copy that starts it first."""
+        (host, evicted models) the request is routed there and its model loaded first, even
+        when a copy is warm elsewhere; else it goes to the copy that starts it first."""
         ready, busy, loader_free = dict(self.ready), dict(self.busy), dict(self.loader_free)
         if load is not None:
             name, evicted = load
@@ -220,9 +221,11 @@ class Clock:
                 ready.pop((name, victim), None)
             loader_free[name] = ready[name, model] = begins + by_name[name].load_s[model]
             busy[name, model] = (0.0,) * by_name[name].slots
-        copies = [key for key in ready if key[1] == model]
-        warm = [key for key in copies if ready[key] <= at] or copies
-        start, key = min((max(at, ready[k], min(busy[k])), k) for k in warm)
+        if load is not None:  # routed there: it waits for its load, even beside a warm copy
+            copies = [(load[0], model)]
+        else:  # to the copy that starts it first
+            copies = [key for key in ready if key[1] == model]
+        start, key = min((max(at, ready[k], min(busy[k])), k) for k in copies)
         slots = list(busy[key])
         slots[slots.index(min(slots))] = start + by_name[key[0]].reply_s[model]
         busy[key] = tuple(slots)

@@ -156,3 +156,15 @@ def test_with_the_waits_a_load_evicts_what_ollama_would() -> None:
         ("C", ("A",)),
         ("A", ("B",)),
     ]
+
+
+def test_a_request_routed_to_a_second_copy_waits_for_its_load() -> None:
+    big, small = _machines()
+    big = Machine(big.name, big.memory, big.max_loaded, big.needs, big.load_s, {"A": 1.0}, 1)
+    small = Machine(small.name, small.memory, 3, small.needs, small.load_s, {"A": 1.0}, 1)
+    by_name = {"big": big, "small": small}
+    _, clock = Clock().serve(by_name, 0.0, "A", ("big", ()))  # warm on big from 1 s
+    wait, clock = clock.serve(by_name, 5.0, "A", ("small", ()))
+    assert wait == 5.0  # routed to the small card: its load, though big is free
+    wait, _ = clock.serve(by_name, 12.0, "A", None)
+    assert wait == 0.0  # with no load of its own, to the copy that starts it first
