@@ -83,7 +83,10 @@ def bench_machines(models: Sequence[str]) -> list[Machine]:
             spec = lookup(model)
             if spec is None or host.find(model) is None:
                 continue
-            needs[model] = sched.memory_needed(spec, sched.context_for(spec, None))
+            need = sched.memory_needed(spec, sched.context_for(spec, None))
+            if need > sched.memory_bytes:  # split between GPU and CPU: not what is searched
+                continue
+            needs[model] = need
             load_s[model] = sched.load_seconds(spec.size_bytes)
             reply_s[model] = tokens / host.decode_tps(spec, 1.0 if sched.on_gpu else 0.0)
         machines.append(
@@ -221,8 +224,7 @@ class Clock:
                 ready.pop((name, victim), None)
             loader_free[name] = ready[name, model] = begins + by_name[name].load_s[model]
             busy[name, model] = (0.0,) * by_name[name].slots
-        if load is not None:  # routed there: it waits for its load, even beside a warm copy
-            copies = [(load[0], model)]
+            copies = [(name, model)]  # routed there: it waits for its load, even beside a warm copy
         else:  # to the copy that starts it first
             copies = [key for key in ready if key[1] == model]
         start, key = min((max(at, ready[k], min(busy[k])), k) for k in copies)
