@@ -106,9 +106,10 @@ def bench_machines(models: Sequence[str]) -> list[Machine]:
 State = tuple[frozenset[str], ...]  # the models loaded on each machine
 Step = tuple[int, str, str, tuple[str, ...], bool]  # request, model, machine, evicted, slow
 Path_ = tuple[Any, Step] | None  # steps as a linked list, last first
-Table = dict[State, dict[int, tuple[int, Path_]]]  # per state, per loads: fewest slow, and how
-# ... and on the Clock: fewest slow, least waiting, how, and the clock after it.
-Timed = dict[State, dict[int, tuple[int, float, Path_, "Clock"]]]
+# What a schedule has come to: slow requests, seconds waited (0 relaxed), how, and its clock
+# (None relaxed). The first two rank it: fewer slow, then less waiting.
+Entry = tuple[int, float, Path_, "Clock | None"]
+Table = dict[State, dict[int, Entry]]  # per placement, per load count: the best entry
 
 
 def frontier(
@@ -118,14 +119,14 @@ def frontier(
     ``slow_load_s`` (only counts on the frontier: more loads, fewer slow requests), and the
     loads of one schedule that does it."""
     start: State = tuple(frozenset() for _ in machines)
-    states: Table = {start: {0: (0, None)}}
+    states: Table = {start: {0: (0, 0.0, None, None)}}
     for index, model in enumerate(sequence):
         following: Table = {}
         for state, by_loads in states.items():
             warm = any(model in loaded for loaded in state)
-            for loads, (slow, path) in by_loads.items():
+            for loads, (slow, _, path, _) in by_loads.items():
                 if warm:
-                    _keep(following, state, loads, slow, path)
+                    _keep(following, state, loads, (slow, 0.0, path, None))
                 for i, machine in enumerate(machines):
                     if model not in machine.needs or model in state[i]:
                         continue
@@ -134,30 +135,28 @@ def frontier(
                     for after in _room_for(machine, state[i], model):
                         step = (index, model, machine.name, tuple(sorted(state[i] - after)), late)
                         changed = (*state[:i], after, *state[i + 1 :])
-                        _keep(following, changed, loads + 1, slow + late, (path, step))
+                        value = (slow + late, 0.0, (path, step), None)
+                        _keep(following, changed, loads + 1, value)
         states = {state: _pareto(by_loads) for state, by_loads in following.items()}
-    best: dict[int, tuple[int, Path_]] = {}
+    return _best(states)
+
+
+def _keep(table: Table, state: State, loads: int, entry: Entry) -> None:
+    """Keep ``entry`` for ``state`` at ``loads`` if it ranks better than the one kept."""
+    best = table.setdefault(state, {})
+    if loads <= MAX_LOADS and (loads not in best or best[loads][:2] > entry[:2]):
+        best[loads] = entry
+
+
+def _best(states: Table) -> dict[int, tuple[int, list[Step]]]:
+    """Over every final placement, the best entry per load count, on the frontier: slow
+    requests and the schedule."""
+    best: dict[int, Entry] = {}
     for by_loads in states.values():
-        for loads, (slow, path) in by_loads.items():
-            if loads not in best or best[loads][0] > slow:
-                best[loads] = (slow, path)
-    return {loads: (slow, _steps(path)) for loads, (slow, path) in _pareto(best).items()}
-
-
-def _keep(table: Table, state: State, loads: int, slow: int, path: Path_) -> None:
-    if loads > MAX_LOADS:
-        return
-    best = table.setdefault(state, {})
-    if loads not in best or best[loads][0] > slow:
-        best[loads] = (slow, path)
-
-
-def _keep_timed(
-    table: Timed, state: State, loads: int, value: tuple[int, float, Path_, Clock]
-) -> None:
-    best = table.setdefault(state, {})
-    if loads <= MAX_LOADS and (loads not in best or best[loads][:2] > value[:2]):
-        best[loads] = value
+        for loads, entry in by_loads.items():
+            if loads not in best or best[loads][:2] > entry[:2]:
+                best[loads] = entry
+    return {loads: (entry[0], _steps(entry[2])) for loads, entry in _pareto(best).items()}
 
 
 def _room_for(machine: Machine, loaded: frozenset[str], model: str) -> list[frozenset[str]]:
@@ -266,17 +265,19 @@ def frontier_with_waits(
     relaxed search's bound it from below."""
     by_name = {m.name: m for m in machines}
     start: State = tuple(frozenset() for _ in machines)
-    states: Timed = {start: {0: (0, 0.0, None, Clock())}}
+    states: Table = {start: {0: (0, 0.0, None, Clock())}}
     for index, (at, model) in enumerate(plan):
-        following: Timed = {}
+        following: Table = {}
         for state, by_loads in states.items():
             warm = any(model in loaded for loaded in state)
-            for loads, (slow, waited, path, clock) in by_loads.items():
+            for loads, (slow, waited, path, known) in by_loads.items():
+                assert known is not None  # this search's entries all carry their clock
+                clock = known
                 if warm:
                     wait, after_clock = clock.serve(by_name, at, model, None)
                     late = wait + margin > line
                     value = (slow + late, waited + wait, path, after_clock)
-                    _keep_timed(following, state, loads, value)
+                    _keep(following, state, loads, value)
                 for i, machine in enumerate(machines):
                     if model not in machine.needs or model in state[i]:
                         continue
@@ -287,14 +288,9 @@ def frontier_with_waits(
                     after = (state[i] - set(evicted)) | {model}
                     changed = (*state[:i], after, *state[i + 1 :])
                     value = (slow + late, waited + wait, (path, step), after_clock)
-                    _keep_timed(following, changed, loads + 1, value)
+                    _keep(following, changed, loads + 1, value)
         states = {state: _pareto(by_loads) for state, by_loads in following.items()}
-    best: dict[int, tuple[int, float, Path_, Clock]] = {}
-    for by_loads in states.values():
-        for loads, value in by_loads.items():
-            if loads not in best or best[loads][:2] > value[:2]:
-                best[loads] = value
-    return {loads: (value[0], _steps(value[2])) for loads, value in _pareto(best).items()}
+    return _best(states)
 
 
 def bound(
