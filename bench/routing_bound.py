@@ -21,7 +21,9 @@ It runs twice:
   longest ago, until it fits, waiting for busy ones when none is idle); a request waits for
   its model's load and for a free slot, each reply the mean length at the host's decode
   speed. This search keeps only the best clock per placement, so it finds a schedule, not
-  surely the best: its counts are an upper bound on the best.
+  surely the best: its counts are an upper bound on the best. With --busy-last it also keeps
+  the issue's last tier last: a load evicts a busy model only when the request has nowhere
+  else to go.
 
 Usage: python bench/routing_bound.py [--against bench/results/routing_seeds.json]
                                      [--seeds 7,8,9] [--level middle] [--line 4.7]
@@ -232,6 +234,18 @@ class Clock:
         busy[key] = tuple(slots)
         return start - at, Clock(ready, busy, loader_free)
 
+    def waits_for_busy(
+        self, machine: Machine, loaded: frozenset[str], model: str, at: float
+    ) -> bool:
+        """Whether loading ``model`` on ``machine`` at ``at`` must evict a model busy then (a
+        request in flight or its own load under way): the idle ones evicted do not make room."""
+        idle = {
+            m
+            for m in loaded
+            if max(self.busy[machine.name, m]) <= at and self.ready[machine.name, m] <= at
+        }
+        return not machine.fits(frozenset(loaded - idle) | {model})
+
     def ollama_victims(
         self, machine: Machine, loaded: frozenset[str], model: str, at: float
     ) -> tuple[str, ...]:
@@ -255,14 +269,20 @@ class Clock:
 
 
 def frontier_with_waits(
-    machines: Sequence[Machine], plan: Sequence[tuple[float, str]], line: float, margin: float
+    machines: Sequence[Machine],
+    plan: Sequence[tuple[float, str]],
+    line: float,
+    margin: float,
+    busy_last: bool = False,
 ) -> dict[int, tuple[int, list[Step]]]:
     """The same search on the Clock, where a load evicts what Ollama would (Clock.ollama_victims):
     the schedules of a router that only chooses hosts. For each number of loads, the fewest
     requests whose first token comes after ``line``, and a schedule that does it. A state
     keeps, per load count, only its best clock (fewest slow, then least waiting), so this
     finds a schedule, not always the best one: its counts bound the best from above, as the
-    relaxed search's bound it from below."""
+    relaxed search's bound it from below. ``busy_last``: a load that must evict a busy model is
+    tried only when the request has nowhere else to go (no warm copy, no other host where the
+    idle models make room), as the issue's tiers rank such a load last."""
     by_name = {m.name: m for m in machines}
     start: State = tuple(frozenset() for _ in machines)
     states: Table = {start: {0: (0, 0.0, None, Clock())}}
@@ -278,9 +298,20 @@ def frontier_with_waits(
                     late = wait + margin > line
                     value = (slow + late, waited + wait, path, after_clock)
                     _keep(following, state, loads, value)
-                for i, machine in enumerate(machines):
-                    if model not in machine.needs or model in state[i]:
-                        continue
+                hosts = [
+                    i
+                    for i, machine in enumerate(machines)
+                    if model in machine.needs and model not in state[i]
+                ]
+                if busy_last:
+                    free = [
+                        i
+                        for i in hosts
+                        if not clock.waits_for_busy(machines[i], state[i], model, at)
+                    ]
+                    hosts = free if free or warm else hosts
+                for i in hosts:
+                    machine = machines[i]
                     evicted = clock.ollama_victims(machine, state[i], model, at)
                     wait, after_clock = clock.serve(by_name, at, model, (machine.name, evicted))
                     late = wait + margin > line
@@ -294,13 +325,19 @@ def frontier_with_waits(
 
 
 def bound(
-    seed: int, level: str, requests: int, line: float, margin: float, budget: int
+    seed: int,
+    level: str,
+    requests: int,
+    line: float,
+    margin: float,
+    budget: int,
+    busy_last: bool = False,
 ) -> dict[str, Any]:
     plan = Workload(seed, requests, LEVELS[level]).plan()
     arrivals = [(at, model) for at, model, _ in plan]
     machines = bench_machines(sorted({model for _, model in arrivals}))
     relaxed = frontier(machines, [model for _, model in arrivals], line - margin)
-    timed = frontier_with_waits(machines, arrivals, line, margin)
+    timed = frontier_with_waits(machines, arrivals, line, margin, busy_last)
     # The p95 of bench/routing.py is the sorted list's [int(0.95 n)]: this many may be slow.
     allowed = len(arrivals) - 1 - int(len(arrivals) * 0.95)
     return {
@@ -310,6 +347,7 @@ def bound(
         "line_s": round(line, 3),
         "loads_budget": budget,
         "slow_allowed": allowed,
+        "busy_last": busy_last,
         "verdict": verdict(relaxed, timed, budget, allowed),
         "at_least": [{"loads": n, "slow": slow} for n, (slow, _) in relaxed.items()],
         "found": [
@@ -347,7 +385,8 @@ def report(result: dict[str, Any]) -> None:
         f"({result['slow_allowed']} requests may be slow)"
     )
     print("  relaxed (a lower bound): " + _points(result["at_least"]))
-    print("  with the waits (found):  " + _points(result["found"]))
+    tiers = ", busy models evicted last" if result["busy_last"] else ""
+    print(f"  with the waits{tiers} (found):  " + _points(result["found"]))
     within = [p for p in result["found"] if p["loads"] <= budget]
     if not within:
         print(f"  no schedule found with {budget} loads or fewer")
@@ -399,6 +438,13 @@ def main() -> None:
         "instead of --line and --loads; --seeds defaults to its seeds",
     )
     parser.add_argument(
+        "--busy-last",
+        action="store_true",
+        help="with the waits, a load may evict a busy model only when nothing else can take "
+        "the request (no warm copy, no host with room once its idle models go): the issue's "
+        "tier order",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=Path("bench/results/routing_bound.json"),
@@ -410,7 +456,7 @@ def main() -> None:
     results = []
     for seed in seeds:
         line, budget = targets.get(seed, (args.line, args.loads))
-        result = bound(seed, args.level, args.requests, line, args.margin, budget)
+        result = bound(seed, args.level, args.requests, line, args.margin, budget, args.busy_last)
         report(result)
         results.append(result)
     if args.json:

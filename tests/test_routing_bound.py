@@ -168,3 +168,26 @@ def test_a_request_routed_to_a_second_copy_waits_for_its_load() -> None:
     assert wait == 5.0  # routed to the small card: its load, though big is free
     wait, _ = clock.serve(by_name, 12.0, "A", None)
     assert wait == 0.0  # with no load of its own, to the copy that starts it first
+
+
+def test_busy_last_evicts_a_busy_model_only_when_nothing_else_can_take_the_request() -> None:
+    # Each card holds one model; the fast one loads in 1 s, the slow one in 5 s.
+    needs, replies = {"A": 4, "B": 4}, {"A": 2.0, "B": 2.0}
+    fast = Machine("fast", 5, 3, needs, {"A": 1.0, "B": 1.0}, replies, 1)
+    slow = Machine("slow", 5, 3, needs, {"A": 5.0, "B": 5.0}, replies, 1)
+    plan = [(0.0, "A"), (0.5, "B")]
+    # Free to choose: B waits on the fast card for A's reply (done at 3 s), then loads: 3.5 s.
+    free = frontier_with_waits([fast, slow], plan, line=4.0, margin=0.0)
+    assert {n: slow_ for n, (slow_, _) in free.items()} == {2: 0}
+    assert [(m, card, evicted) for _, m, card, evicted, _ in free[2][1]] == [
+        ("A", "fast", ()),
+        ("B", "fast", ("A",)),
+    ]
+    # The tiers: the slow card has room, so B may not evict the busy A. One of the two
+    # then loads on the slow card, 5 s.
+    tiered = frontier_with_waits([fast, slow], plan, line=4.0, margin=0.0, busy_last=True)
+    assert {n: slow_ for n, (slow_, _) in tiered.items()} == {2: 1}
+    assert all(not evicted for _, _, _, evicted, _ in tiered[2][1])
+    # With one card only, the busy model is evicted: nothing else can take the request.
+    alone = frontier_with_waits([fast], plan, line=4.0, margin=0.0, busy_last=True)
+    assert [(m, evicted) for _, m, _, evicted, _ in alone[2][1]] == [("A", ()), ("B", ("A",))]
