@@ -290,9 +290,8 @@ def frontier_with_waits(
         following: Table = {}
         for state, by_loads in states.items():
             warm = any(model in loaded for loaded in state)
-            for loads, (slow, waited, path, known) in by_loads.items():
-                assert known is not None  # this search's entries all carry their clock
-                clock = known
+            for loads, (slow, waited, path, clock) in by_loads.items():
+                assert clock is not None  # this search's entries all carry their clock
                 if warm:
                     wait, after_clock = clock.serve(by_name, at, model, None)
                     late = wait + margin > line
