@@ -143,10 +143,15 @@ def frontier(
     return _best(states)
 
 
+def _ranks_better(kept: dict[int, Entry], loads: int, entry: Entry) -> bool:
+    """Whether ``entry`` beats the one kept at ``loads``: fewer slow, then less waiting."""
+    return loads not in kept or kept[loads][:2] > entry[:2]
+
+
 def _keep(table: Table, state: State, loads: int, entry: Entry) -> None:
     """Keep ``entry`` for ``state`` at ``loads`` if it ranks better than the one kept."""
     best = table.setdefault(state, {})
-    if loads <= MAX_LOADS and (loads not in best or best[loads][:2] > entry[:2]):
+    if loads <= MAX_LOADS and _ranks_better(best, loads, entry):
         best[loads] = entry
 
 
@@ -156,7 +161,7 @@ def _best(states: Table) -> dict[int, tuple[int, list[Step]]]:
     best: dict[int, Entry] = {}
     for by_loads in states.values():
         for loads, entry in by_loads.items():
-            if loads not in best or best[loads][:2] > entry[:2]:
+            if _ranks_better(best, loads, entry):
                 best[loads] = entry
     return {loads: (entry[0], _steps(entry[2])) for loads, entry in _pareto(best).items()}
 
