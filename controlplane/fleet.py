@@ -129,7 +129,11 @@ class Node:
     def has_model(self, key: str) -> bool:
         return key in self.installed_by_key
 
-    def set_snapshot(self, snapshot: Snapshot) -> None:
+    def set_snapshot(self, snapshot: Snapshot) -> set[str]:
+        """Take ``snapshot`` as what the host holds now. Returns the models whose marks the
+        routed loads it lists settled (see forget_loads): no longer marked for eviction, or
+        served by another instance now. Their floors may fall (one loading here again, say,
+        whose old instance the snapshot shows gone), so the router refreshes them."""
         if snapshot.installed is not self.snapshot.installed:  # often the very same tuple
             self.installed_by_key = {model_key(m.name): m for m in snapshot.installed}
             self.one_slot = frozenset(
@@ -159,7 +163,7 @@ class Node:
                 self.runner_options[shown] = self.load_options.pop(key)
             if key not in self.answered:
                 self.warming[shown] = since
-        self.forget_loads(lambda key, _: key in listed)
+        moved = self.forget_loads(lambda key, _: key in listed)
         if self.warming:  # an instance gone is no longer loading
             self.warming = {k: t for k, t in self.warming.items() if k in self.loaded_by_key}
         if self.runner_options:  # an instance gone (and not being loaded) takes its options
@@ -170,6 +174,7 @@ class Node:
             }
         if self.context_probe:
             self.probe_context(time.monotonic())
+        return moved
 
     def _learn_kv_bytes(self) -> None:
         """From each listed instance: its memory beyond its file, per token of its context
@@ -528,8 +533,8 @@ class Fleet:
             and snapshot.system_memory_total_bytes == old.system_memory_total_bytes
         ):  # the usual snapshot: only what is loaded (and free memory) moved
             warm, aliases = node.warm_keys(), node.aliases
-            node.set_snapshot(snapshot)
-            changed = warm ^ node.warm_keys()
+            changed = node.set_snapshot(snapshot)
+            changed |= warm ^ node.warm_keys()
             if aliases or node.aliases:  # a copy now served by another instance, or its own
                 changed |= {
                     key

@@ -202,6 +202,31 @@ def test_bounded_ranking_equals_ranking_every_host(seed: int) -> None:
             router.policy = REGISTRY["memory_aware"](1)
 
 
+def test_a_load_whose_eviction_mark_a_snapshot_settles_gets_its_lower_floor() -> None:
+    """x is loaded and idle where y does not fit beside it. A load of y marks x for eviction;
+    a request for x then loads it again there (y, still loading, must go). While x is marked,
+    its floor is a whole load. Once a snapshot lists y and not x, y's load is done, x's mark
+    goes and x is a load under way: its floor falls to that tier, and the index must follow
+    (a floor above the cost hides the host from the bounded ranking)."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "a", models=["x:latest", "y:latest"], loaded=["x:latest"], vram_gb=3)
+    node = fleet.nodes["a"]
+    little_free = (Gpu(0, "GPU", "", 3 * GIB, 1 * GIB),)
+    fleet.update("a", node.session, replace(node.snapshot, sequence=2, gpus=little_free))
+    router = builders.router(fleet, "memory_aware")
+    assert router.pick(RouteRequest(model="y", edge_id="e")).ranked[0].reason == "cold-evict-idle"
+    assert router.pick(RouteRequest(model="x", edge_id="e")).ranked[0].reason == "cold-evict-busy"
+    assert node.evicting == {"x:latest": "y:latest", "y:latest": "x:latest"}
+    router.floors.refresh_all(router.policy)
+    listed = (LoadedModel(name="y:latest", size_vram_bytes=2 * GIB),)
+    fleet.update("a", node.session, replace(node.snapshot, sequence=3, loaded=listed))
+    assert list(node.loading) == ["x:latest"] and "x:latest" not in node.evicting
+    router.floors.refresh_all(router.policy)
+    fresh = router.policy.floor(router.candidates.plain(node, "x:latest"))  # type: ignore[attr-defined]
+    assert router.floors.by_key["x:latest"] == [(fresh, "a")]
+    _same(router, RouteRequest(model="x", edge_id="e"), 0.0)
+
+
 def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The node ids of the candidate records built from now on, in order."""
     built: list[str] = []
