@@ -79,7 +79,7 @@ def quantiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_us": at(0.5), "p99_us": at(0.99), "p999_us": at(0.999), "max_us": at(1.0)}
 
 
-def run(pairs: int, seed: int) -> dict[str, Any]:
+def run(pairs: int, seed: int, reply_limit: int = 0, limited: float = 0.5) -> dict[str, Any]:
     rng = random.Random(seed)
     models = [f"model-{m}:latest" for m in range(MODELS)]
     installed = tuple(
@@ -115,7 +115,10 @@ def run(pairs: int, seed: int) -> dict[str, Any]:
                     snapshots.append(time.perf_counter() - started)
             built[0] = 0
             started = time.perf_counter()
-            outcome = router.pick(RouteRequest(model=rng.choice(models), edge_id="bench"))
+            limit = reply_limit if reply_limit and rng.random() < limited else 0
+            outcome = router.pick(
+                RouteRequest(model=rng.choice(models), edge_id="bench", max_reply=limit)
+            )
             if counted:
                 picks.append(time.perf_counter() - started)
                 records.append(built[0])
@@ -124,6 +127,8 @@ def run(pairs: int, seed: int) -> dict[str, Any]:
             node_id = outcome.ranked[0].candidate.node_id
             tps = speed[node_id] * rng.uniform(0.97, 1.03)
             reply = max(1, int(rng.lognormvariate(math.log(200), 0.8)))
+            if limit:
+                reply = min(reply, limit)
             prompt = max(1, int(rng.lognormvariate(math.log(300), 0.5)))
             stats = GenerationStats(
                 load_duration_ns=50_000_000,
@@ -142,6 +147,8 @@ def run(pairs: int, seed: int) -> dict[str, Any]:
     records.sort()
     return {
         "nodes": NODES,
+        "reply_limit": reply_limit,
+        "limited_share": limited if reply_limit else 0.0,
         "models_per_node": MODELS,
         "pairs_counted": len(picks),
         "pick": quantiles(picks),
@@ -160,9 +167,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=60_000, help="Pick+Report pairs to run")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--reply-limit",
+        type=int,
+        default=0,
+        help="the most tokens some requests let their reply run to (num_predict; 0 = no limit)",
+    )
+    parser.add_argument(
+        "--limited", type=float, default=0.5, help="the share of requests that ask --reply-limit"
+    )
     parser.add_argument("--json", default="bench/results/routing_cost.json")
     args = parser.parse_args()
-    result = run(args.pairs, args.seed)
+    result = run(args.pairs, args.seed, args.reply_limit, args.limited)
     result["machine"] = {"python": platform.python_version(), "platform": platform.platform()}
     print(json.dumps(result, indent=2))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -77,13 +77,15 @@ class Candidates:
         cached_tokens: int = 0,
         session_key: str = "",
         context_prompt: int = 0,
+        reply_limit: int = 0,
     ) -> Candidate:
         """``prompt_tokens``: the request's prompt, of which ``cached_tokens`` are in the prompt
         cache of ``affinity_node`` (its session's last host) if the model is still loaded there.
         ``session_key``: the request's conversation, to tell whose cached prompt it would take
         over here. ``context_prompt``: the tokens that must fit the context length the request
-        runs at here (its prompt, and a generation's expected reply). The hot path of every
-        pick, once per eligible host: locals and plain dict lookups."""
+        runs at here (its prompt, and a generation's expected reply). ``reply_limit``: the
+        most tokens its reply may run to (0: no limit). The hot path of every pick, once per
+        eligible host: locals and plain dict lookups."""
         asked_model = node.installed_by_key.get(key)
         if context is not None and asked_model is not None:
             context, options = with_modelfile_defaults(asked_model, context, options)
@@ -199,6 +201,8 @@ class Candidates:
             c.memory_needed = node.memory_needed(
                 key, node.wanted_context(key, context), c.num_parallel
             )
+        if reply_limit:
+            c.reply_limit = reply_limit
         if c.in_flight_model:
             c.prompt_ahead = self.fleet.leases.prompt_per_model.get((node_id, key), 0.0)
         if prompt_tokens:

@@ -303,6 +303,7 @@ class Router:
                 cached,
                 request.session_key,
                 fit,
+                request.max_reply,
             )
 
         return candidate_on
@@ -319,8 +320,10 @@ class Router:
         """As _rank_all, visiting hosts in floor order and stopping once no host left could
         rank in the top ``limit``: every host not visited has a floor, so a cost, above the
         ``limit``-th best (cost, node id) found, and ties go to the lower id, as policies
-        break them."""
+        break them. Floors bound requests with no reply limit; a shorter reply asked costs
+        less, so only a share of each floor bounds it."""
         self.floors.refresh_all(policy)
+        share = self._reply_share(request, key, policy) if request.max_reply else 1.0
         nodes = self.fleet.nodes
         affinity = self.sessions.affinity(request.session_key, key)
         candidate_on = self._candidates_for(request, key, context, affinity)
@@ -345,13 +348,12 @@ class Router:
 
         if affinity in self.fleet.holders.get(key, ()):  # its bonus is not in its floor
             visit(nodes[affinity])
-        for entry in self.floors.by_key.get(key, ()):
-            if len(best) >= limit and entry > best[-1]:
+        for floor, node_id in self.floors.by_key.get(key, ()):
+            if len(best) >= limit and (floor * share, node_id) > best[-1]:
                 break  # this and every later host cost at least (floor, id) > the last kept
-            node_id = entry[1]
             node = nodes.get(node_id)
             if node is not None and node_id != affinity:
-                visit(node, entry[0])
+                visit(node, floor * share)
         if not evaluated:
             if not any(n.session is not None for n in self.fleet.holders.get(key, {}).values()):
                 return self._not_found(request)
@@ -365,6 +367,17 @@ class Router:
                 better_busy=True,
             )
         return tuple(policy.pick(request, evaluated, limit))
+
+    def _reply_share(self, request: RouteRequest, key: str, policy: BoundedPicker) -> float:
+        """The share of ``key``'s floors that bounds a request letting its reply run to fewer
+        tokens than usual: each host weighs the usual reply of the instance that serves
+        ``key`` there, the model's own or, where a copy's runner is loaded, that one's."""
+        usual = self.learning.usual_reply
+        replies = {usual(key)}
+        for node in self.fleet.holders.get(key, {}).values():
+            if node.aliases and key in node.aliases:
+                replies.add(usual(node.aliases[key]))
+        return policy.floor_share(request.max_reply, replies)
 
     def _refresh_floor(self, node: Node, key: str) -> None:
         """What was learned about (node, key) changed: refresh its floors if indexed for the

@@ -89,6 +89,9 @@ class Candidate:
     idle_loaded_count: int = 0  # resident models with nothing in flight
     idle_loaded: tuple[Resident, ...] = ()  # those models, in the order Ollama evicts them
     expected_tokens: float = 0.0  # this model's average reply length, from Reports; 0 = unknown
+    # The most tokens this request's reply may run to (num_predict, max_tokens); 0 = no limit.
+    # A limit under the usual reply shortens the request's own decoding, not the queue's.
+    reply_limit: int = 0
     loading_ahead: int = 0  # memory of other loads routed here and not done: they go first
     # When evicting idle models cannot make room: the busy (or loading) models Ollama would
     # evict, each after its requests finish, in its order.
@@ -215,3 +218,10 @@ class BoundedPicker(Picker, Protocol):
     def cost(self, c: Candidate) -> float: ...
 
     def floor(self, c: Candidate) -> float: ...
+
+    def floor_share(self, reply_limit: int, usual_replies: Iterable[float]) -> float:
+        """The share of a floor that still bounds the cost of a request whose reply may run
+        to ``reply_limit`` tokens (0: no limit; 1.0 then), when its candidates' usual reply
+        lengths are among ``usual_replies`` (0: not known): floors are taken for requests
+        with no limit."""
+        ...

@@ -30,8 +30,10 @@ Each candidate gets an expected cost in seconds before its reply can start strea
                                  free soonest whose models are least needed
 plus the time the request itself takes at that host's measured decode speed (for a model not
 run there yet, the host's measured decode bandwidth over the model's size) and the model's
-average reply length, both learned from Reports, so a slow CPU host or a split GPU/CPU load costs
-what it really costs; and, once the host's prompt speed is measured, the time evaluating the
+average reply length, both learned from Reports (or the most the request lets its reply run to,
+num_predict or max_tokens, when that is shorter: a short answer asked for is worth little speed,
+so it stays warm on a slower host rather than load), so a slow CPU host or a split GPU/CPU load
+costs what it really costs; and, once the host's prompt speed is measured, the time evaluating the
 request's prompt there (the edge's estimate of its size), where the session's previous host
 evaluates only what its prompt cache does not hold: a long conversation stays where it is
 cached unless the wait there costs more than evaluating it all again elsewhere. That host also
@@ -51,7 +53,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 from controlplane.model import RouteRequest
@@ -153,7 +155,29 @@ def busy_eviction_cost(c: Candidate) -> float:
 
 
 def service_time(c: Candidate) -> float:
+    """Seconds a request for ``c``'s model usually takes decoding there: what each request
+    queued ahead of this one is expected to take."""
     return _service_time(c.expected_tokens, c.decode_tps, c.on_gpu)
+
+
+def own_time(c: Candidate) -> float:
+    """Seconds this request is expected to take decoding there: the usual reply, or the most
+    it lets its reply run to when that is shorter."""
+    tokens = c.expected_tokens or EXPECTED_TOKENS
+    if c.reply_limit:
+        tokens = min(tokens, c.reply_limit)
+    return _service_time(tokens, c.decode_tps, c.on_gpu)
+
+
+def limited_share(reply_limit: int, usual_replies: Iterable[float]) -> float:
+    """At least own_time / service_time for any candidate of a request limited to
+    ``reply_limit`` tokens whose expected_tokens is among ``usual_replies``."""
+    if not reply_limit:
+        return 1.0
+    longest = max((u or EXPECTED_TOKENS for u in usual_replies), default=EXPECTED_TOKENS)
+    if reply_limit >= longest:
+        return 1.0  # own_time is service_time, computed alike
+    return reply_limit / longest * (1.0 - 1e-9)  # a little under, whatever the rounding
 
 
 def _service_time(expected_tokens: float, decode_tps: float, on_gpu: bool) -> float:
@@ -189,7 +213,8 @@ def queue_wait(c: Candidate, per_request: float) -> float:
 def _cost(c: Candidate) -> tuple[float, str, float]:
     """Seconds until this request would be done here, its tier, and the queue wait (the reason
     text is only built for the hosts that are returned)."""
-    per_request = service_time(c)
+    per_request = service_time(c)  # each request ahead of this one
+    own = own_time(c) if c.reply_limit else per_request
     if c.loaded:
         wait = queue_wait(c, per_request)
         tier = "queued" if wait else "warm"
@@ -203,7 +228,7 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
         if c.loading:
             wait = load_left(load, c.loading_for) + queue_wait(c, per_request)
             tier = "loading"
-            return _total(wait, per_request, c), tier, wait
+            return _total(wait, own, c), tier, wait
         load += loads_ahead(c)  # Ollama loads one model at a time
         load += COLD_LOAD_PENALTY_S
         if c.reload:  # Ollama reloads once the requests on the loaded instance are done,
@@ -218,7 +243,7 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
         else:
             wait = load + busy_wait(c) + EVICT_BUSY_PENALTY_S + busy_eviction_cost(c)
             tier = "cold-evict-busy"
-    cost = _total(wait, per_request, c)
+    cost = _total(wait, own, c)
     if c.context_unsure and c.loaded:  # still warm, but below an instance known to match
         cost += load_estimate(c) * UNSURE_RELOAD_ODDS / max(c.weight, 1e-6)
     if c.affinity and c.loaded:
@@ -232,10 +257,11 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
     return cost, tier, wait
 
 
-def _total(wait: float, per_request: float, c: Candidate) -> float:
+def _total(wait: float, decoding: float, c: Candidate) -> float:
     # One expression for cost and floor, so rounding keeps floor <= cost (wait >= 0; a floor's
-    # candidate has no prompt to evaluate).
-    spent = wait + per_request + prompt_time(c) + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE
+    # candidate has no prompt to evaluate). Every term is >= 0, so a share of the floor bounds
+    # a cost whose decoding is at least that share of the floor's (see limited_share).
+    spent = wait + decoding + prompt_time(c) + c.memory_total * SIZE_TIEBREAK_S_PER_BYTE
     return spent / max(c.weight, 1e-6)
 
 
@@ -275,6 +301,9 @@ class MemoryAwarePicker:
         else:
             wait = load_estimate(c) + COLD_LOAD_PENALTY_S
         return _total(wait, service_time(c), c)
+
+    def floor_share(self, reply_limit: int, usual_replies: Iterable[float]) -> float:
+        return limited_share(reply_limit, usual_replies)
 
     def pick(
         self, request: RouteRequest, candidates: Sequence[Candidate], limit: int

@@ -2,7 +2,8 @@
 the answer of ranking every host. Random fleets and random histories of picks (some routing
 loads that evict), reports with learned speeds and reply lengths, new snapshots, reconnects,
 forgotten hosts, forgotten loads and policy changes; after each step both rankings are compared
-for many requests."""
+for many requests, some asking for short replies (which floors, taken for requests with no
+limit, bound only in part)."""
 
 from __future__ import annotations
 
@@ -120,6 +121,7 @@ def _request(rng: random.Random) -> RouteRequest:
         label_selector=rng.choice([(), (), (("zone", "eu"),)]),
         max_candidates=rng.choice([0, 1, 2, 5]),
         num_ctx=rng.choice([0, 0, 0, 2048, 8192]),
+        max_reply=rng.choice([0, 0, 1, 40, 150, 400, 4096]),  # a short one costs less
     )
 
 

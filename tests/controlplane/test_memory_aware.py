@@ -102,6 +102,47 @@ def test_slow_cpu_host_costs_what_it_costs() -> None:
     assert _order(cpu, gpu) == ["gpu", "cpu"]
 
 
+def test_a_short_reply_asked_for_stays_warm_on_a_slow_host_rather_than_load() -> None:
+    # 200 usual tokens: 20 s on the warm CPU host, against a 3 s load, its 2 s cost and 2.5 s
+    # on the GPU. Ten tokens asked (num_predict, max_tokens): 1 s there, against 5.1 s.
+    cpu = replace(BASE, node_id="cpu", loaded=True, on_gpu=False, decode_tps=10.0)
+    gpu = replace(BASE, node_id="gpu", decode_tps=80.0, load_seconds=3.0, expected_tokens=200)
+    cpu = replace(cpu, expected_tokens=200)
+    assert _order(cpu, gpu) == ["gpu", "cpu"]
+    assert _order(replace(cpu, reply_limit=10), replace(gpu, reply_limit=10)) == ["cpu", "gpu"]
+    # A limit longer than the usual reply changes nothing.
+    long = [replace(c, reply_limit=4096) for c in (cpu, gpu)]
+    assert [MemoryAwarePicker().cost(c) for c in long] == [
+        MemoryAwarePicker().cost(c) for c in (cpu, gpu)
+    ]
+
+
+def test_a_short_reply_asked_for_still_waits_for_the_usual_replies_queued_ahead() -> None:
+    queued = replace(BASE, loaded=True, in_flight_model=3, num_parallel=2, expected_tokens=200)
+    short = replace(queued, reply_limit=20)
+    # Two requests ahead of it over two slots, each the usual 200 tokens at 50/s: 4 s of
+    # waiting either way; only its own decoding shrinks, from 4 s to 0.4 s.
+    assert queue_wait(short, service_time(short)) == pytest.approx(4.0)
+    picker = MemoryAwarePicker()
+    assert picker.cost(queued) - picker.cost(short) == pytest.approx(4.0 - 0.4)
+
+
+def test_a_request_asking_a_short_reply_is_routed_warm_to_the_cpu_host() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "cpu", models=["m:latest"], loaded=["m"], vram_gb=0)
+    builders.add_node(fleet, "gpu", models=["m:latest"])
+    router = builders.router(fleet, "memory_aware")
+    assert fleet.nodes["cpu"].vram_total == 0 and fleet.nodes["gpu"].vram_total > 0
+    short = router.pick(RouteRequest(model="m", edge_id="e", max_reply=10))
+    assert [(r.candidate.node_id, r.reason) for r in short.ranked] == [
+        ("cpu", "warm"),
+        ("gpu", "cold-fit"),
+    ]
+    router.fleet.leases.close(short.lease_id)
+    usual = router.pick(RouteRequest(model="m", edge_id="e"))  # 200 tokens: 20 s on the CPU
+    assert usual.ranked[0].candidate.node_id == "gpu"
+
+
 def test_affinity_is_a_weight_not_a_pin() -> None:
     mine = replace(BASE, node_id="mine", loaded=True, affinity=True)
     other = replace(BASE, node_id="other", loaded=True)

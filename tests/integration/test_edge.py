@@ -1042,6 +1042,49 @@ def test_a_reload_at_a_longer_context_is_known_to_evict_what_it_will() -> None:
         wait_until(lambda: listed() == ["llama3.1:8b"], 5.0, "llama3.2 evicted, as predicted")
 
 
+def test_a_short_reply_asked_for_runs_warm_on_the_cpu_host_a_long_one_loads_on_the_gpu() -> None:
+    """A request whose reply may run to a few tokens (OpenAI's max_tokens, Ollama's
+    num_predict) takes little of a slow host's time: it runs where its model is warm, on the
+    CPU host, rather than load it on the idle GPU. With no limit, the usual reply there would
+    take far longer than a load on the GPU."""
+    replies = ["--response-tokens", "600-600"]  # 33 s at the CPU host's 18 tokens/s
+    hosts = {"cpu": ["--profile", "cpu", *replies], "gpu": ["--profile", "gpu-24g", *replies]}
+    with fleet.whole_fleet(hosts) as running:
+        # One usual reply, run on the CPU host: its length and the speed there are learned.
+        first = httpx.post(
+            running.edge.url + "/api/chat",
+            json={"model": "llama3.2", "messages": [{"role": "user", "content": "tell me"}]},
+            headers={"X-Hops-Node": "cpu"},
+            timeout=60,
+        )
+        assert first.status_code == 200
+        client = openai.OpenAI(base_url=running.edge.url + "/v1", api_key="unused")
+        short = client.chat.completions.with_raw_response.create(
+            model="llama3.2", messages=[{"role": "user", "content": "yes or no?"}], max_tokens=3
+        )
+        assert (short.headers["x-hops-node"], short.headers["x-hops-route"]) == ("cpu", "warm")
+        assert short.parse().usage.completion_tokens <= 3
+        native = httpx.post(
+            running.edge.url + "/api/chat",
+            json={
+                "model": "llama3.2",
+                "messages": [{"role": "user", "content": "one word"}],
+                "stream": False,
+                "options": {"num_predict": 3},
+            },
+            timeout=30,
+        )
+        assert (native.headers["x-hops-node"], native.headers["x-hops-route"]) == ("cpu", "warm")
+        usual = httpx.post(
+            running.edge.url + "/api/chat",
+            json={"model": "llama3.2", "messages": [{"role": "user", "content": "go on"}]},
+            timeout=60,
+        )
+        assert usual.status_code == 200
+        assert (usual.headers["x-hops-node"], usual.headers["x-hops-route"]) == ("gpu", "cold-fit")
+        assert [_sim_stats(running.sim_url(n))["loads"] for n in ("cpu", "gpu")] == [1, 1]
+
+
 def test_a_request_goes_where_its_context_length_is_loaded() -> None:
     """Ollama reloads a model for a request with another num_ctx than the loaded instance's:
     with the model loaded at 8192 on one host and at the default on the other, each request
