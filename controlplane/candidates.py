@@ -204,7 +204,11 @@ class Candidates:
         if reply_limit:
             c.reply_limit = reply_limit
         if c.in_flight_model:
-            c.prompt_ahead = self.fleet.leases.prompt_per_model.get((node_id, key), 0.0)
+            leases = self.fleet.leases
+            c.prompt_ahead = leases.prompt_per_model.get((node_id, key), 0.0)
+            limits = leases.limits_per_model.get((node_id, key))
+            if limits:
+                c.limits_ahead = tuple(limits.items())
         if prompt_tokens:
             fresh = prompt_tokens - cached_tokens if c.affinity and loaded else prompt_tokens
             c.prompt_tokens = max(fresh, 0)

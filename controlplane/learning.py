@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from controlplane.fleet import Fleet, Node
 from controlplane.leases import Lease
 from controlplane.model import GenerationStats, Report
+from controlplane.policies.base import DEFAULT_REPLY_TOKENS
 
 EWMA_ALPHA = 0.3
 # A load_duration up to this is Ollama handing over a loaded model (tens of ms), not a load.
@@ -123,7 +124,7 @@ class Learning:
         measured speed, which the edge's times hold (see _less_prompt). A reply that ran to
         ``reply_limit``, the most its request let it (0: no limit), was cut short: it says the
         model's usual reply is at least that long, which teaches only when the average so far
-        is shorter."""
+        (before any, the DEFAULT_REPLY_TOKENS policies assume) is shorter."""
         stats = report.stats
         if stats is None:
             return
@@ -167,7 +168,8 @@ class Learning:
             self.moved(node, model)
         count = stats.eval_count
         cut = 0 < reply_limit <= count
-        if count and not (cut and count <= self.tokens.get(model, (0.0, 0.0))[0]):
+        usual = self.tokens.get(model, (0.0, 0.0))[0] or DEFAULT_REPLY_TOKENS
+        if count and not (cut and count <= usual):
             self._learn_tokens(model, count)
 
     def _split_reply(

@@ -82,6 +82,8 @@ class LeaseTable:
         self.per_node: Counter[str] = Counter()  # node id -> open leases
         # (node id, model) -> the prompt_seconds of its open leases, summed
         self.prompt_per_model: dict[tuple[str, str], float] = {}
+        # (node id, model) -> of its open leases asking a reply limit, how many ask each one
+        self.limits_per_model: dict[tuple[str, str], Counter[int]] = {}
         self._ids = itertools.count(1)
         self._prefix = os.urandom(4).hex()
 
@@ -97,6 +99,7 @@ class LeaseTable:
         *,
         runs_model: bool = True,
         prompt_seconds: float = 0.0,
+        max_reply: int = 0,
     ) -> Lease:
         lease = Lease(
             f"{self._prefix}-{next(self._ids)}",
@@ -106,6 +109,7 @@ class LeaseTable:
             time.monotonic(),
             runs_model=runs_model,
             prompt_seconds=prompt_seconds,
+            max_reply=max_reply,
         )
         self._leases[lease.lease_id] = lease
         if request_id:
@@ -186,9 +190,20 @@ class LeaseTable:
             if self.per_model[key] <= 0:
                 del self.per_model[key]
                 self.prompt_per_model.pop(key, None)  # no float left over
-            elif lease.prompt_seconds:
-                prompt = self.prompt_per_model.get(key, 0.0) + delta * lease.prompt_seconds
-                self.prompt_per_model[key] = max(prompt, 0.0)
+                self.limits_per_model.pop(key, None)
+                lease_limit = 0
+            else:
+                lease_limit = lease.max_reply
+                if lease.prompt_seconds:
+                    prompt = self.prompt_per_model.get(key, 0.0) + delta * lease.prompt_seconds
+                    self.prompt_per_model[key] = max(prompt, 0.0)
+            if lease_limit:
+                limits = self.limits_per_model.setdefault(key, Counter())
+                limits[lease_limit] += delta
+                if limits[lease_limit] <= 0:
+                    del limits[lease_limit]
+                    if not limits:
+                        del self.limits_per_model[key]
         self.per_node[lease.node_id] += delta
         if self.per_node[lease.node_id] <= 0:
             del self.per_node[lease.node_id]

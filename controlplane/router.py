@@ -173,6 +173,7 @@ class Router:
             request.request_id,
             runs_model=request.runs_model,
             prompt_seconds=prompt_time(ranked[0].candidate),
+            max_reply=request.max_reply if request.runs_model else 0,
         )
         if not request.runs_model:
             # A show or a pull loads nothing, counts as no demand for the model, and is never
@@ -181,7 +182,6 @@ class Router:
             ranked = tuple(replace(r, reason=NO_LOAD) for r in ranked)
             return PickOutcome(PickStatus.OK, name, lease_id=lease.lease_id, ranked=ranked)
         first.breaker.on_dispatch(lease.lease_id)
-        lease.max_reply = request.max_reply
         if asked == 0:
             listed = first.loaded_by_key.get(key)
             lengths = {listed.context_length} if listed is not None else set()

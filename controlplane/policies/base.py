@@ -15,6 +15,9 @@ from typing import ClassVar, Protocol, runtime_checkable
 from controlplane.model import RouteRequest
 
 KV_HEADROOM = 1.15  # a model takes about this much more memory than its file (KV cache, graph)
+# The tokens a model's reply is taken to run to until one that ended by itself (or one cut at a
+# longer limit) was seen.
+DEFAULT_REPLY_TOKENS = 200
 DEFAULT_GPU_TPS = 60.0  # decode tokens/s of a model on a host where nothing was measured yet
 DEFAULT_CPU_TPS = 10.0
 # Until a host's prompt speed is measured: its decode speed times this. Conservative (a GPU
@@ -116,6 +119,9 @@ class Candidate:
     # The prompt_time of the requests in flight for this model here, summed: a request that
     # queues waits for their prompts too.
     prompt_ahead: float = 0.0
+    # Of the requests in flight for this model here, those asking a reply limit: (limit, how
+    # many ask it). Each takes at most its limit; the others, the usual reply.
+    limits_ahead: tuple[tuple[int, int], ...] = ()
     # Loaded here with every prompt-cache slot holding another conversation: the prompt tokens
     # of the one this request would take over (its next turn here evaluates them again).
     cache_victim_tokens: int = 0

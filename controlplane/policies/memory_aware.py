@@ -4,6 +4,7 @@ loads, queues and evictions, as Ollama's scheduler would experience them.
 Each candidate gets an expected cost in seconds before its reply can start streaming:
   warm, free slot                0 (the model is loaded and a parallel slot is free)
   warm, queued                   requests ahead / parallel slots x measured time per request
+                                 (the usual reply, or a shorter reply limit the request asked)
   (listed while still loading)   + what is left of the load routed here (no reply yet)
   already loading here           what is left of the load, by the time since it was routed
                                  here, but at least half of it (it may have waited behind others)
@@ -58,6 +59,7 @@ from typing import ClassVar
 
 from controlplane.model import RouteRequest
 from controlplane.policies.base import (
+    DEFAULT_REPLY_TOKENS,
     KV_HEADROOM,
     Candidate,
     Ranked,
@@ -70,7 +72,7 @@ from controlplane.policies.base import (
     seconds_per_prompt_token,
 )
 
-EXPECTED_TOKENS = 200
+EXPECTED_TOKENS = DEFAULT_REPLY_TOKENS
 DEFAULT_LOAD_BYTES_PER_S = 2.0e9
 LOAD_OVERHEAD_S = 0.5
 EVICT_IDLE_PENALTY_S = 2.0
@@ -155,9 +157,21 @@ def busy_eviction_cost(c: Candidate) -> float:
 
 
 def service_time(c: Candidate) -> float:
-    """Seconds a request for ``c``'s model usually takes decoding there: what each request
-    queued ahead of this one is expected to take."""
+    """Seconds a request for ``c``'s model usually takes decoding there (its usual reply)."""
     return _service_time(c.expected_tokens, c.decode_tps, c.on_gpu)
+
+
+def ahead_time(c: Candidate) -> float:
+    """Seconds each request in flight for ``c``'s model there takes decoding, on average: the
+    usual reply, or the most it lets its reply run to where that is shorter."""
+    usual = c.expected_tokens or EXPECTED_TOKENS
+    limited = count = 0.0
+    for limit, n in c.limits_ahead:
+        limited += min(usual, limit) * n
+        count += n
+    total = max(c.in_flight_model, count, 1)
+    tokens = (limited + (total - count) * usual) / total
+    return _service_time(tokens, c.decode_tps, c.on_gpu)
 
 
 def own_time(c: Candidate) -> float:
@@ -213,10 +227,11 @@ def queue_wait(c: Candidate, per_request: float) -> float:
 def _cost(c: Candidate) -> tuple[float, str, float]:
     """Seconds until this request would be done here, its tier, and the queue wait (the reason
     text is only built for the hosts that are returned)."""
-    per_request = service_time(c)  # each request ahead of this one
-    own = own_time(c) if c.reply_limit else per_request
+    per_request = service_time(c)
+    own = own_time(c) if c.reply_limit else per_request  # this request
+    ahead = ahead_time(c) if c.limits_ahead else per_request  # each in flight here
     if c.loaded:
-        wait = queue_wait(c, per_request)
+        wait = queue_wait(c, ahead)
         tier = "queued" if wait else "warm"
         if c.warming:  # Ollama lists a model as it starts to load it
             left = listed_load_left(load_estimate(c), c.loading_for)
@@ -226,13 +241,13 @@ def _cost(c: Candidate) -> tuple[float, str, float]:
     else:
         load = load_estimate(c)
         if c.loading:
-            wait = load_left(load, c.loading_for) + queue_wait(c, per_request)
+            wait = load_left(load, c.loading_for) + queue_wait(c, ahead)
             tier = "loading"
             return _total(wait, own, c), tier, wait
         load += loads_ahead(c)  # Ollama loads one model at a time
         load += COLD_LOAD_PENALTY_S
         if c.reload:  # Ollama reloads once the requests on the loaded instance are done,
-            load += c.in_flight_model * per_request / max(c.num_parallel, 1)
+            load += c.in_flight_model * ahead / max(c.num_parallel, 1)
             if c.replaced is not None:  # and that instance's clients then reload it back
                 load += victim_cost(c.replaced)
         if memory_needed(c) <= c.memory_free and c.loaded_count < c.max_loaded:

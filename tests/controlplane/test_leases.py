@@ -58,3 +58,20 @@ def test_the_prompts_in_flight_are_summed_per_host_and_model() -> None:
     table.close(short.lease_id)
     table.close(long.lease_id)
     assert table.prompt_per_model == {}
+
+
+def test_the_reply_limits_in_flight_are_counted_per_host_and_model() -> None:
+    table = LeaseTable()
+    short = table.open("e", "a", "m", max_reply=20)
+    table.open("e", "a", "m", max_reply=20)
+    table.open("e", "a", "m", max_reply=500)
+    unlimited = table.open("e", "a", "m")
+    table.open("e", "a", "show", runs_model=False, max_reply=20)  # runs no model
+    assert table.limits_per_model == {("a", "m"): {20: 2, 500: 1}}
+    table.move(short.lease_id, "b")  # retried elsewhere: its limit goes with it
+    assert table.limits_per_model == {("a", "m"): {20: 1, 500: 1}, ("b", "m"): {20: 1}}
+    table.close(short.lease_id)
+    assert ("b", "m") not in table.limits_per_model
+    for lease in [x for x in list(table._leases.values()) if x is not unlimited]:
+        table.close(lease.lease_id)
+    assert table.limits_per_model == {} and table.in_flight("a", "m") == 1

@@ -10,7 +10,7 @@ import pytest
 from controlplane import router as router_module
 from controlplane.demand import DEMAND_WINDOW
 from controlplane.fleet import Fleet, Node
-from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
+from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import Candidate
 from controlplane.policies.base import (
     KV_HEADROOM,
@@ -117,7 +117,7 @@ def test_a_short_reply_asked_for_stays_warm_on_a_slow_host_rather_than_load() ->
     ]
 
 
-def test_a_short_reply_asked_for_still_waits_for_the_usual_replies_queued_ahead() -> None:
+def test_a_short_reply_waits_for_the_replies_in_flight_ahead_as_long_as_they_may_run() -> None:
     queued = replace(BASE, loaded=True, in_flight_model=3, num_parallel=2, expected_tokens=200)
     short = replace(queued, reply_limit=20)
     # Two requests ahead of it over two slots, each the usual 200 tokens at 50/s: 4 s of
@@ -125,6 +125,29 @@ def test_a_short_reply_asked_for_still_waits_for_the_usual_replies_queued_ahead(
     assert queue_wait(short, service_time(short)) == pytest.approx(4.0)
     picker = MemoryAwarePicker()
     assert picker.cost(queued) - picker.cost(short) == pytest.approx(4.0 - 0.4)
+    # Those in flight asked for 20 tokens each too: they take 0.4 s, not 4 s, so the wait
+    # behind them is 0.4 s. A limit longer than the usual reply counts the usual one.
+    behind_short = replace(short, limits_ahead=((20, 3),))
+    assert picker.cost(short) - picker.cost(behind_short) == pytest.approx(4.0 - 0.4)
+    behind_long = replace(short, limits_ahead=((4096, 2),))
+    assert picker.cost(behind_long) == pytest.approx(picker.cost(short))
+    # Two of three asked 20 tokens: on average (0.4 + 0.4 + 4) / 3 s each.
+    mixed = replace(short, limits_ahead=((20, 2),))
+    assert picker.cost(short) - picker.cost(mixed) == pytest.approx(4.0 - 4.8 / 3)
+
+
+def test_a_candidate_knows_the_reply_limits_of_the_requests_in_flight_there() -> None:
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["m:latest"], loaded=["m"])
+    router = builders.router(fleet, "memory_aware")
+    picks = [router.pick(RouteRequest(model="m", edge_id="e", max_reply=r)) for r in (10, 10, 0)]
+    router.pick(RouteRequest(model="m", edge_id="e", api=ApiKind.SHOW, max_reply=10))
+    queued = router.candidates.build(fleet.nodes["n"], "m:latest", "")
+    assert (queued.in_flight_model, queued.limits_ahead) == (3, ((10, 2),))
+    for outcome in picks[:2]:
+        router.report(Report(outcome.lease_id, "n", Outcome.OK, http_status=200))
+    after = router.candidates.build(fleet.nodes["n"], "m:latest", "")
+    assert (after.in_flight_model, after.limits_ahead) == (1, ())
 
 
 def test_a_request_asking_a_short_reply_is_routed_warm_to_the_cpu_host() -> None:
@@ -516,6 +539,26 @@ def test_reply_length_is_learned_from_reports() -> None:
     learned = router.candidates.build(fleet.nodes["n"], "m:latest", "")
     assert learned.expected_tokens == pytest.approx(80, rel=0.2)
     assert service_time(learned) == pytest.approx(1.0, rel=0.2)  # 80 tokens at 80 tokens/s
+
+
+def test_a_first_reply_cut_at_its_limit_teaches_only_a_length_over_the_default() -> None:
+    """A reply stopped at its request's limit says the usual one is at least that long. Before
+    any reply was seen, routing takes it to be DEFAULT_REPLY_TOKENS: a reply cut at 3 tokens
+    (a title, a yes/no) must not make every later request look 3 tokens long; one cut at 1,000
+    says more than the default does."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["m:latest"], loaded=["m"])
+    router = builders.router(fleet, "memory_aware")
+
+    def cut_at(limit: int) -> None:
+        outcome = router.pick(RouteRequest(model="m", edge_id="e", max_reply=limit))
+        stats = GenerationStats(eval_count=limit, eval_duration_ns=10**9)
+        router.report(Report(outcome.lease_id, "n", Outcome.OK, http_status=200, stats=stats))
+
+    cut_at(3)
+    assert router.learning.usual_reply("m:latest") == 0.0  # still unknown: the default holds
+    cut_at(1000)
+    assert router.learning.usual_reply("m:latest") == 1000
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
