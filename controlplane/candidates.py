@@ -201,6 +201,8 @@ class Candidates:
             c.memory_needed = node.memory_needed(
                 key, node.wanted_context(key, context), c.num_parallel
             )
+        if key in node.embedding_only:
+            c.embeds_only = True
         if reply_limit:
             c.reply_limit = reply_limit
         if c.in_flight_model:

@@ -17,7 +17,14 @@ from controlplane.breaker import Breaker
 from controlplane.errors import NodeIdConflict
 from controlplane.leases import LeaseTable
 from hopscommon import names
-from hopscommon.fleet import Hello, InstalledModel, LoadedModel, Snapshot, runs_one_at_a_time
+from hopscommon.fleet import (
+    Hello,
+    InstalledModel,
+    LoadedModel,
+    Snapshot,
+    embeds_only,
+    runs_one_at_a_time,
+)
 from hopscommon.ollama_versions import automatic_context
 from hopscommon.runner_options import RunnerOptions, needs_reload, with_defaults
 
@@ -58,6 +65,8 @@ class Node:
     # installed models Ollama runs with one parallel slot (embedding-only ones, a few
     # architectures), whatever the host's OLLAMA_NUM_PARALLEL
     one_slot: frozenset[str] = frozenset()
+    # installed models that only embed: their requests decode no reply
+    embedding_only: frozenset[str] = frozenset()
     # model key -> (when a load was routed here, the memory it will take)
     loading: dict[str, tuple[float, int]] = field(default_factory=dict)
     loading_bytes: int = 0  # size of the models in ``loading``, kept in step with it
@@ -140,6 +149,11 @@ class Node:
                 key
                 for key, m in self.installed_by_key.items()
                 if runs_one_at_a_time(m.capabilities, m.details.family)
+            )
+            self.embedding_only = frozenset(
+                key
+                for key, m in self.installed_by_key.items()
+                if embeds_only(m.capabilities, m.details.family)
             )
             groups: dict[str, list[str]] = {}
             for key, m in self.installed_by_key.items():

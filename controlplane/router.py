@@ -142,6 +142,10 @@ class Router:
         return self._checked[1]
 
     def _pick(self, request: RouteRequest, may_wait: bool) -> PickOutcome:
+        if request.session_key and request.is_embedding:
+            # An embedding model's attention reads its inputs whole each time, so no host holds
+            # a cached part of them: identical inputs are no session, and spread as others do.
+            request = replace(request, session_key="")
         name = self.policy.name
         key = model_key(request.model)
         limit = request.max_candidates or self.max_candidates

@@ -47,15 +47,22 @@ ONE_SLOT_FAMILIES = frozenset(
 )
 
 
-def runs_one_at_a_time(capabilities: tuple[str, ...], family: str) -> bool:
-    """Whether Ollama gives a model one parallel slot: embedding-only models (by their
-    capabilities, listed since Ollama 0.30; before that, a BERT family says so) and the
-    architectures above. Its requests beyond the first wait inside Ollama."""
+def embeds_only(capabilities: tuple[str, ...], family: str) -> bool:
+    """Whether a model only embeds (its requests have no reply to decode): by its capabilities,
+    listed since Ollama 0.30; before that, a BERT family says so."""
     if capabilities:
-        embedding_only = "embedding" in capabilities and "completion" not in capabilities
-    else:
-        embedding_only = family.endswith("bert")
-    return embedding_only or family in ONE_SLOT_FAMILIES or family.startswith("nemotron_h")
+        return "embedding" in capabilities and "completion" not in capabilities
+    return family.endswith("bert")
+
+
+def runs_one_at_a_time(capabilities: tuple[str, ...], family: str) -> bool:
+    """Whether Ollama gives a model one parallel slot: embedding-only models and the
+    architectures above. Its requests beyond the first wait inside Ollama."""
+    return (
+        embeds_only(capabilities, family)
+        or family in ONE_SLOT_FAMILIES
+        or family.startswith("nemotron_h")
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,7 @@ class Candidate:
     idle_loaded_count: int = 0  # resident models with nothing in flight
     idle_loaded: tuple[Resident, ...] = ()  # those models, in the order Ollama evicts them
     expected_tokens: float = 0.0  # this model's average reply length, from Reports; 0 = unknown
+    embeds_only: bool = False  # the model only embeds: its requests decode no reply
     # The most tokens this request's reply may run to (num_predict, max_tokens); 0 = no limit.
     # A limit under the usual reply shortens the request's own decoding, not the queue's.
     reply_limit: int = 0

@@ -33,8 +33,9 @@ plus the time the request itself takes at that host's measured decode speed (for
 run there yet, the host's measured decode bandwidth over the model's size) and the model's
 average reply length, both learned from Reports (or the most the request lets its reply run to,
 num_predict or max_tokens, when that is shorter: a short answer asked for is worth little speed,
-so it stays warm on a slower host rather than load), so a slow CPU host or a split GPU/CPU load
-costs what it really costs; and, once the host's prompt speed is measured, the time evaluating the
+so it stays warm on a slower host rather than load; a model that only embeds decodes no reply,
+its request one pass over the weights), so a slow CPU host or a split GPU/CPU load costs what it
+really costs; and, once the host's prompt speed is measured, the time evaluating the
 request's prompt there (the edge's estimate of its size), where the session's previous host
 evaluates only what its prompt cache does not hold: a long conversation stays where it is
 cached unless the wait there costs more than evaluating it all again elsewhere. That host also
@@ -73,6 +74,7 @@ from controlplane.policies.base import (
 )
 
 EXPECTED_TOKENS = DEFAULT_REPLY_TOKENS
+EMBED_TOKENS = 1.0  # see _usual_tokens
 DEFAULT_LOAD_BYTES_PER_S = 2.0e9
 LOAD_OVERHEAD_S = 0.5
 EVICT_IDLE_PENALTY_S = 2.0
@@ -157,14 +159,14 @@ def busy_eviction_cost(c: Candidate) -> float:
 
 
 def service_time(c: Candidate) -> float:
-    """Seconds a request for ``c``'s model usually takes decoding there (its usual reply)."""
-    return _service_time(c.expected_tokens, c.decode_tps, c.on_gpu)
+    """Seconds a request for ``c``'s model usually takes decoding there."""
+    return _service_time(_usual_tokens(c), c.decode_tps, c.on_gpu)
 
 
 def ahead_time(c: Candidate) -> float:
     """Seconds each request in flight for ``c``'s model there takes decoding, on average: the
     usual reply, or the most it lets its reply run to where that is shorter."""
-    usual = c.expected_tokens or EXPECTED_TOKENS
+    usual = _usual_tokens(c)
     limited = count = 0.0
     for limit, n in c.limits_ahead:
         limited += min(usual, limit) * n
@@ -177,10 +179,19 @@ def ahead_time(c: Candidate) -> float:
 def own_time(c: Candidate) -> float:
     """Seconds this request is expected to take decoding there: the usual reply, or the most
     it lets its reply run to when that is shorter."""
-    tokens = c.expected_tokens or EXPECTED_TOKENS
+    tokens = _usual_tokens(c)
     if c.reply_limit:
         tokens = min(tokens, c.reply_limit)
     return _service_time(tokens, c.decode_tps, c.on_gpu)
+
+
+def _usual_tokens(c: Candidate) -> float:
+    """The tokens a request for ``c``'s model usually decodes: its usual reply, learned. A model
+    that only embeds decodes none; its request is one pass over the weights, as one decoding
+    step is, besides its inputs' evaluation (the prompt's): EMBED_TOKENS."""
+    if c.embeds_only:
+        return EMBED_TOKENS
+    return c.expected_tokens or EXPECTED_TOKENS
 
 
 def limited_share(reply_limit: int, usual_replies: Iterable[float]) -> float:

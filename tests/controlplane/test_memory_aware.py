@@ -136,6 +136,34 @@ def test_a_short_reply_waits_for_the_replies_in_flight_ahead_as_long_as_they_may
     assert picker.cost(short) - picker.cost(mixed) == pytest.approx(4.0 - 4.8 / 3)
 
 
+def test_a_model_that_only_embeds_decodes_no_reply_so_stays_warm_on_the_cpu_host() -> None:
+    # Unmeasured, 200 tokens at a CPU's 10 tokens/s would be 20 s; an embedding decodes none:
+    # one pass over the weights, as one decoding step (0.1 s), and its inputs' evaluation (10
+    # tokens at the CPU prior: 0.5 s), against a load on the GPU.
+    cpu = replace(BASE, node_id="cpu", loaded=True, on_gpu=False, decode_tps=0.0, prompt_tokens=10)
+    gpu = replace(BASE, node_id="gpu", decode_tps=0.0, load_seconds=1.0, prompt_tokens=10)
+    assert _order(cpu, gpu) == ["gpu", "cpu"]
+    embed = [replace(c, embeds_only=True) for c in (cpu, gpu)]
+    assert _order(*embed) == ["cpu", "gpu"]
+    assert service_time(embed[0]) == pytest.approx(0.1)
+    assert expected_cost(embed[0])[0] == pytest.approx(0.1 + 0.5, abs=0.03)  # + size tiebreak
+    # An embed queued behind two others (one slot) waits for their passes and inputs.
+    queued = replace(embed[0], in_flight_model=2, prompt_ahead=3.0)
+    assert queue_wait(queued, service_time(queued)) == pytest.approx(2 * (0.1 + 1.5))
+
+
+def test_a_node_knows_which_installed_models_only_embed() -> None:
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "n", models=["e:latest", "m:latest"])
+    kinds = {"e:latest": ("embedding",), "m:latest": ("completion", "embedding")}
+    installed = tuple(replace(m, capabilities=kinds[m.name]) for m in node.snapshot.installed)
+    fleet.update("n", node.session, replace(node.snapshot, sequence=2, installed=installed))
+    assert node.embedding_only == {"e:latest"}
+    router = builders.router(fleet, "memory_aware")
+    assert router.candidates.build(node, "e:latest", "").embeds_only
+    assert not router.candidates.build(node, "m:latest", "").embeds_only
+
+
 def test_a_candidate_knows_the_reply_limits_of_the_requests_in_flight_there() -> None:
     fleet = builders.fleet()
     builders.add_node(fleet, "n", models=["m:latest"], loaded=["m"])

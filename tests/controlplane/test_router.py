@@ -1475,6 +1475,13 @@ def test_an_embedding_model_has_one_slot_so_a_second_request_goes_to_another_cop
     embeds = [router.pick(_req("nomic-embed-text", api=ApiKind.EMBED)) for _ in range(2)]
     assert [o.ranked[0].candidate.node_id for o in embeds] == ["a", "b"]
     assert embeds[0].ranked[0].candidate.num_parallel == 1
+    # The same inputs again (the edge keys them alike): no session pins them to one host.
+    for outcome in embeds:
+        router.fleet.leases.close(outcome.lease_id)
+    same = _req("nomic-embed-text", api=ApiKind.EMBED, session_key="p:same", prompt_tokens=40)
+    again = [router.pick(same) for _ in range(2)]
+    assert [o.ranked[0].candidate.node_id for o in again] == ["a", "b"]
+    assert all(not r.candidate.affinity for o in again for r in o.ranked)
     chats = [router.pick(_req(api=ApiKind.CHAT)) for _ in range(2)]
     assert {o.ranked[0].candidate.num_parallel for o in chats} == {4}
     assert fleet.nodes["a"].one_slot == {"nomic-embed-text:latest"}

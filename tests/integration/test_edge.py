@@ -1274,6 +1274,30 @@ def test_concurrent_embeds_spread_over_hosts_as_ollama_runs_one_at_a_time() -> N
             assert sorted(pool.map(send, range(2))) == ["a", "b"]
 
 
+def test_an_embedding_runs_warm_on_the_cpu_host_as_it_decodes_nothing() -> None:
+    """An embedding model's requests have no reply to decode: warm on the CPU host, an embed
+    runs there (its inputs' evaluation is its whole cost) rather than load the model on the
+    idle GPU. Ollama's route and OpenAI's both."""
+    hosts = {"cpu": ["--profile", "cpu"], "gpu": ["--profile", "gpu-24g"]}
+    with fleet.whole_fleet(hosts) as running:
+        model = "nomic-embed-text:latest"
+        fleet.warm_everywhere(running, model, ["cpu"], route="/api/embed")
+        native = httpx.post(
+            running.edge.url + "/api/embed",
+            json={"model": "nomic-embed-text", "input": ["a chunk of text", "another"]},
+            timeout=30,
+        )
+        assert native.status_code == 200, native.text
+        assert (native.headers["x-hops-node"], native.headers["x-hops-route"]) == ("cpu", "warm")
+        client = openai.OpenAI(base_url=running.edge.url + "/v1", api_key="unused")
+        vectors = client.embeddings.with_raw_response.create(
+            model="nomic-embed-text", input="one more chunk"
+        )
+        assert (vectors.headers["x-hops-node"], vectors.headers["x-hops-route"]) == ("cpu", "warm")
+        assert len(vectors.parse().data) == 1
+        assert [_sim_stats(running.sim_url(n))["loads"] for n in ("cpu", "gpu")] == [1, 0]
+
+
 def test_ollama_create_works_without_naming_a_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The ollama client cannot send X-Hops-Node: a create from a model is made on every host
     that has the model; uploaded blobs go to one host, the create made of them goes there; both
