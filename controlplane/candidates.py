@@ -293,6 +293,7 @@ class Candidates:
                     time.monotonic() - since if since is not None else 0.0,
                     self._weights_demand(node, victim),
                     self.fleet.warm.get(victim, 0) > here,
+                    victim in node.embedding_only,
                 )
             )
         return tuple(out)

@@ -57,6 +57,7 @@ class Busy:
     loading_for: float = 0.0  # seconds since that load was routed here
     demand: float = 0.0  # expected requests for it among the next DEMAND_WINDOW picks
     elsewhere: bool = False  # loaded on another connected host too
+    embeds_only: bool = False  # it only embeds: its requests decode no reply
 
 
 @dataclass(slots=True)

@@ -215,7 +215,8 @@ def busy_wait(c: Candidate) -> float:
     slots = max(c.num_parallel, 1)
     wait = 0.0
     for b in c.busy_victims:
-        per_request = _service_time(b.expected_tokens, b.decode_tps, c.on_gpu)
+        tokens = EMBED_TOKENS if b.embeds_only else b.expected_tokens
+        per_request = _service_time(tokens, b.decode_tps, c.on_gpu)
         own_load = 0.0
         if b.loading or b.warming:
             load = _load_time(b.load_seconds, b.size_bytes)

@@ -398,6 +398,11 @@ def test_a_load_that_must_wait_for_busy_models_goes_where_they_finish_first() ->
     evict_idle = replace(BASE, node_id="idle", memory_free=GIB, idle_loaded_bytes=10 * GIB)
     assert _order(swamped, soon, loading, evict_idle) == ["idle", "soon", "loading", "swamped"]
     assert {expected_cost(c)[1] for c in (swamped, soon, loading)} == {"cold-evict-busy"}
+    # Three embeds to finish are three passes over the weights (3 x 1 / 10 = 0.3 s), not three
+    # replies: the fast loader goes first.
+    embeds = full("embeds", 2.0, Busy("v:latest", 3, 5 * GIB, 10.0, 0.0, embeds_only=True))
+    assert busy_wait(embeds) == pytest.approx(0.3)
+    assert _order(embeds, soon) == ["embeds", "soon"]
 
 
 def test_a_load_that_must_wait_for_busy_models_evicts_those_least_needed() -> None:
@@ -437,6 +442,9 @@ def test_a_candidate_lists_the_busy_models_its_load_would_wait_for() -> None:
     warm_there = replace(other.snapshot, sequence=2, loaded=(LoadedModel(name="m1:latest"),))
     fleet.update("other", other.session, warm_there)
     assert router.candidates.build(small, "m2:latest", "").busy_victims[0].elsewhere
+    assert not waits.busy_victims[0].embeds_only
+    small.embedding_only = frozenset({"m1:latest"})  # as a snapshot listing it so would set
+    assert router.candidates.build(small, "m2:latest", "").busy_victims[0].embeds_only
     fleet.leases.close(busy.lease_id)  # m1 idle: evicting it makes room, nothing to wait for
     assert router.candidates.build(small, "m2:latest", "").busy_victims == ()
 
