@@ -354,7 +354,7 @@ class Router:
             visit(nodes[affinity])
         for floor, node_id in self.floors.by_key.get(key, ()):
             if len(best) >= limit and (floor * share, node_id) > best[-1]:
-                break  # this and every later host cost at least (floor, id) > the last kept
+                break  # this and every later host cost at least (floor x share, id) > the last
             node = nodes.get(node_id)
             if node is not None and node_id != affinity:
                 visit(node, floor * share)
