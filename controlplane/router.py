@@ -39,7 +39,12 @@ from controlplane.leases import Lease
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import BoundedPicker, Candidate, Picker, Ranked
-from controlplane.policies.base import memory_needed, prompt_time, seconds_per_prompt_token
+from controlplane.policies.base import (
+    DEFAULT_REPLY_TOKENS,
+    memory_needed,
+    prompt_time,
+    seconds_per_prompt_token,
+)
 from controlplane.sessions import Sessions
 from hopscommon import labels
 
@@ -286,15 +291,18 @@ class Router:
         ``affinity``: what that host holds cached of it is looked up once."""
         cached = self.sessions.cached_tokens(request.session_key, affinity, key)
         # What must fit the context length it runs at: the prompt, and a generation's reply
-        # (the model's average so far, or the most the request lets it run to when fewer): a
-        # reply that outgrows it makes Ollama drop half of the context, the prompt's start,
-        # and go on without it.
+        # (the model's average so far, or the most the request lets it run to when fewer;
+        # unknown, the limit up to the reply routing assumes, as replies cut at a short limit
+        # teach no average): a reply that outgrows it makes Ollama drop half of the context,
+        # the prompt's start, and go on without it.
         fit = request.context_prompt
         if fit and not request.is_embedding:
             fit = self.learning.counted_prompt(key, fit)
             reply = int(self.learning.usual_reply(key))
-            if reply:
-                fit += min(reply, request.max_reply) if request.max_reply else reply
+            if request.max_reply:
+                fit += min(reply or DEFAULT_REPLY_TOKENS, request.max_reply)
+            else:
+                fit += reply
 
         def candidate_on(node: Node) -> Candidate:
             return self.candidates.build(

@@ -1754,6 +1754,15 @@ def test_a_generations_reply_must_fit_beside_its_prompt() -> None:
     token prompt no longer fits 4096; an embedding has no reply."""
     router = _big_busy_small_free()
     assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.node_id == "small"
+    # No reply seen yet: one asked to run to 250 tokens may (routing assumes 200 at most,
+    # as replies cut at a limit teach no usual length), and then would not fit.
+    limited = router.pick(_req(prompt_tokens=3900, max_reply=250))
+    assert limited.ranked[0].candidate.node_id == "big"
+    assert {r.candidate.node_id: r.candidate.over_context for r in limited.ranked} == {
+        "big": 0,
+        "small": 3900 + 200 - 4096,
+    }
+    router.fleet.leases.close(limited.lease_id)
     outcome = router.pick(_req(node_id="small"))
     stats = GenerationStats(eval_count=300, eval_duration_ns=10**9)
     router.report(Report(outcome.lease_id, "small", Outcome.OK, http_status=200, stats=stats))
