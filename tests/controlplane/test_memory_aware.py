@@ -105,9 +105,9 @@ def test_slow_cpu_host_costs_what_it_costs() -> None:
 def test_a_short_reply_asked_for_stays_warm_on_a_slow_host_rather_than_load() -> None:
     # 200 usual tokens: 20 s on the warm CPU host, against a 3 s load, its 2 s cost and 2.5 s
     # on the GPU. Ten tokens asked (num_predict, max_tokens): 1 s there, against 5.1 s.
-    cpu = replace(BASE, node_id="cpu", loaded=True, on_gpu=False, decode_tps=10.0)
-    gpu = replace(BASE, node_id="gpu", decode_tps=80.0, load_seconds=3.0, expected_tokens=200)
-    cpu = replace(cpu, expected_tokens=200)
+    usual = replace(BASE, expected_tokens=200)
+    cpu = replace(usual, node_id="cpu", loaded=True, on_gpu=False, decode_tps=10.0)
+    gpu = replace(usual, node_id="gpu", decode_tps=80.0, load_seconds=3.0)
     assert _order(cpu, gpu) == ["gpu", "cpu"]
     assert _order(replace(cpu, reply_limit=10), replace(gpu, reply_limit=10)) == ["cpu", "gpu"]
     # A limit longer than the usual reply changes nothing.
