@@ -160,13 +160,13 @@ def busy_eviction_cost(c: Candidate) -> float:
 
 def service_time(c: Candidate) -> float:
     """Seconds a request for ``c``'s model usually takes decoding there."""
-    return _service_time(_usual_tokens(c), c.decode_tps, c.on_gpu)
+    return _service_time(_usual_tokens(c.embeds_only, c.expected_tokens), c.decode_tps, c.on_gpu)
 
 
 def ahead_time(c: Candidate) -> float:
     """Seconds each request in flight for ``c``'s model there takes decoding, on average: the
     usual reply, or the most it lets its reply run to where that is shorter."""
-    usual = _usual_tokens(c)
+    usual = _usual_tokens(c.embeds_only, c.expected_tokens)
     limited = count = 0.0
     for limit, n in c.limits_ahead:
         limited += min(usual, limit) * n
@@ -179,19 +179,19 @@ def ahead_time(c: Candidate) -> float:
 def own_time(c: Candidate) -> float:
     """Seconds this request is expected to take decoding there: the usual reply, or the most
     it lets its reply run to when that is shorter."""
-    tokens = _usual_tokens(c)
+    tokens = _usual_tokens(c.embeds_only, c.expected_tokens)
     if c.reply_limit:
         tokens = min(tokens, c.reply_limit)
     return _service_time(tokens, c.decode_tps, c.on_gpu)
 
 
-def _usual_tokens(c: Candidate) -> float:
-    """The tokens a request for ``c``'s model usually decodes: its usual reply, learned. A model
-    that only embeds decodes none; its request is one pass over the weights, as one decoding
-    step is, besides its inputs' evaluation (the prompt's): EMBED_TOKENS."""
-    if c.embeds_only:
+def _usual_tokens(embeds_only: bool, expected_tokens: float) -> float:
+    """The tokens a request for a model usually decodes: its usual reply, learned. A model that
+    only embeds decodes none; its request is one pass over the weights, as one decoding step
+    is, besides its inputs' evaluation (the prompt's): EMBED_TOKENS."""
+    if embeds_only:
         return EMBED_TOKENS
-    return c.expected_tokens or EXPECTED_TOKENS
+    return expected_tokens or EXPECTED_TOKENS
 
 
 def limited_share(reply_limit: int, usual_replies: Iterable[float]) -> float:
@@ -215,7 +215,7 @@ def busy_wait(c: Candidate) -> float:
     slots = max(c.num_parallel, 1)
     wait = 0.0
     for b in c.busy_victims:
-        tokens = EMBED_TOKENS if b.embeds_only else b.expected_tokens
+        tokens = _usual_tokens(b.embeds_only, b.expected_tokens)
         per_request = _service_time(tokens, b.decode_tps, c.on_gpu)
         own_load = 0.0
         if b.loading or b.warming:
