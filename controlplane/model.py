@@ -82,6 +82,11 @@ class GenerationStats:
         return bool(timed) and not (self.first_token_ns or self.reply_ns)
 
 
+# An embedding decodes no reply: besides its inputs' evaluation (the prompt's) it is one pass
+# over the weights, as one decoding step is. Routing counts it so, whatever model runs it.
+EMBED_TOKENS = 1
+
+
 @dataclass(frozen=True, slots=True)
 class RouteRequest:
     """One request to route (PickRequest, converted)."""
@@ -117,6 +122,14 @@ class RouteRequest:
         if self.is_embedding:
             return self.longest_input
         return self.prompt_tokens if self.runs_model else 0
+
+    @property
+    def reply_limit(self) -> int:
+        """The most tokens the request decodes, as routing counts it (0: no limit): a
+        generation's ``max_reply``; EMBED_TOKENS for an embedding, of any model (a generation
+        model embeds too, and a usual reply of its would make a warm slow host look busy for
+        what it never decodes)."""
+        return EMBED_TOKENS if self.is_embedding else self.max_reply
 
     @property
     def is_embedding(self) -> bool:

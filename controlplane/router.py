@@ -182,7 +182,7 @@ class Router:
             request.request_id,
             runs_model=request.runs_model,
             prompt_seconds=prompt_time(ranked[0].candidate),
-            max_reply=request.max_reply if request.runs_model else 0,
+            max_reply=request.reply_limit if request.runs_model else 0,
         )
         if not request.runs_model:
             # A show or a pull loads nothing, counts as no demand for the model, and is never
@@ -315,7 +315,7 @@ class Router:
                 cached,
                 request.session_key,
                 fit,
-                request.max_reply,
+                request.reply_limit,
             )
 
         return candidate_on
@@ -335,7 +335,7 @@ class Router:
         break them. Floors bound requests with no reply limit; a shorter reply asked costs
         less, so only a share of each floor bounds it."""
         self.floors.refresh_all(policy)
-        share = self._reply_share(request, key, policy) if request.max_reply else 1.0
+        share = self._reply_share(request, key, policy) if request.reply_limit else 1.0
         nodes = self.fleet.nodes
         affinity = self.sessions.affinity(request.session_key, key)
         candidate_on = self._candidates_for(request, key, context, affinity)
@@ -383,13 +383,16 @@ class Router:
     def _reply_share(self, request: RouteRequest, key: str, policy: BoundedPicker) -> float:
         """The share of ``key``'s floors that bounds a request letting its reply run to fewer
         tokens than usual: each host weighs the usual reply of the instance that serves
-        ``key`` there, the model's own or, where a copy's runner is loaded, that one's."""
+        ``key`` there, the model's own or, where a copy's runner is loaded, that one's. A host
+        where that instance only embeds has its floor taken at EMBED_TOKENS already, the
+        least any request decodes, so it weighs none."""
         usual = self.learning.usual_reply
-        replies = {usual(key)}
+        replies: set[float] = set()
         for node in self.fleet.holders.get(key, {}).values():
-            if node.aliases and key in node.aliases:
-                replies.add(usual(node.aliases[key]))
-        return policy.floor_share(request.max_reply, replies)
+            runner = node.runner_key(key)
+            if runner not in node.embedding_only:
+                replies.add(usual(runner))
+        return policy.floor_share(request.reply_limit, replies) if replies else 1.0
 
     def _refresh_floor(self, node: Node, key: str) -> None:
         """What was learned about (node, key) changed: refresh its floors if indexed for the

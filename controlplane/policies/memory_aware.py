@@ -58,7 +58,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
-from controlplane.model import RouteRequest
+from controlplane.model import EMBED_TOKENS, RouteRequest
 from controlplane.policies.base import (
     DEFAULT_REPLY_TOKENS,
     KV_HEADROOM,
@@ -74,7 +74,6 @@ from controlplane.policies.base import (
 )
 
 EXPECTED_TOKENS = DEFAULT_REPLY_TOKENS
-EMBED_TOKENS = 1.0  # see _usual_tokens
 DEFAULT_LOAD_BYTES_PER_S = 2.0e9
 LOAD_OVERHEAD_S = 0.5
 EVICT_IDLE_PENALTY_S = 2.0
@@ -186,9 +185,8 @@ def own_time(c: Candidate) -> float:
 
 
 def _usual_tokens(embeds_only: bool, expected_tokens: float) -> float:
-    """The tokens a request for a model usually decodes: its usual reply, learned. A model that
-    only embeds decodes none; its request is one pass over the weights, as one decoding step
-    is, besides its inputs' evaluation (the prompt's): EMBED_TOKENS."""
+    """The tokens a request for a model usually decodes: its usual reply, learned; for a model
+    that only embeds, EMBED_TOKENS (see controlplane.model)."""
     if embeds_only:
         return EMBED_TOKENS
     return expected_tokens or EXPECTED_TOKENS

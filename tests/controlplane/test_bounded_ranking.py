@@ -2,8 +2,9 @@
 the answer of ranking every host. Random fleets and random histories of picks (some routing
 loads that evict), reports with learned speeds and reply lengths, new snapshots, reconnects,
 forgotten hosts, forgotten loads and policy changes; after each step both rankings are compared
-for many requests, some asking for short replies (which floors, taken for requests with no
-limit, bound only in part)."""
+for many requests, some asking for short replies or embeddings (which floors, taken for
+requests with no limit, bound only in part; a model that only embeds has its floors taken so).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from controlplane import router as router_module
 from controlplane.candidates import Candidates
 from controlplane.fleet import Node, model_key
 from controlplane.learning import Learned
-from controlplane.model import GenerationStats, Outcome, Report, RouteRequest
+from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
 from controlplane.policies import REGISTRY, Candidate
 from controlplane.router import PickOutcome, Router
 from hopscommon.fleet import Capacity, Gpu, Hello, InstalledModel, LoadedModel, Snapshot
@@ -31,10 +32,15 @@ GIB = 1024**3
 # copy:3b is `ollama cp small:3b copy:3b`: the same digest, so served by small:3b's instance;
 # bot:3b and long:3b are made FROM small:3b (the same weights, so runner), long:3b with a
 # PARAMETER num_ctx of its own
-MODELS = ["tiny:1b", "small:3b", "copy:3b", "bot:3b", "long:3b", "mid:8b", "big:32b", "huge:70b"]
+# embed:1b only embeds where its host lists capabilities (Ollama 0.30 on); an older one's
+# lists none, and there it is taken for a generation model
+MODELS = [
+    *["tiny:1b", "small:3b", "copy:3b", "bot:3b", "long:3b", "mid:8b", "big:32b", "huge:70b"],
+    "embed:1b",
+]
 SIZES = {
     **{"tiny:1b": 1, "small:3b": 2, "copy:3b": 2, "bot:3b": 2, "long:3b": 2},
-    **{"mid:8b": 5, "big:32b": 19, "huge:70b": 40},
+    **{"mid:8b": 5, "big:32b": 19, "huge:70b": 40, "embed:1b": 1},
 }
 DIGESTS = {m: "small:3b" if m == "copy:3b" else m for m in MODELS}
 RUNNERS = {"small:3b": "r3", "copy:3b": "r3", "bot:3b": "r3", "long:3b": "r3"}
@@ -58,6 +64,7 @@ def _hello(rng: random.Random, node_id: str) -> Hello:
 
 def _snapshot(rng: random.Random, sequence: int) -> Snapshot:
     installed = rng.sample(MODELS, rng.randint(1, len(MODELS)))
+    listed = rng.random() < 0.7  # this host's Ollama lists capabilities
     loaded = rng.sample(installed, rng.randint(0, min(2, len(installed))))
     vram = rng.choice([0, 8, 12, 24, 48]) * GIB
     used = sum(SIZES[m] for m in loaded) * GIB
@@ -71,6 +78,9 @@ def _snapshot(rng: random.Random, sequence: int) -> Snapshot:
                 digest=DIGESTS[m],
                 runner_id=RUNNERS.get(m, ""),
                 num_ctx=8192 if m == "long:3b" else 0,
+                capabilities=(("embedding",) if m == "embed:1b" else ("completion",))
+                if listed
+                else (),
             )
             for m in installed
         ),
@@ -115,6 +125,8 @@ def _reloaded(rng: random.Random, old: Snapshot, sequence: int) -> Snapshot:
 def _request(rng: random.Random) -> RouteRequest:
     return RouteRequest(
         model=rng.choice([*MODELS, "absent:1b"]),
+        # an embedding, of any model, decodes one step (a reply limit of its own)
+        api=rng.choice([ApiKind.CHAT, ApiKind.CHAT, ApiKind.GENERATE, ApiKind.EMBED]),
         edge_id="edge",
         session_key=rng.choice(["", "", "s1", "s2"]),
         exclude=frozenset(rng.sample([f"n{i}" for i in range(12)], rng.randint(0, 2))),
@@ -286,5 +298,29 @@ def test_hosts_that_must_load_the_model_are_not_visited_when_warm_hosts_serve_so
     fleet.leases.close(first.lease_id)
     built.clear()
     outcome = router.pick(RouteRequest(model="m", edge_id="e", max_candidates=3))
+    assert [r.reason for r in outcome.ranked] == ["warm"] * 3
+    assert len(built) <= 5, built  # the five warm hosts at most
+
+
+def test_embeds_of_a_model_that_only_embeds_visit_no_more_hosts_than_other_picks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An embedding counts one decoding step, as a reply limit of its own; but a model that
+    only embeds has its floors taken at that step already, so they bound its embeds whole
+    (scaled as a generation model's would be, they would let every cold host through)."""
+    fleet = builders.fleet()
+    only = (InstalledModel(name="e:latest", size_bytes=2 * GIB, capabilities=("embedding",)),)
+    for n in range(100):
+        node = builders.add_node(
+            fleet, f"node-{n:03d}", ["e:latest"], loaded=["e"] if n < 5 else []
+        )
+        fleet.update(node.node_id, node.session, replace(node.snapshot, sequence=2, installed=only))
+    router = builders.router(fleet, "memory_aware")
+    built = _counting_builds(monkeypatch)
+    embed = RouteRequest(model="e", edge_id="e", api=ApiKind.EMBED, max_candidates=3)
+    first = router.pick(embed)  # builds the floor index
+    fleet.leases.close(first.lease_id)
+    built.clear()
+    outcome = router.pick(embed)
     assert [r.reason for r in outcome.ranked] == ["warm"] * 3
     assert len(built) <= 5, built  # the five warm hosts at most

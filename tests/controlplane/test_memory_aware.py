@@ -10,7 +10,14 @@ import pytest
 from controlplane import router as router_module
 from controlplane.demand import DEMAND_WINDOW
 from controlplane.fleet import Fleet, Node
-from controlplane.model import ApiKind, GenerationStats, Outcome, Report, RouteRequest
+from controlplane.model import (
+    EMBED_TOKENS,
+    ApiKind,
+    GenerationStats,
+    Outcome,
+    Report,
+    RouteRequest,
+)
 from controlplane.policies import Candidate
 from controlplane.policies.base import (
     KV_HEADROOM,
@@ -165,17 +172,19 @@ def test_a_node_knows_which_installed_models_only_embed() -> None:
 
 
 def test_a_candidate_knows_the_reply_limits_of_the_requests_in_flight_there() -> None:
+    """An embedding, of a generation model too, counts its one decoding step as its limit."""
     fleet = builders.fleet()
     builders.add_node(fleet, "n", models=["m:latest"], loaded=["m"])
     router = builders.router(fleet, "memory_aware")
     picks = [router.pick(RouteRequest(model="m", edge_id="e", max_reply=r)) for r in (10, 10, 0)]
     router.pick(RouteRequest(model="m", edge_id="e", api=ApiKind.SHOW, max_reply=10))
+    router.pick(RouteRequest(model="m", edge_id="e", api=ApiKind.OPENAI_EMBEDDINGS))
     queued = router.candidates.build(fleet.nodes["n"], "m:latest", "")
-    assert (queued.in_flight_model, queued.limits_ahead) == (3, ((10, 2),))
+    assert (queued.in_flight_model, queued.limits_ahead) == (4, ((10, 2), (EMBED_TOKENS, 1)))
     for outcome in picks[:2]:
         router.report(Report(outcome.lease_id, "n", Outcome.OK, http_status=200))
     after = router.candidates.build(fleet.nodes["n"], "m:latest", "")
-    assert (after.in_flight_model, after.limits_ahead) == (1, ())
+    assert (after.in_flight_model, after.limits_ahead) == (2, ((EMBED_TOKENS, 1),))
 
 
 def test_a_request_asking_a_short_reply_is_routed_warm_to_the_cpu_host() -> None:

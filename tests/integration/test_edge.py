@@ -1042,11 +1042,12 @@ def test_a_reload_at_a_longer_context_is_known_to_evict_what_it_will() -> None:
         wait_until(lambda: listed() == ["llama3.1:8b"], 5.0, "llama3.2 evicted, as predicted")
 
 
-def test_a_short_reply_asked_for_runs_warm_on_the_cpu_host_a_long_one_loads_on_the_gpu() -> None:
+def test_short_replies_and_embeds_run_warm_on_the_cpu_host_a_long_reply_loads_on_the_gpu() -> None:
     """A request whose reply may run to a few tokens (OpenAI's max_tokens, Ollama's
     num_predict) takes little of a slow host's time: it runs where its model is warm, on the
-    CPU host, rather than load it on the idle GPU. With no limit, the usual reply there would
-    take far longer than a load on the GPU."""
+    CPU host, rather than load it on the idle GPU. So does an embedding of that (generation)
+    model, which decodes nothing. With no limit, the usual reply there would take far longer
+    than a load on the GPU."""
     replies = ["--response-tokens", "600-600"]  # 33 s at the CPU host's 18 tokens/s
     hosts = {"cpu": ["--profile", "cpu", *replies], "gpu": ["--profile", "gpu-24g", *replies]}
     with fleet.whole_fleet(hosts) as running:
@@ -1075,6 +1076,19 @@ def test_a_short_reply_asked_for_runs_warm_on_the_cpu_host_a_long_one_loads_on_t
             timeout=30,
         )
         assert (native.headers["x-hops-node"], native.headers["x-hops-route"]) == ("cpu", "warm")
+        embedded = httpx.post(
+            running.edge.url + "/api/embed",
+            json={"model": "llama3.2", "input": ["a chunk of text", "another"]},
+            timeout=30,
+        )
+        assert embedded.status_code == 200, embedded.text
+        assert (embedded.headers["x-hops-node"], embedded.headers["x-hops-route"]) == (
+            "cpu",
+            "warm",
+        )
+        vectors = client.embeddings.with_raw_response.create(model="llama3.2", input="a chunk")
+        assert (vectors.headers["x-hops-node"], vectors.headers["x-hops-route"]) == ("cpu", "warm")
+        assert len(vectors.parse().data) == 1
         usual = httpx.post(
             running.edge.url + "/api/chat",
             json={"model": "llama3.2", "messages": [{"role": "user", "content": "go on"}]},
