@@ -268,6 +268,7 @@ class Candidates:
         them to finish."""
         idle = {r.key for r in c.idle_loaded}
         per_model = self.fleet.leases.per_model
+        limits = self.fleet.leases.limits_per_model
         out = []
         for victim in self.victims(node, key, c):
             if victim in idle:
@@ -294,6 +295,7 @@ class Candidates:
                     self._weights_demand(node, victim),
                     self.fleet.warm.get(victim, 0) > here,
                     victim in node.embedding_only,
+                    tuple(limits.get((node.node_id, victim), {}).items()),
                 )
             )
         return tuple(out)

@@ -58,6 +58,9 @@ class Busy:
     demand: float = 0.0  # expected requests for it among the next DEMAND_WINDOW picks
     elsewhere: bool = False  # loaded on another connected host too
     embeds_only: bool = False  # it only embeds: its requests decode no reply
+    # The reply limits its requests in flight here asked, as (limit, how many): the others
+    # run to its usual reply.
+    limits: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(slots=True)

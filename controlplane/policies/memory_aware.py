@@ -163,16 +163,21 @@ def service_time(c: Candidate) -> float:
 
 
 def ahead_time(c: Candidate) -> float:
-    """Seconds each request in flight for ``c``'s model there takes decoding, on average: the
-    usual reply, or the most it lets its reply run to where that is shorter."""
+    """Seconds each request in flight for ``c``'s model there takes decoding, on average."""
     usual = _usual_tokens(c.embeds_only, c.expected_tokens)
+    tokens = _tokens_in_flight(usual, c.limits_ahead, c.in_flight_model)
+    return _service_time(tokens, c.decode_tps, c.on_gpu)
+
+
+def _tokens_in_flight(usual: float, limits: Iterable[tuple[int, int]], in_flight: int) -> float:
+    """The tokens each of ``in_flight`` requests decodes, on average: the usual reply, or the
+    most it lets its reply run to where that is shorter (``limits``: (limit, how many))."""
     limited = count = 0.0
-    for limit, n in c.limits_ahead:
+    for limit, n in limits:
         limited += min(usual, limit) * n
         count += n
-    total = max(c.in_flight_model, count, 1)
-    tokens = (limited + (total - count) * usual) / total
-    return _service_time(tokens, c.decode_tps, c.on_gpu)
+    total = max(in_flight, count, 1)
+    return (limited + (total - count) * usual) / total
 
 
 def own_time(c: Candidate) -> float:
@@ -214,6 +219,8 @@ def busy_wait(c: Candidate) -> float:
     wait = 0.0
     for b in c.busy_victims:
         tokens = _usual_tokens(b.embeds_only, b.expected_tokens)
+        if b.limits:
+            tokens = _tokens_in_flight(tokens, b.limits, b.in_flight)
         per_request = _service_time(tokens, b.decode_tps, c.on_gpu)
         own_load = 0.0
         if b.loading or b.warming:

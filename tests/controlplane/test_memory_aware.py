@@ -412,6 +412,12 @@ def test_a_load_that_must_wait_for_busy_models_goes_where_they_finish_first() ->
     embeds = full("embeds", 2.0, Busy("v:latest", 3, 5 * GIB, 10.0, 0.0, embeds_only=True))
     assert busy_wait(embeds) == pytest.approx(0.3)
     assert _order(embeds, soon) == ["embeds", "soon"]
+    # So are three replies asked to stop at 5 tokens (3 x 5 / 10 = 1.5 s); a fourth with no
+    # limit runs to the usual reply (+ 200 / 10).
+    short = Busy("v:latest", 3, 5 * GIB, 10.0, 200.0, limits=((5, 3),))
+    assert busy_wait(full("short", 2.0, short)) == pytest.approx(1.5)
+    assert _order(full("short", 2.0, short), soon) == ["short", "soon"]
+    assert busy_wait(full("short", 2.0, replace(short, in_flight=4))) == pytest.approx(21.5)
 
 
 def test_a_load_that_must_wait_for_busy_models_evicts_those_least_needed() -> None:
@@ -440,10 +446,10 @@ def test_a_load_that_must_wait_for_busy_models_evicts_those_least_needed() -> No
 
 def test_a_candidate_lists_the_busy_models_its_load_would_wait_for() -> None:
     fleet, small, _, router = _m1_on_a_full_small_host()
-    busy = router.pick(RouteRequest(model="m1", edge_id="e", node_id="small"))
+    busy = router.pick(RouteRequest(model="m1", edge_id="e", node_id="small", max_reply=9))
     waits = router.candidates.build(small, "m2:latest", "")
-    assert [(b.key, b.in_flight, b.loading) for b in waits.busy_victims] == [
-        ("m1:latest", 1, False)
+    assert [(b.key, b.in_flight, b.loading, b.limits) for b in waits.busy_victims] == [
+        ("m1:latest", 1, False, ((9, 1),))
     ]
     assert waits.busy_victims[0].demand == pytest.approx(router.demand.of("m1:latest"))
     assert waits.busy_victims[0].demand > 0 and not waits.busy_victims[0].elsewhere
