@@ -1,7 +1,8 @@
 """The floor index of a BoundedPicker: per model key, every host that has the model, sorted by
 its floor (a lower bound of any cost the policy gives a request for the model there) and then
 its node id. A pick visits hosts in this order and stops once no host left could rank (see
-Router._rank_bounded), so a big fleet builds only a handful of candidates per pick.
+Router._rank_bounded), so a big fleet builds only a handful of candidates per pick. Beside
+each floor, the part of it a reply limit does not shrink (its waits), for picks asking one.
 
 The index follows the fleet: ``refresh_all`` before each bounded pick takes in the hosts whose
 hello or inventory changed, and the models that became or stopped being warm on a host or
@@ -28,6 +29,8 @@ class FloorIndex:
     # Per model key, (floor, node id) sorted; per node, its floors by key.
     by_key: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     of_node: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Per model key and node id, the part of its floor a reply limit does not shrink.
+    fixed: dict[str, dict[str, float]] = field(default_factory=dict)
     policy: BoundedPicker | None = None  # whose floors these are
 
     def refresh_all(self, policy: BoundedPicker) -> None:
@@ -37,6 +40,7 @@ class FloorIndex:
         if self.policy is not policy:  # a new policy: every floor is new
             self.by_key.clear()
             self.of_node.clear()
+            self.fixed.clear()
             self.policy = policy
             self.fleet.reindexed.clear()
             self.fleet.rekeyed.clear()
@@ -76,14 +80,18 @@ class FloorIndex:
                 floors[each] = self._add(node, each, policy)
 
     def _add(self, node: Node, key: str, policy: BoundedPicker) -> float:
-        floor = policy.floor(self.plain_candidate(node, key))
-        if floor != floor:  # NaN would break the order: such a host is always looked at
-            floor = -math.inf
+        plain = self.plain_candidate(node, key)
+        floor, fixed = policy.floor(plain), policy.floor_fixed(plain)
+        if floor != floor or fixed != fixed:  # NaN breaks the order: always look at such a host
+            floor = fixed = -math.inf
         bisect.insort(self.by_key.setdefault(key, []), (floor, node.node_id))
+        self.fixed.setdefault(key, {})[node.node_id] = fixed
         return floor
 
     def _drop(self, key: str, floor: float, node_id: str) -> None:
         order = self.by_key[key]
         del order[bisect.bisect_left(order, (floor, node_id))]
+        del self.fixed[key][node_id]
         if not order:
             del self.by_key[key]
+            del self.fixed[key]

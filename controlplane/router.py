@@ -56,6 +56,9 @@ NO_LOAD = "no-load"  # the route reason of a show or a pull: Ollama loads no mod
 # that host is expected to serve it this much sooner, its wait included.
 WAIT_FOR_BETTER_S = 5.0
 RECENT_DECISIONS = 50
+# A limited pick's bound of a host is summed in another order than its cost: a little under,
+# whatever the rounding (costs are >= 0).
+LIMITED_BOUND_MARGIN = 1.0 - 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +336,8 @@ class Router:
         rank in the top ``limit``: every host not visited has a floor, so a cost, above the
         ``limit``-th best (cost, node id) found, and ties go to the lower id, as policies
         break them. Floors bound requests with no reply limit; a shorter reply asked costs
-        less, so only a share of each floor bounds it."""
+        less, so only a share of each floor bounds it in order, and a host whose floor's
+        waits and that share of its decoding rank it out is skipped."""
         self.floors.refresh_all(policy)
         share = self._reply_share(request, key, policy) if request.reply_limit else 1.0
         nodes = self.fleet.nodes
@@ -360,12 +364,21 @@ class Router:
 
         if affinity in self.fleet.holders.get(key, ()):  # its bonus is not in its floor
             visit(nodes[affinity])
+        # A share of a floor scales its waits too. Its waits and a share of its decoding bound
+        # a host more tightly, but are not in order: they only skip it (no candidate built).
+        fixed = self.floors.fixed.get(key, {}) if share < 1.0 else None
         for floor, node_id in self.floors.by_key.get(key, ()):
-            if len(best) >= limit and (floor * share, node_id) > best[-1]:
+            bound = floor * share
+            if len(best) >= limit and (bound, node_id) > best[-1]:
                 break  # this and every later host cost at least (floor x share, id) > the last
+            if fixed is not None:
+                base = fixed[node_id]
+                bound = (base + share * (floor - base)) * LIMITED_BOUND_MARGIN
+                if len(best) >= limit and (bound, node_id) > best[-1]:
+                    continue
             node = nodes.get(node_id)
             if node is not None and node_id != affinity:
-                visit(node, floor * share)
+                visit(node, bound)
         if not evaluated:
             if not any(n.session is not None for n in self.fleet.holders.get(key, {}).values()):
                 return self._not_found(request)

@@ -230,6 +230,12 @@ class BoundedPicker(Picker, Protocol):
 
     def floor(self, c: Candidate) -> float: ...
 
+    def floor_fixed(self, c: Candidate) -> float:
+        """The part of ``floor(c)`` a reply limit does not shrink (all of it but the decoding):
+        a request whose decoding is at least a share s of the floor's (see floor_share) costs
+        at least ``floor_fixed(c) + s * (floor(c) - floor_fixed(c))``."""
+        ...
+
     def floor_share(self, reply_limit: int, usual_replies: Iterable[float]) -> float:
         """The share of a floor that still bounds the cost of a request whose reply may run
         to ``reply_limit`` tokens (0: no limit; 1.0 then), when its candidates' usual reply

@@ -297,6 +297,15 @@ def _total(wait: float, decoding: float, c: Candidate) -> float:
     return spent / max(c.weight, 1e-6)
 
 
+def _floor_wait(c: Candidate) -> float:
+    """The least wait of the host's tier (see MemoryAwarePicker.floor)."""
+    if c.loaded:
+        return 0.0
+    if c.loading:
+        return load_estimate(c) / 2
+    return load_estimate(c) + COLD_LOAD_PENALTY_S
+
+
 def _reason(c: Candidate, tier: str, wait: float) -> str:
     if c.reload:  # e.g. "reload-fit": loaded with another context length
         tier = tier.replace("cold", "reload", 1)
@@ -324,15 +333,13 @@ class MemoryAwarePicker:
     def floor(self, c: Candidate) -> float:
         """The least the host can cost: no queue for a loaded model; half a load for one being
         loaded there (the loading tier); else a whole load and COLD_LOAD_PENALTY_S (the
-        cheapest cold tier). Only what snapshots, routed loads and Reports change enters:
-        loaded, loading or neither, model size, learned speeds, memory size, weight."""
-        if c.loaded:
-            wait = 0.0
-        elif c.loading:
-            wait = load_estimate(c) / 2
-        else:
-            wait = load_estimate(c) + COLD_LOAD_PENALTY_S
-        return _total(wait, service_time(c), c)
+        cheapest cold tier); and the usual reply's decoding. Only what snapshots, routed loads
+        and Reports change enters: loaded, loading or neither, model size, learned speeds,
+        memory size, weight."""
+        return _total(_floor_wait(c), service_time(c), c)
+
+    def floor_fixed(self, c: Candidate) -> float:
+        return _total(_floor_wait(c), 0.0, c)
 
     def floor_share(self, reply_limit: int, usual_replies: Iterable[float]) -> float:
         return limited_share(reply_limit, usual_replies)

@@ -324,3 +324,27 @@ def test_embeds_of_a_model_that_only_embeds_visit_no_more_hosts_than_other_picks
     outcome = router.pick(embed)
     assert [r.reason for r in outcome.ranked] == ["warm"] * 3
     assert len(built) <= 5, built  # the five warm hosts at most
+
+
+def test_a_pick_asking_a_short_reply_visits_no_host_whose_load_alone_costs_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reply limit (num_predict 1; an embed of a generation model, one decoding step)
+    shrinks a floor's decoding, not its wait: a cold host's load still bounds it, so such a
+    pick builds candidates for the warm hosts only, as an unlimited one does."""
+    fleet = builders.fleet()
+    for n in range(100):
+        warm = ["g"] if n < 5 else []
+        builders.add_node(fleet, f"node-{n:03d}", ["g:latest"], loaded=warm)
+    router = builders.router(fleet, "memory_aware")
+    built = _counting_builds(monkeypatch)
+    fleet.leases.close(router.pick(RouteRequest(model="g", edge_id="e")).lease_id)  # the index
+    for short in (
+        RouteRequest(model="g", edge_id="e", max_candidates=3, max_reply=1),
+        RouteRequest(model="g", edge_id="e", max_candidates=3, api=ApiKind.EMBED),
+    ):
+        built.clear()
+        outcome = router.pick(short)
+        fleet.leases.close(outcome.lease_id)
+        assert [r.reason for r in outcome.ranked] == ["warm"] * 3
+        assert len(built) <= 5, built  # the five warm hosts at most
