@@ -80,6 +80,8 @@ bench: install ## Run the benchmarks under bench/ (figures printed, JSON in benc
 	$(PY) bench/controlplane.py
 	$(PY) bench/routing_cost.py
 	$(PY) bench/routing_cost.py --reply-limit 20 --json bench/results/routing_cost_limited.json
+	$(PY) bench/routing_cost.py --reply-limit 1 --limited 1 \
+		--json bench/results/routing_cost_one_token.json
 	$(PY) bench/routing.py
 	$(PY) bench/routing_bound.py --against bench/results/routing.json
 	$(PY) bench/mixed_context.py
