@@ -110,6 +110,7 @@ class Learning:
         fresh_prompt: bool = True,
         prompt: tuple[float, bool] = (0.0, False),
         reply_limit: int = 0,
+        embedding: bool = False,
     ) -> None:
         """Fold one reply's figures in. Its load_duration (for a reply timed by the edge, its
         time to the first token) teaches load speed only when ``clean_load``: a request that
@@ -124,10 +125,13 @@ class Learning:
         measured speed, which the edge's times hold (see _less_prompt). A reply that ran to
         ``reply_limit``, the most its request let it (0: no limit), was cut short: it says the
         model's usual reply is at least that long, which teaches only when the average so far
-        (before any, the DEFAULT_REPLY_TOKENS policies assume) is shorter."""
+        (before any, the DEFAULT_REPLY_TOKENS policies assume) is shorter. An ``embedding``'s
+        reply times its inputs' evaluation only with the rest (see _embedding_evaluation)."""
         stats = report.stats
         if stats is None:
             return
+        if embedding and not stats.prompt_eval_duration_ns:
+            stats = _embedding_evaluation(stats, ready, clean_load)
         evaluated = stats.prompt_evaluated
         if evaluated is not None:  # the reply says what its prompt_eval_duration timed
             stats = replace(stats, prompt_eval_count=evaluated)
@@ -156,7 +160,14 @@ class Learning:
         ):
             tps = stats.prompt_eval_count / (stats.prompt_eval_duration_ns / 1e9)
             learned.prompt_tps = _ewma(learned.prompt_tps, tps)
-            if node is not None and size and _wholly_in_memory(node, model):
+            # A model that only embeds (a small encoder) says little of how fast the host
+            # evaluates the prompts of generation models.
+            if (
+                node is not None
+                and size
+                and model not in node.embedding_only
+                and _wholly_in_memory(node, model)
+            ):
                 self._learn_rate(self.prompt_rates, node, tps * size, PROMPT_RATE_STEP)
         if clean_load and stats.load_wait_ns > WARM_HANDOVER_NS:
             seconds = stats.load_wait_ns / 1e9
@@ -294,6 +305,18 @@ class Learning:
             return learned.decode_tps
         rate = self.decode_rates.get(node_id)
         return rate[1] / size_bytes if rate is not None and size_bytes else 0.0
+
+
+def _embedding_evaluation(stats: GenerationStats, ready: bool, clean_load: bool) -> GenerationStats:
+    """An embedding's reply times no part apart: Ollama's (/api/embed) says its whole time and
+    its load's, the edge's (/v1/embeddings) is the whole reply's. Past the load, all of it is
+    its inputs' evaluation, when it waited for no slot: sent to an instance ready with a free
+    one, or, where Ollama's times tell the load apart, loading its model at once."""
+    if stats.from_ollama:
+        evaluating = stats.total_duration_ns - stats.load_duration_ns if ready or clean_load else 0
+    else:
+        evaluating = stats.reply_ns if ready else 0
+    return replace(stats, prompt_eval_duration_ns=max(evaluating, 0), reply_ns=0)
 
 
 def _wholly_in_memory(node: Node, key: str) -> bool:

@@ -68,6 +68,7 @@ class Lease:
     # A generation's prompt as the edge estimated it (0: an embedding, or not to learn from),
     # to learn what Ollama's count makes of such estimates (see Learning.prompt_scale).
     prompt_estimate: int = 0
+    embedding: bool = False  # its reply times no part apart (see Learning.learn)
 
 
 class LeaseTable:

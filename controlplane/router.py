@@ -243,7 +243,9 @@ class Router:
         lease.prompt_measured = chosen.prompt_tps > 0
         lease.prompt_per_token = seconds_per_prompt_token(chosen)
         lease.prompt_credit = max(request.prompt_tokens - chosen.prompt_tokens, 0)
-        if not request.is_embedding and not chosen.over_context:  # a cut prompt counts less
+        if request.is_embedding:
+            lease.embedding = True
+        elif not chosen.over_context:  # a cut prompt counts less
             lease.prompt_estimate = request.context_prompt
         self.sessions.ran(
             request.session_key,
@@ -500,6 +502,7 @@ class Router:
                 if first_try
                 else (0.0, False),
                 reply_limit=lease.max_reply,
+                embedding=lease.embedding,
             )
             stats = report.stats
             if first_try and lease.prompt_estimate and stats and stats.prompt_eval_count:

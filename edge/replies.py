@@ -22,6 +22,11 @@ from hopscommon.ollama_json import count
 TAIL_BYTES = 16 * 1024
 
 
+# The end of Ollama's /api/embed reply: after the vectors, its counters (total_duration,
+# load_duration, prompt_eval_count; a zero left out), plain numbers to the closing brace.
+EMBED_END = re.compile(rb'\]\s*((?:,\s*"[a-z_]+"\s*:\s*\d+\s*)+)\}\s*$')
+
+
 def final_stats(
     tail: bytes,
     ttfb: float = 0.0,
@@ -29,8 +34,9 @@ def final_stats(
     events: int = 0,
     streamed: bool = True,
 ) -> router_pb2.GenerationStats | None:
-    """Counters from Ollama's final chunk (the last line with "done":true), if it is in ``tail``;
-    else those the edge measures (the OpenAI, Responses and Anthropic routes: no durations).
+    """Counters from Ollama's final chunk (the last line with "done":true), if it is in ``tail``,
+    or from the end of its embed reply; else those the edge measures (the OpenAI, Responses and
+    Anthropic routes: no durations).
     They are the tokens of the last ``usage`` object there, else ``events`` (a stream's token
     events counted); and for a reply that ended well ``finished`` seconds after it began, when
     ``streamed`` the times to its first token (``ttfb``) and from there to the last, else the
@@ -55,9 +61,12 @@ def final_stats(
             eval_duration_ns=count(final.get("eval_duration")) or 0,
             prompt_eval_cached_count=count(final.get("prompt_eval_cached_count")),
         )
+    embedded = embed_stats(tail)
+    if embedded is not None:
+        return embedded
     stats = usage_stats(tail)
     if not streamed:
-        if stats is not None and stats.eval_count and finished > 0:
+        if stats is not None and (stats.eval_count or stats.prompt_eval_count) and finished > 0:
             stats.reply_ns = int(finished * 1e9)
         return stats
     # Only a stream that ended with OpenAI's success marker: a cut stream's events, or those
@@ -150,10 +159,31 @@ def in_band_failure(tail: bytes, content_type: str, path: str) -> str | None:
 USAGE = re.compile(rb'"usage"\s*:\s*')
 
 
+def embed_stats(tail: bytes) -> router_pb2.GenerationStats | None:
+    """The counters that close Ollama's /api/embed reply, if ``tail`` ends with them: the
+    reply's whole time, its load's, and the tokens of its inputs."""
+    end = EMBED_END.search(tail)
+    if end is None:
+        return None
+    try:
+        counters = json.loads(b"{" + end.group(1).lstrip()[1:] + b"}")
+    except (ValueError, RecursionError):
+        return None
+    total = count(counters.get("total_duration"))
+    if not total:
+        return None
+    return router_pb2.GenerationStats(
+        total_duration_ns=total,
+        load_duration_ns=count(counters.get("load_duration")) or 0,
+        prompt_eval_count=count(counters.get("prompt_eval_count")) or 0,
+    )
+
+
 def usage_stats(tail: bytes) -> router_pb2.GenerationStats | None:
     """The token counts of the last ``usage`` object in ``tail``: OpenAI's prompt_tokens and
     completion_tokens, or input_tokens and output_tokens (Responses, Anthropic), and the cached
-    part of the prompt where it is told (prompt_tokens_details / input_tokens_details)."""
+    part of the prompt where it is told (prompt_tokens_details / input_tokens_details); an
+    embedding's (/v1/embeddings) counts its inputs only."""
     starts = [m.end() for m in USAGE.finditer(tail)]
     if not starts:
         return None
@@ -163,10 +193,12 @@ def usage_stats(tail: bytes) -> router_pb2.GenerationStats | None:
         return None
     if not isinstance(usage, dict):
         return None
+    prompt = count(usage.get("prompt_tokens", usage.get("input_tokens"))) or 0
+    if prompt and not usage.keys() & {"completion_tokens", "output_tokens"}:
+        return router_pb2.GenerationStats(prompt_eval_count=prompt)  # an embedding's: inputs
     output = count(usage.get("completion_tokens", usage.get("output_tokens")))
     if not output:
         return None
-    prompt = count(usage.get("prompt_tokens", usage.get("input_tokens"))) or 0
     details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return router_pb2.GenerationStats(

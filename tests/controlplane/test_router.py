@@ -1799,3 +1799,66 @@ def test_a_generations_reply_must_fit_beside_its_prompt() -> None:
     assert router.pick(_req(prompt_tokens=3900)).ranked[0].candidate.expected_tokens > shorter
     embed = router.pick(_req(api=ApiKind.EMBED, prompt_tokens=3900, longest_input=3900))
     assert all(r.candidate.over_context == 0 for r in embed.ranked)
+
+
+def test_an_embed_reply_teaches_its_inputs_evaluation_and_its_load() -> None:
+    """Ollama's /api/embed times no part apart: its whole time, less its load, is its inputs'
+    evaluation. A warm embed teaches the prompt speed there, and the host's rate with it; one
+    that loaded its model at once teaches the load too; one that waited for a slot teaches no
+    speed (its wait is in its time). A model that only embeds teaches no host rate."""
+    fleet = builders.fleet()
+    node = builders.add_node(fleet, "n", models=["a:latest", "e:latest"])
+    node.embedding_only = frozenset({"e:latest"})  # as a snapshot listing it so would set
+    router = builders.router(fleet, "memory_aware")
+    learned = router.learning.learned
+
+    def listed(*models: str) -> None:  # wholly in the GPU's memory
+        size = 2 * builders.GB
+        whole = tuple(LoadedModel(name=m, size_bytes=size, size_vram_bytes=size) for m in models)
+        snapshot = replace(node.snapshot, sequence=node.snapshot.sequence + 1, loaded=whole)
+        fleet.update("n", node.session, snapshot)
+
+    def embed(model: str, total_s: float, load_s: float, tokens: int) -> str:
+        outcome = router.pick(_req(model, api=ApiKind.EMBED, prompt_tokens=tokens))
+        stats = GenerationStats(
+            total_duration_ns=int(total_s * 1e9),
+            load_duration_ns=int(load_s * 1e9),
+            prompt_eval_count=tokens,
+        )
+        router.report(Report(outcome.lease_id, "n", Outcome.OK, http_status=200, stats=stats))
+        return outcome.ranked[0].reason
+
+    listed("a:latest")
+    assert embed("a", 1.501, 0.001, 3000) == "warm"  # 3,000 tokens in 1.5 s
+    assert learned[("n", "a:latest")].prompt_tps == pytest.approx(2000.0)
+    rate = router.learning.prompt_rates["n"]
+    assert embed("e", 2.2, 2.0, 600) == "cold-fit"  # loads in 2 s, 600 tokens in 0.2 s
+    assert learned[("n", "e:latest")].load_seconds == 2.0
+    assert learned[("n", "e:latest")].prompt_tps == pytest.approx(3000.0)
+    listed("a:latest", "e:latest")
+    assert embed("e", 0.201, 0.001, 600) == "warm"
+    assert router.learning.prompt_rates["n"] == rate  # e only embeds
+    ahead = router.pick(_req("a", api=ApiKind.EMBED, prompt_tokens=3000))  # its one slot taken
+    assert embed("a", 10.0, 0.001, 3000).startswith("queued")
+    assert learned[("n", "a:latest")].prompt_tps == pytest.approx(2000.0)
+    fleet.leases.close(ahead.lease_id)
+
+
+def test_an_edge_timed_embed_teaches_its_inputs_evaluation_when_sent_ready() -> None:
+    """OpenAI's /v1/embeddings says only its inputs' tokens; the edge times the reply whole.
+    Sent to an instance ready with a free slot, that time is their evaluation; from a load or
+    a queue, it cannot be told apart."""
+    fleet = builders.fleet()
+    builders.add_node(fleet, "n", models=["a:latest", "b:latest"], loaded=["a:latest"])
+    router = builders.router(fleet, "memory_aware")
+    timed = GenerationStats(prompt_eval_count=3000, reply_ns=1_500_000_000)
+    for model, reason in (("a", "warm"), ("b", "cold-fit")):
+        outcome = router.pick(_req(model, api=ApiKind.OPENAI_EMBEDDINGS, prompt_tokens=3000))
+        assert outcome.ranked[0].reason == reason
+        router.report(Report(outcome.lease_id, "n", Outcome.OK, http_status=200, stats=timed))
+    learned = router.learning.learned
+    assert learned[("n", "a:latest")].prompt_tps == pytest.approx(2000.0)
+    assert (learned[("n", "b:latest")].prompt_tps, learned[("n", "b:latest")].load_seconds) == (
+        0.0,
+        0.0,
+    )

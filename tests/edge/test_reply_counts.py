@@ -1,5 +1,6 @@
-"""What the edge reports of a reply's size from its last bytes: Ollama's final chunk, else the
-``usage`` the OpenAI, Responses and Anthropic routes end with (token counts, no durations)."""
+"""What the edge reports of a reply's size from its last bytes: Ollama's final chunk or the end
+of its embed reply, else the ``usage`` the OpenAI, Responses and Anthropic routes end with
+(token counts, no durations)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from edge.replies import final_stats, in_band_failure
+from edge.replies import TAIL_BYTES, final_stats, in_band_failure
 
 
 def _sse(*events: dict[str, object]) -> bytes:
@@ -148,6 +149,30 @@ def test_a_count_that_is_not_one_is_not_taken_and_raises_nothing(bad: str) -> No
             assert stats is None  # no length: nothing to learn
         else:
             assert stats is not None and (stats.prompt_eval_count, stats.eval_count) == (0, 9)
+
+
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+def test_an_embed_reply_ends_with_its_counters(separators: tuple[str, str]) -> None:
+    """Ollama's /api/embed answers one JSON object: the vectors (far longer than the tail the
+    edge keeps), then the whole time, the load's (left out when zero) and the inputs' tokens.
+    Its legacy /api/embeddings says nothing; OpenAI's /v1/embeddings the inputs' tokens, and
+    the edge times that reply whole."""
+    vectors = [[0.5, -0.25] * 2000 for _ in range(4)]
+    reply = {"model": "m", "embeddings": vectors, "total_duration": 90_000_000}
+    loaded = {**reply, "load_duration": 2_000_000, "prompt_eval_count": 300}
+    for body, load in ((loaded, 2_000_000), ({**reply, "prompt_eval_count": 300}, 0)):
+        tail = json.dumps(body, separators=separators).encode()[-TAIL_BYTES:]
+        stats = final_stats(tail, streamed=False)
+        assert stats is not None
+        counts = (stats.total_duration_ns, stats.load_duration_ns, stats.prompt_eval_count)
+        assert counts == (90_000_000, load, 300) and stats.eval_count == 0
+    assert final_stats(json.dumps({"embedding": [0.5, 0.25]}).encode(), streamed=False) is None
+    openai = {"data": [{"embedding": [0.5]}], "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+    timed = final_stats(json.dumps(openai).encode(), finished=0.25, streamed=False)
+    assert timed is not None
+    assert (timed.prompt_eval_count, timed.eval_count, timed.reply_ns) == (3, 0, 250_000_000)
+    # Numbers after a list are not enough: the reply's whole time is what says it is one.
+    assert final_stats(b'{"models":[],"count":3}', streamed=False) is None
 
 
 def test_a_reply_nested_too_deep_to_read_gives_no_counts() -> None:

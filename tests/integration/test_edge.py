@@ -20,6 +20,9 @@ import pytest
 import zstandard
 from hops.v1 import admin_pb2, admin_pb2_grpc
 
+from ollamasim.catalogue import CATALOGUE
+from ollamasim.profiles import PROFILES, decode_tokens_per_s
+from ollamasim.scheduler import SPAWN_SECONDS
 from tests import procs
 from tests.integration import fleet
 from tests.integration.fleet import Fleet, wait_until
@@ -1310,6 +1313,32 @@ def test_an_embedding_runs_warm_on_the_cpu_host_as_it_decodes_nothing() -> None:
         assert (vectors.headers["x-hops-node"], vectors.headers["x-hops-route"]) == ("cpu", "warm")
         assert len(vectors.parse().data) == 1
         assert [_sim_stats(running.sim_url(n))["loads"] for n in ("cpu", "gpu")] == [1, 0]
+
+
+def test_an_embed_teaches_its_models_load_and_evaluation_speed_on_its_host() -> None:
+    """Ollama's /api/embed reply ends with its whole time, its load's and its inputs' tokens,
+    after vectors far longer than the tail the edge keeps: the control plane learns the load of
+    the model there and how fast the host evaluates its inputs (the whole time less the load),
+    as the simulated host runs them. Embeds used to teach nothing."""
+    with fleet.whole_fleet({"cpu": ["--profile", "cpu", "--time-scale", "5"]}) as running:
+        chunks = [" ".join(f"word{i}x{j}" for j in range(60)) for i in range(30)]
+        for _ in range(2):  # one loads the model, one finds it warm
+            answer = httpx.post(
+                running.edge.url + "/api/embed",
+                json={"model": "nomic-embed-text", "input": chunks},
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            assert len(answer.json()["embeddings"]) == len(chunks)
+        admin = fleet.admin(running.plane.url)
+        wait_until(lambda: running.open_leases() == 0, 2.0, "leases closed by their reports")
+        node = admin.GetNode(admin_pb2.GetNodeRequest(node_id="cpu")).node
+        learned = {s.model: s for s in node.learned}["nomic-embed-text:latest"]
+    profile, size = PROFILES["cpu"], CATALOGUE["nomic-embed-text:latest"].size_bytes
+    evaluating = decode_tokens_per_s(profile, size, 1.0) * profile.prompt_speedup
+    assert learned.prompt_tokens_per_second == pytest.approx(evaluating, rel=0.15)
+    load = SPAWN_SECONDS + size / profile.load_speed_bytes_per_s
+    assert learned.load_seconds == pytest.approx(load, rel=0.25)  # 115 ms, as the host timed it
 
 
 def test_ollama_create_works_without_naming_a_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
