@@ -39,7 +39,7 @@ from edge.errors import (
 )
 from edge.management import BLOBS, Management
 from edge.metrics import EdgeMetrics
-from edge.proxy import Call, Proxy, Result, Target
+from edge.proxy import EMBEDDING_APIS, Call, Proxy, Result, Target
 from edge.reading import (
     RequestReader,
     longest_input,
@@ -95,13 +95,6 @@ ROUTED: dict[str, Routed] = {
     "/v1/completions": Routed(router_pb2.API_KIND_OPENAI_COMPLETIONS, "CompletionRequest", _quoted),
     "/v1/embeddings": Routed(router_pb2.API_KIND_OPENAI_EMBEDDINGS, "EmbedRequest", _quoted),
 }
-EMBEDDING_APIS = frozenset(
-    {
-        router_pb2.API_KIND_EMBED,
-        router_pb2.API_KIND_EMBEDDINGS,
-        router_pb2.API_KIND_OPENAI_EMBEDDINGS,
-    }
-)
 # Other POST routes whose model is in a multipart form field, not a JSON body.
 FORM_MODEL = frozenset({"model"})
 KNOWN_ROUTES = frozenset(

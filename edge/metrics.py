@@ -50,7 +50,8 @@ class EdgeMetrics:
         )
         self.prompt_tokens = Counter(
             "hops_edge_prompt_tokens",
-            "Prompt tokens the hosts' replies counted (Ollama's prompt_eval_count, usage's)",
+            "Prompt tokens the hosts' replies to generations counted (Ollama's "
+            "prompt_eval_count, usage's)",
             ["node"],
             registry=self.registry,
         )

@@ -80,6 +80,15 @@ RETRYABLE = (
 )
 
 
+EMBEDDING_APIS = frozenset(
+    {
+        router_pb2.API_KIND_EMBED,
+        router_pb2.API_KIND_EMBEDDINGS,
+        router_pb2.API_KIND_OPENAI_EMBEDDINGS,
+    }
+)
+
+
 @dataclass(slots=True)
 class Call:
     """What the edge knows about one routed request."""
@@ -485,6 +494,12 @@ class Proxy:
         finally:
             self.metrics.open_streams.dec()
             await response.aclose()
+            stats = final_stats(
+                b"".join(tail), ttfb, finished, events - 1 if count_events else 0, streamed
+            )
+            if stats is not None and call.api not in EMBEDDING_APIS:
+                # The token metrics are generations' (what prompt caches keep of them).
+                self._count_tokens(target.node_id, stats)
             self._report(
                 plane,
                 lease,
@@ -496,9 +511,7 @@ class Proxy:
                 ttfb=ttfb,
                 error=error,
                 digest=_digest(call) if error else "",
-                stats=final_stats(
-                    b"".join(tail), ttfb, finished, events - 1 if count_events else 0, streamed
-                ),
+                stats=stats,
             )
 
     def _failed_mid_stream(self, target: Target, result: Result) -> router_pb2.Outcome.ValueType:
@@ -543,8 +556,6 @@ class Proxy:
         error: str = "",
         digest: str = "",
     ) -> None:
-        if stats is not None:
-            self._count_tokens(node_id, stats)
         if not lease:
             return
         request = router_pb2.ReportRequest(
