@@ -208,9 +208,7 @@ class Candidates:
         if c.in_flight_model:
             leases = self.fleet.leases
             c.prompt_ahead = leases.prompt_per_model.get((node_id, key), 0.0)
-            limits = leases.limits_per_model.get((node_id, key))
-            if limits:
-                c.limits_ahead = tuple(limits.items())
+            c.limits_ahead = leases.limits_on(node_id, key)
         if prompt_tokens:
             fresh = prompt_tokens - cached_tokens if c.affinity and loaded else prompt_tokens
             c.prompt_tokens = max(fresh, 0)
@@ -267,8 +265,8 @@ class Candidates:
         """The busy and loading models Ollama would evict for ``c``'s load, with what it takes
         them to finish."""
         idle = {r.key for r in c.idle_loaded}
-        per_model = self.fleet.leases.per_model
-        limits = self.fleet.leases.limits_per_model
+        leases = self.fleet.leases
+        per_model = leases.per_model
         out = []
         for victim in self.victims(node, key, c):
             if victim in idle:
@@ -295,7 +293,7 @@ class Candidates:
                     self._weights_demand(node, victim),
                     self.fleet.warm.get(victim, 0) > here,
                     victim in node.embedding_only,
-                    tuple(limits.get((node.node_id, victim), {}).items()),
+                    leases.limits_on(node.node_id, victim),
                 )
             )
         return tuple(out)

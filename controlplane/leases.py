@@ -184,6 +184,20 @@ class LeaseTable:
     def model_total(self, model: str) -> int:
         return sum(c for (_, m), c in self.per_model.items() if m == model)
 
+    def limits_on(self, node_id: str, model: str) -> tuple[tuple[int, int], ...]:
+        """Of the open leases for ``model`` on ``node_id``, the reply limits asked, as (limit,
+        how many ask it)."""
+        limits = self.limits_per_model.get((node_id, model))
+        return tuple(limits.items()) if limits else ()
+
+    def _count_limit(self, key: tuple[str, str], limit: int, delta: int) -> None:
+        limits = self.limits_per_model.setdefault(key, Counter())
+        limits[limit] += delta
+        if limits[limit] <= 0:
+            del limits[limit]
+            if not limits:
+                del self.limits_per_model[key]
+
     def _count(self, lease: Lease, delta: int) -> None:
         if lease.runs_model:
             key = (lease.node_id, lease.model)
@@ -192,19 +206,12 @@ class LeaseTable:
                 del self.per_model[key]
                 self.prompt_per_model.pop(key, None)  # no float left over
                 self.limits_per_model.pop(key, None)
-                lease_limit = 0
             else:
-                lease_limit = lease.max_reply
                 if lease.prompt_seconds:
                     prompt = self.prompt_per_model.get(key, 0.0) + delta * lease.prompt_seconds
                     self.prompt_per_model[key] = max(prompt, 0.0)
-            if lease_limit:
-                limits = self.limits_per_model.setdefault(key, Counter())
-                limits[lease_limit] += delta
-                if limits[lease_limit] <= 0:
-                    del limits[lease_limit]
-                    if not limits:
-                        del self.limits_per_model[key]
+                if lease.max_reply:
+                    self._count_limit(key, lease.max_reply, delta)
         self.per_node[lease.node_id] += delta
         if self.per_node[lease.node_id] <= 0:
             del self.per_node[lease.node_id]
