@@ -138,15 +138,17 @@ def newest_first(inventory: Inventory) -> list[InventoryNode]:
     return sorted(routable, key=lambda n: version_key(n.ollama_version), reverse=True)
 
 
-def _openai_model(model: InstalledModel) -> dict[str, Any]:
-    parsed = names.parse(model.name)
+def _openai_model(model: InstalledModel, shown: str | None = None) -> dict[str, Any]:
+    """`shown`: the name to answer with (a retrieve echoes the name as the client sent it)."""
+    name = model.name if shown is None else shown
+    parsed = names.parse(name)
     owner = (
         parsed.namespace
         if parsed is not None and parsed.namespace.casefold() != names.DEFAULT_NAMESPACE
         else "library"
     )
     return {
-        "id": model.name,
+        "id": name,
         "object": "model",
         "created": int(model.modified_at),
         "owned_by": owner,
@@ -165,5 +167,5 @@ def openai_model(inventory: Inventory, raw: str) -> dict[str, Any] | None:
     for node in inventory.nodes:
         for model in node.installed:
             if key is not None and names.match_key(model.name) == key:
-                return _openai_model(model)
+                return _openai_model(model, raw)
     return None

@@ -351,4 +351,5 @@ async def model(request: Request, host: Host) -> Response:
     found = host.find(raw)
     if found is None:
         raise NotFound(f'model "{raw}" not found')
-    return json_response(_model_entry(found.spec.name, found.modified_at))
+    # Ollama answers with the name as asked ("llama3.2", not "llama3.2:latest").
+    return json_response(_model_entry(raw, found.modified_at))

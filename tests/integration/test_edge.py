@@ -93,6 +93,7 @@ def test_openai_and_langchain_clients_through_the_edge(shared: Fleet) -> None:
     assert len(oai.embeddings.create(model="nomic-embed-text", input="x").data[0].embedding) == 768
     assert "llama3.1:8b" in {m.id for m in oai.models.list()}
     assert oai.models.retrieve("llama3.1:8b").id == "llama3.1:8b"
+    assert oai.models.retrieve("Llama3.2").id == "Llama3.2"  # as asked, as Ollama answers
     with pytest.raises(openai.NotFoundError):
         oai.models.retrieve("ghost")
     chat = ChatOllama(model="llama3.2", base_url=shared.edge.url)

@@ -150,6 +150,7 @@ async def test_openai_embeddings_models_and_errors(oai: openai.AsyncOpenAI) -> N
     ids = {m.id async for m in oai.models.list()}
     assert "llama3.1:8b" in ids
     assert (await oai.models.retrieve("llama3.1:8b")).owned_by == "library"
+    assert (await oai.models.retrieve("Llama3.2")).id == "Llama3.2"  # the name as asked
     with pytest.raises(openai.NotFoundError) as exc:
         await oai.chat.completions.create(
             model="missing", messages=[{"role": "user", "content": "x"}]
