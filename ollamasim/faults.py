@@ -4,7 +4,8 @@ Modes:
 - ``refuse``: the API port stops listening, so connections are refused.
 - ``busy``: inference requests get Ollama's 503 "server busy".
 - ``hang``: inference requests never get a first byte (until the client gives up).
-- ``drop``: the connection is cut after ``after_chunks`` chunks of a response.
+- ``drop``: the connection is cut after ``after_chunks`` chunks of a streamed reply, or halfway
+  through the announced body of a reply not streamed (embeddings included).
 - ``slow``: decoding and loading run ``factor`` times slower.
 - ``error``: inference requests get a 500 with a runner error.
 - ``stream_error``: a streamed reply fails after ``after_chunks`` chunks as Ollama's do when the

@@ -32,10 +32,9 @@ from ollamasim.inference import (
     think,
 )
 from ollamasim.wire import (
-    JSON_TYPE,
     NDJSON_TYPE,
-    TruncatedResponse,
     dumps,
+    json_or_cut,
     json_response,
     now_utc,
     read_json,
@@ -269,7 +268,7 @@ async def generate(request: Request, host: Host) -> Response:
         thinking = "".join(t for k, t in pieces if k == "thinking")
         if thinking:
             body["thinking"] = thinking
-        return _maybe_truncated(body, drop)
+        return json_or_cut(body, drop)
 
     def encode(piece: Piece) -> bytes:
         kind, value = piece
@@ -303,13 +302,6 @@ def _ndjson_stream(
         drop=drop,
         failed=lambda message: _line({"error": message}),
     )
-
-
-def _maybe_truncated(body: dict[str, Any], drop: Any) -> Response:
-    if drop is None:
-        return json_response(body)
-    payload = dumps(body).encode()
-    return TruncatedResponse(payload, len(payload) // 2, JSON_TYPE)
 
 
 ASSISTANT_TURN = "<|assistant|>"
@@ -428,7 +420,7 @@ async def chat(request: Request, host: Host) -> Response:
         if calls:
             message["tool_calls"] = calls
         body["message"] = message
-        return _maybe_truncated(body, drop)
+        return json_or_cut(body, drop)
 
     def encode(piece: Piece) -> bytes:
         kind, value = piece
@@ -469,7 +461,7 @@ async def embed(request: Request, host: Host) -> Response:
     dims = typed(data, "dimensions", int, "EmbedRequest")
     if dims is not None and not 0 < dims <= spec.embedding_length:
         raise BadRequest(f"invalid dimensions: {dims}")
-    await request_faults(request, host)
+    drop = await request_faults(request, host)
     metrics = Metrics()
     ka = keep_alive(data.get("keep_alive"))
     if not texts:
@@ -490,7 +482,7 @@ async def embed(request: Request, host: Host) -> Response:
     vectors = [
         textgen.embedding(host.settings.seed, spec.name, t, size, normalize=True) for t in embedded
     ]
-    return json_response(
+    return json_or_cut(
         {
             "model": raw,
             "embeddings": vectors,
@@ -499,7 +491,8 @@ async def embed(request: Request, host: Host) -> Response:
                 for k, v in metrics.ollama_fields().items()
                 if k in ("total_duration", "load_duration", "prompt_eval_count")
             },
-        }
+        },
+        drop,
     )
 
 
@@ -510,7 +503,7 @@ async def embeddings(request: Request, host: Host) -> Response:
         raise BadRequest("model is required")
     spec = _installed(host, raw, f'model "{raw}" not found, try pulling it first').spec
     prompt = typed(data, "prompt", str, "EmbeddingRequest") or ""
-    await request_faults(request, host)
+    drop = await request_faults(request, host)
     ka = keep_alive(data.get("keep_alive"))
     if not prompt:
         await until_disconnect(request, _load_only(host, spec, data))
@@ -521,7 +514,7 @@ async def embeddings(request: Request, host: Host) -> Response:
     vector = textgen.embedding(
         host.settings.seed, spec.name, embedded, spec.embedding_length, normalize=False
     )
-    return json_response({"embedding": vector})
+    return json_or_cut({"embedding": vector}, drop)
 
 
 async def pull(request: Request, host: Host) -> Response:

@@ -25,7 +25,7 @@ from ollamasim.host import Host, Metrics, Piece
 from ollamasim.inference import collect, first_piece, request_faults, stream
 from ollamasim.native import chat_request
 from ollamasim.openai_api import lookup
-from ollamasim.wire import SSE_TYPE, dumps, json_response
+from ollamasim.wire import SSE_TYPE, dumps, json_or_cut, json_response
 
 
 class TooLarge(SimError):
@@ -303,7 +303,7 @@ async def responses(request: Request, host: Host) -> Response:
         for piece in await collect(request, host, req, metrics):
             items.add(piece)
         items.close()
-        return json_response(items.response("completed", metrics))
+        return json_or_cut(items.response("completed", metrics), drop)
 
     def encode(piece: Piece) -> bytes:
         out = b""
@@ -447,7 +447,7 @@ async def messages(request: Request, host: Host) -> Response:
     if not streaming:
         for piece in await collect(request, host, req, metrics):
             blocks.add(piece)
-        return json_response(
+        return json_or_cut(
             {
                 "id": ident,
                 "type": "message",
@@ -460,7 +460,8 @@ async def messages(request: Request, host: Host) -> Response:
                     "input_tokens": metrics.prompt_eval_count,
                     "output_tokens": metrics.eval_count,
                 },
-            }
+            },
+            drop,
         )
     started = [False]
 

@@ -24,7 +24,15 @@ from ollamasim.errors import BadRequest, NotFound
 from ollamasim.host import Host, Metrics, Piece
 from ollamasim.inference import collect, first_piece, request_faults, stream
 from ollamasim.native import chat_request
-from ollamasim.wire import SSE_TYPE, dumps, json_response, read_json, typed, until_disconnect
+from ollamasim.wire import (
+    SSE_TYPE,
+    dumps,
+    json_or_cut,
+    json_response,
+    read_json,
+    typed,
+    until_disconnect,
+)
 
 FINGERPRINT = "fp_ollama"
 IMAGE_KINDS = ("jpeg", "jpg", "png", "webp")  # the data URIs /v1 takes for image_url
@@ -181,13 +189,14 @@ async def chat_completions(request: Request, host: Host) -> Response:
         )
         if calls:
             message["tool_calls"] = _openai_tool_calls(calls)
-        return json_response(
+        return json_or_cut(
             {
                 **base,
                 "object": "chat.completion",
                 "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": _usage(metrics),
-            }
+            },
+            drop,
         )
 
     state = {"role_sent": False, "tool_called": False}
@@ -255,14 +264,15 @@ async def completions(request: Request, host: Host) -> Response:
     if not streaming:
         pieces = await collect(request, host, req, metrics)
         text = "".join(v for k, v in pieces if k == "content")
-        return json_response(
+        return json_or_cut(
             {
                 **base,
                 "choices": [
                     {"text": text, "index": 0, "logprobs": None, "finish_reason": finish()}
                 ],
                 "usage": _usage(metrics),
-            }
+            },
+            drop,
         )
 
     def encode(piece: Piece) -> bytes | None:
@@ -305,7 +315,7 @@ async def embeddings(request: Request, host: Host) -> Response:
         raise BadRequest(f"invalid encoding format: {encoding!r}")
     spec = lookup(host, raw)
     dims = typed(data, "dimensions", int, "EmbedRequest")
-    await request_faults(request, host)
+    drop = await request_faults(request, host)
     metrics = Metrics()
     embedding = host.embed(spec, texts, keep_alive=None, metrics=metrics)
     embedded = await until_disconnect(request, embedding)
@@ -317,7 +327,7 @@ async def embeddings(request: Request, host: Host) -> Response:
         if encoding == "base64":
             encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
         items.append({"object": "embedding", "embedding": encoded, "index": i})
-    return json_response(
+    return json_or_cut(
         {
             "object": "list",
             "data": items,
@@ -326,7 +336,8 @@ async def embeddings(request: Request, host: Host) -> Response:
                 "prompt_tokens": metrics.prompt_eval_count,
                 "total_tokens": metrics.prompt_eval_count,
             },
-        }
+        },
+        drop,
     )
 
 

@@ -135,3 +135,11 @@ class TruncatedResponse(Response):
         )
         await send({"type": "http.response.body", "body": self.body[: self.cut], "more_body": True})
         raise DropConnection("fault: connection dropped mid-body")
+
+
+def json_or_cut(body: Any, drop: object | None) -> Response:
+    """A reply not streamed; with a ``drop`` fault in force, cut halfway through its body."""
+    if drop is None:
+        return json_response(body)
+    payload = dumps(body).encode()
+    return TruncatedResponse(payload, len(payload) // 2, JSON_TYPE)

@@ -177,6 +177,30 @@ async def test_drop_fault_cuts_a_stream_after_n_chunks(
         await http.post("/api/generate", json={"model": "llama3.2", "prompt": "x", "stream": False})
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", {"messages": [{"role": "user", "content": "x"}], "stream": False}),
+        ("/api/embed", {"model": "nomic-embed-text", "input": ["a", "b"]}),
+        ("/api/embeddings", {"model": "nomic-embed-text", "prompt": "a"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/completions", {"prompt": "x"}),
+        ("/v1/embeddings", {"model": "nomic-embed-text", "input": "a"}),
+        ("/v1/responses", {"input": "x"}),
+        ("/v1/messages", {"max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}),
+    ],
+)
+async def test_drop_fault_cuts_every_reply_not_streamed(
+    sim: SimServer, http: httpx.AsyncClient, path: str, body: dict[str, Any]
+) -> None:
+    """A reply in one piece is cut halfway through the length it announced, on every route a
+    drop can hit: a client sees a broken body, never a short valid one."""
+    await _put_fault(sim, mode="drop")
+    with pytest.raises(httpx.RemoteProtocolError):
+        await http.post(path, json={"model": "llama3.2", **body})
+    assert (await sim_stats(sim))["faults_injected"] == {"drop": 1}
+
+
 async def test_stream_error_fault_fails_in_band_as_ollama_does(
     sim: SimServer, http: httpx.AsyncClient
 ) -> None:
