@@ -15,6 +15,12 @@ def test_short_soak_loses_nothing() -> None:
     assert report["silently_truncated"] == 0, report
     assert results.get("ok", 0) + results.get("failed", 0) == 600
     assert results.get("ok", 0) >= 500  # faults fail a few requests cleanly, not most
+    # Every kind of client was exercised and mostly served: native, OpenAI and embeddings.
+    assert {kind: ok["ok"] > 50 for kind, ok in report["by_api"].items()} == {
+        "embed": True,
+        "native": True,
+        "openai": True,
+    }, report
     assert report["open_leases_at_end"] == 0
     # A host counts a generation complete once it produced the last token; a drop fault can
     # then still cut the connection before the final chunk, so hosts may count a few more.
