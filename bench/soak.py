@@ -6,10 +6,11 @@ native generate and chat (55%) and OpenAI chat completions (25%), streamed and n
 embeddings on /api/embed and /v1/embeddings (20%). Every ~2 s one host gets a random fault for
 ~1 s (busy 503s, dropped connections, slow decoding, refused connections, runners dying
 mid-stream). Every response is checked: complete (a final chunk with its counts, a [DONE] after
-the usage, a vector per input) or cleanly failed (an HTTP error status, an error line, the
-OpenAI stream's empty delta with no [DONE], or a connection the edge cut on purpose), never
-silently truncated. At the end: open leases (must be 0), the hosts' own counters against what
-clients saw, and control plane and edge resident memory at start and end.
+the usage, a vector per input) or cleanly failed (an HTTP error status, an error line, an
+OpenAI stream's error event or empty delta with no [DONE] after it, or a connection the edge cut
+on purpose), never silently truncated: a body that does not parse, or lacks what a whole one
+has, counts as truncated. At the end: open leases (must be 0), the hosts' own counters against
+what clients saw, and control plane and edge resident memory at start and end.
 
 Usage: python bench/soak.py [--clients 200] [--requests 20000] [--json PATH]
 """
@@ -61,6 +62,8 @@ async def one(client: httpx.AsyncClient, rng: random.Random) -> tuple[str, str]:
             outcome = await _embed(client, rng)
     except (httpx.RemoteProtocolError, httpx.ReadError):
         outcome = "failed:cut"  # the edge cut the body on purpose: a visible failure
+    except (ValueError, KeyError, IndexError, TypeError):
+        outcome = "truncated"  # a 200 whose body ends early or lacks a whole reply's parts
     return kind, outcome
 
 

@@ -16,7 +16,7 @@ def test_short_soak_loses_nothing() -> None:
     assert results.get("ok", 0) + results.get("failed", 0) == 600
     assert results.get("ok", 0) >= 500  # faults fail a few requests cleanly, not most
     # Every kind of client was exercised and mostly served: native, OpenAI and embeddings.
-    assert {kind: ok["ok"] > 50 for kind, ok in report["by_api"].items()} == {
+    assert {kind: outcomes["ok"] > 50 for kind, outcomes in report["by_api"].items()} == {
         "embed": True,
         "native": True,
         "openai": True,
